@@ -1,0 +1,111 @@
+package mock
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	"github.com/emersion/go-sasl"
+
+	psasl "github.com/emailproxy/emailproxy/protocol/sasl"
+)
+
+// imapSession is an unauthenticated session that accepts only XOAUTH2
+// and then becomes the mailbox's in-memory session.
+type imapSession struct {
+	*imapmemserver.UserSession
+	up *Upstream
+}
+
+var errLoginDisabled = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodePrivacyRequired,
+	Text: "LOGIN is disabled, use AUTHENTICATE XOAUTH2"}
+
+func (s *imapSession) Login(string, string) error { return errLoginDisabled }
+
+func (s *imapSession) AuthenticateMechanisms() []string { return []string{"XOAUTH2"} }
+
+func (s *imapSession) Authenticate(mech string) (sasl.Server, error) {
+	if mech != "XOAUTH2" {
+		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Text: "unsupported mechanism"}
+	}
+	return &xoauth2Server{up: s.up, onSuccess: func(u *imapmemserver.User) {
+		s.UserSession = imapmemserver.NewUserSession(u)
+	}}, nil
+}
+
+// xoauth2Server checks the XOAUTH2 response like Exchange Online and Gmail:
+// a bad token gets a base64 JSON error challenge, then a NO.
+type xoauth2Server struct {
+	up        *Upstream
+	failed    bool
+	onSuccess func(*imapmemserver.User)
+}
+
+func (x *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
+	if x.failed {
+		return nil, false, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAuthenticationFailed, Text: "AUTHENTICATE failed."}
+	}
+	if resp == nil {
+		return []byte{}, false, nil // ask for the initial response
+	}
+	user, err := x.up.checkXOAUTH2(resp)
+	if err != nil {
+		x.failed = true
+		return errorChallenge(), false, nil
+	}
+	x.up.mu.Lock()
+	u := x.up.imapUsers[user]
+	x.up.mu.Unlock()
+	x.onSuccess(u)
+	return nil, true, nil
+}
+
+func errorChallenge() []byte {
+	b, _ := json.Marshal(map[string]string{"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"})
+	return b
+}
+
+// checkXOAUTH2 validates a decoded XOAUTH2 response and records it.
+func (up *Upstream) checkXOAUTH2(raw []byte) (string, error) {
+	user, token, err := psasl.ParseXOAUTH2(raw)
+	up.mu.Lock()
+	up.xoauth2 = append(up.xoauth2, string(raw))
+	_, known := up.imapUsers[user]
+	reject := up.rejectTokens
+	up.mu.Unlock()
+	if err != nil {
+		return "", err
+	}
+	if reject || !known || !up.Authority.Valid(token) {
+		return "", errors.New("invalid token or mailbox")
+	}
+	up.mu.Lock()
+	up.logins++
+	up.mu.Unlock()
+	return user, nil
+}
+
+// literal adapts a byte slice to imap.LiteralReader for seeding.
+type literal struct {
+	*bytes.Reader
+	size int64
+}
+
+func (l literal) Size() int64 { return l.size }
+
+func newIMAPServer(up *Upstream) *imapserver.Server {
+	return imapserver.New(&imapserver.Options{
+		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return &imapSession{up: up}, nil, nil
+		},
+		Caps:   imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}},
+		Logger: quietLogger{},
+	})
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Printf(string, ...interface{}) {}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+	"gopkg.in/natefinch/lumberjack.v2"
+)
+
+const version = "0.1.0"
+
+var errHelp = errors.New("help")
+
+type flags struct {
+	// The reference's flags.
+	noGUI, externalAuth, localServerAuth, debug, version bool
+	configFile, cacheStore, logFile                      string
+	// Ours.
+	demo                                        bool
+	logFormat                                   string
+	eventLoops, maxLine, maxErrors, relayBuffer int
+	loginTimeout, dialTimeout, tokenTimeout     time.Duration
+	refreshMargin                               time.Duration
+}
+
+func parseFlags(args []string, stderr io.Writer) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("emailproxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.BoolVar(&f.noGUI, "no-gui", false, "run without a GUI (accepted for compatibility: there is no GUI)")
+	fs.BoolVar(&f.externalAuth, "external-auth", false, "interactive authorisation in the terminal (not supported yet)")
+	fs.BoolVar(&f.localServerAuth, "local-server-auth", false, "interactive authorisation through a local HTTP receiver (not supported yet)")
+	fs.StringVar(&f.configFile, "config-file", "emailproxy.config", "configuration file")
+	fs.StringVar(&f.cacheStore, "cache-store", "", "separate token cache file (not used yet: tokens stay in memory)")
+	fs.StringVar(&f.logFile, "log-file", "", "log to this file, rotated at 32 MiB with 10 backups (default: stderr)")
+	fs.BoolVar(&f.debug, "debug", false, "debug logging (SIGUSR1 toggles it); secrets are never logged")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
+	fs.BoolVar(&f.demo, "demo", false, "start a mock mail provider and a proxy in front of it, and print how to try it")
+	fs.StringVar(&f.logFormat, "log-format", "console", "log format: console or json")
+	fs.IntVar(&f.eventLoops, "event-loops", 0, "gnet event loops (default: one per CPU)")
+	fs.IntVar(&f.maxLine, "max-line", 8192, "longest command line (and IMAP login literal) a client may send before login, in bytes")
+	fs.IntVar(&f.maxErrors, "max-errors", 10, "bad commands before login after which a client is disconnected")
+	fs.IntVar(&f.relayBuffer, "relay-buffer", 16<<10, "buffer per direction of an authenticated session, in bytes")
+	fs.DurationVar(&f.loginTimeout, "login-timeout", 30*time.Second, "longest time one login may take (token, upstream connection, XOAUTH2)")
+	fs.DurationVar(&f.dialTimeout, "dial-timeout", 10*time.Second, "longest time to connect, do TLS and read the greeting upstream")
+	fs.DurationVar(&f.tokenTimeout, "token-timeout", 15*time.Second, "longest time one token request may take")
+	fs.DurationVar(&f.refreshMargin, "token-refresh-margin", 600*time.Second, "refresh access tokens this long before they expire")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: emailproxy [flags]\n\nAn OAuth 2.0 + TLS proxy for IMAP4 and POP3 clients that only speak plaintext and passwords.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, errHelp
+		}
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "emailproxy: unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return nil, errors.New("unexpected argument")
+	}
+	if f.logFormat != "console" && f.logFormat != "json" {
+		fmt.Fprintf(stderr, "emailproxy: --log-format must be console or json\n")
+		return nil, errors.New("bad --log-format")
+	}
+	return f, nil
+}
+
+func newLogger(f *flags, stderr io.Writer) (zerolog.Logger, func(), error) {
+	var out io.Writer = stderr
+	closer := func() {}
+	if f.logFile != "" {
+		lj := &lumberjack.Logger{Filename: f.logFile, MaxSize: 32, MaxBackups: 10}
+		out, closer = lj, func() { lj.Close() }
+	}
+	if f.logFormat == "console" {
+		color := false
+		if fh, ok := stderr.(*os.File); ok && f.logFile == "" {
+			color = isatty.IsTerminal(fh.Fd())
+		}
+		out = zerolog.ConsoleWriter{Out: out, NoColor: !color, TimeFormat: "2006-01-02 15:04:05"}
+	}
+	zerolog.DurationFieldUnit = time.Millisecond
+	zerolog.SetGlobalLevel(zerolog.InfoLevel)
+	if f.debug {
+		zerolog.SetGlobalLevel(zerolog.DebugLevel)
+	}
+	return zerolog.New(out).With().Timestamp().Logger(), closer, nil
+}

@@ -1,0 +1,137 @@
+// Command emailproxy is an OAuth 2.0 + TLS proxy for IMAP4 and POP3 that
+// reads emailproxy.py's emailproxy.config and command line.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/emailproxy/emailproxy/auth"
+	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/engine"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, nil))
+}
+
+// run is main without the process exit, so tests can drive it. stop, if
+// not nil, ends the proxy as a signal would.
+func run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
+	fl, err := parseFlags(args, stderr)
+	if err != nil {
+		if err == errHelp {
+			return 0
+		}
+		return 2
+	}
+	if fl.version {
+		fmt.Fprintln(stdout, "Email OAuth 2.0 Proxy (Go)", version)
+		return 0
+	}
+	log, closeLog, err := newLogger(fl, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "emailproxy:", err)
+		return 1
+	}
+	defer closeLog()
+
+	var eopts engine.Options
+	if fl.demo {
+		d, err := startDemo(fl, stdout)
+		if err != nil {
+			log.Error().Err(err).Msg("cannot start the demo")
+			return 1
+		}
+		defer d.Close()
+		fl.configFile = d.configPath
+		eopts.RootCAs = d.up.CA.Pool
+	}
+
+	cfg, err := config.Load(fl.configFile)
+	if err != nil {
+		log.Error().Msg(err.Error())
+		fmt.Fprintln(stderr, "emailproxy:", err)
+		return 1
+	}
+	for _, name := range cfg.Skipped {
+		log.Warn().Str("section", name).Msg("this version does not serve this protocol yet; section skipped")
+	}
+	if fl.cacheStore != "" {
+		log.Warn().Str("cache_store", fl.cacheStore).Msg("--cache-store is not used by this version: tokens are kept in memory")
+	}
+	if fl.externalAuth || fl.localServerAuth {
+		log.Warn().Msg("--external-auth / --local-server-auth: interactive flows are not supported by this version yet")
+	}
+
+	provider := auth.NewProvider(cfg, auth.Options{
+		TokenTimeout:  fl.tokenTimeout,
+		RefreshMargin: fl.refreshMargin,
+		Logger:        log.With().Str("component", "auth").Logger(),
+	})
+	provider.Start()
+	defer provider.Close()
+
+	eopts.EventLoops = fl.eventLoops
+	eopts.LoginTimeout = fl.loginTimeout
+	eopts.DialTimeout = fl.dialTimeout
+	eopts.RelayBuffer = fl.relayBuffer
+	eopts.IMAPLimits.MaxLine, eopts.IMAPLimits.MaxLiteral, eopts.IMAPLimits.MaxErrors = fl.maxLine, fl.maxLine, fl.maxErrors
+	eopts.POPLimits.MaxLine, eopts.POPLimits.MaxErrors = fl.maxLine, fl.maxErrors
+	eopts.Logger = log
+	srv := engine.New(cfg, provider, eopts)
+	if err := srv.Start(); err != nil {
+		log.Error().Msg(err.Error())
+		fmt.Fprintln(stderr, "emailproxy:", err)
+		return 1
+	}
+	log.Info().Str("version", version).Str("config", cfg.Path).Msg("emailproxy started")
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
+	code := 0
+loop:
+	for {
+		select {
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGUSR1:
+				toggleDebug(log)
+			case syscall.SIGHUP:
+				log.Warn().Msg("SIGHUP: configuration reload is not supported by this version yet; restart the proxy to apply changes")
+			default:
+				log.Info().Str("signal", sig.String()).Msg("shutting down")
+				break loop
+			}
+		case <-stop:
+			break loop
+		case err := <-srv.Done():
+			if err != nil {
+				log.Error().Err(err).Msg("event loop stopped")
+				code = 1
+			}
+			break loop
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Stop(ctx)
+	return code
+}
+
+func toggleDebug(log zerolog.Logger) {
+	if zerolog.GlobalLevel() == zerolog.DebugLevel {
+		zerolog.SetGlobalLevel(zerolog.InfoLevel)
+	} else {
+		zerolog.SetGlobalLevel(zerolog.DebugLevel)
+	}
+	log.Info().Str("level", zerolog.GlobalLevel().String()).Msg("SIGUSR1: log level changed")
+}

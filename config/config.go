@@ -1,0 +1,201 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Protocol is the kind of a server section.
+type Protocol string
+
+const (
+	IMAP Protocol = "IMAP"
+	POP  Protocol = "POP"
+	SMTP Protocol = "SMTP"
+)
+
+// Server is one [IMAP-port], [POP-port] or [SMTP-port] section: a local
+// listener and the upstream server it relays to.
+type Server struct {
+	Section        string
+	Protocol       Protocol
+	LocalPort      int
+	LocalAddress   string // default "::" (dual stack), as the reference
+	ServerAddress  string // upstream host; also TLS SNI and the verified name
+	ServerPort     int
+	ServerStartTLS bool
+	LocalStartTLS  bool
+	LocalCertPath  string
+	LocalKeyPath   string
+}
+
+// ListenAddr is the host:port the local listener binds.
+func (s *Server) ListenAddr() string {
+	return joinHostPort(s.LocalAddress, s.LocalPort)
+}
+
+// UpstreamAddr is the host:port of the real mail server.
+func (s *Server) UpstreamAddr() string {
+	return joinHostPort(s.ServerAddress, s.ServerPort)
+}
+
+func joinHostPort(host string, port int) string {
+	if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
+		host = "[" + host + "]"
+	}
+	return host + ":" + strconv.Itoa(port)
+}
+
+// Global holds the [emailproxy] options.
+type Global struct {
+	DeleteAccountTokenOnPasswordError         bool
+	EncryptClientSecretOnFirstUse             bool
+	UseLoginPasswordAsClientCredentialsSecret bool
+	AllowCatchAllAccounts                     bool
+}
+
+// Config is the typed view of an emailproxy.config file.
+type Config struct {
+	Path    string
+	File    *File
+	Servers []*Server
+	Global  Global
+	// Skipped lists server sections this build does not serve, with why.
+	Skipped []string
+}
+
+// GlobalSection is the section that holds the proxy-wide options.
+const GlobalSection = "emailproxy"
+
+var serverSectionRE = regexp.MustCompile(`^(IMAP|POP|SMTP)-(\d+)$`)
+
+// Load reads and validates the file at path.
+func Load(path string) (*Config, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("unable to load configuration file: %w", err)
+	}
+	defer fh.Close()
+	f, err := Parse(fh)
+	if err != nil {
+		return nil, fmt.Errorf("unable to load configuration file %s: %w", path, err)
+	}
+	cfg, err := FromFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("configuration file %s: %w", path, err)
+	}
+	cfg.Path = path
+	return cfg, nil
+}
+
+// Supported says which server protocols this build serves; others are
+// skipped with a warning instead of failing the whole file.
+var Supported = map[Protocol]bool{IMAP: true, POP: true}
+
+// FromFile builds the typed configuration and validates every server
+// section. Account sections are checked at login, as the reference does.
+func FromFile(f *File) (*Config, error) {
+	cfg := &Config{File: f}
+	ports := map[int]string{}
+	for _, s := range f.Sections {
+		m := serverSectionRE.FindStringSubmatch(s.Name)
+		if m == nil {
+			continue
+		}
+		srv, err := parseServer(f, s.Name, Protocol(m[1]), m[2])
+		if err != nil {
+			return nil, err
+		}
+		if !Supported[srv.Protocol] {
+			cfg.Skipped = append(cfg.Skipped, s.Name)
+			continue
+		}
+		if other, dup := ports[srv.LocalPort]; dup {
+			return nil, fmt.Errorf("[%s]: local port %d is already used by [%s]", s.Name, srv.LocalPort, other)
+		}
+		ports[srv.LocalPort] = s.Name
+		cfg.Servers = append(cfg.Servers, srv)
+	}
+	var err error
+	g := &cfg.Global
+	if g.DeleteAccountTokenOnPasswordError, err = boolKey(f, GlobalSection, "delete_account_token_on_password_error", true); err != nil {
+		return nil, err
+	}
+	if g.EncryptClientSecretOnFirstUse, err = boolKey(f, GlobalSection, "encrypt_client_secret_on_first_use", false); err != nil {
+		return nil, err
+	}
+	if g.UseLoginPasswordAsClientCredentialsSecret, err = boolKey(f, GlobalSection, "use_login_password_as_client_credentials_secret", false); err != nil {
+		return nil, err
+	}
+	if g.AllowCatchAllAccounts, err = boolKey(f, GlobalSection, "allow_catch_all_accounts", false); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func parseServer(f *File, name string, proto Protocol, portText string) (*Server, error) {
+	srv := &Server{Section: name, Protocol: proto}
+	port, err := strconv.Atoi(portText)
+	if err != nil || port < 1 || port > 65535 {
+		return nil, fmt.Errorf("[%s]: local port must be between 1 and 65535", name)
+	}
+	srv.LocalPort = port
+	srv.LocalAddress = "::"
+	if v, ok := f.Lookup(name, "local_address"); ok && v != "" {
+		srv.LocalAddress = v
+	}
+	v, ok := f.Lookup(name, "server_address")
+	if !ok || v == "" {
+		return nil, fmt.Errorf("[%s]: server_address is missing", name)
+	}
+	srv.ServerAddress = v
+	v, ok = f.Lookup(name, "server_port")
+	if !ok || v == "" {
+		return nil, fmt.Errorf("[%s]: server_port is missing", name)
+	}
+	if srv.ServerPort, err = strconv.Atoi(v); err != nil || srv.ServerPort < 1 || srv.ServerPort > 65535 {
+		return nil, fmt.Errorf("[%s]: server_port %q must be a number between 1 and 65535", name, v)
+	}
+	legacy, err := boolKey(f, name, "starttls", false)
+	if err != nil {
+		return nil, err
+	}
+	if srv.ServerStartTLS, err = boolKey(f, name, "server_starttls", legacy); err != nil {
+		return nil, err
+	}
+	if srv.LocalStartTLS, err = boolKey(f, name, "local_starttls", false); err != nil {
+		return nil, err
+	}
+	srv.LocalCertPath, _ = f.Lookup(name, "local_certificate_path")
+	srv.LocalKeyPath, _ = f.Lookup(name, "local_key_path")
+	if srv.LocalStartTLS && (srv.LocalCertPath == "" || srv.LocalKeyPath == "") {
+		return nil, fmt.Errorf("[%s]: local_starttls needs both local_certificate_path and local_key_path", name)
+	}
+	return srv, nil
+}
+
+// ParseBool accepts configparser's boolean words.
+func ParseBool(v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "1", "yes", "true", "on":
+		return true, nil
+	case "0", "no", "false", "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("not a boolean: %q (use true/false, yes/no, on/off or 1/0)", v)
+}
+
+func boolKey(f *File, section, key string, def bool) (bool, error) {
+	v, ok := f.Lookup(section, key)
+	if !ok {
+		return def, nil
+	}
+	b, err := ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("[%s] %s: %w", section, key, err)
+	}
+	return b, nil
+}

@@ -1,0 +1,153 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/emailproxy/emailproxy/auth"
+	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/protocol/imap"
+	"github.com/emailproxy/emailproxy/protocol/sasl"
+)
+
+// errRejected marks an upstream that refused the token.
+type rejectedError struct{ text string }
+
+func (e *rejectedError) Error() string { return "server rejected the token: " + e.text }
+
+// maxAuthLines bounds the lines an upstream may send while authenticating.
+const maxAuthLines = 64
+
+// authIMAP sends AUTHENTICATE XOAUTH2 with the client's tag and returns
+// what to relay to the client on success: the untagged lines and the
+// tagged OK, in the order the server sent them.
+func (u *upstreamConn) authIMAP(tag, user, token string, saslIR bool) ([]byte, error) {
+	ir := sasl.XOAUTH2(user, token)
+	cmd := make([]byte, 0, len(tag)+len(ir)+32)
+	cmd = append(cmd, tag...)
+	cmd = append(cmd, " AUTHENTICATE XOAUTH2"...)
+	if saslIR {
+		cmd = append(cmd, ' ')
+		cmd = append(cmd, ir...)
+	}
+	cmd = append(cmd, "\r\n"...)
+	if _, err := u.conn.Write(cmd); err != nil {
+		return nil, err
+	}
+	sentIR := saslIR
+	var reply []byte
+	for i := 0; i < maxAuthLines; i++ {
+		line, err := u.readLine()
+		if err != nil {
+			return nil, err
+		}
+		st, rtag, text := imap.ParseResponse(line)
+		switch {
+		case st == imap.Continuation && !sentIR:
+			sentIR = true
+			if _, err := u.conn.Write(append(ir, '\r', '\n')); err != nil {
+				return nil, err
+			}
+		case st == imap.Continuation:
+			// A SASL error challenge (base64 JSON, as Gmail and Exchange send):
+			// answer with an empty response to get the final result.
+			if _, err := u.conn.Write([]byte("\r\n")); err != nil {
+				return nil, err
+			}
+		case st == imap.Untagged:
+			reply = append(append(reply, line...), '\r', '\n')
+		case string(rtag) == tag && st == imap.OK:
+			return append(append(reply, line...), '\r', '\n'), nil
+		case string(rtag) == tag:
+			return nil, &rejectedError{string(text)}
+		default:
+			return nil, fmt.Errorf("unexpected response %q", truncate(line))
+		}
+	}
+	return nil, errors.New("too many lines while authenticating")
+}
+
+// authPOP sends AUTH XOAUTH2 in two steps (RFC 5034), as Exchange Online
+// expects, and returns the +OK line to relay.
+func (u *upstreamConn) authPOP(user, token string) ([]byte, error) {
+	if _, err := u.conn.Write([]byte("AUTH XOAUTH2\r\n")); err != nil {
+		return nil, err
+	}
+	sent := false
+	for i := 0; i < maxAuthLines; i++ {
+		line, err := u.readLine()
+		if err != nil {
+			return nil, err
+		}
+		s := string(line)
+		switch {
+		case strings.HasPrefix(s, "+OK"):
+			return append(append([]byte{}, line...), '\r', '\n'), nil
+		case strings.HasPrefix(s, "-ERR"):
+			return nil, &rejectedError{strings.TrimSpace(s[4:])}
+		case strings.HasPrefix(s, "+") && !sent:
+			sent = true
+			if _, err := u.conn.Write(append(sasl.XOAUTH2(user, token), '\r', '\n')); err != nil {
+				return nil, err
+			}
+		case strings.HasPrefix(s, "+"):
+			if _, err := u.conn.Write([]byte("\r\n")); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("unexpected response %q", truncate(line))
+		}
+	}
+	return nil, errors.New("too many lines while authenticating")
+}
+
+// login gets a token, opens an upstream connection and authenticates.
+// A token the server refuses is replaced by a fresh one once.
+func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.Credentials) (*upstreamConn, []byte, *auth.LoginError) {
+	token, err := s.provider.Authorize(ctx, creds.Username, creds.Password)
+	if err != nil {
+		return nil, nil, auth.AsLoginError(err)
+	}
+	for attempt := 0; ; attempt++ {
+		u, err := l.dialer.dial(ctx)
+		if err != nil {
+			return nil, nil, &auth.LoginError{Message: "upstream server unavailable: " + err.Error(), Temporary: true}
+		}
+		l.learn(u)
+		if dl, ok := ctx.Deadline(); ok {
+			u.conn.SetDeadline(dl)
+		}
+		var reply []byte
+		switch l.srv.Protocol {
+		case config.IMAP:
+			reply, err = u.authIMAP(tag, creds.Username, token, imap.HasCapability(u.caps, "SASL-IR"))
+		default:
+			reply, err = u.authPOP(creds.Username, token)
+		}
+		if err == nil {
+			u.conn.SetDeadline(time.Time{})
+			if !s.provider.Confirm(creds.Username, creds.Password) {
+				u.Close()
+				return nil, nil, &auth.LoginError{Message: fmt.Sprintf("login failed - the password for account %s is incorrect", creds.Username)}
+			}
+			return u, reply, nil
+		}
+		u.Close()
+		var rej *rejectedError
+		if !errors.As(err, &rej) {
+			return nil, nil, &auth.LoginError{Message: "upstream server failed during authentication: " + shortNetErr(err), Temporary: true}
+		}
+		s.provider.Reject(creds.Username, token)
+		if attempt > 0 {
+			return nil, nil, &auth.LoginError{Message: fmt.Sprintf("the server refused the OAuth 2.0 token for account %s: %s", creds.Username, rej.text)}
+		}
+		s.log.Warn().Str("account", creds.Username).Str("server", l.srv.Section).Str("reply", rej.text).
+			Msg("upstream refused the token; retrying once with a fresh one")
+		if token, err = s.provider.Authorize(ctx, creds.Username, creds.Password); err != nil {
+			return nil, nil, auth.AsLoginError(err)
+		}
+	}
+}

@@ -1,0 +1,274 @@
+// Package engine owns every socket of the proxy: one gnet event loop engine
+// serves the plaintext client listeners and runs the pre-login state
+// machines; logins run on goroutines (token, upstream dial, TLS, XOAUTH2)
+// and report back to the loop; authenticated sessions are relayed on
+// goroutines with bounded, pooled buffers.
+package engine
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/rs/zerolog"
+
+	"github.com/emailproxy/emailproxy/auth"
+	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/protocol/imap"
+	"github.com/emailproxy/emailproxy/protocol/pop3"
+)
+
+// Options tune the engine; zero values take the defaults shown.
+type Options struct {
+	EventLoops   int           // gnet event loops (default: number of CPUs)
+	LoginTimeout time.Duration // token + dial + TLS + XOAUTH2 for one login (default 30 s)
+	DialTimeout  time.Duration // TCP + TLS + greeting upstream (default 10 s)
+	RelayBuffer  int           // bytes per relay direction (default 16 KiB)
+	TCPKeepAlive time.Duration // client and upstream keepalive period (default 60 s)
+	IMAPLimits   imap.Limits   // default imap.DefaultLimits
+	POPLimits    pop3.Limits   // default pop3.DefaultLimits
+	// RootCAs verifies upstream certificates; nil means the system roots
+	// (which honour SSL_CERT_FILE).
+	RootCAs *x509.CertPool
+	Logger  zerolog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.EventLoops <= 0 {
+		o.EventLoops = runtime.NumCPU()
+	}
+	if o.LoginTimeout <= 0 {
+		o.LoginTimeout = 30 * time.Second
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	if o.RelayBuffer <= 0 {
+		o.RelayBuffer = 16 << 10
+	}
+	if o.TCPKeepAlive <= 0 {
+		o.TCPKeepAlive = 60 * time.Second
+	}
+	if o.IMAPLimits == (imap.Limits{}) {
+		o.IMAPLimits = imap.DefaultLimits
+	}
+	if o.POPLimits == (pop3.Limits{}) {
+		o.POPLimits = pop3.DefaultLimits
+	}
+}
+
+// Server is the running proxy.
+type Server struct {
+	gnet.BuiltinEventEngine
+
+	cfg      *config.Config
+	provider *auth.Provider
+	opts     Options
+	log      zerolog.Logger
+
+	listeners map[int]*listener // by local port (unique across sections)
+
+	eng    gnet.Engine
+	booted chan struct{}
+	done   chan error
+
+	ctx    context.Context // cancelled on Stop: ends logins in flight
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // login, profile and relay goroutines
+
+	relayMu sync.Mutex
+	relays  map[*relay]struct{}
+}
+
+// listener is one server section's state shared by its connections.
+type listener struct {
+	srv    *config.Server
+	dialer *dialer
+	log    zerolog.Logger
+
+	mu       sync.Mutex
+	prof     *profile
+	fetching bool
+	waiting  []*session
+}
+
+// learn records the greeting and capabilities of a fresh upstream
+// connection, the first time one is seen.
+func (l *listener) learn(u *upstreamConn) *profile {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.prof == nil {
+		l.prof = profileOf(l.srv.Protocol, u)
+	}
+	return l.prof
+}
+
+// New prepares a proxy for cfg's servers; Start binds them.
+func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
+	opts.defaults()
+	s := &Server{
+		cfg: cfg, provider: provider, opts: opts, log: opts.Logger,
+		listeners: map[int]*listener{},
+		booted:    make(chan struct{}),
+		done:      make(chan error, 1),
+		relays:    map[*relay]struct{}{},
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	for _, srv := range cfg.Servers {
+		s.listeners[srv.LocalPort] = &listener{
+			srv:    srv,
+			dialer: newDialer(srv, opts.RootCAs, opts.DialTimeout),
+			log:    opts.Logger.With().Str("server", srv.Section).Logger(),
+		}
+	}
+	return s
+}
+
+// Start binds every listener and returns once they accept connections, or
+// with the bind error.
+func (s *Server) Start() error {
+	if len(s.listeners) == 0 {
+		return errors.New("no server sections to serve: add an [IMAP-port] or [POP-port] section")
+	}
+	addrs := make([]string, 0, len(s.listeners))
+	for _, srv := range s.cfg.Servers {
+		addrs = append(addrs, "tcp://"+srv.ListenAddr())
+	}
+	go func() {
+		s.done <- gnet.Rotate(s, addrs,
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(s.opts.EventLoops),
+			gnet.WithReuseAddr(true),
+			gnet.WithTCPKeepAlive(s.opts.TCPKeepAlive),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithLogger(gnetLogger{s.log}),
+		)
+	}()
+	select {
+	case <-s.booted:
+	case err := <-s.done:
+		if err == nil {
+			err = errors.New("event loop stopped at start")
+		}
+		return fmt.Errorf("cannot listen on %v (is the proxy already running?): %w", addrs, err)
+	}
+	for _, srv := range s.cfg.Servers {
+		s.log.Info().Str("server", srv.Section).Str("listen", srv.ListenAddr()).
+			Str("upstream", srv.UpstreamAddr()).Msg("listening")
+	}
+	return nil
+}
+
+// Done reports the event loop's end (after Stop, or on a fatal error).
+func (s *Server) Done() <-chan error { return s.done }
+
+// Stop closes the listeners and every connection, ends logins in flight
+// and waits for all goroutines the server started.
+func (s *Server) Stop(ctx context.Context) error {
+	s.cancel()
+	err := s.eng.Stop(ctx)
+	s.relayMu.Lock()
+	for r := range s.relays {
+		r.close()
+	}
+	s.relayMu.Unlock()
+	s.wg.Wait()
+	return err
+}
+
+// OnBoot implements gnet.EventHandler.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	close(s.booted)
+	return gnet.None
+}
+
+// OnOpen implements gnet.EventHandler: greet at once if the upstream's
+// greeting is known, else fetch it off the loop.
+func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	port := 0
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		port = a.Port
+	}
+	l := s.listeners[port]
+	if l == nil {
+		return nil, gnet.Close
+	}
+	sess := newSession(s, l, c)
+	c.SetContext(sess)
+	sess.logOpen()
+	l.mu.Lock()
+	prof := l.prof
+	if prof == nil {
+		l.waiting = append(l.waiting, sess)
+		if !l.fetching {
+			l.fetching = true
+			s.wg.Add(1)
+			go s.fetchProfile(l)
+		}
+	}
+	l.mu.Unlock()
+	if prof == nil {
+		return nil, gnet.None
+	}
+	return sess.greet(prof), gnet.None
+}
+
+// fetchProfile connects upstream once to learn its greeting and
+// capabilities, then greets the clients that were waiting.
+func (s *Server) fetchProfile(l *listener) {
+	defer s.wg.Done()
+	u, err := l.dialer.dial(s.ctx)
+	var prof *profile
+	if err == nil {
+		prof = l.learn(u)
+		u.Close()
+	} else {
+		l.log.Error().Err(err).Msg("upstream server unavailable")
+	}
+	l.mu.Lock()
+	waiting := l.waiting
+	l.waiting, l.fetching = nil, false
+	l.mu.Unlock()
+	for _, sess := range waiting {
+		sess.post(func(ps *pending) {
+			if prof != nil {
+				ps.profile = prof
+			} else {
+				ps.unavailable = true
+			}
+		})
+	}
+}
+
+// OnTraffic implements gnet.EventHandler.
+func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
+	sess, ok := c.Context().(*session)
+	if !ok {
+		return gnet.Close
+	}
+	return sess.onTraffic()
+}
+
+// OnClose implements gnet.EventHandler.
+func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
+	if sess, ok := c.Context().(*session); ok {
+		sess.onClose(err)
+	}
+	return gnet.None
+}
+
+// gnetLogger sends gnet's own messages to zerolog.
+type gnetLogger struct{ l zerolog.Logger }
+
+func (g gnetLogger) Debugf(f string, a ...any) { g.l.Debug().Msgf("gnet: "+f, a...) }
+func (g gnetLogger) Infof(f string, a ...any)  { g.l.Debug().Msgf("gnet: "+f, a...) }
+func (g gnetLogger) Warnf(f string, a ...any)  { g.l.Warn().Msgf("gnet: "+f, a...) }
+func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error().Msgf("gnet: "+f, a...) }
+func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error().Msgf("gnet: "+f, a...) }

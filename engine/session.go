@@ -1,0 +1,271 @@
+package engine
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/rs/zerolog"
+
+	"github.com/emailproxy/emailproxy/auth"
+	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/protocol/imap"
+	"github.com/emailproxy/emailproxy/protocol/pop3"
+	"github.com/emailproxy/emailproxy/protocol/sasl"
+)
+
+type phase int
+
+const (
+	phGreeting phase = iota // waiting for the upstream's greeting to be known
+	phPreLogin              // the state machine reads client commands
+	phLogin                 // a login runs off the loop
+	phRelay                 // handed to a relay; the gnet connection is gone
+)
+
+// pending is what goroutines hand back to the loop; guarded by session.mu.
+type pending struct {
+	profile     *profile
+	unavailable bool
+	login       *loginResult
+}
+
+type loginResult struct {
+	up    *upstreamConn
+	reply []byte // upstream's answer to relay to the client
+	user  string
+	err   *auth.LoginError
+}
+
+// session is one client connection. Everything but mu's fields is touched
+// only on the connection's event loop.
+type session struct {
+	srv   *Server
+	l     *listener
+	c     gnet.Conn
+	log   zerolog.Logger
+	phase phase
+	start time.Time
+	imap  *imap.Machine
+	pop   *pop3.Machine
+	tag   string // IMAP tag of the login in progress
+
+	mu      sync.Mutex
+	pend    pending
+	closed  bool
+	cancel  context.CancelFunc
+	waiting bool // a wake is already queued
+}
+
+func newSession(s *Server, l *listener, c gnet.Conn) *session {
+	return &session{srv: s, l: l, c: c, start: time.Now(),
+		log: l.log.With().Str("client", c.RemoteAddr().String()).Logger()}
+}
+
+func (s *session) logOpen() {
+	s.log.Info().Str("proto", string(s.l.srv.Protocol)).Msg("connection opened")
+}
+
+// greet builds the state machine and returns the greeting to send.
+func (s *session) greet(p *profile) []byte {
+	switch s.l.srv.Protocol {
+	case config.IMAP:
+		s.imap = imap.New(p.caps, s.srv.opts.IMAPLimits)
+	default:
+		s.pop = pop3.New(p.caps, s.srv.opts.POPLimits)
+	}
+	s.phase = phPreLogin
+	return p.greeting
+}
+
+// post hands a result to the loop from another goroutine.
+func (s *session) post(set func(*pending)) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	set(&s.pend)
+	s.mu.Unlock()
+	if err := s.c.Wake(nil); err != nil {
+		return false
+	}
+	return true
+}
+
+func (s *session) take() pending {
+	s.mu.Lock()
+	p := s.pend
+	s.pend = pending{}
+	s.mu.Unlock()
+	return p
+}
+
+func (s *session) onTraffic() gnet.Action {
+	p := s.take()
+	if s.phase == phGreeting {
+		switch {
+		case p.profile != nil:
+			if _, err := s.c.Write(s.greet(p.profile)); err != nil {
+				return gnet.Close
+			}
+		case p.unavailable:
+			s.c.Write(s.unavailableBye())
+			return gnet.Close
+		default:
+			return gnet.None // input waits in gnet's buffer until greeted
+		}
+	}
+	if p.login != nil && s.phase == phLogin {
+		if act, done := s.finishLogin(p.login); done {
+			return act
+		}
+	}
+	if s.phase != phPreLogin {
+		return gnet.None
+	}
+	return s.process()
+}
+
+func (s *session) unavailableBye() []byte {
+	if s.l.srv.Protocol == config.IMAP {
+		return []byte("* BYE [UNAVAILABLE] emailproxy: upstream server unavailable, try again later\r\n")
+	}
+	return []byte("-ERR [SYS/TEMP] emailproxy: upstream server unavailable, try again later\r\n")
+}
+
+// process runs buffered client input through the state machine.
+func (s *session) process() gnet.Action {
+	for {
+		buf, _ := s.c.Peek(-1)
+		if len(buf) == 0 {
+			return gnet.None
+		}
+		var (
+			n     int
+			out   []byte
+			kind  int
+			creds sasl.Credentials
+		)
+		if s.imap != nil {
+			var act imap.Action
+			n, act = s.imap.Next(buf)
+			out, kind, creds, s.tag = act.Out, int(act.Kind), act.Creds, act.Tag
+		} else {
+			var act pop3.Action
+			n, act = s.pop.Next(buf)
+			out, kind, creds = act.Out, int(act.Kind), act.Creds
+		}
+		if n > 0 {
+			s.c.Discard(n) // Discard(0) would drop the whole buffer
+		}
+		if len(out) > 0 {
+			if _, err := s.c.Write(out); err != nil {
+				return gnet.Close
+			}
+		}
+		// imap and pop3 share the order of their Kind constants.
+		switch kind {
+		case int(imap.NeedMore):
+			return gnet.None
+		case int(imap.Close):
+			return gnet.Close
+		case int(imap.Login):
+			s.startLogin(creds)
+			return gnet.None
+		}
+	}
+}
+
+func (s *session) startLogin(creds sasl.Credentials) {
+	s.phase = phLogin
+	ctx, cancel := context.WithTimeout(s.srv.ctx, s.srv.opts.LoginTimeout)
+	s.mu.Lock()
+	s.cancel = cancel
+	s.mu.Unlock()
+	tag := s.tag
+	s.srv.wg.Add(1)
+	go func() {
+		defer s.srv.wg.Done()
+		defer cancel()
+		start := time.Now()
+		up, reply, lerr := s.srv.login(ctx, s.l, tag, creds)
+		ev := s.log.Info()
+		if lerr != nil {
+			ev = s.log.Warn().Str("error", lerr.Message)
+		}
+		ev.Str("proto", string(s.l.srv.Protocol)).Str("account", creds.Username).Bool("ok", lerr == nil).
+			Dur("took", time.Since(start)).Msg("login")
+		res := &loginResult{up: up, reply: reply, user: creds.Username, err: lerr}
+		if !s.post(func(p *pending) { p.login = res }) && up != nil {
+			s.mu.Lock()
+			// onClose may have run: whoever sees the result closes it.
+			if s.pend.login == res {
+				s.pend.login = nil
+			}
+			s.mu.Unlock()
+			up.Close()
+		}
+	}()
+}
+
+// finishLogin answers the client; on success the connection leaves gnet
+// for a relay.
+func (s *session) finishLogin(res *loginResult) (gnet.Action, bool) {
+	s.mu.Lock()
+	s.cancel = nil
+	s.mu.Unlock()
+	if res.err != nil {
+		var out []byte
+		if s.imap != nil {
+			out = s.imap.LoginFailed(s.tag, "emailproxy: "+res.err.Message, res.err.Temporary)
+		} else {
+			out = s.pop.LoginFailed("emailproxy: "+res.err.Message, res.err.Temporary)
+		}
+		s.phase = phPreLogin
+		if _, err := s.c.Write(out); err != nil {
+			return gnet.Close, true
+		}
+		return gnet.None, false
+	}
+	// Client bytes sent after the login command (pipelined) go upstream
+	// after the authentication, in order.
+	var leftover []byte
+	if n := s.c.InboundBuffered(); n > 0 {
+		b, _ := s.c.Next(n)
+		leftover = append([]byte(nil), b...)
+	}
+	fd, err := s.c.Dup()
+	if err != nil {
+		s.log.Error().Err(err).Msg("cannot hand the connection to the relay")
+		res.up.Close()
+		return gnet.Close, true
+	}
+	s.phase = phRelay
+	s.srv.startRelay(s, fd, res, leftover)
+	return gnet.Close, true
+}
+
+func (s *session) onClose(err error) {
+	s.mu.Lock()
+	s.closed = true
+	cancel := s.cancel
+	res := s.pend.login
+	s.pend = pending{}
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if res != nil && res.up != nil {
+		res.up.Close()
+	}
+	if s.phase == phRelay {
+		return // the relay logs the end of the session
+	}
+	ev := s.log.Info()
+	if err != nil {
+		ev = ev.Str("error", err.Error())
+	}
+	ev.Dur("duration", time.Since(s.start)).Msg("connection closed")
+}

@@ -1,0 +1,573 @@
+// Package imap is the I/O-free IMAP4 state machine for the client side of
+// the proxy before login: it parses commands (tags, atoms, quoted strings,
+// synchronising and non-synchronising literals read by byte count), answers
+// what it can answer itself, and turns LOGIN or AUTHENTICATE PLAIN into a
+// login request. It also rewrites upstream capabilities and reads upstream
+// status lines.
+package imap
+
+import (
+	"bytes"
+
+	"github.com/emailproxy/emailproxy/protocol/sasl"
+	"github.com/emailproxy/emailproxy/protocol/textline"
+)
+
+// Kind is what the engine must do after a step.
+type Kind int
+
+const (
+	// NeedMore: all input was consumed (or is incomplete); wait for more.
+	NeedMore Kind = iota
+	// Reply: send Out to the client and call Next again.
+	Reply
+	// Login: send Out (if any), then log in upstream with Creds; do not
+	// call Next until LoginFailed is called or the session is relayed.
+	Login
+	// Close: send Out, then close the connection.
+	Close
+)
+
+// Action is the result of one step.
+type Action struct {
+	Kind  Kind
+	Out   []byte // valid until the next call on the machine
+	Creds sasl.Credentials
+	Tag   string // the client's tag for the login command
+}
+
+// Limits bound what an unauthenticated client may send.
+type Limits struct {
+	MaxLine    int // bytes in one command line
+	MaxLiteral int // bytes in all literals of one command
+	MaxErrors  int // bad commands before the client is disconnected
+}
+
+// DefaultLimits suit every real client: user names, passwords and SASL
+// responses are far below them.
+var DefaultLimits = Limits{MaxLine: 8192, MaxLiteral: 8192, MaxErrors: 10}
+
+type state int
+
+const (
+	stCommand  state = iota // waiting for a command line
+	stLiteral               // reading literal bytes
+	stContinue              // reading the rest of a command after a literal
+	stSASL                  // waiting for an AUTHENTICATE response line
+	stPending               // a login is in progress
+	stClosed
+)
+
+// maxSkip is how much of one overlong line is read and dropped before the
+// client is disconnected.
+const maxSkip = 64 << 10
+
+// saslStep says which answer an AUTHENTICATE exchange waits for.
+type saslStep int
+
+const (
+	saslPlain saslStep = iota
+	saslLoginUser
+	saslLoginPass
+)
+
+// part is a piece of the command being assembled: text between literals,
+// or a literal's bytes. Offsets index Machine.arena.
+type part struct {
+	start, end int
+	literal    bool
+}
+
+// Machine is one client connection's pre-login state. The zero value is not
+// usable: call New.
+type Machine struct {
+	caps     []byte // "* CAPABILITY ...\r\n" to answer CAPABILITY with
+	lim      Limits
+	st       state
+	arena    []byte // owned bytes of the command being assembled
+	parts    []part
+	litLeft  int
+	litTotal int
+	skipping int // >0 while dropping the rest of an overlong line
+	errors   int
+	sasl     saslStep
+	tag      []byte
+	user     string
+	out      []byte
+}
+
+// New returns a machine that answers CAPABILITY with capsLine (already
+// rewritten, see RewriteCapabilityLine).
+func New(capsLine []byte, lim Limits) *Machine {
+	return &Machine{caps: capsLine, lim: lim}
+}
+
+// Next consumes input and returns how many bytes it used and what to do.
+// Call it until it returns NeedMore (or Login or Close).
+func (m *Machine) Next(in []byte) (int, Action) {
+	m.out = m.out[:0]
+	used := 0
+	for {
+		n, act := m.step(in[used:])
+		used += n
+		if act.Kind != NeedMore || n == 0 || used == len(in) {
+			return used, act
+		}
+	}
+}
+
+func (m *Machine) step(in []byte) (int, Action) {
+	if m.skipping > 0 {
+		return m.skip(in)
+	}
+	switch m.st {
+	case stCommand, stContinue:
+		return m.readLine(in)
+	case stLiteral:
+		n := min(len(in), m.litLeft)
+		start := len(m.arena)
+		m.arena = append(m.arena, in[:n]...)
+		m.extendLiteral(start)
+		m.litLeft -= n
+		if m.litLeft == 0 {
+			m.st = stContinue
+		}
+		return n, Action{}
+	case stSASL:
+		line, n, st := textline.Cut(in, m.lim.MaxLine)
+		switch st {
+		case textline.NeedMore:
+			return 0, Action{}
+		case textline.TooLong:
+			m.skipping = 1
+			m.st = stCommand
+			return 0, m.bad(string(m.tag), "SASL response too long")
+		}
+		return n, m.saslResponse(line)
+	}
+	return 0, Action{}
+}
+
+func (m *Machine) skip(in []byte) (int, Action) {
+	n, done := textline.Skip(in)
+	m.skipping += n
+	if m.skipping > maxSkip {
+		m.skipping = 0
+		return n, m.bye("Line too long")
+	}
+	if done {
+		m.skipping = 0
+	}
+	return n, Action{}
+}
+
+func (m *Machine) readLine(in []byte) (int, Action) {
+	line, n, st := textline.Cut(in, m.lim.MaxLine)
+	switch st {
+	case textline.NeedMore:
+		return 0, Action{}
+	case textline.TooLong:
+		m.skipping = 1
+		m.resetCommand()
+		return 0, m.bad("*", "Command line too long")
+	}
+	// A line ending in {n} or {n+} announces a literal.
+	litLen, nonSync, markerAt, ok := literalMarker(line)
+	text := line
+	if ok {
+		text = line[:markerAt]
+	}
+	start := len(m.arena)
+	m.arena = append(m.arena, text...)
+	m.parts = append(m.parts, part{start: start, end: len(m.arena)})
+	if !ok {
+		return n, m.dispatch()
+	}
+	if len(m.parts) == 1 {
+		// The tag is needed for the error replies below.
+		tag, _ := textline.Word(text)
+		m.tag = append(m.tag[:0], tag...)
+	}
+	m.litTotal += litLen
+	if m.litTotal > m.lim.MaxLiteral || len(m.parts) > 16 {
+		tag := string(m.tag)
+		m.resetCommand()
+		if nonSync {
+			// The client sends the bytes anyway; we cannot stay in step.
+			return n, m.bye("Literal too large")
+		}
+		return n, m.bad(tag, "Literal too large")
+	}
+	m.parts = append(m.parts, part{start: len(m.arena), end: len(m.arena), literal: true})
+	m.litLeft = litLen
+	m.st = stLiteral
+	if litLen == 0 {
+		m.st = stContinue
+	}
+	if nonSync {
+		return n, Action{}
+	}
+	m.out = append(m.out, "+ Ready for literal data\r\n"...)
+	return n, Action{Kind: Reply, Out: m.out}
+}
+
+func (m *Machine) extendLiteral(start int) {
+	p := &m.parts[len(m.parts)-1]
+	if p.end != start {
+		panic("imap: literal bytes out of place")
+	}
+	p.end = len(m.arena)
+}
+
+// literalMarker finds a trailing "{n}" or "{n+}" (RFC 9051, RFC 7888).
+func literalMarker(line []byte) (n int, nonSync bool, at int, ok bool) {
+	if len(line) < 3 || line[len(line)-1] != '}' {
+		return 0, false, 0, false
+	}
+	open := bytes.LastIndexByte(line, '{')
+	if open < 0 {
+		return 0, false, 0, false
+	}
+	digits := line[open+1 : len(line)-1]
+	if len(digits) > 0 && digits[len(digits)-1] == '+' {
+		nonSync = true
+		digits = digits[:len(digits)-1]
+	}
+	if len(digits) == 0 || len(digits) > 9 {
+		return 0, false, 0, false
+	}
+	v := 0
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, false, 0, false
+		}
+		v = v*10 + int(c-'0')
+	}
+	return v, nonSync, open, true
+}
+
+// resetCommand drops the command being assembled and waits for the next.
+func (m *Machine) resetCommand() {
+	m.clearCommand()
+	m.st = stCommand
+}
+
+func (m *Machine) clearCommand() {
+	m.arena = m.arena[:0]
+	m.parts = m.parts[:0]
+	m.litTotal, m.litLeft = 0, 0
+}
+
+// dispatch runs a complete command; the handlers set the next state.
+func (m *Machine) dispatch() Action {
+	m.st = stCommand
+	defer m.clearCommand()
+	first := m.parts[0]
+	line := m.arena[first.start:first.end]
+	tag, rest := textline.Word(line)
+	cmd, args := textline.Word(rest)
+	if len(line) == 0 {
+		return m.bad("*", "Empty command")
+	}
+	if !validTag(tag) || len(cmd) == 0 {
+		return m.bad("*", "Invalid tag or missing command")
+	}
+	m.tag = append(m.tag[:0], tag...)
+	t := string(tag)
+	switch {
+	case textline.EqualFold(cmd, "CAPABILITY"):
+		m.out = append(m.out, m.caps...)
+		return m.ok(t, "CAPABILITY completed")
+	case textline.EqualFold(cmd, "NOOP"):
+		return m.ok(t, "NOOP completed")
+	case textline.EqualFold(cmd, "LOGOUT"):
+		m.out = append(m.out, "* BYE Logging out\r\n"...)
+		m.ok(t, "LOGOUT completed")
+		m.st = stClosed
+		return Action{Kind: Close, Out: m.out}
+	case textline.EqualFold(cmd, "ID"):
+		m.out = append(m.out, "* ID NIL\r\n"...)
+		return m.ok(t, "ID completed")
+	case textline.EqualFold(cmd, "LOGIN"):
+		return m.login(t, args)
+	case textline.EqualFold(cmd, "AUTHENTICATE"):
+		return m.authenticate(t, args)
+	case textline.EqualFold(cmd, "STARTTLS"):
+		return m.bad(t, "STARTTLS is not available on this port")
+	case textline.EqualFold(cmd, "ENABLE"):
+		return m.bad(t, "ENABLE is valid only after login")
+	}
+	return m.bad(t, "Unknown command or command not valid before login")
+}
+
+// login parses "LOGIN userid password" (each an astring) from the first
+// part's args and any following literal parts.
+func (m *Machine) login(tag string, args []byte) Action {
+	toks := m.tokens(args)
+	if toks == nil || len(toks) != 2 {
+		return m.bad(tag, "LOGIN expects a user name and a password")
+	}
+	user, pass := string(toks[0]), string(toks[1])
+	return m.startLogin(tag, sasl.Credentials{Username: user, Password: pass})
+}
+
+func (m *Machine) authenticate(tag string, args []byte) Action {
+	mech, ir := textline.Word(args)
+	if len(m.parts) > 1 {
+		return m.bad(tag, "Unexpected literal in AUTHENTICATE")
+	}
+	switch {
+	case textline.EqualFold(mech, "PLAIN"):
+		m.sasl = saslPlain
+		if ir != nil {
+			return m.saslAnswer(tag, ir)
+		}
+		m.out = append(m.out, "+ \r\n"...)
+	case textline.EqualFold(mech, "LOGIN"):
+		m.sasl = saslLoginUser
+		if ir != nil {
+			return m.saslAnswer(tag, ir)
+		}
+		m.out = append(m.out, "+ VXNlcm5hbWU6\r\n"...)
+	default:
+		return m.no(tag, "", "Unsupported authentication mechanism (use PLAIN or LOGIN)")
+	}
+	m.tag = append(m.tag[:0], tag...)
+	m.st = stSASL
+	return Action{Kind: Reply, Out: m.out}
+}
+
+func (m *Machine) saslResponse(line []byte) Action {
+	m.st = stCommand
+	return m.saslAnswer(string(m.tag), line)
+}
+
+// saslAnswer handles one client response inside AUTHENTICATE.
+func (m *Machine) saslAnswer(tag string, resp []byte) Action {
+	switch m.sasl {
+	case saslPlain:
+		creds, err := sasl.DecodePlain(resp)
+		if err == sasl.ErrCancelled {
+			return m.bad(tag, "AUTHENTICATE cancelled")
+		} else if err != nil {
+			return m.bad(tag, "Invalid SASL PLAIN response")
+		}
+		return m.startLogin(tag, creds)
+	case saslLoginUser:
+		user, err := sasl.DecodeBase64(resp)
+		if err == sasl.ErrCancelled {
+			return m.bad(tag, "AUTHENTICATE cancelled")
+		} else if err != nil || len(user) == 0 {
+			return m.bad(tag, "Invalid SASL LOGIN response")
+		}
+		m.user = string(user)
+		m.sasl = saslLoginPass
+		m.tag = append(m.tag[:0], tag...)
+		m.st = stSASL
+		m.out = append(m.out, "+ UGFzc3dvcmQ6\r\n"...)
+		return Action{Kind: Reply, Out: m.out}
+	default:
+		pass, err := sasl.DecodeBase64(resp)
+		user := m.user
+		m.user = ""
+		if err == sasl.ErrCancelled {
+			return m.bad(tag, "AUTHENTICATE cancelled")
+		} else if err != nil {
+			return m.bad(tag, "Invalid SASL LOGIN response")
+		}
+		return m.startLogin(tag, sasl.Credentials{Username: user, Password: string(pass)})
+	}
+}
+
+func (m *Machine) startLogin(tag string, creds sasl.Credentials) Action {
+	m.st = stPending
+	return Action{Kind: Login, Out: m.out, Creds: creds, Tag: tag}
+}
+
+// LoginFailed ends a login that did not succeed; the client may try again.
+// temporary marks failures that are not the client's fault (token endpoint
+// or upstream unavailable).
+func (m *Machine) LoginFailed(tag, msg string, temporary bool) []byte {
+	m.out = m.out[:0]
+	m.st = stCommand
+	code := "AUTHENTICATIONFAILED"
+	if temporary {
+		code = "UNAVAILABLE"
+	}
+	m.no(tag, code, msg)
+	return m.out
+}
+
+func (m *Machine) ok(tag, text string) Action {
+	m.out = append(m.out, tag...)
+	m.out = append(m.out, " OK "...)
+	m.out = append(m.out, text...)
+	m.out = append(m.out, "\r\n"...)
+	return Action{Kind: Reply, Out: m.out}
+}
+
+func (m *Machine) no(tag, code, text string) Action {
+	m.out = append(m.out, tag...)
+	m.out = append(m.out, " NO "...)
+	if code != "" {
+		m.out = append(m.out, '[')
+		m.out = append(m.out, code...)
+		m.out = append(m.out, "] "...)
+	}
+	m.out = append(m.out, text...)
+	m.out = append(m.out, "\r\n"...)
+	return Action{Kind: Reply, Out: m.out}
+}
+
+func (m *Machine) bad(tag, text string) Action {
+	m.errors++
+	if m.errors > m.lim.MaxErrors {
+		return m.bye("Too many bad commands")
+	}
+	m.out = append(m.out, tag...)
+	m.out = append(m.out, " BAD "...)
+	m.out = append(m.out, text...)
+	m.out = append(m.out, "\r\n"...)
+	return Action{Kind: Reply, Out: m.out}
+}
+
+func (m *Machine) bye(text string) Action {
+	m.st = stClosed
+	m.out = append(m.out, "* BYE "...)
+	m.out = append(m.out, text...)
+	m.out = append(m.out, "\r\n"...)
+	return Action{Kind: Close, Out: m.out}
+}
+
+// tokens splits the LOGIN arguments into astrings: atoms, quoted strings
+// (with \\ and \" escapes) and literals. It returns nil on a syntax error.
+func (m *Machine) tokens(args []byte) [][]byte {
+	var toks [][]byte
+	for i, p := range m.parts {
+		if p.literal {
+			toks = append(toks, m.arena[p.start:p.end])
+			continue
+		}
+		text := m.arena[p.start:p.end]
+		if i == 0 {
+			text = args
+		}
+		if i > 0 && len(text) > 0 {
+			// Text after a literal starts with the separating space.
+			if text[0] != ' ' {
+				return nil
+			}
+			text = text[1:]
+		}
+		if i > 0 && len(text) == 0 {
+			continue
+		}
+		more, ok := splitAStrings(text, i+1 < len(m.parts))
+		if !ok {
+			return nil
+		}
+		toks = append(toks, more...)
+	}
+	return toks
+}
+
+// splitAStrings parses space-separated atoms and quoted strings. When a
+// literal follows, text ends with the space before its marker.
+func splitAStrings(text []byte, literalFollows bool) ([][]byte, bool) {
+	var out [][]byte
+	for len(text) > 0 {
+		var tok []byte
+		if text[0] == '"' {
+			var ok bool
+			tok, text, ok = quoted(text)
+			if !ok {
+				return nil, false
+			}
+		} else {
+			end := bytes.IndexByte(text, ' ')
+			if end < 0 {
+				end = len(text)
+			}
+			tok, text = text[:end], text[end:]
+			if !validAtom(tok) {
+				return nil, false
+			}
+		}
+		out = append(out, tok)
+		if len(text) == 0 {
+			break
+		}
+		if text[0] != ' ' {
+			return nil, false
+		}
+		text = text[1:]
+	}
+	if !literalFollows && len(out) == 0 {
+		return nil, true
+	}
+	return out, true
+}
+
+// quoted parses a quoted string at the start of text, undoing the \\ and
+// \" escapes of RFC 9051.
+func quoted(text []byte) (tok, rest []byte, ok bool) {
+	var buf []byte
+	for i := 1; i < len(text); i++ {
+		switch c := text[i]; c {
+		case '\\':
+			if i+1 >= len(text) || (text[i+1] != '\\' && text[i+1] != '"') {
+				return nil, nil, false
+			}
+			buf = append(buf, text[i+1])
+			i++
+		case '"':
+			if buf == nil {
+				buf = []byte{}
+			}
+			return buf, text[i+1:], true
+		case '\r', '\n', 0:
+			return nil, nil, false
+		default:
+			buf = append(buf, c)
+		}
+	}
+	return nil, nil, false
+}
+
+// validTag: ASTRING-CHAR except "+" (RFC 9051).
+func validTag(tag []byte) bool {
+	if len(tag) == 0 {
+		return false
+	}
+	for _, c := range tag {
+		if c == '+' || (!isAtomChar(c) && c != ']') {
+			return false
+		}
+	}
+	return true
+}
+
+// validAtom accepts ASTRING-CHARs; 8-bit bytes are allowed too, since
+// clients send UTF-8 user names and passwords unquoted.
+func validAtom(tok []byte) bool {
+	if len(tok) == 0 {
+		return false
+	}
+	for _, c := range tok {
+		if !isAtomChar(c) && c != ']' && c < 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func isAtomChar(c byte) bool {
+	if c <= ' ' || c == 0x7f {
+		return false
+	}
+	switch c {
+	case '(', ')', '{', '%', '*', '"', '\\', ']':
+		return false
+	}
+	return true
+}

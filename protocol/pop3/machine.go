@@ -1,0 +1,273 @@
+// Package pop3 is the I/O-free POP3 state machine for the client side of the
+// proxy before login (RFC 1939, RFC 2449 CAPA and PIPELINING, RFC 5034 AUTH):
+// USER/PASS and AUTH PLAIN become a login request, everything else that is
+// valid before login is answered locally. It also rewrites the upstream's
+// CAPA list.
+package pop3
+
+import (
+	"bytes"
+	"strings"
+
+	"github.com/emailproxy/emailproxy/protocol/sasl"
+	"github.com/emailproxy/emailproxy/protocol/textline"
+)
+
+// Kind is what the engine must do after a step.
+type Kind int
+
+const (
+	NeedMore Kind = iota // wait for more input
+	Reply                // send Out, call Next again
+	Login                // send Out (if any), then log in with Creds
+	Close                // send Out, then close
+)
+
+// Action is the result of one step.
+type Action struct {
+	Kind  Kind
+	Out   []byte // valid until the next call on the machine
+	Creds sasl.Credentials
+}
+
+// Limits bound what an unauthenticated client may send.
+type Limits struct {
+	MaxLine   int // bytes in one command line (AUTH PLAIN responses need more than RFC 2449's 255)
+	MaxErrors int // bad commands before the client is disconnected
+}
+
+// DefaultLimits suit every real client.
+var DefaultLimits = Limits{MaxLine: 8192, MaxErrors: 10}
+
+type state int
+
+const (
+	stAuthorization state = iota
+	stSASL                // waiting for the AUTH PLAIN response line
+	stPending             // a login is in progress
+	stClosed
+)
+
+const maxSkip = 64 << 10
+
+// Machine is one client connection's pre-login state.
+type Machine struct {
+	capa     []byte // full CAPA response, "+OK ...\r\n...\r\n.\r\n"
+	lim      Limits
+	st       state
+	user     string // from USER
+	haveUser bool
+	skipping int
+	errors   int
+	out      []byte
+}
+
+// New returns a machine answering CAPA with capaResponse (see CapaResponse).
+func New(capaResponse []byte, lim Limits) *Machine {
+	return &Machine{capa: capaResponse, lim: lim}
+}
+
+// Next consumes input; call it until it returns NeedMore, Login or Close.
+func (m *Machine) Next(in []byte) (int, Action) {
+	m.out = m.out[:0]
+	used := 0
+	for {
+		n, act := m.step(in[used:])
+		used += n
+		if act.Kind != NeedMore || n == 0 || used == len(in) {
+			return used, act
+		}
+	}
+}
+
+func (m *Machine) step(in []byte) (int, Action) {
+	if m.st == stPending || m.st == stClosed {
+		return 0, Action{}
+	}
+	if m.skipping > 0 {
+		n, done := textline.Skip(in)
+		m.skipping += n
+		if m.skipping > maxSkip {
+			m.skipping = 0
+			return n, m.closeWith("-ERR Line too long, closing\r\n")
+		}
+		if done {
+			m.skipping = 0
+		}
+		return n, Action{}
+	}
+	line, n, st := textline.Cut(in, m.lim.MaxLine)
+	switch st {
+	case textline.NeedMore:
+		return 0, Action{}
+	case textline.TooLong:
+		m.skipping = 1
+		m.st = stAuthorization
+		return 0, m.err("Line too long")
+	}
+	if m.st == stSASL {
+		m.st = stAuthorization
+		creds, err := sasl.DecodePlain(line)
+		if err == sasl.ErrCancelled {
+			return n, m.err("Authentication cancelled")
+		} else if err != nil {
+			return n, m.err("Invalid SASL PLAIN response")
+		}
+		return n, m.startLogin(creds)
+	}
+	return n, m.command(line)
+}
+
+func (m *Machine) command(line []byte) Action {
+	cmd, arg := textline.Word(line)
+	switch {
+	case textline.EqualFold(cmd, "CAPA"):
+		m.out = append(m.out, m.capa...)
+		return Action{Kind: Reply, Out: m.out}
+	case textline.EqualFold(cmd, "USER"):
+		if len(arg) == 0 {
+			return m.err("USER needs a user name")
+		}
+		m.user, m.haveUser = string(arg), true
+		m.out = append(m.out, "+OK Send your password\r\n"...)
+		return Action{Kind: Reply, Out: m.out}
+	case textline.EqualFold(cmd, "PASS"):
+		if !m.haveUser {
+			return m.err("Send USER first")
+		}
+		// The password is the rest of the line: it may contain spaces.
+		user := m.user
+		m.user, m.haveUser = "", false
+		return m.startLogin(sasl.Credentials{Username: user, Password: string(arg)})
+	case textline.EqualFold(cmd, "AUTH"):
+		return m.auth(arg)
+	case textline.EqualFold(cmd, "QUIT"):
+		return m.closeWith("+OK Bye\r\n")
+	case textline.EqualFold(cmd, "STLS"):
+		return m.err("STLS is not available on this port")
+	case textline.EqualFold(cmd, "APOP"):
+		return m.err("APOP is not supported: use USER/PASS or AUTH PLAIN")
+	}
+	return m.err("Unknown command or command not valid before login")
+}
+
+func (m *Machine) auth(arg []byte) Action {
+	if len(arg) == 0 {
+		m.out = append(m.out, "+OK Supported mechanisms follow\r\nPLAIN\r\n.\r\n"...)
+		return Action{Kind: Reply, Out: m.out}
+	}
+	mech, ir := textline.Word(arg)
+	if !textline.EqualFold(mech, "PLAIN") {
+		return m.err("Unsupported SASL mechanism (use PLAIN)")
+	}
+	if ir == nil {
+		m.st = stSASL
+		m.out = append(m.out, "+ \r\n"...)
+		return Action{Kind: Reply, Out: m.out}
+	}
+	creds, err := sasl.DecodePlain(ir)
+	if err == sasl.ErrCancelled {
+		return m.err("Authentication cancelled")
+	} else if err != nil {
+		return m.err("Invalid SASL PLAIN response")
+	}
+	return m.startLogin(creds)
+}
+
+func (m *Machine) startLogin(creds sasl.Credentials) Action {
+	m.st = stPending
+	return Action{Kind: Login, Out: m.out, Creds: creds}
+}
+
+// LoginFailed ends a login that did not succeed; the client may retry.
+// temporary marks failures that are not the client's fault (RFC 3206
+// SYS/TEMP instead of AUTH).
+func (m *Machine) LoginFailed(msg string, temporary bool) []byte {
+	m.out = m.out[:0]
+	m.st = stAuthorization
+	code := "[AUTH] "
+	if temporary {
+		code = "[SYS/TEMP] "
+	}
+	m.out = append(m.out, "-ERR "...)
+	m.out = append(m.out, code...)
+	m.out = append(m.out, msg...)
+	m.out = append(m.out, "\r\n"...)
+	return m.out
+}
+
+func (m *Machine) err(text string) Action {
+	m.errors++
+	if m.errors > m.lim.MaxErrors {
+		return m.closeWith("-ERR Too many bad commands, closing\r\n")
+	}
+	m.out = append(m.out, "-ERR "...)
+	m.out = append(m.out, text...)
+	m.out = append(m.out, "\r\n"...)
+	return Action{Kind: Reply, Out: m.out}
+}
+
+func (m *Machine) closeWith(text string) Action {
+	m.st = stClosed
+	m.out = append(m.out, text...)
+	return Action{Kind: Close, Out: m.out}
+}
+
+// ProxyCapa turns the upstream's CAPA lines (without "+OK" and ".") into
+// the proxy's (research §5.2): SASL offers PLAIN only, USER is offered,
+// STLS goes (this listener has no local TLS).
+func ProxyCapa(upstream []string) []string {
+	out := make([]string, 0, len(upstream)+2)
+	hasSASL, hasUser := false, false
+	for _, l := range upstream {
+		w := strings.ToUpper(strings.Fields(l + " ")[0])
+		switch w {
+		case "SASL":
+			if !hasSASL {
+				out = append(out, "SASL PLAIN")
+			}
+			hasSASL = true
+			continue
+		case "STLS":
+			continue
+		case "USER":
+			hasUser = true
+		}
+		out = append(out, l)
+	}
+	if !hasSASL {
+		out = append(out, "SASL PLAIN")
+	}
+	if !hasUser {
+		out = append(out, "USER")
+	}
+	return out
+}
+
+// CapaResponse formats a full CAPA response.
+func CapaResponse(lines []string) []byte {
+	var b bytes.Buffer
+	b.WriteString("+OK Capability list follows\r\n")
+	for _, l := range lines {
+		b.WriteString(l)
+		b.WriteString("\r\n")
+	}
+	b.WriteString(".\r\n")
+	return b.Bytes()
+}
+
+// ProxyGreeting rewrites the upstream's "+OK ..." greeting: an APOP
+// timestamp "<...>" is removed, since the proxy does not offer APOP.
+func ProxyGreeting(greeting []byte) []byte {
+	g := bytes.TrimRight(greeting, "\r\n")
+	if !bytes.HasPrefix(g, []byte("+OK")) {
+		return []byte("+OK POP3 proxy ready\r\n")
+	}
+	if i := bytes.IndexByte(g, '<'); i >= 0 {
+		if j := bytes.IndexByte(g[i:], '>'); j >= 0 && bytes.IndexByte(g[i:i+j], '@') >= 0 {
+			g = append(append([]byte{}, g[:i]...), g[i+j+1:]...)
+			g = bytes.TrimRight(g, " ")
+		}
+	}
+	return append(append([]byte{}, g...), "\r\n"...)
+}

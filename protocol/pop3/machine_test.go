@@ -1,0 +1,167 @@
+package pop3
+
+import (
+	"strings"
+	"testing"
+)
+
+var testCapa = CapaResponse(ProxyCapa([]string{"TOP", "UIDL", "SASL XOAUTH2", "STLS", "PIPELINING"}))
+
+func run(m *Machine, input string) (string, Action, string) {
+	var out strings.Builder
+	in := []byte(input)
+	for {
+		n, act := m.Next(in)
+		in = in[n:]
+		out.Write(act.Out)
+		if act.Kind != Reply {
+			return out.String(), act, string(in)
+		}
+	}
+}
+
+func TestLogins(t *testing.T) {
+	tests := []struct{ name, input, out, user, pass string }{
+		{"user pass", "USER u@x\r\nPASS secret\r\n", "+OK Send your password\r\n", "u@x", "secret"},
+		{"password with spaces", "user u@x\r\npass  two words \r\n", "+OK Send your password\r\n", "u@x", " two words "},
+		{"auth plain with IR", "AUTH PLAIN AHVAeABwYXNz\r\n", "", "u@x", "pass"},
+		{"auth plain two steps", "AUTH PLAIN\r\nAHVAeABwYXNz\r\n", "+ \r\n", "u@x", "pass"},
+		{"after capa and bare auth", "CAPA\r\nAUTH\r\nUSER u@x\r\nPASS p\r\n", string(testCapa) + "+OK Supported mechanisms follow\r\nPLAIN\r\n.\r\n+OK Send your password\r\n", "u@x", "p"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, act, rest := run(New(testCapa, DefaultLimits), tc.input)
+			if act.Kind != Login || act.Creds.Username != tc.user || act.Creds.Password != tc.pass {
+				t.Fatalf("act %+v out %q", act, out)
+			}
+			if out != tc.out || rest != "" {
+				t.Fatalf("out %q rest %q", out, rest)
+			}
+		})
+	}
+}
+
+func TestPreLoginAnswers(t *testing.T) {
+	tests := []struct {
+		name, input, want string
+		kind              Kind
+	}{
+		{"quit", "QUIT\r\n", "+OK Bye\r\n", Close},
+		{"pass first", "PASS x\r\n", "-ERR Send USER first\r\n", NeedMore},
+		{"user without name", "USER\r\n", "-ERR USER needs a user name\r\n", NeedMore},
+		{"stls", "STLS\r\n", "-ERR STLS is not available on this port\r\n", NeedMore},
+		{"apop", "APOP u 0123\r\n", "-ERR APOP is not supported: use USER/PASS or AUTH PLAIN\r\n", NeedMore},
+		{"stat before login", "STAT\r\n", "-ERR Unknown command or command not valid before login\r\n", NeedMore},
+		{"auth other mechanism", "AUTH LOGIN\r\n", "-ERR Unsupported SASL mechanism (use PLAIN)\r\n", NeedMore},
+		{"auth cancel", "AUTH PLAIN\r\n*\r\n", "+ \r\n-ERR Authentication cancelled\r\n", NeedMore},
+		{"auth malformed", "AUTH PLAIN ###\r\n", "-ERR Invalid SASL PLAIN response\r\n", NeedMore},
+		{"auth malformed second step", "AUTH PLAIN\r\nAAAA\r\n", "+ \r\n-ERR Invalid SASL PLAIN response\r\n", NeedMore},
+		{"user then quit", "USER u\r\nQUIT\r\n", "+OK Send your password\r\n+OK Bye\r\n", Close},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, act, _ := run(New(testCapa, DefaultLimits), tc.input)
+			if out != tc.want || act.Kind != tc.kind {
+				t.Fatalf("got %q (%v) want %q (%v)", out, act.Kind, tc.want, tc.kind)
+			}
+		})
+	}
+}
+
+// RFC 2449 PIPELINING: USER, PASS and STAT in one write; the machine stops
+// at the login and leaves STAT for the authenticated session.
+func TestPipelinedLogin(t *testing.T) {
+	m := New(testCapa, DefaultLimits)
+	out, act, rest := run(m, "USER u@x\r\nPASS pw\r\nSTAT\r\nLIST\r\n")
+	if out != "+OK Send your password\r\n" || act.Kind != Login || rest != "STAT\r\nLIST\r\n" {
+		t.Fatalf("out %q act %+v rest %q", out, act, rest)
+	}
+	if got := string(m.LoginFailed("bad", false)); got != "-ERR [AUTH] bad\r\n" {
+		t.Fatalf("failure %q", got)
+	}
+	out, _, _ = run(m, rest)
+	if strings.Count(out, "-ERR") != 2 {
+		t.Fatalf("after failure %q", out)
+	}
+	if got := string(m.LoginFailed("later", true)); got != "-ERR [SYS/TEMP] later\r\n" {
+		t.Fatalf("temporary failure %q", got)
+	}
+}
+
+func TestOverlong(t *testing.T) {
+	m := New(testCapa, Limits{MaxLine: 32, MaxErrors: 3})
+	out, act, _ := run(m, "USER "+strings.Repeat("a", 100)+"\r\nNOOP\r\n")
+	if act.Kind != NeedMore || !strings.HasPrefix(out, "-ERR Line too long\r\n") {
+		t.Fatalf("got %q %v", out, act.Kind)
+	}
+	m = New(testCapa, Limits{MaxLine: 32, MaxErrors: 3})
+	big := []byte(strings.Repeat("z", 1<<20))
+	closed := false
+	for len(big) > 0 {
+		n, act := m.Next(big)
+		big = big[n:]
+		if act.Kind == Close {
+			closed = true
+			break
+		}
+		if n == 0 && act.Kind == NeedMore {
+			break
+		}
+	}
+	if !closed {
+		t.Fatal("endless line was not cut off")
+	}
+}
+
+func TestCapaAndGreeting(t *testing.T) {
+	got := strings.Join(ProxyCapa([]string{"TOP", "SASL XOAUTH2 OAUTHBEARER", "STLS", "UIDL"}), "|")
+	if got != "TOP|SASL PLAIN|UIDL|USER" {
+		t.Fatalf("capa %q", got)
+	}
+	if got := strings.Join(ProxyCapa(nil), "|"); got != "SASL PLAIN|USER" {
+		t.Fatalf("empty capa %q", got)
+	}
+	g := ProxyGreeting([]byte("+OK POP3 ready <1896.697170952@dbc.mtview.ca.us>\r\n"))
+	if string(g) != "+OK POP3 ready\r\n" {
+		t.Fatalf("greeting %q", g)
+	}
+	g = ProxyGreeting([]byte("+OK The Microsoft Exchange POP3 service is ready. [TQBO...]"))
+	if string(g) != "+OK The Microsoft Exchange POP3 service is ready. [TQBO...]\r\n" {
+		t.Fatalf("greeting %q", g)
+	}
+}
+
+func FuzzMachine(f *testing.F) {
+	for _, s := range []string{"USER a\r\nPASS b\r\n", "AUTH PLAIN\r\nAGEAYg==\r\n", "CAPA\r\nAUTH\r\nQUIT\r\n", "AUTH PLAIN *\r\n"} {
+		f.Add([]byte(s), uint8(2))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
+		m := New(testCapa, Limits{MaxLine: 64, MaxErrors: 5})
+		size := int(split)%13 + 1
+		var buf []byte
+		for off := 0; off < len(data); off += size {
+			buf = append(buf, data[off:min(off+size, len(data))]...)
+			for guard := 0; ; guard++ {
+				if guard > 10000 {
+					t.Fatal("no progress")
+				}
+				n, act := m.Next(buf)
+				if n < 0 || n > len(buf) {
+					t.Fatalf("consumed %d of %d", n, len(buf))
+				}
+				buf = buf[n:]
+				switch act.Kind {
+				case Login:
+					m.LoginFailed("x", false)
+					continue
+				case Close:
+					return
+				case NeedMore:
+				default:
+					continue
+				}
+				break
+			}
+		}
+	})
+}

@@ -1,0 +1,103 @@
+// Package sasl decodes the SASL credentials clients send to the proxy
+// (PLAIN, LOGIN) and encodes the ones the proxy sends upstream (XOAUTH2,
+// OAUTHBEARER). It does no I/O.
+package sasl
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+)
+
+// Credentials are a username and password a client gave the proxy.
+type Credentials struct {
+	Username string
+	Password string
+}
+
+// ErrMalformed is returned for base64 or SASL payloads that do not parse.
+var ErrMalformed = errors.New("malformed SASL response")
+
+// ErrCancelled is returned when the client answers a challenge with "*".
+var ErrCancelled = errors.New("authentication cancelled")
+
+// DecodeBase64 decodes a client SASL response line. "=" is the empty
+// response (RFC 4959); "*" cancels.
+func DecodeBase64(line []byte) ([]byte, error) {
+	line = bytes.TrimSpace(line)
+	if len(line) == 1 && line[0] == '*' {
+		return nil, ErrCancelled
+	}
+	if len(line) == 1 && line[0] == '=' {
+		return []byte{}, nil
+	}
+	out := make([]byte, len(line)) // decoded data is never longer than its base64
+	n, err := base64.StdEncoding.Decode(out, line)
+	if err != nil {
+		// Some clients leave off the padding.
+		n, err = base64.RawStdEncoding.Decode(out, bytes.TrimRight(line, "="))
+		if err != nil {
+			return nil, ErrMalformed
+		}
+	}
+	return out[:n], nil
+}
+
+// DecodePlain parses a base64 PLAIN response: authzid NUL authcid NUL passwd
+// (RFC 4616). The authcid is the username; an authzid is accepted only when
+// empty or equal to it, since the proxy cannot act on behalf of another user.
+func DecodePlain(b64 []byte) (Credentials, error) {
+	raw, err := DecodeBase64(b64)
+	if err != nil {
+		return Credentials{}, err
+	}
+	parts := bytes.Split(raw, []byte{0})
+	if len(parts) != 3 {
+		return Credentials{}, ErrMalformed
+	}
+	authz, user, pass := string(parts[0]), string(parts[1]), string(parts[2])
+	if user == "" || (authz != "" && authz != user) {
+		return Credentials{}, ErrMalformed
+	}
+	return Credentials{Username: user, Password: pass}, nil
+}
+
+// EncodePlain is the client side of PLAIN, used by tests and the bench
+// harness.
+func EncodePlain(user, pass string) string {
+	return base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pass))
+}
+
+// XOAUTH2 returns the base64 XOAUTH2 initial response for user and an
+// access token: "user=U\x01auth=Bearer T\x01\x01".
+func XOAUTH2(user, token string) []byte {
+	raw := make([]byte, 0, len(user)+len(token)+20)
+	raw = append(raw, "user="...)
+	raw = append(raw, user...)
+	raw = append(raw, "\x01auth=Bearer "...)
+	raw = append(raw, token...)
+	raw = append(raw, "\x01\x01"...)
+	out := make([]byte, base64.StdEncoding.EncodedLen(len(raw)))
+	base64.StdEncoding.Encode(out, raw)
+	return out
+}
+
+// ParseXOAUTH2 is the server side of XOAUTH2, used by the mock upstream.
+func ParseXOAUTH2(raw []byte) (user, token string, err error) {
+	s := string(raw)
+	if len(s) < 2 || s[len(s)-2:] != "\x01\x01" {
+		return "", "", ErrMalformed
+	}
+	for _, field := range bytes.Split([]byte(s[:len(s)-2]), []byte{1}) {
+		switch {
+		case bytes.HasPrefix(field, []byte("user=")):
+			user = string(field[5:])
+		case bytes.HasPrefix(field, []byte("auth=Bearer ")):
+			token = string(field[12:])
+		}
+	}
+	if user == "" || token == "" {
+		return "", "", ErrMalformed
+	}
+	return user, token, nil
+}

@@ -1,0 +1,80 @@
+// Package textline splits CRLF-terminated protocol lines out of a byte
+// stream with a length limit, shared by the IMAP, POP3 and SMTP machines.
+package textline
+
+import "bytes"
+
+// Status says what Cut found.
+type Status int
+
+const (
+	// NeedMore: no complete line yet and the limit is not reached.
+	NeedMore Status = iota
+	// Line: a complete line was found.
+	Line
+	// TooLong: the limit was reached before a line end; the caller should
+	// answer with an error and Skip the rest of the line.
+	TooLong
+)
+
+// Cut returns the first line of in without its line end, and how many
+// bytes it used (line end included). A bare LF is accepted as a line end,
+// as most servers do. The line slice aliases in.
+func Cut(in []byte, limit int) (line []byte, used int, st Status) {
+	window := in
+	if len(window) > limit+2 {
+		window = window[:limit+2]
+	}
+	i := bytes.IndexByte(window, '\n')
+	if i < 0 {
+		if len(in) > limit {
+			return nil, 0, TooLong
+		}
+		return nil, 0, NeedMore
+	}
+	line = in[:i]
+	if len(line) > 0 && line[len(line)-1] == '\r' {
+		line = line[:len(line)-1]
+	}
+	if len(line) > limit {
+		return nil, 0, TooLong
+	}
+	return line, i + 1, Line
+}
+
+// Skip discards the rest of an overlong line: it returns how many bytes of
+// in to drop and whether the line end was found.
+func Skip(in []byte) (used int, done bool) {
+	i := bytes.IndexByte(in, '\n')
+	if i < 0 {
+		return len(in), false
+	}
+	return i + 1, true
+}
+
+// EqualFold reports whether b equals the upper-case ASCII word s,
+// ignoring case, without allocating.
+func EqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Word splits the first space-separated word off line.
+func Word(line []byte) (word, rest []byte) {
+	i := bytes.IndexByte(line, ' ')
+	if i < 0 {
+		return line, nil
+	}
+	return line[:i], line[i+1:]
+}
