@@ -331,9 +331,20 @@ func (p *Provider) runFetch(a *account, call *fetchCall) {
 		lifetime := time.Until(tok.Expiry)
 		p.log.Info().Str("account", a.name).Int64("expires_in_s", int64(lifetime/time.Second)).
 			Dur("took", time.Since(start)).Msg("access token obtained")
-		p.scheduleLocked(a, max(lifetime-p.opts.RefreshMargin, min(lifetime/2, 10*time.Second)))
+		p.scheduleLocked(a, refreshDelay(lifetime, p.opts.RefreshMargin))
 	}
 	close(call.done)
+}
+
+// refreshDelay is when to refresh a token with this lifetime: margin
+// before it expires, or half-way for tokens shorter than the margin, and
+// never more often than once a second.
+func refreshDelay(lifetime, margin time.Duration) time.Duration {
+	d := lifetime - margin
+	if d <= 0 {
+		d = lifetime / 2
+	}
+	return max(d, time.Second)
 }
 
 // scheduleLocked arranges the next background fetch; a.mu is held.

@@ -63,7 +63,8 @@ type envOptions struct {
 	popServer   string
 	tokenTO     time.Duration
 	engine      Options
-	noCA        bool // do not trust the mock CA
+	noCA        bool     // do not trust the mock CA
+	ca          *mock.CA // sign the mock's certificates with this CA
 }
 
 // freePort finds a port on 127.0.0.1 that is free right now.
@@ -85,7 +86,7 @@ func startEnv(t *testing.T, o envOptions) *proxyEnv {
 	if o.mailboxes == nil {
 		o.mailboxes = map[string][]mock.Message{testAccount: {{UID: "u1", Body: []byte("Subject: hi\r\n\r\nhello\r\n")}}}
 	}
-	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes})
+	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
+	"github.com/rs/zerolog/diode"
 	"gopkg.in/natefinch/lumberjack.v2"
 )
 
@@ -52,8 +53,20 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.tokenTimeout, "token-timeout", 15*time.Second, "longest time one token request may take")
 	fs.DurationVar(&f.refreshMargin, "token-refresh-margin", 600*time.Second, "refresh access tokens this long before they expire")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: emailproxy [flags]\n\nAn OAuth 2.0 + TLS proxy for IMAP4 and POP3 clients that only speak plaintext and passwords.\n\nFlags:\n")
-		fs.PrintDefaults()
+		w := fs.Output()
+		fmt.Fprintf(w, "Usage: emailproxy [flags]\n\nAn OAuth 2.0 + TLS proxy for IMAP4 and POP3 clients that only speak plaintext and passwords.\n\nFlags:\n")
+		fs.VisitAll(func(f *flag.Flag) {
+			kind, usage := flag.UnquoteUsage(f)
+			fmt.Fprintf(w, "  --%s", f.Name)
+			if kind != "" {
+				fmt.Fprintf(w, " %s", kind)
+			}
+			fmt.Fprintf(w, "\n      %s", usage)
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+				fmt.Fprintf(w, " (default %s)", f.DefValue)
+			}
+			fmt.Fprintln(w)
+		})
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -88,6 +101,16 @@ func newLogger(f *flags, stderr io.Writer) (zerolog.Logger, func(), error) {
 		out = zerolog.ConsoleWriter{Out: out, NoColor: !color, TimeFormat: "2006-01-02 15:04:05"}
 	}
 	zerolog.DurationFieldUnit = time.Millisecond
+	// Log writes go through a lock-free ring buffer drained by one
+	// goroutine, so an event loop never waits on a terminal, a pipe or a disk.
+	// When the ring is full, messages are dropped and counted rather than
+	// stalling the proxy.
+	dw := diode.NewWriter(out, 1<<14, 5*time.Millisecond, func(missed int) {
+		fmt.Fprintf(stderr, "emailproxy: %d log messages dropped (log output too slow)\n", missed)
+	})
+	out = dw
+	inner := closer
+	closer = func() { dw.Close(); inner() }
 	zerolog.SetGlobalLevel(zerolog.InfoLevel)
 	if f.debug {
 		zerolog.SetGlobalLevel(zerolog.DebugLevel)

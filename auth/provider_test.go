@@ -1,0 +1,280 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/emailproxy/emailproxy/config"
+)
+
+// tokenServer answers client_credentials requests with a delay and counts
+// them; fail makes it answer 401 invalid_client.
+type tokenServer struct {
+	*httptest.Server
+	requests atomic.Int32
+	delay    time.Duration
+	fail     atomic.Bool
+	lifetime int
+	lastForm atomic.Value
+}
+
+func newTokenServer(t *testing.T, delay time.Duration, lifetime int) *tokenServer {
+	ts := &tokenServer{delay: delay, lifetime: lifetime}
+	ts.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := ts.requests.Add(1)
+		r.ParseForm()
+		ts.lastForm.Store(r.PostForm)
+		select {
+		case <-time.After(ts.delay):
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if ts.fail.Load() {
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x"}`)
+			return
+		}
+		fmt.Fprintf(w, `{"access_token":"tok-%d","token_type":"Bearer","expires_in":"%d"}`, n, ts.lifetime)
+	}))
+	t.Cleanup(ts.Close)
+	return ts
+}
+
+func testConfig(t *testing.T, tokenURL, extra string) *config.Config {
+	t.Helper()
+	src := fmt.Sprintf("[IMAP-1993]\nserver_address = x\nserver_port = 993\n[a@x]\ntoken_url = %s\noauth2_scope = s1 s2\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\nredirect_uri = http://localhost\n%s", tokenURL, extra)
+	f, err := config.Parse(strings.NewReader(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.FromFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func TestConcurrentLoginsShareOneFetch(t *testing.T) {
+	ts := newTokenServer(t, 100*time.Millisecond, 3600)
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{})
+	defer p.Close()
+	var wg sync.WaitGroup
+	tokens := make([]string, 50)
+	errs := make([]error, 50)
+	for i := range tokens {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tokens[i], errs[i] = p.Authorize(context.Background(), "a@x", "pw")
+		}()
+	}
+	wg.Wait()
+	for i := range tokens {
+		if errs[i] != nil || tokens[i] != "tok-1" {
+			t.Fatalf("login %d: %q %v", i, tokens[i], errs[i])
+		}
+	}
+	if n := ts.requests.Load(); n != 1 {
+		t.Fatalf("%d token requests for 50 concurrent logins", n)
+	}
+	form := ts.lastForm.Load().(url.Values)
+	if form["grant_type"][0] != "client_credentials" || form["scope"][0] != "s1 s2" || form["client_secret"][0] != "sec" || form["redirect_uri"][0] != "http://localhost" {
+		t.Fatalf("request form %v", form)
+	}
+}
+
+func TestPrefetchAndBackgroundRefresh(t *testing.T) {
+	// A 40 s token with a 39 s margin is refreshed after about 1 s.
+	ts := newTokenServer(t, 0, 40)
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{RefreshMargin: 39 * time.Second})
+	defer p.Close()
+	p.Start()
+	deadline := time.Now().Add(10 * time.Second)
+	for ts.requests.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := ts.requests.Load(); n < 2 {
+		t.Fatalf("no background refresh: %d requests", n)
+	}
+	before := ts.requests.Load()
+	tok, err := p.Authorize(context.Background(), "a@x", "pw")
+	if err != nil || !strings.HasPrefix(tok, "tok-") {
+		t.Fatal(tok, err)
+	}
+	if ts.requests.Load() != before {
+		t.Fatal("a login waited for a fetch although a fresh token was cached")
+	}
+}
+
+func TestFailureBackoffAndRecovery(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	ts.fail.Store(true)
+	logs := &strings.Builder{}
+	var mu sync.Mutex
+	logger := zerolog.New(zerolog.SyncWriter(writerFunc(func(b []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(b)
+	})))
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{MaxBackoff: 300 * time.Millisecond, Logger: logger})
+	defer p.Close()
+	_, err := p.Authorize(context.Background(), "a@x", "pw")
+	var le *LoginError
+	if !errors.As(err, &le) || !le.Temporary || !strings.Contains(le.Message, "HTTP 401: invalid_client: AADSTS7000215") {
+		t.Fatalf("error %v", err)
+	}
+	if strings.Contains(le.Message, "Trace ID") {
+		t.Fatal("multi-line provider text not trimmed")
+	}
+	// During the backoff a login fails at once, without a new request.
+	n := ts.requests.Load()
+	if _, err := p.Authorize(context.Background(), "a@x", "pw"); err == nil || ts.requests.Load() != n {
+		t.Fatalf("login during backoff: %v, requests %d -> %d", err, n, ts.requests.Load())
+	}
+	ts.fail.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if tok, err := p.Authorize(context.Background(), "a@x", "pw"); err == nil {
+			if !strings.HasPrefix(tok, "tok-") {
+				t.Fatal(tok)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never recovered")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), "token request failed") || strings.Contains(logs.String(), "sec\"") {
+		t.Fatalf("log: %s", logs.String())
+	}
+}
+
+func TestRefreshDelay(t *testing.T) {
+	for _, c := range []struct{ life, margin, want time.Duration }{
+		{time.Hour, 10 * time.Minute, 50 * time.Minute},
+		{5 * time.Minute, 10 * time.Minute, 150 * time.Second},
+		{time.Second, 10 * time.Minute, time.Second},
+	} {
+		if got := refreshDelay(c.life, c.margin); got != c.want {
+			t.Errorf("refreshDelay(%v, %v) = %v, want %v", c.life, c.margin, got, c.want)
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+func TestTokenTimeout(t *testing.T) {
+	ts := newTokenServer(t, time.Hour, 3600)
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{TokenTimeout: 200 * time.Millisecond})
+	defer p.Close()
+	start := time.Now()
+	_, err := p.Authorize(context.Background(), "a@x", "pw")
+	if err == nil || !strings.Contains(err.Error(), "no answer from the token endpoint in time") {
+		t.Fatalf("err %v", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("token timeout not applied")
+	}
+	// A login's own deadline also ends the wait.
+	ts2 := newTokenServer(t, time.Hour, 3600)
+	p2 := NewProvider(testConfig(t, ts2.URL, ""), Options{TokenTimeout: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := p2.Authorize(ctx, "a@x", "pw"); err == nil || !strings.Contains(err.Error(), "timed out waiting") {
+		t.Fatalf("err %v", err)
+	}
+	ts2.CloseClientConnections()
+	p2.Close()
+}
+
+func TestPasswordRules(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p := NewProvider(testConfig(t, ts.URL, "[b@x]\ntoken_url = "+ts.URL+"\nclient_id = c\noauth2_scope = s\noauth2_flow = device\n"), Options{})
+	defer p.Close()
+	ctx := context.Background()
+	if _, err := p.Authorize(ctx, "a@x", ""); err == nil || !strings.Contains(err.Error(), "no password") {
+		t.Fatalf("empty password: %v", err)
+	}
+	if _, err := p.Authorize(ctx, "nobody@x", "pw"); err == nil || !strings.Contains(err.Error(), "no config file entry") {
+		t.Fatalf("unknown account: %v", err)
+	}
+	if _, err := p.Authorize(ctx, "b@x", "pw"); err == nil || !strings.Contains(err.Error(), `oauth2_flow "device" is not supported`) {
+		t.Fatalf("unsupported flow: %v", err)
+	}
+	// Before any success, any password may try; the first success wins.
+	if _, err := p.Authorize(ctx, "a@x", "first"); err != nil {
+		t.Fatal(err)
+	}
+	if !p.Confirm("a@x", "first") {
+		t.Fatal("first password not accepted")
+	}
+	if p.Confirm("a@x", "second") {
+		t.Fatal("a second password was accepted")
+	}
+	_, err := p.Authorize(ctx, "a@x", "second")
+	if !errors.Is(err, ErrBadPassword) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if strings.Contains(err.Error(), "second") {
+		t.Fatal("password in the error text")
+	}
+	if _, err := p.Authorize(ctx, "a@x", "first"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRejectForcesFreshToken(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{})
+	defer p.Close()
+	ctx := context.Background()
+	tok, _ := p.Authorize(ctx, "a@x", "pw")
+	p.Reject("a@x", "some-older-token") // not current: ignored
+	if again, _ := p.Authorize(ctx, "a@x", "pw"); again != tok {
+		t.Fatal("an unrelated reject dropped the token")
+	}
+	p.Reject("a@x", tok)
+	fresh, err := p.Authorize(ctx, "a@x", "pw")
+	if err != nil || fresh == tok {
+		t.Fatalf("fresh %q err %v", fresh, err)
+	}
+}
+
+func BenchmarkAuthorizeWarm(b *testing.B) {
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"access_token":"t","token_type":"Bearer","expires_in":3600}`)
+	}))
+	defer ts.Close()
+	f, _ := config.Parse(strings.NewReader("[a@x]\ntoken_url = " + ts.URL + "\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = id\n"))
+	cfg, _ := config.FromFile(f)
+	p := NewProvider(cfg, Options{})
+	defer p.Close()
+	ctx := context.Background()
+	p.Authorize(ctx, "a@x", "pw")
+	p.Confirm("a@x", "pw")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := p.Authorize(ctx, "a@x", "pw"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
