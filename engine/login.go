@@ -2,8 +2,10 @@ package engine
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
+	"github.com/rs/zerolog"
 	"strings"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/protocol/imap"
 	"github.com/emailproxy/emailproxy/protocol/sasl"
+	"github.com/emailproxy/emailproxy/protocol/smtp"
 )
 
 // errRejected marks an upstream that refused the token.
@@ -104,6 +107,73 @@ func (u *upstreamConn) authPOP(user, token string) ([]byte, error) {
 	return nil, errors.New("too many lines while authenticating")
 }
 
+// runLogin runs one login and logs its outcome.
+func (s *Server) runLogin(ctx context.Context, l *listener, log zerolog.Logger, st step) *loginResult {
+	start := time.Now()
+	up, reply, lerr := s.login(ctx, l, st.tag, st.creds)
+	ev := log.Info()
+	if lerr != nil {
+		ev = log.Warn().Str("error", lerr.Message)
+	}
+	ev.Str("proto", string(l.srv.Protocol)).Str("account", st.creds.Username).Bool("ok", lerr == nil).
+		Dur("took", time.Since(start)).Msg("login")
+	return &loginResult{up: up, reply: reply, user: st.creds.Username, err: lerr}
+}
+
+// authSMTP authenticates with XOAUTH2, or OAUTHBEARER when that is all the
+// server offers, and returns the 235 reply to relay.
+func (u *upstreamConn) authSMTP(host string, port int, user, token string) ([]byte, error) {
+	mechs := smtp.AuthMechanisms(u.caps)
+	var cmd []byte
+	var cancel string
+	switch {
+	case hasWord(mechs, "XOAUTH2") || !hasWord(mechs, "OAUTHBEARER"):
+		cmd = append([]byte("AUTH XOAUTH2 "), sasl.XOAUTH2(user, token)...)
+		cancel = "\r\n"
+	default:
+		cmd = append([]byte("AUTH OAUTHBEARER "), sasl.OAUTHBEARER(user, host, port, token)...)
+		cancel = "AQ==\r\n" // RFC 7628: a lone %x01 ends a failed exchange
+	}
+	if _, err := u.conn.Write(append(cmd, '\r', '\n')); err != nil {
+		return nil, err
+	}
+	for i := 0; i < maxAuthLines; i++ {
+		line, err := u.readLine()
+		if err != nil {
+			return nil, err
+		}
+		code, more, text, ok := smtp.ParseReply(line)
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("unexpected reply %q", truncate(line))
+		case code == 334:
+			// A SASL error challenge: answer it to get the final reply.
+			if _, err := u.conn.Write([]byte(cancel)); err != nil {
+				return nil, err
+			}
+		case code == 235:
+			if more {
+				continue
+			}
+			return append(append([]byte{}, line...), '\r', '\n'), nil
+		case more:
+			continue
+		default:
+			return nil, &rejectedError{fmt.Sprintf("%d %s", code, text)}
+		}
+	}
+	return nil, errors.New("too many lines while authenticating")
+}
+
+func hasWord(list []string, w string) bool {
+	for _, x := range list {
+		if strings.EqualFold(x, w) {
+			return true
+		}
+	}
+	return false
+}
+
 // login gets a token, opens an upstream connection and authenticates.
 // A token the server refuses is replaced by a fresh one once.
 func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.Credentials) (*upstreamConn, []byte, *auth.LoginError) {
@@ -124,8 +194,10 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 		switch l.srv.Protocol {
 		case config.IMAP:
 			reply, err = u.authIMAP(tag, creds.Username, token, imap.HasCapability(u.caps, "SASL-IR"))
-		default:
+		case config.POP:
 			reply, err = u.authPOP(creds.Username, token)
+		default:
+			reply, err = u.authSMTP(l.srv.ServerAddress, l.srv.ServerPort, creds.Username, token)
 		}
 		if err == nil {
 			u.conn.SetDeadline(time.Time{})

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/valyala/bytebufferpool"
 )
 
@@ -29,20 +30,24 @@ func (r *relay) close() {
 	})
 }
 
-// startRelay takes over the duplicated client socket fd.
-func (s *Server) startRelay(sess *session, fd int, res *loginResult, leftover []byte) {
+// fileConn turns a duplicated socket fd into a net.Conn on Go's poller.
+func fileConn(fd int, keepAlive time.Duration) (net.Conn, error) {
 	f := os.NewFile(uintptr(fd), "client")
-	client, err := net.FileConn(f)
+	c, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
-		sess.log.Error().Err(err).Msg("cannot hand the connection to the relay")
-		res.up.Close()
-		return
+		return nil, err
 	}
-	if tc, ok := client.(*net.TCPConn); ok {
+	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetKeepAlive(true)
-		tc.SetKeepAlivePeriod(s.opts.TCPKeepAlive)
+		tc.SetKeepAlivePeriod(keepAlive)
 	}
+	return c, nil
+}
+
+// startRelay joins an authenticated client to its upstream session:
+// first the upstream's answer to the login, then both directions.
+func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, log zerolog.Logger, opened time.Time) {
 	r := &relay{client: client, up: res.up}
 	s.relayMu.Lock()
 	s.relays[r] = struct{}{}
@@ -67,9 +72,9 @@ func (s *Server) startRelay(sess *session, fd int, res *loginResult, leftover []
 		s.relayMu.Lock()
 		delete(s.relays, r)
 		s.relayMu.Unlock()
-		sess.log.Info().Str("account", res.user).Int64("bytes_from_client", fromClient).
+		log.Info().Str("account", res.user).Int64("bytes_from_client", fromClient).
 			Int64("bytes_to_client", fromUp).Dur("session", time.Since(start)).
-			Dur("duration", time.Since(sess.start)).Msg("connection closed")
+			Dur("duration", time.Since(opened)).Msg("connection closed")
 	}()
 }
 

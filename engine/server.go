@@ -7,6 +7,7 @@ package engine
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/protocol/imap"
 	"github.com/emailproxy/emailproxy/protocol/pop3"
+	"github.com/emailproxy/emailproxy/protocol/smtp"
 )
 
 // Options tune the engine; zero values take the defaults shown.
@@ -33,6 +35,7 @@ type Options struct {
 	TCPKeepAlive time.Duration // client and upstream keepalive period (default 60 s)
 	IMAPLimits   imap.Limits   // default imap.DefaultLimits
 	POPLimits    pop3.Limits   // default pop3.DefaultLimits
+	SMTPLimits   smtp.Limits   // default smtp.DefaultLimits
 	// RootCAs verifies upstream certificates; nil means the system roots
 	// (which honour SSL_CERT_FILE).
 	RootCAs *x509.CertPool
@@ -61,6 +64,9 @@ func (o *Options) defaults() {
 	if o.POPLimits == (pop3.Limits{}) {
 		o.POPLimits = pop3.DefaultLimits
 	}
+	if o.SMTPLimits == (smtp.Limits{}) {
+		o.SMTPLimits = smtp.DefaultLimits
+	}
 }
 
 // Server is the running proxy.
@@ -82,8 +88,12 @@ type Server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // login, profile and relay goroutines
 
+	gnetStarted bool
+	tlsLns      []net.Listener
+
 	relayMu sync.Mutex
 	relays  map[*relay]struct{}
+	conns   map[net.Conn]struct{} // pre-login connections of TLS listeners
 }
 
 // listener is one server section's state shared by its connections.
@@ -92,10 +102,42 @@ type listener struct {
 	dialer *dialer
 	log    zerolog.Logger
 
+	// Local TLS (nil tlsCfg: plaintext listener on gnet).
+	certs    *certStore
+	tlsCfg   *tls.Config
+	startTLS bool // STARTTLS / STLS offered (and required before login)
+
 	mu       sync.Mutex
 	prof     *profile
 	fetching bool
-	waiting  []*session
+	waiting  []func(*profile) // called with nil when the upstream is unavailable
+}
+
+// profileOr returns the upstream's profile if it is known. If not, it
+// returns nil and arranges for later to be called, from another goroutine,
+// with the profile once fetched (nil if the upstream is unavailable).
+func (l *listener) profileOr(s *Server, later func(*profile)) *profile {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.prof != nil {
+		return l.prof
+	}
+	l.waiting = append(l.waiting, later)
+	if !l.fetching {
+		l.fetching = true
+		s.wg.Add(1)
+		go s.fetchProfile(l)
+	}
+	return nil
+}
+
+// waitProfile blocks until the profile is known (nil: unavailable).
+func (l *listener) waitProfile(s *Server) *profile {
+	ch := make(chan *profile, 1)
+	if p := l.profileOr(s, func(p *profile) { ch <- p }); p != nil {
+		return p
+	}
+	return <-ch
 }
 
 // learn records the greeting and capabilities of a fresh upstream
@@ -118,6 +160,7 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 		booted:    make(chan struct{}),
 		done:      make(chan error, 1),
 		relays:    map[*relay]struct{}{},
+		conns:     map[net.Conn]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, srv := range cfg.Servers {
@@ -131,38 +174,78 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 }
 
 // Start binds every listener and returns once they accept connections, or
-// with the bind error.
+// with the first error (a certificate that does not load, a port in use).
 func (s *Server) Start() error {
 	if len(s.listeners) == 0 {
-		return errors.New("no server sections to serve: add an [IMAP-port] or [POP-port] section")
+		return errors.New("no server sections to serve: add an [IMAP-port], [POP-port] or [SMTP-port] section")
 	}
-	addrs := make([]string, 0, len(s.listeners))
+	var addrs []string
 	for _, srv := range s.cfg.Servers {
-		addrs = append(addrs, "tcp://"+srv.ListenAddr())
-	}
-	go func() {
-		s.done <- gnet.Rotate(s, addrs,
-			gnet.WithMulticore(true),
-			gnet.WithNumEventLoop(s.opts.EventLoops),
-			gnet.WithReuseAddr(true),
-			gnet.WithTCPKeepAlive(s.opts.TCPKeepAlive),
-			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-			gnet.WithLogger(gnetLogger{s.log}),
-		)
-	}()
-	select {
-	case <-s.booted:
-	case err := <-s.done:
-		if err == nil {
-			err = errors.New("event loop stopped at start")
+		l := s.listeners[srv.LocalPort]
+		if err := l.setupTLS(); err != nil {
+			s.closeTLSListeners()
+			return err
 		}
-		return fmt.Errorf("cannot listen on %v (is the proxy already running?): %w", addrs, err)
+		if l.tlsCfg == nil {
+			addrs = append(addrs, "tcp://"+srv.ListenAddr())
+			continue
+		}
+		ln, err := net.Listen("tcp", srv.ListenAddr())
+		if err != nil {
+			s.closeTLSListeners()
+			return fmt.Errorf("cannot listen on %s for [%s] (is the proxy already running?): %w", srv.ListenAddr(), srv.Section, err)
+		}
+		s.tlsLns = append(s.tlsLns, ln)
+		s.wg.Add(1)
+		go s.acceptTLS(l, ln)
+	}
+	if len(addrs) > 0 {
+		go func() {
+			s.done <- gnet.Rotate(s, addrs,
+				gnet.WithMulticore(true),
+				gnet.WithNumEventLoop(s.opts.EventLoops),
+				gnet.WithReuseAddr(true),
+				gnet.WithTCPKeepAlive(s.opts.TCPKeepAlive),
+				gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+				gnet.WithLogger(gnetLogger{s.log}),
+			)
+		}()
+		select {
+		case <-s.booted:
+			s.gnetStarted = true
+		case err := <-s.done:
+			if err == nil {
+				err = errors.New("event loop stopped at start")
+			}
+			s.cancel()
+			s.closeTLSListeners()
+			s.wg.Wait()
+			return fmt.Errorf("cannot listen on %v (is the proxy already running?): %w", addrs, err)
+		}
 	}
 	for _, srv := range s.cfg.Servers {
-		s.log.Info().Str("server", srv.Section).Str("listen", srv.ListenAddr()).
-			Str("upstream", srv.UpstreamAddr()).Msg("listening")
+		l := s.listeners[srv.LocalPort]
+		mode := "plaintext"
+		switch {
+		case l.tlsCfg != nil && l.startTLS:
+			mode = "STARTTLS required"
+		case l.tlsCfg != nil:
+			mode = "TLS"
+		}
+		upMode := "TLS"
+		if srv.ServerStartTLS {
+			upMode = "STARTTLS"
+		}
+		s.log.Info().Str("server", srv.Section).Str("listen", srv.ListenAddr()).Str("local", mode).
+			Str("upstream", srv.UpstreamAddr()).Str("upstream_tls", upMode).Msg("listening")
 	}
 	return nil
+}
+
+func (s *Server) closeTLSListeners() {
+	for _, ln := range s.tlsLns {
+		ln.Close()
+	}
 }
 
 // Done reports the event loop's end (after Stop, or on a fatal error).
@@ -172,10 +255,17 @@ func (s *Server) Done() <-chan error { return s.done }
 // and waits for all goroutines the server started.
 func (s *Server) Stop(ctx context.Context) error {
 	s.cancel()
-	err := s.eng.Stop(ctx)
+	s.closeTLSListeners()
+	var err error
+	if s.gnetStarted {
+		err = s.eng.Stop(ctx)
+	}
 	s.relayMu.Lock()
 	for r := range s.relays {
 		r.close()
+	}
+	for c := range s.conns {
+		c.Close()
 	}
 	s.relayMu.Unlock()
 	s.wg.Wait()
@@ -203,19 +293,17 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	sess := newSession(s, l, c)
 	c.SetContext(sess)
 	sess.logOpen()
-	l.mu.Lock()
-	prof := l.prof
+	prof := l.profileOr(s, func(p *profile) {
+		sess.post(func(ps *pending) {
+			if p != nil {
+				ps.profile = p
+			} else {
+				ps.unavailable = true
+			}
+		})
+	})
 	if prof == nil {
-		l.waiting = append(l.waiting, sess)
-		if !l.fetching {
-			l.fetching = true
-			s.wg.Add(1)
-			go s.fetchProfile(l)
-		}
-	}
-	l.mu.Unlock()
-	if prof == nil {
-		return nil, gnet.None
+		return nil, gnet.None // greeted from OnTraffic once the profile is known
 	}
 	return sess.greet(prof), gnet.None
 }
@@ -236,14 +324,8 @@ func (s *Server) fetchProfile(l *listener) {
 	waiting := l.waiting
 	l.waiting, l.fetching = nil, false
 	l.mu.Unlock()
-	for _, sess := range waiting {
-		sess.post(func(ps *pending) {
-			if prof != nil {
-				ps.profile = prof
-			} else {
-				ps.unavailable = true
-			}
-		})
+	for _, f := range waiting {
+		f(prof)
 	}
 }
 

@@ -10,9 +10,6 @@ import (
 
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/config"
-	"github.com/emailproxy/emailproxy/protocol/imap"
-	"github.com/emailproxy/emailproxy/protocol/pop3"
-	"github.com/emailproxy/emailproxy/protocol/sasl"
 )
 
 type phase int
@@ -38,8 +35,8 @@ type loginResult struct {
 	err   *auth.LoginError
 }
 
-// session is one client connection. Everything but mu's fields is touched
-// only on the connection's event loop.
+// session is one plaintext client connection on the gnet event loop.
+// Everything but mu's fields is touched only on the connection's loop.
 type session struct {
 	srv   *Server
 	l     *listener
@@ -47,15 +44,13 @@ type session struct {
 	log   zerolog.Logger
 	phase phase
 	start time.Time
-	imap  *imap.Machine
-	pop   *pop3.Machine
+	m     clientMachine
 	tag   string // IMAP tag of the login in progress
 
-	mu      sync.Mutex
-	pend    pending
-	closed  bool
-	cancel  context.CancelFunc
-	waiting bool // a wake is already queued
+	mu     sync.Mutex
+	pend   pending
+	closed bool
+	cancel context.CancelFunc
 }
 
 func newSession(s *Server, l *listener, c gnet.Conn) *session {
@@ -69,14 +64,10 @@ func (s *session) logOpen() {
 
 // greet builds the state machine and returns the greeting to send.
 func (s *session) greet(p *profile) []byte {
-	switch s.l.srv.Protocol {
-	case config.IMAP:
-		s.imap = imap.New(p.caps, s.srv.opts.IMAPLimits)
-	default:
-		s.pop = pop3.New(p.caps, s.srv.opts.POPLimits)
-	}
+	m, greeting := s.srv.newMachine(s.l.srv.Protocol, p, false, false)
+	s.m = m
 	s.phase = phPreLogin
-	return p.greeting
+	return greeting
 }
 
 // post hands a result to the loop from another goroutine.
@@ -88,10 +79,7 @@ func (s *session) post(set func(*pending)) bool {
 	}
 	set(&s.pend)
 	s.mu.Unlock()
-	if err := s.c.Wake(nil); err != nil {
-		return false
-	}
-	return true
+	return s.c.Wake(nil) == nil
 }
 
 func (s *session) take() pending {
@@ -111,7 +99,7 @@ func (s *session) onTraffic() gnet.Action {
 				return gnet.Close
 			}
 		case p.unavailable:
-			s.c.Write(s.unavailableBye())
+			s.c.Write(unavailableBye(s.l.srv.Protocol))
 			return gnet.Close
 		default:
 			return gnet.None // input waits in gnet's buffer until greeted
@@ -128,11 +116,16 @@ func (s *session) onTraffic() gnet.Action {
 	return s.process()
 }
 
-func (s *session) unavailableBye() []byte {
-	if s.l.srv.Protocol == config.IMAP {
+// unavailableBye is sent instead of a greeting when the upstream cannot be
+// reached.
+func unavailableBye(proto config.Protocol) []byte {
+	switch proto {
+	case config.IMAP:
 		return []byte("* BYE [UNAVAILABLE] emailproxy: upstream server unavailable, try again later\r\n")
+	case config.POP:
+		return []byte("-ERR [SYS/TEMP] emailproxy: upstream server unavailable, try again later\r\n")
 	}
-	return []byte("-ERR [SYS/TEMP] emailproxy: upstream server unavailable, try again later\r\n")
+	return []byte("421 4.3.2 emailproxy: upstream server unavailable, try again later\r\n")
 }
 
 // process runs buffered client input through the state machine.
@@ -142,70 +135,47 @@ func (s *session) process() gnet.Action {
 		if len(buf) == 0 {
 			return gnet.None
 		}
-		var (
-			n     int
-			out   []byte
-			kind  int
-			creds sasl.Credentials
-		)
-		if s.imap != nil {
-			var act imap.Action
-			n, act = s.imap.Next(buf)
-			out, kind, creds, s.tag = act.Out, int(act.Kind), act.Creds, act.Tag
-		} else {
-			var act pop3.Action
-			n, act = s.pop.Next(buf)
-			out, kind, creds = act.Out, int(act.Kind), act.Creds
+		st := s.m.next(buf)
+		if st.n > 0 {
+			s.c.Discard(st.n) // Discard(0) would drop the whole buffer
 		}
-		if n > 0 {
-			s.c.Discard(n) // Discard(0) would drop the whole buffer
-		}
-		if len(out) > 0 {
-			if _, err := s.c.Write(out); err != nil {
+		if len(st.out) > 0 {
+			if _, err := s.c.Write(st.out); err != nil {
 				return gnet.Close
 			}
 		}
-		// imap and pop3 share the order of their Kind constants.
-		switch kind {
-		case int(imap.NeedMore):
+		switch st.kind {
+		case stepNeedMore:
 			return gnet.None
-		case int(imap.Close):
+		case stepClose, stepStartTLS: // plaintext listeners offer no STARTTLS
 			return gnet.Close
-		case int(imap.Login):
-			s.startLogin(creds)
+		case stepLogin:
+			s.startLogin(st)
 			return gnet.None
 		}
 	}
 }
 
-func (s *session) startLogin(creds sasl.Credentials) {
+func (s *session) startLogin(st step) {
 	s.phase = phLogin
+	s.tag = st.tag
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.srv.opts.LoginTimeout)
 	s.mu.Lock()
 	s.cancel = cancel
 	s.mu.Unlock()
-	tag := s.tag
 	s.srv.wg.Add(1)
 	go func() {
 		defer s.srv.wg.Done()
 		defer cancel()
-		start := time.Now()
-		up, reply, lerr := s.srv.login(ctx, s.l, tag, creds)
-		ev := s.log.Info()
-		if lerr != nil {
-			ev = s.log.Warn().Str("error", lerr.Message)
-		}
-		ev.Str("proto", string(s.l.srv.Protocol)).Str("account", creds.Username).Bool("ok", lerr == nil).
-			Dur("took", time.Since(start)).Msg("login")
-		res := &loginResult{up: up, reply: reply, user: creds.Username, err: lerr}
-		if !s.post(func(p *pending) { p.login = res }) && up != nil {
+		res := s.srv.runLogin(ctx, s.l, s.log, st)
+		if !s.post(func(p *pending) { p.login = res }) && res.up != nil {
 			s.mu.Lock()
 			// onClose may have run: whoever sees the result closes it.
 			if s.pend.login == res {
 				s.pend.login = nil
 			}
 			s.mu.Unlock()
-			up.Close()
+			res.up.Close()
 		}
 	}()
 }
@@ -217,13 +187,8 @@ func (s *session) finishLogin(res *loginResult) (gnet.Action, bool) {
 	s.cancel = nil
 	s.mu.Unlock()
 	if res.err != nil {
-		var out []byte
-		if s.imap != nil {
-			out = s.imap.LoginFailed(s.tag, "emailproxy: "+res.err.Message, res.err.Temporary)
-		} else {
-			out = s.pop.LoginFailed("emailproxy: "+res.err.Message, res.err.Temporary)
-		}
 		s.phase = phPreLogin
+		out := s.m.loginFailed(s.tag, "emailproxy: "+res.err.Message, res.err.Temporary)
 		if _, err := s.c.Write(out); err != nil {
 			return gnet.Close, true
 		}
@@ -243,7 +208,13 @@ func (s *session) finishLogin(res *loginResult) (gnet.Action, bool) {
 		return gnet.Close, true
 	}
 	s.phase = phRelay
-	s.srv.startRelay(s, fd, res, leftover)
+	client, err := fileConn(fd, s.srv.opts.TCPKeepAlive)
+	if err != nil {
+		s.log.Error().Err(err).Msg("cannot hand the connection to the relay")
+		res.up.Close()
+		return gnet.Close, true
+	}
+	s.srv.startRelay(client, res, leftover, s.log, s.start)
 	return gnet.Close, true
 }
 

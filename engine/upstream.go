@@ -7,13 +7,16 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/protocol/imap"
 	"github.com/emailproxy/emailproxy/protocol/pop3"
+	"github.com/emailproxy/emailproxy/protocol/smtp"
 )
 
 // maxUpstreamLine bounds one line from the upstream server before login.
@@ -61,8 +64,10 @@ type upstreamError struct {
 func (e *upstreamError) Error() string { return e.msg }
 func (e *upstreamError) Unwrap() error { return e.cause }
 
-// dial connects, does the TLS handshake (certificate and host name checked
-// against server_address) and reads the greeting and capabilities.
+// dial connects, gets to TLS (implicit, or STARTTLS when server_starttls
+// is set: no credential ever crosses a connection that is not yet TLS),
+// checks the certificate and host name against server_address, and reads
+// the greeting and capabilities (SMTP: the EHLO reply after TLS).
 func (d *dialer) dial(ctx context.Context) (*upstreamConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
@@ -71,6 +76,16 @@ func (d *dialer) dial(ctx context.Context) (*upstreamConn, error) {
 	raw, err := nd.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, &upstreamError{fmt.Sprintf("cannot connect to %s: %s", addr, shortNetErr(err)), err}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		raw.SetDeadline(dl)
+	}
+	u := &upstreamConn{br: bufio.NewReaderSize(raw, 4096)}
+	if d.srv.ServerStartTLS {
+		if err := u.startTLS(d.srv.Protocol, raw); err != nil {
+			raw.Close()
+			return nil, &upstreamError{fmt.Sprintf("STARTTLS with %s failed: %s", addr, shortNetErr(err)), err}
+		}
 	}
 	conn := tls.Client(raw, d.tls)
 	if err := conn.HandshakeContext(ctx); err != nil {
@@ -81,16 +96,61 @@ func (d *dialer) dial(ctx context.Context) (*upstreamConn, error) {
 		}
 		return nil, &upstreamError{fmt.Sprintf("TLS handshake with %s failed: %s", addr, shortNetErr(err)), err}
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	u := &upstreamConn{conn: conn, br: bufio.NewReaderSize(conn, 4096)}
-	if err := u.readGreeting(d.srv.Protocol); err != nil {
+	u.conn = conn
+	u.br.Reset(conn)
+	if err := u.readGreeting(d.srv.Protocol, d.srv.ServerStartTLS); err != nil {
 		conn.Close()
 		return nil, &upstreamError{fmt.Sprintf("%s did not greet as an %s server: %s", addr, d.srv.Protocol, shortNetErr(err)), err}
 	}
 	conn.SetDeadline(time.Time{})
 	return u, nil
+}
+
+// startTLS runs the plaintext part of a STARTTLS upstream: greeting, the
+// protocol's upgrade command and its positive answer. Nothing else is sent.
+func (u *upstreamConn) startTLS(proto config.Protocol, raw net.Conn) error {
+	line, err := u.readLine()
+	if err != nil {
+		return err
+	}
+	u.greeting = append([]byte{}, line...)
+	switch proto {
+	case config.IMAP:
+		if !strings.HasPrefix(strings.ToUpper(string(line)), "* OK") {
+			return fmt.Errorf("unexpected greeting %q", truncate(line))
+		}
+		if err := u.expectIMAPOK(raw, "S0 STARTTLS\r\n", "S0"); err != nil {
+			return err
+		}
+	case config.POP:
+		if !strings.HasPrefix(string(line), "+OK") {
+			return fmt.Errorf("unexpected greeting %q", truncate(line))
+		}
+		if _, err := raw.Write([]byte("STLS\r\n")); err != nil {
+			return err
+		}
+		if line, err = u.readLine(); err != nil {
+			return err
+		}
+		if !strings.HasPrefix(string(line), "+OK") {
+			return fmt.Errorf("STLS refused: %q", truncate(line))
+		}
+	default:
+		if err := u.smtpGreetingFrom(line); err != nil {
+			return err
+		}
+		if _, err := u.smtpCommand(raw, "EHLO "+ehloName()+"\r\n", 250); err != nil {
+			return err
+		}
+		if _, err := u.smtpCommand(raw, "STARTTLS\r\n", 220); err != nil {
+			return err
+		}
+	}
+	if u.br.Buffered() > 0 {
+		// Bytes after the upgrade answer could be injected plaintext.
+		return errors.New("data after the STARTTLS answer")
+	}
+	return nil
 }
 
 func shortNetErr(err error) string {
@@ -134,7 +194,32 @@ func trimCRLF(b []byte) []byte {
 	return b
 }
 
-func (u *upstreamConn) readGreeting(proto config.Protocol) error {
+func (u *upstreamConn) readGreeting(proto config.Protocol, afterSTARTTLS bool) error {
+	if proto == config.SMTP {
+		if !afterSTARTTLS {
+			line, err := u.readLine()
+			if err != nil {
+				return err
+			}
+			if err := u.smtpGreetingFrom(line); err != nil {
+				return err
+			}
+		}
+		lines, err := u.smtpCommand(u.conn, "EHLO "+ehloName()+"\r\n", 250)
+		if err != nil {
+			return err
+		}
+		u.caps = lines[1:]
+		return nil
+	}
+	if afterSTARTTLS {
+		// IMAP and POP3 send no new greeting after TLS; ask again for the
+		// capabilities, which may have changed.
+		if proto == config.IMAP {
+			return u.imapCapability()
+		}
+		return u.popCapa()
+	}
 	line, err := u.readLine()
 	if err != nil {
 		return err
@@ -160,7 +245,81 @@ func (u *upstreamConn) readGreeting(proto config.Protocol) error {
 	return fmt.Errorf("protocol %s is not supported", proto)
 }
 
+// expectIMAPOK sends a command and waits for its tagged OK.
+func (u *upstreamConn) expectIMAPOK(w io.Writer, cmd, tag string) error {
+	if _, err := w.Write([]byte(cmd)); err != nil {
+		return err
+	}
+	for i := 0; i < maxAuthLines; i++ {
+		line, err := u.readLine()
+		if err != nil {
+			return err
+		}
+		if st, t, _ := imap.ParseResponse(line); string(t) == tag {
+			if st != imap.OK {
+				return fmt.Errorf("%s refused: %q", strings.Fields(cmd)[1], truncate(line))
+			}
+			return nil
+		}
+	}
+	return errors.New("no answer")
+}
+
+// smtpGreetingFrom reads the rest of a 220 greeting that starts with line.
+func (u *upstreamConn) smtpGreetingFrom(line []byte) error {
+	lines, err := u.smtpReplyFrom(line, 220)
+	if err != nil {
+		return err
+	}
+	u.greeting = []byte(lines[0])
+	return nil
+}
+
+// smtpCommand sends cmd and reads a reply that must have code want; it
+// returns the text of each line.
+func (u *upstreamConn) smtpCommand(w io.Writer, cmd string, want int) ([]string, error) {
+	if _, err := w.Write([]byte(cmd)); err != nil {
+		return nil, err
+	}
+	line, err := u.readLine()
+	if err != nil {
+		return nil, err
+	}
+	return u.smtpReplyFrom(line, want)
+}
+
+// smtpReplyFrom reads a (multi-line) reply starting with line.
+func (u *upstreamConn) smtpReplyFrom(line []byte, want int) ([]string, error) {
+	var texts []string
+	for i := 0; ; i++ {
+		code, more, text, ok := smtp.ParseReply(line)
+		if !ok || code != want {
+			return nil, fmt.Errorf("unexpected reply %q", truncate(line))
+		}
+		texts = append(texts, text)
+		if !more {
+			return texts, nil
+		}
+		if i > maxAuthLines {
+			return nil, errors.New("reply too long")
+		}
+		var err error
+		if line, err = u.readLine(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// ehloName is the name the proxy gives itself in EHLO.
+func ehloName() string {
+	if h, err := os.Hostname(); err == nil && h != "" && !strings.ContainsAny(h, " \r\n") {
+		return h
+	}
+	return "localhost"
+}
+
 func (u *upstreamConn) imapCapability() error {
+	u.caps = nil
 	if _, err := u.conn.Write([]byte("C0 CAPABILITY\r\n")); err != nil {
 		return err
 	}
@@ -184,6 +343,7 @@ func (u *upstreamConn) imapCapability() error {
 
 // popCapa reads CAPA; a server without CAPA leaves caps empty.
 func (u *upstreamConn) popCapa() error {
+	u.caps = nil
 	if _, err := u.conn.Write([]byte("CAPA\r\n")); err != nil {
 		return err
 	}
@@ -216,24 +376,27 @@ func truncate(b []byte) string {
 // profile is what clients are shown before login: the upstream's greeting
 // and capabilities, rewritten for the proxy.
 type profile struct {
-	greeting []byte // sent on connect
-	caps     []byte // IMAP: "* CAPABILITY ...\r\n"; POP3: the full CAPA response
-	saslIR   bool   // IMAP upstream accepts an initial response
+	imap         *imap.Profile
+	pop          *pop3.Profile
+	smtp         *smtp.Profile
+	smtpGreeting []byte
 }
 
 func profileOf(proto config.Protocol, u *upstreamConn) *profile {
 	switch proto {
 	case config.IMAP:
-		caps := imap.ProxyCapabilities(u.caps)
-		return &profile{
-			greeting: imap.ProxyGreeting(u.greeting, caps),
-			caps:     imap.CapabilityLine(caps),
-			saslIR:   imap.HasCapability(u.caps, "SASL-IR"),
-		}
+		return &profile{imap: imap.NewProfile(u.greeting, u.caps)}
+	case config.POP:
+		return &profile{pop: pop3.NewProfile(u.greeting, u.caps)}
 	default:
+		// "220 mx.example.com ESMTP ..." : the first word names the server.
+		domain := "localhost"
+		if f := strings.Fields(string(u.greeting)); len(f) > 0 {
+			domain = f[0]
+		}
 		return &profile{
-			greeting: pop3.ProxyGreeting(u.greeting),
-			caps:     pop3.CapaResponse(pop3.ProxyCapa(u.caps)),
+			smtp:         &smtp.Profile{Domain: domain, Caps: smtp.ProxyCaps(u.caps)},
+			smtpGreeting: []byte("220 " + string(u.greeting) + "\r\n"),
 		}
 	}
 }

@@ -5,12 +5,63 @@ import (
 	"strings"
 )
 
+// Profile is what clients are told about the server before login: the
+// upstream's greeting and capabilities, rewritten for the proxy, in the
+// variants a connection may need.
+type Profile struct {
+	greeting []byte   // upstream greeting, without CRLF
+	caps     []string // after ProxyCapabilities
+	plain    []byte   // "* CAPABILITY ...\r\n" when no STARTTLS is pending
+	preTLS   []byte   // the same before a required STARTTLS
+	preCaps  []string
+	// Greetings for both states, built once: every connection gets one.
+	plainGreeting, preGreeting []byte
+}
+
+// NewProfile prepares the greeting and capability answers from what the
+// upstream server sent.
+func NewProfile(upstreamGreeting []byte, upstreamCaps []string) *Profile {
+	caps := ProxyCapabilities(upstreamCaps)
+	pre := make([]string, 0, len(caps)+2)
+	for _, c := range caps {
+		if c != "AUTH=PLAIN" && c != "SASL-IR" {
+			pre = append(pre, c)
+		}
+	}
+	pre = append(pre, "STARTTLS", "LOGINDISABLED")
+	g := bytes.TrimRight(upstreamGreeting, "\r\n")
+	return &Profile{
+		greeting: g, caps: caps, preCaps: pre,
+		plain:         CapabilityLine(caps),
+		preTLS:        CapabilityLine(pre),
+		plainGreeting: ProxyGreeting(g, caps),
+		preGreeting:   ProxyGreeting(g, pre),
+	}
+}
+
+// CapabilityLine is the untagged CAPABILITY response for the TLS state.
+func (p *Profile) CapabilityLine(t TLS) []byte {
+	if t.preTLS() {
+		return p.preTLS
+	}
+	return p.plain
+}
+
+// Greeting is the greeting to send, with a CAPABILITY code matching the
+// TLS state if the upstream greeting had one.
+func (p *Profile) Greeting(t TLS) []byte {
+	if t.preTLS() {
+		return p.preGreeting
+	}
+	return p.plainGreeting
+}
+
 // ProxyCapabilities turns the upstream's pre-login capabilities into the
 // ones the proxy offers its clients (research §5.1): every AUTH=mechanism
 // becomes a single AUTH=PLAIN placed after the IMAP version atoms, SASL-IR
 // is offered (the proxy decodes initial responses itself), LOGINDISABLED
-// goes (the proxy accepts LOGIN), and STARTTLS goes (this listener has no
-// local TLS).
+// goes (the proxy accepts LOGIN), and STARTTLS goes (whether the proxy offers
+// it depends on its own listener, see Profile).
 func ProxyCapabilities(upstream []string) []string {
 	out := make([]string, 0, len(upstream)+2)
 	inserted := false

@@ -26,6 +26,9 @@ const (
 	Login
 	// Close: send Out, then close the connection.
 	Close
+	// StartTLS: send Out, drop any input already buffered (it was sent in
+	// plaintext), switch the connection to TLS, call TLSStarted.
+	StartTLS
 )
 
 // Action is the result of one step.
@@ -78,10 +81,20 @@ type part struct {
 	literal    bool
 }
 
+// TLS says how the client side may use TLS. A listener that offers
+// STARTTLS requires it before login.
+type TLS struct {
+	Offered bool // STARTTLS is offered (a certificate is configured)
+	Active  bool // the connection is already TLS
+}
+
+func (t TLS) preTLS() bool { return t.Offered && !t.Active }
+
 // Machine is one client connection's pre-login state. The zero value is not
 // usable: call New.
 type Machine struct {
-	caps     []byte // "* CAPABILITY ...\r\n" to answer CAPABILITY with
+	prof     *Profile
+	tls      TLS
 	lim      Limits
 	st       state
 	arena    []byte // owned bytes of the command being assembled
@@ -96,10 +109,15 @@ type Machine struct {
 	out      []byte
 }
 
-// New returns a machine that answers CAPABILITY with capsLine (already
-// rewritten, see RewriteCapabilityLine).
-func New(capsLine []byte, lim Limits) *Machine {
-	return &Machine{caps: capsLine, lim: lim}
+// New returns a machine for a client that was sent prof.Greeting(tls).
+func New(prof *Profile, tls TLS, lim Limits) *Machine {
+	return &Machine{prof: prof, tls: tls, lim: lim}
+}
+
+// TLSStarted records a completed STARTTLS.
+func (m *Machine) TLSStarted() {
+	m.tls.Active = true
+	m.resetCommand()
 }
 
 // Next consumes input and returns how many bytes it used and what to do.
@@ -276,7 +294,7 @@ func (m *Machine) dispatch() Action {
 	t := string(tag)
 	switch {
 	case textline.EqualFold(cmd, "CAPABILITY"):
-		m.out = append(m.out, m.caps...)
+		m.out = append(m.out, m.prof.CapabilityLine(m.tls)...)
 		return m.ok(t, "CAPABILITY completed")
 	case textline.EqualFold(cmd, "NOOP"):
 		return m.ok(t, "NOOP completed")
@@ -288,12 +306,20 @@ func (m *Machine) dispatch() Action {
 	case textline.EqualFold(cmd, "ID"):
 		m.out = append(m.out, "* ID NIL\r\n"...)
 		return m.ok(t, "ID completed")
-	case textline.EqualFold(cmd, "LOGIN"):
-		return m.login(t, args)
-	case textline.EqualFold(cmd, "AUTHENTICATE"):
+	case textline.EqualFold(cmd, "LOGIN"), textline.EqualFold(cmd, "AUTHENTICATE"):
+		if m.tls.preTLS() {
+			return m.no(t, "PRIVACYREQUIRED", "Use STARTTLS first")
+		}
+		if textline.EqualFold(cmd, "LOGIN") {
+			return m.login(t, args)
+		}
 		return m.authenticate(t, args)
 	case textline.EqualFold(cmd, "STARTTLS"):
-		return m.bad(t, "STARTTLS is not available on this port")
+		if !m.tls.preTLS() {
+			return m.bad(t, "STARTTLS is not available")
+		}
+		m.ok(t, "Begin TLS negotiation now")
+		return Action{Kind: StartTLS, Out: m.out}
 	case textline.EqualFold(cmd, "ENABLE"):
 		return m.bad(t, "ENABLE is valid only after login")
 	}

@@ -5,7 +5,10 @@ import (
 	"testing"
 )
 
-var testCaps = []byte("* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR\r\n")
+var (
+	testProf = NewProfile([]byte("* OK ready"), []string{"IMAP4rev1", "AUTH=XOAUTH2", "SASL-IR"})
+	testCaps = []byte("* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR\r\n")
+)
 
 // step is what the engine does: feed everything, collect replies, stop at
 // Login or Close. It returns the transcript and the final action.
@@ -51,7 +54,7 @@ func TestLoginForms(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			m := New(testCaps, DefaultLimits)
+			m := New(testProf, TLS{}, DefaultLimits)
 			out, act, rest := run(m, tc.input)
 			if act.Kind != Login {
 				t.Fatalf("kind = %v, out %q", act.Kind, out)
@@ -74,7 +77,7 @@ func TestLoginSplitAcrossReads(t *testing.T) {
 	input := "a3 LOGIN {3}\r\nu@x {6+}\r\npa\r\n\"s\r\n"
 	for cut := 0; cut <= len(input); cut++ {
 		for cut2 := cut; cut2 <= len(input); cut2++ {
-			m := New(testCaps, DefaultLimits)
+			m := New(testProf, TLS{}, DefaultLimits)
 			var out strings.Builder
 			var buf []byte
 			var final Action
@@ -114,7 +117,7 @@ func TestPreLoginCommands(t *testing.T) {
 		{"id with literal", "c3 ID ({4+}\r\nname \"x\")\r\n", "* ID NIL\r\nc3 OK ID completed\r\n", NeedMore},
 		{"logout", "c4 LOGOUT\r\n", "* BYE Logging out\r\nc4 OK LOGOUT completed\r\n", Close},
 		{"enable", "c5 ENABLE UTF8=ACCEPT\r\n", "c5 BAD ENABLE is valid only after login\r\n", NeedMore},
-		{"starttls", "c6 STARTTLS\r\n", "c6 BAD STARTTLS is not available on this port\r\n", NeedMore},
+		{"starttls", "c6 STARTTLS\r\n", "c6 BAD STARTTLS is not available\r\n", NeedMore},
 		{"select before login", "c7 SELECT INBOX\r\n", "c7 BAD Unknown command or command not valid before login\r\n", NeedMore},
 		{"unknown", "c8 FROB\r\n", "c8 BAD Unknown command or command not valid before login\r\n", NeedMore},
 		{"empty line", "\r\n", "* BAD Empty command\r\n", NeedMore},
@@ -136,7 +139,7 @@ func TestPreLoginCommands(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			m := New(testCaps, DefaultLimits)
+			m := New(testProf, TLS{}, DefaultLimits)
 			out, act, _ := run(m, tc.input)
 			if out != tc.want || act.Kind != tc.kind {
 				t.Fatalf("got %q (kind %v), want %q (kind %v)", out, act.Kind, tc.want, tc.kind)
@@ -147,8 +150,35 @@ func TestPreLoginCommands(t *testing.T) {
 
 // Pipelined commands are answered in order and the machine stops at the
 // login, leaving what follows it for the session after authentication.
+func TestStartTLS(t *testing.T) {
+	m := New(testProf, TLS{Offered: true}, DefaultLimits)
+	if g := string(testProf.Greeting(TLS{Offered: true})); g != "* OK ready\r\n" {
+		t.Fatalf("greeting %q", g)
+	}
+	out, act, rest := run(m, "a CAPABILITY\r\nb LOGIN u@x pw\r\nc STARTTLS\r\nd LOGIN injected pw\r\n")
+	want := "* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\na OK CAPABILITY completed\r\n" +
+		"b NO [PRIVACYREQUIRED] Use STARTTLS first\r\nc OK Begin TLS negotiation now\r\n"
+	if out != want || act.Kind != StartTLS || rest != "d LOGIN injected pw\r\n" {
+		t.Fatalf("out %q kind %v rest %q", out, act.Kind, rest)
+	}
+	m.TLSStarted()
+	out, act, _ = run(m, "e CAPABILITY\r\nf STARTTLS\r\ng LOGIN u@x pw\r\n")
+	want = string(testCaps) + "e OK CAPABILITY completed\r\nf BAD STARTTLS is not available\r\n"
+	if out != want || act.Kind != Login || act.Tag != "g" {
+		t.Fatalf("after TLS: out %q act %+v", out, act)
+	}
+	// A greeting with a CAPABILITY code follows the TLS state too.
+	p := NewProfile([]byte("* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] hi"), []string{"IMAP4rev1", "AUTH=XOAUTH2"})
+	if g := string(p.Greeting(TLS{Offered: true})); g != "* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] hi\r\n" {
+		t.Fatalf("pre-TLS greeting %q", g)
+	}
+	if g := string(p.Greeting(TLS{Offered: true, Active: true})); g != "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n" {
+		t.Fatalf("TLS greeting %q", g)
+	}
+}
+
 func TestPipelining(t *testing.T) {
-	m := New(testCaps, DefaultLimits)
+	m := New(testProf, TLS{}, DefaultLimits)
 	out, act, rest := run(m, "1 CAPABILITY\r\n2 NOOP\r\n3 LOGIN u@x pw\r\n4 SELECT INBOX\r\n")
 	if want := string(testCaps) + "1 OK CAPABILITY completed\r\n2 OK NOOP completed\r\n"; out != want {
 		t.Fatalf("out %q", out)
@@ -178,14 +208,14 @@ func TestPipelining(t *testing.T) {
 
 func TestOverlongLines(t *testing.T) {
 	lim := Limits{MaxLine: 64, MaxLiteral: 64, MaxErrors: 3}
-	m := New(testCaps, lim)
+	m := New(testProf, TLS{}, lim)
 	long := "a1 LOGIN " + strings.Repeat("x", 100) + " pw\r\n"
 	out, act, _ := run(m, long+"a2 NOOP\r\n")
 	if out != "* BAD Command line too long\r\na2 OK NOOP completed\r\n" || act.Kind != NeedMore {
 		t.Fatalf("got %q %v", out, act.Kind)
 	}
 	// A client that keeps sending without a line end is cut off.
-	m = New(testCaps, lim)
+	m = New(testProf, TLS{}, lim)
 	var closed bool
 	chunk := []byte(strings.Repeat("y", 4096))
 	for i := 0; i < 100 && !closed; i++ {
@@ -209,7 +239,7 @@ func TestOverlongLines(t *testing.T) {
 		t.Fatal("endless line was never cut off")
 	}
 	// Repeated bad commands end in a BYE too.
-	m = New(testCaps, lim)
+	m = New(testProf, TLS{}, lim)
 	out, act, _ = run(m, "a X\r\nb X\r\nc X\r\nd X\r\n")
 	if act.Kind != Close || !strings.HasSuffix(out, "* BYE Too many bad commands\r\n") {
 		t.Fatalf("got %q %v", out, act.Kind)
@@ -225,7 +255,7 @@ func FuzzMachine(f *testing.F) {
 		f.Add([]byte(s), uint8(3))
 	}
 	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
-		m := New(testCaps, Limits{MaxLine: 128, MaxLiteral: 128, MaxErrors: 5})
+		m := New(testProf, TLS{}, Limits{MaxLine: 128, MaxLiteral: 128, MaxErrors: 5})
 		// Feed in chunks of a fuzzed size; the machine must never panic,
 		// never consume more than it was given, and always make progress
 		// or ask for more.
@@ -258,4 +288,32 @@ func FuzzMachine(f *testing.F) {
 			}
 		}
 	})
+}
+
+func BenchmarkLogin(b *testing.B) {
+	m := New(testProf, TLS{}, DefaultLimits)
+	in := []byte("a1 LOGIN user@example.com \"pass word\"\r\n")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(in)))
+	for i := 0; i < b.N; i++ {
+		_, act := m.Next(in)
+		if act.Kind != Login {
+			b.Fatal(act.Kind)
+		}
+		m.LoginFailed("a1", "x", false)
+	}
+}
+
+func BenchmarkCapabilityNoop(b *testing.B) {
+	m := New(testProf, TLS{}, DefaultLimits)
+	in := []byte("a1 CAPABILITY\r\na2 NOOP\r\n")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(in)))
+	for i := 0; i < b.N; i++ {
+		buf := in
+		for len(buf) > 0 {
+			n, _ := m.Next(buf)
+			buf = buf[n:]
+		}
+	}
 }

@@ -21,6 +21,9 @@ const (
 	Reply                // send Out, call Next again
 	Login                // send Out (if any), then log in with Creds
 	Close                // send Out, then close
+	// StartTLS: send Out, drop input already buffered, switch to TLS, call
+	// TLSStarted.
+	StartTLS
 )
 
 // Action is the result of one step.
@@ -50,9 +53,48 @@ const (
 
 const maxSkip = 64 << 10
 
+// TLS says how the client side may use TLS. A listener that offers STLS
+// requires it before login.
+type TLS struct {
+	Offered bool // STLS is offered (a certificate is configured)
+	Active  bool // the connection is already TLS
+}
+
+func (t TLS) preTLS() bool { return t.Offered && !t.Active }
+
+// Profile is the greeting and CAPA answers, built once per upstream.
+type Profile struct {
+	Greeting []byte // "+OK ...\r\n"
+	capa     []byte // full CAPA response, "+OK ...\r\n...\r\n.\r\n"
+	preCapa  []byte // the same before a required STLS
+}
+
+// NewProfile prepares the answers from the upstream's greeting and CAPA
+// lines.
+func NewProfile(upstreamGreeting []byte, upstreamCapa []string) *Profile {
+	lines := ProxyCapa(upstreamCapa)
+	pre := make([]string, 0, len(lines)+1)
+	for _, l := range lines {
+		if l != "SASL PLAIN" && l != "USER" {
+			pre = append(pre, l)
+		}
+	}
+	pre = append(pre, "STLS")
+	return &Profile{Greeting: ProxyGreeting(upstreamGreeting), capa: CapaResponse(lines), preCapa: CapaResponse(pre)}
+}
+
+// Capa is the CAPA response for the TLS state.
+func (p *Profile) Capa(t TLS) []byte {
+	if t.preTLS() {
+		return p.preCapa
+	}
+	return p.capa
+}
+
 // Machine is one client connection's pre-login state.
 type Machine struct {
-	capa     []byte // full CAPA response, "+OK ...\r\n...\r\n.\r\n"
+	prof     *Profile
+	tls      TLS
 	lim      Limits
 	st       state
 	user     string // from USER
@@ -62,9 +104,16 @@ type Machine struct {
 	out      []byte
 }
 
-// New returns a machine answering CAPA with capaResponse (see CapaResponse).
-func New(capaResponse []byte, lim Limits) *Machine {
-	return &Machine{capa: capaResponse, lim: lim}
+// New returns a machine for a client that was sent prof.Greeting.
+func New(prof *Profile, tls TLS, lim Limits) *Machine {
+	return &Machine{prof: prof, tls: tls, lim: lim}
+}
+
+// TLSStarted records a completed STLS; a USER given before it is dropped.
+func (m *Machine) TLSStarted() {
+	m.tls.Active = true
+	m.user, m.haveUser = "", false
+	m.st = stAuthorization
 }
 
 // Next consumes input; call it until it returns NeedMore, Login or Close.
@@ -122,8 +171,16 @@ func (m *Machine) command(line []byte) Action {
 	cmd, arg := textline.Word(line)
 	switch {
 	case textline.EqualFold(cmd, "CAPA"):
-		m.out = append(m.out, m.capa...)
+		m.out = append(m.out, m.prof.Capa(m.tls)...)
 		return Action{Kind: Reply, Out: m.out}
+	case textline.EqualFold(cmd, "STLS"):
+		if !m.tls.preTLS() {
+			return m.err("STLS is not available")
+		}
+		m.out = append(m.out, "+OK Begin TLS negotiation\r\n"...)
+		return Action{Kind: StartTLS, Out: m.out}
+	case m.tls.preTLS() && (textline.EqualFold(cmd, "USER") || textline.EqualFold(cmd, "PASS") || textline.EqualFold(cmd, "AUTH")):
+		return m.err("Use STLS first")
 	case textline.EqualFold(cmd, "USER"):
 		if len(arg) == 0 {
 			return m.err("USER needs a user name")
@@ -143,8 +200,6 @@ func (m *Machine) command(line []byte) Action {
 		return m.auth(arg)
 	case textline.EqualFold(cmd, "QUIT"):
 		return m.closeWith("+OK Bye\r\n")
-	case textline.EqualFold(cmd, "STLS"):
-		return m.err("STLS is not available on this port")
 	case textline.EqualFold(cmd, "APOP"):
 		return m.err("APOP is not supported: use USER/PASS or AUTH PLAIN")
 	}

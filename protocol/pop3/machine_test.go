@@ -5,7 +5,10 @@ import (
 	"testing"
 )
 
-var testCapa = CapaResponse(ProxyCapa([]string{"TOP", "UIDL", "SASL XOAUTH2", "STLS", "PIPELINING"}))
+var (
+	testProf = NewProfile([]byte("+OK ready"), []string{"TOP", "UIDL", "SASL XOAUTH2", "STLS", "PIPELINING"})
+	testCapa = testProf.Capa(TLS{})
+)
 
 func run(m *Machine, input string) (string, Action, string) {
 	var out strings.Builder
@@ -30,7 +33,7 @@ func TestLogins(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			out, act, rest := run(New(testCapa, DefaultLimits), tc.input)
+			out, act, rest := run(New(testProf, TLS{}, DefaultLimits), tc.input)
 			if act.Kind != Login || act.Creds.Username != tc.user || act.Creds.Password != tc.pass {
 				t.Fatalf("act %+v out %q", act, out)
 			}
@@ -49,7 +52,7 @@ func TestPreLoginAnswers(t *testing.T) {
 		{"quit", "QUIT\r\n", "+OK Bye\r\n", Close},
 		{"pass first", "PASS x\r\n", "-ERR Send USER first\r\n", NeedMore},
 		{"user without name", "USER\r\n", "-ERR USER needs a user name\r\n", NeedMore},
-		{"stls", "STLS\r\n", "-ERR STLS is not available on this port\r\n", NeedMore},
+		{"stls", "STLS\r\n", "-ERR STLS is not available\r\n", NeedMore},
 		{"apop", "APOP u 0123\r\n", "-ERR APOP is not supported: use USER/PASS or AUTH PLAIN\r\n", NeedMore},
 		{"stat before login", "STAT\r\n", "-ERR Unknown command or command not valid before login\r\n", NeedMore},
 		{"auth other mechanism", "AUTH LOGIN\r\n", "-ERR Unsupported SASL mechanism (use PLAIN)\r\n", NeedMore},
@@ -60,7 +63,7 @@ func TestPreLoginAnswers(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			out, act, _ := run(New(testCapa, DefaultLimits), tc.input)
+			out, act, _ := run(New(testProf, TLS{}, DefaultLimits), tc.input)
 			if out != tc.want || act.Kind != tc.kind {
 				t.Fatalf("got %q (%v) want %q (%v)", out, act.Kind, tc.want, tc.kind)
 			}
@@ -71,7 +74,7 @@ func TestPreLoginAnswers(t *testing.T) {
 // RFC 2449 PIPELINING: USER, PASS and STAT in one write; the machine stops
 // at the login and leaves STAT for the authenticated session.
 func TestPipelinedLogin(t *testing.T) {
-	m := New(testCapa, DefaultLimits)
+	m := New(testProf, TLS{}, DefaultLimits)
 	out, act, rest := run(m, "USER u@x\r\nPASS pw\r\nSTAT\r\nLIST\r\n")
 	if out != "+OK Send your password\r\n" || act.Kind != Login || rest != "STAT\r\nLIST\r\n" {
 		t.Fatalf("out %q act %+v rest %q", out, act, rest)
@@ -88,13 +91,27 @@ func TestPipelinedLogin(t *testing.T) {
 	}
 }
 
+func TestSTLS(t *testing.T) {
+	m := New(testProf, TLS{Offered: true}, DefaultLimits)
+	out, act, rest := run(m, "CAPA\r\nUSER u@x\r\nSTLS\r\nPASS injected\r\n")
+	want := "+OK Capability list follows\r\nTOP\r\nUIDL\r\nPIPELINING\r\nSTLS\r\n.\r\n-ERR Use STLS first\r\n+OK Begin TLS negotiation\r\n"
+	if out != want || act.Kind != StartTLS || rest != "PASS injected\r\n" {
+		t.Fatalf("out %q kind %v rest %q", out, act.Kind, rest)
+	}
+	m.TLSStarted()
+	out, act, _ = run(m, "STLS\r\nUSER u@x\r\nPASS pw\r\n")
+	if out != "-ERR STLS is not available\r\n+OK Send your password\r\n" || act.Kind != Login {
+		t.Fatalf("after TLS: %q %+v", out, act)
+	}
+}
+
 func TestOverlong(t *testing.T) {
-	m := New(testCapa, Limits{MaxLine: 32, MaxErrors: 3})
+	m := New(testProf, TLS{}, Limits{MaxLine: 32, MaxErrors: 3})
 	out, act, _ := run(m, "USER "+strings.Repeat("a", 100)+"\r\nNOOP\r\n")
 	if act.Kind != NeedMore || !strings.HasPrefix(out, "-ERR Line too long\r\n") {
 		t.Fatalf("got %q %v", out, act.Kind)
 	}
-	m = New(testCapa, Limits{MaxLine: 32, MaxErrors: 3})
+	m = New(testProf, TLS{}, Limits{MaxLine: 32, MaxErrors: 3})
 	big := []byte(strings.Repeat("z", 1<<20))
 	closed := false
 	for len(big) > 0 {
@@ -136,7 +153,7 @@ func FuzzMachine(f *testing.F) {
 		f.Add([]byte(s), uint8(2))
 	}
 	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
-		m := New(testCapa, Limits{MaxLine: 64, MaxErrors: 5})
+		m := New(testProf, TLS{}, Limits{MaxLine: 64, MaxErrors: 5})
 		size := int(split)%13 + 1
 		var buf []byte
 		for off := 0; off < len(data); off += size {
@@ -164,4 +181,22 @@ func FuzzMachine(f *testing.F) {
 			}
 		}
 	})
+}
+
+func BenchmarkUserPass(b *testing.B) {
+	m := New(testProf, TLS{}, DefaultLimits)
+	in := []byte("USER user@example.com\r\nPASS secret\r\n")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(in)))
+	for i := 0; i < b.N; i++ {
+		buf := in
+		for {
+			n, act := m.Next(buf)
+			buf = buf[n:]
+			if act.Kind == Login {
+				m.LoginFailed("x", false)
+				break
+			}
+		}
+	}
 }

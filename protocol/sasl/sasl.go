@@ -7,6 +7,8 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"strconv"
+	"strings"
 )
 
 // Credentials are a username and password a client gave the proxy.
@@ -80,6 +82,20 @@ func XOAUTH2(user, token string) []byte {
 	out := make([]byte, base64.StdEncoding.EncodedLen(len(raw)))
 	base64.StdEncoding.Encode(out, raw)
 	return out
+}
+
+// OAUTHBEARER returns the base64 OAUTHBEARER initial response (RFC 7628)
+// for user at host:port with an access token.
+func OAUTHBEARER(user, host string, port int, token string) []byte {
+	raw := "n,a=" + saslName(user) + ",\x01host=" + host + "\x01port=" + strconv.Itoa(port) +
+		"\x01auth=Bearer " + token + "\x01\x01"
+	return []byte(base64.StdEncoding.EncodeToString([]byte(raw)))
+}
+
+// saslName escapes "," and "=" in a GS2 authzid (RFC 5801).
+func saslName(s string) string {
+	s = strings.ReplaceAll(s, "=", "=3D")
+	return strings.ReplaceAll(s, ",", "=2C")
 }
 
 // ParseXOAUTH2 is the server side of XOAUTH2, used by the mock upstream.
