@@ -63,8 +63,6 @@ type Config struct {
 	File    *File
 	Servers []*Server
 	Global  Global
-	// Skipped lists server sections this build does not serve, with why.
-	Skipped []string
 }
 
 // GlobalSection is the section that holds the proxy-wide options.
@@ -91,10 +89,6 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// Supported says which server protocols this build serves; others are
-// skipped with a warning instead of failing the whole file.
-var Supported = map[Protocol]bool{IMAP: true, POP: true}
-
 // FromFile builds the typed configuration and validates every server
 // section. Account sections are checked at login, as the reference does.
 func FromFile(f *File) (*Config, error) {
@@ -108,10 +102,6 @@ func FromFile(f *File) (*Config, error) {
 		srv, err := parseServer(f, s.Name, Protocol(m[1]), m[2])
 		if err != nil {
 			return nil, err
-		}
-		if !Supported[srv.Protocol] {
-			cfg.Skipped = append(cfg.Skipped, s.Name)
-			continue
 		}
 		if other, dup := ports[srv.LocalPort]; dup {
 			return nil, fmt.Errorf("[%s]: local port %d is already used by [%s]", s.Name, srv.LocalPort, other)

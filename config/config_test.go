@@ -95,7 +95,7 @@ func TestErrors(t *testing.T) {
 	}
 }
 
-func TestSMTPSkippedAndBooleans(t *testing.T) {
+func TestSMTPAndBooleans(t *testing.T) {
 	src := "[SMTP-1587]\nserver_address = smtp.office365.com\nserver_port = 587\nstarttls = yes\n" +
 		"[IMAP-1993]\nserver_address = x\nserver_port = 993\n[emailproxy]\nallow_catch_all_accounts = ON\n"
 	f, err := Parse(strings.NewReader(src))
@@ -106,8 +106,11 @@ func TestSMTPSkippedAndBooleans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Servers) != 1 || len(cfg.Skipped) != 1 || cfg.Skipped[0] != "SMTP-1587" {
-		t.Fatalf("servers %d skipped %v", len(cfg.Servers), cfg.Skipped)
+	if len(cfg.Servers) != 2 || cfg.Servers[0].Protocol != SMTP || !cfg.Servers[0].ServerStartTLS {
+		t.Fatalf("servers %+v", cfg.Servers[0])
+	}
+	if cfg.Servers[1].ServerStartTLS {
+		t.Fatal("server_starttls defaults to false")
 	}
 	if !cfg.Global.AllowCatchAllAccounts {
 		t.Fatal("ON is true")

@@ -53,6 +53,7 @@ type proxyEnv struct {
 	popAddr  string
 	logs     *syncBuffer
 	cfg      *config.Config
+	addrs    map[string]string
 }
 
 type envOptions struct {
@@ -65,6 +66,18 @@ type envOptions struct {
 	engine      Options
 	noCA        bool     // do not trust the mock CA
 	ca          *mock.CA // sign the mock's certificates with this CA
+	oauthBearer bool     // mock SMTP offers OAUTHBEARER only
+	// servers are extra server sections, by name; each gets a free local
+	// port, reachable as env.addrs[name].
+	servers []serverSpec
+}
+
+// serverSpec is one extra server section.
+type serverSpec struct {
+	name     string                         // key in env.addrs
+	proto    string                         // IMAP, POP or SMTP
+	upstream func(up *mock.Upstream) string // host:port
+	keys     string                         // more "key = value" lines
 }
 
 // freePort finds a port on 127.0.0.1 that is free right now.
@@ -86,7 +99,7 @@ func startEnv(t *testing.T, o envOptions) *proxyEnv {
 	if o.mailboxes == nil {
 		o.mailboxes = map[string][]mock.Message{testAccount: {{UID: "u1", Body: []byte("Subject: hi\r\n\r\nhello\r\n")}}}
 	}
-	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca})
+	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca, SMTPOAuthBearerOnly: o.oauthBearer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +118,15 @@ func startEnv(t *testing.T, o envOptions) *proxyEnv {
 	ih, ip, _ := net.SplitHostPort(imapUp)
 	ph, pp, _ := net.SplitHostPort(popUp)
 	imapPort, popPort := freePort(t), freePort(t)
-	text := fmt.Sprintf(`[Email OAuth 2.0 Proxy configuration file]
+	addrs := map[string]string{}
+	var extra strings.Builder
+	for _, sp := range o.servers {
+		port := freePort(t)
+		addrs[sp.name] = fmt.Sprintf("127.0.0.1:%d", port)
+		h, p, _ := net.SplitHostPort(sp.upstream(up))
+		fmt.Fprintf(&extra, "[%s-%d]\nserver_address = %s\nserver_port = %s\nlocal_address = 127.0.0.1\n%s\n\n", sp.proto, port, h, p, sp.keys)
+	}
+	text := extra.String() + fmt.Sprintf(`[Email OAuth 2.0 Proxy configuration file]
 
 [Server setup]
 
@@ -164,7 +185,7 @@ encrypt_client_secret_on_first_use = False
 		defer cancel()
 		srv.Stop(ctx)
 	})
-	return &proxyEnv{t: t, up: up, provider: provider, srv: srv, logs: logs, cfg: cfg,
+	return &proxyEnv{t: t, up: up, provider: provider, srv: srv, logs: logs, cfg: cfg, addrs: addrs,
 		imapAddr: fmt.Sprintf("127.0.0.1:%d", imapPort), popAddr: fmt.Sprintf("127.0.0.1:%d", popPort)}
 }
 

@@ -73,3 +73,20 @@ func (ca *CA) Leaf() (tls.Certificate, error) {
 	}
 	return tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key}, nil
 }
+
+// LeafPEM issues a server certificate like Leaf and returns it and its key
+// as PEM, for configs that name certificate files.
+func (ca *CA) LeafPEM() (certPEM, keyPEM []byte, err error) {
+	leaf, err := ca.Leaf()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, der := range leaf.Certificate {
+		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(leaf.PrivateKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	return certPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}

@@ -2,6 +2,7 @@ package mock
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 
@@ -96,8 +97,11 @@ type literal struct {
 
 func (l literal) Size() int64 { return l.size }
 
-func newIMAPServer(up *Upstream) *imapserver.Server {
+// newIMAPServer serves implicit TLS (starttls nil: the listener does TLS)
+// or plaintext with STARTTLS required before authentication.
+func newIMAPServer(up *Upstream, starttls *tls.Config) *imapserver.Server {
 	return imapserver.New(&imapserver.Options{
+		TLSConfig: starttls,
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
 			return &imapSession{up: up}, nil, nil
 		},

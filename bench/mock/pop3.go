@@ -3,6 +3,7 @@ package mock
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"net"
@@ -12,9 +13,11 @@ import (
 	psasl "github.com/emailproxy/emailproxy/protocol/sasl"
 )
 
-// servePOP3 runs one POP3 session (RFC 1939, CAPA, AUTH XOAUTH2).
-func (up *Upstream) servePOP3(c net.Conn) {
-	defer c.Close()
+// servePOP3 runs one POP3 session (RFC 1939, CAPA, AUTH XOAUTH2); with
+// stls the connection starts in plaintext and requires STLS (RFC 2595)
+// before AUTH.
+func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
+	defer func() { c.Close() }()
 	br := bufio.NewReader(c)
 	w := bufio.NewWriter(c)
 	say := func(s string) { w.WriteString(s + "\r\n") }
@@ -46,8 +49,29 @@ func (up *Upstream) servePOP3(c net.Conn) {
 				for _, l := range []string{"TOP", "UIDL", "SASL XOAUTH2", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"} {
 					say(l)
 				}
+				if stls {
+					say("STLS")
+				}
 				say(".")
+			case "STLS":
+				if !stls {
+					say("-ERR already using TLS")
+					continue
+				}
+				say("+OK Begin TLS negotiation")
+				w.Flush()
+				tc := tls.Server(c, tlsCfg)
+				if err := tc.Handshake(); err != nil {
+					return
+				}
+				c, stls = tc, false
+				br.Reset(c)
+				w.Reset(c)
 			case "AUTH":
+				if stls {
+					say("-ERR Use STLS first")
+					continue
+				}
 				mech, ir, _ := strings.Cut(arg, " ")
 				if !strings.EqualFold(mech, "XOAUTH2") {
 					say("-ERR unsupported mechanism")

@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	"github.com/emersion/go-smtp"
 )
 
 // Message is one seeded message.
@@ -27,23 +28,35 @@ type Options struct {
 	Mailboxes map[string][]Message
 	// CA signs the servers' certificates (default: a new one).
 	CA *CA
+	// SMTPOAuthBearerOnly makes the SMTP servers offer OAUTHBEARER and not
+	// XOAUTH2.
+	SMTPOAuthBearerOnly bool
 	// RTT is added before every POP3 answer, like a distant provider
 	// (0: none).
 	RTT time.Duration
 }
 
-// Upstream is a running mock provider: token endpoint (plain HTTP on
-// 127.0.0.1), TLS IMAP and TLS POP3 servers.
+// Upstream is a running mock provider on 127.0.0.1: a token endpoint
+// (plain HTTP), and IMAP, POP3 and SMTP servers both with implicit TLS and
+// with STARTTLS (STLS for POP3) that is required before authentication.
 type Upstream struct {
 	Authority *Authority
 	CA        *CA
 	TokenURL  string
-	IMAPAddr  string
-	POPAddr   string
+	IMAPAddr  string // implicit TLS, like port 993
+	POPAddr   string // implicit TLS, like 995
+	SMTPAddr  string // implicit TLS, like 465
+
+	IMAPStartTLSAddr string // plaintext + STARTTLS, like 143
+	POPStartTLSAddr  string // plaintext + STLS, like 110
+	SMTPStartTLSAddr string // plaintext + STARTTLS, like 587
 
 	opts      Options
 	httpSrv   *http.Server
 	imapSrv   *imapserver.Server
+	imapSTLS  *imapserver.Server
+	smtpSrv   *smtp.Server
+	smtpSTLS  *smtp.Server
 	listeners []net.Listener
 	wg        sync.WaitGroup
 
@@ -53,6 +66,7 @@ type Upstream struct {
 	xoauth2      []string
 	logins       int
 	rejectTokens bool
+	smtpMsgs     []SMTPMessage
 	conns        map[net.Conn]struct{}
 	closed       bool
 }
@@ -103,33 +117,65 @@ func Start(opts Options) (*Upstream, error) {
 	up.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	up.goServe(func() { up.httpSrv.Serve(httpLn) })
 
-	imapLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		up.Close()
-		return nil, err
-	}
-	up.IMAPAddr = imapLn.Addr().String()
-	up.imapSrv = newIMAPServer(up)
-	tracked := &trackingListener{Listener: imapLn, up: up}
-	up.goServe(func() { up.imapSrv.Serve(tls.NewListener(tracked, tlsCfg)) })
-
-	popLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		up.Close()
-		return nil, err
-	}
-	up.listeners = append(up.listeners, popLn)
-	up.POPAddr = popLn.Addr().String()
-	up.goServe(func() {
-		ln := tls.NewListener(&trackingListener{Listener: popLn, up: up}, tlsCfg)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up.goServe(func() { up.servePOP3(c) })
+	listen := func() (net.Listener, string, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			up.Close()
+			return nil, "", err
 		}
-	})
+		up.listeners = append(up.listeners, ln)
+		return &trackingListener{Listener: ln, up: up}, ln.Addr().String(), nil
+	}
+	var ln net.Listener
+	if ln, up.IMAPAddr, err = listen(); err != nil {
+		return nil, err
+	}
+	up.imapSrv = newIMAPServer(up, nil)
+	tlsLn := tls.NewListener(ln, tlsCfg)
+	up.goServe(func() { up.imapSrv.Serve(tlsLn) })
+	if ln, up.IMAPStartTLSAddr, err = listen(); err != nil {
+		return nil, err
+	}
+	up.imapSTLS = newIMAPServer(up, tlsCfg)
+	imapPlain := ln
+	up.goServe(func() { up.imapSTLS.Serve(imapPlain) })
+
+	for _, stls := range []bool{false, true} {
+		var addr string
+		if ln, addr, err = listen(); err != nil {
+			return nil, err
+		}
+		popLn := ln
+		if stls {
+			up.POPStartTLSAddr = addr
+		} else {
+			up.POPAddr = addr
+			popLn = tls.NewListener(ln, tlsCfg)
+		}
+		up.goServe(func() {
+			for {
+				c, err := popLn.Accept()
+				if err != nil {
+					return
+				}
+				up.goServe(func() { up.servePOP3(c, stls, tlsCfg) })
+			}
+		})
+	}
+
+	if ln, up.SMTPAddr, err = listen(); err != nil {
+		return nil, err
+	}
+	up.smtpSrv = newSMTPServer(up)
+	smtpTLS := tls.NewListener(ln, tlsCfg)
+	up.goServe(func() { up.smtpSrv.Serve(smtpTLS) })
+	if ln, up.SMTPStartTLSAddr, err = listen(); err != nil {
+		return nil, err
+	}
+	up.smtpSTLS = newSMTPServer(up)
+	up.smtpSTLS.TLSConfig = tlsCfg
+	smtpPlain := ln
+	up.goServe(func() { up.smtpSTLS.Serve(smtpPlain) })
 	return up, nil
 }
 
@@ -150,8 +196,15 @@ func (up *Upstream) Close() error {
 	if up.httpSrv != nil {
 		up.httpSrv.Close()
 	}
-	if up.imapSrv != nil {
-		up.imapSrv.Close()
+	for _, srv := range []*imapserver.Server{up.imapSrv, up.imapSTLS} {
+		if srv != nil {
+			srv.Close()
+		}
+	}
+	for _, srv := range []*smtp.Server{up.smtpSrv, up.smtpSTLS} {
+		if srv != nil {
+			srv.Close()
+		}
 	}
 	for _, l := range up.listeners {
 		l.Close()

@@ -61,9 +61,6 @@ func run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 		fmt.Fprintln(stderr, "emailproxy:", err)
 		return 1
 	}
-	for _, name := range cfg.Skipped {
-		log.Warn().Str("section", name).Msg("this version does not serve this protocol yet; section skipped")
-	}
 	if fl.cacheStore != "" {
 		log.Warn().Str("cache_store", fl.cacheStore).Msg("--cache-store is not used by this version: tokens are kept in memory")
 	}
@@ -85,6 +82,7 @@ func run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	eopts.RelayBuffer = fl.relayBuffer
 	eopts.IMAPLimits.MaxLine, eopts.IMAPLimits.MaxLiteral, eopts.IMAPLimits.MaxErrors = fl.maxLine, fl.maxLine, fl.maxErrors
 	eopts.POPLimits.MaxLine, eopts.POPLimits.MaxErrors = fl.maxLine, fl.maxErrors
+	eopts.SMTPLimits.MaxLine, eopts.SMTPLimits.MaxErrors = fl.maxLine, fl.maxErrors
 	eopts.Logger = log
 	srv := engine.New(cfg, provider, eopts)
 	if err := srv.Start(); err != nil {
@@ -106,7 +104,9 @@ loop:
 			case syscall.SIGUSR1:
 				toggleDebug(log)
 			case syscall.SIGHUP:
-				log.Warn().Msg("SIGHUP: configuration reload is not supported by this version yet; restart the proxy to apply changes")
+				// Certificates are reloaded in place; sessions are kept.
+				log.Info().Msg("SIGHUP: reloading local certificates (other configuration changes need a restart)")
+				srv.ReloadCertificates()
 			default:
 				log.Info().Str("signal", sig.String()).Msg("shutting down")
 				break loop
