@@ -54,7 +54,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.refreshMargin, "token-refresh-margin", 600*time.Second, "refresh access tokens this long before they expire")
 	fs.Usage = func() {
 		w := fs.Output()
-		fmt.Fprintf(w, "Usage: emailproxy [flags]\n\nAn OAuth 2.0 + TLS proxy for IMAP4 and POP3 clients that only speak plaintext and passwords.\n\nFlags:\n")
+		fmt.Fprintf(w, "Usage: emailproxy [flags]\n\nAn OAuth 2.0 + TLS proxy for IMAP4, POP3 and SMTP clients that only speak plaintext and passwords.\n\nFlags:\n")
 		fs.VisitAll(func(f *flag.Flag) {
 			kind, usage := flag.UnquoteUsage(f)
 			fmt.Fprintf(w, "  --%s", f.Name)

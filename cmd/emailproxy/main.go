@@ -1,4 +1,4 @@
-// Command emailproxy is an OAuth 2.0 + TLS proxy for IMAP4 and POP3 that
+// Command emailproxy is an OAuth 2.0 + TLS proxy for IMAP4, POP3 and SMTP that
 // reads emailproxy.py's emailproxy.config and command line.
 package main
 

@@ -61,10 +61,6 @@ const (
 	stClosed
 )
 
-// maxSkip is how much of one overlong line is read and dropped before the
-// client is disconnected.
-const maxSkip = 64 << 10
-
 // saslStep says which answer an AUTHENTICATE exchange waits for.
 type saslStep int
 
@@ -101,7 +97,7 @@ type Machine struct {
 	parts    []part
 	litLeft  int
 	litTotal int
-	skipping int // >0 while dropping the rest of an overlong line
+	lines    textline.Reader
 	errors   int
 	sasl     saslStep
 	tag      []byte
@@ -135,9 +131,6 @@ func (m *Machine) Next(in []byte) (int, Action) {
 }
 
 func (m *Machine) step(in []byte) (int, Action) {
-	if m.skipping > 0 {
-		return m.skip(in)
-	}
 	switch m.st {
 	case stCommand, stContinue:
 		return m.readLine(in)
@@ -152,42 +145,32 @@ func (m *Machine) step(in []byte) (int, Action) {
 		}
 		return n, Action{}
 	case stSASL:
-		line, n, st := textline.Cut(in, m.lim.MaxLine)
-		switch st {
-		case textline.NeedMore:
-			return 0, Action{}
-		case textline.TooLong:
-			m.skipping = 1
+		line, n, ev := m.lines.Next(in, m.lim.MaxLine)
+		switch ev {
+		case textline.Wait:
+			return n, Action{}
+		case textline.Flood:
+			return n, m.bye("Line too long")
+		case textline.Overlong:
 			m.st = stCommand
-			return 0, m.bad(string(m.tag), "SASL response too long")
+			return n, m.bad(string(m.tag), "SASL response too long")
 		}
 		return n, m.saslResponse(line)
 	}
 	return 0, Action{}
 }
 
-func (m *Machine) skip(in []byte) (int, Action) {
-	n, done := textline.Skip(in)
-	m.skipping += n
-	if m.skipping > maxSkip {
-		m.skipping = 0
-		return n, m.bye("Line too long")
-	}
-	if done {
-		m.skipping = 0
-	}
-	return n, Action{}
-}
-
 func (m *Machine) readLine(in []byte) (int, Action) {
-	line, n, st := textline.Cut(in, m.lim.MaxLine)
-	switch st {
-	case textline.NeedMore:
-		return 0, Action{}
-	case textline.TooLong:
-		m.skipping = 1
+	line, n, ev := m.lines.Next(in, m.lim.MaxLine)
+	switch ev {
+	case textline.Wait:
+		return n, Action{}
+	case textline.Flood:
 		m.resetCommand()
-		return 0, m.bad("*", "Command line too long")
+		return n, m.bye("Line too long")
+	case textline.Overlong:
+		m.resetCommand()
+		return n, m.bad("*", "Command line too long")
 	}
 	// A line ending in {n} or {n+} announces a literal.
 	litLen, nonSync, markerAt, ok := literalMarker(line)

@@ -51,8 +51,6 @@ const (
 	stClosed
 )
 
-const maxSkip = 64 << 10
-
 // TLS says how the client side may use TLS. A listener that offers STLS
 // requires it before login.
 type TLS struct {
@@ -99,7 +97,7 @@ type Machine struct {
 	st       state
 	user     string // from USER
 	haveUser bool
-	skipping int
+	lines    textline.Reader
 	errors   int
 	out      []byte
 }
@@ -133,26 +131,15 @@ func (m *Machine) step(in []byte) (int, Action) {
 	if m.st == stPending || m.st == stClosed {
 		return 0, Action{}
 	}
-	if m.skipping > 0 {
-		n, done := textline.Skip(in)
-		m.skipping += n
-		if m.skipping > maxSkip {
-			m.skipping = 0
-			return n, m.closeWith("-ERR Line too long, closing\r\n")
-		}
-		if done {
-			m.skipping = 0
-		}
+	line, n, ev := m.lines.Next(in, m.lim.MaxLine)
+	switch ev {
+	case textline.Wait:
 		return n, Action{}
-	}
-	line, n, st := textline.Cut(in, m.lim.MaxLine)
-	switch st {
-	case textline.NeedMore:
-		return 0, Action{}
-	case textline.TooLong:
-		m.skipping = 1
+	case textline.Flood:
+		return n, m.closeWith("-ERR Line too long, closing\r\n")
+	case textline.Overlong:
 		m.st = stAuthorization
-		return 0, m.err("Line too long")
+		return n, m.err("Line too long")
 	}
 	if m.st == stSASL {
 		m.st = stAuthorization

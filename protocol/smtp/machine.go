@@ -66,19 +66,17 @@ const (
 	stClosed
 )
 
-const maxSkip = 64 << 10
-
 // Machine is one client connection's pre-login state.
 type Machine struct {
-	prof     *Profile
-	tls      TLS
-	lim      Limits
-	st       state
-	greeted  bool // EHLO or HELO seen (since the last STARTTLS)
-	user     string
-	skipping int
-	errors   int
-	out      []byte
+	prof    *Profile
+	tls     TLS
+	lim     Limits
+	st      state
+	greeted bool // EHLO or HELO seen (since the last STARTTLS)
+	user    string
+	lines   textline.Reader
+	errors  int
+	out     []byte
 }
 
 // New returns a machine for a client that has been sent the greeting.
@@ -104,26 +102,15 @@ func (m *Machine) step(in []byte) (int, Action) {
 	if m.st == stPending || m.st == stClosed {
 		return 0, Action{}
 	}
-	if m.skipping > 0 {
-		n, done := textline.Skip(in)
-		m.skipping += n
-		if m.skipping > maxSkip {
-			m.skipping = 0
-			return n, m.closeWith("500 5.5.6 Line too long, closing connection\r\n")
-		}
-		if done {
-			m.skipping = 0
-		}
+	line, n, ev := m.lines.Next(in, m.lim.MaxLine)
+	switch ev {
+	case textline.Wait:
 		return n, Action{}
-	}
-	line, n, st := textline.Cut(in, m.lim.MaxLine)
-	switch st {
-	case textline.NeedMore:
-		return 0, Action{}
-	case textline.TooLong:
-		m.skipping = 1
+	case textline.Flood:
+		return n, m.closeWith("500 5.5.6 Line too long, closing connection\r\n")
+	case textline.Overlong:
 		m.st = stCommand
-		return 0, m.fail("500 5.5.6 Line too long")
+		return n, m.fail("500 5.5.6 Line too long")
 	}
 	switch m.st {
 	case stAuthPlain:

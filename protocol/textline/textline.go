@@ -78,3 +78,54 @@ func Word(line []byte) (word, rest []byte) {
 	}
 	return line[:i], line[i+1:]
 }
+
+// Event is what Reader.Next found.
+type Event int
+
+const (
+	// Wait: no complete line yet (used may still be > 0 while the rest of
+	// an overlong line is dropped).
+	Wait Event = iota
+	// Got: a complete line.
+	Got
+	// Overlong: the line passed the limit; answer with an error. The rest
+	// of the line is dropped by the following calls.
+	Overlong
+	// Flood: the client kept sending one endless line; disconnect it.
+	Flood
+)
+
+// maxSkip is how much of one overlong line is dropped before it counts as
+// a flood.
+const maxSkip = 64 << 10
+
+// Reader cuts lines for a state machine, enforcing a length limit.
+type Reader struct {
+	skipped int // >0 while dropping the rest of an overlong line
+}
+
+// Next returns the next line of in (without its line end) and how many
+// bytes it used.
+func (r *Reader) Next(in []byte, limit int) (line []byte, used int, ev Event) {
+	if r.skipped > 0 {
+		n, done := Skip(in)
+		r.skipped += n
+		if r.skipped > maxSkip {
+			r.skipped = 0
+			return nil, n, Flood
+		}
+		if done {
+			r.skipped = 0
+		}
+		return nil, n, Wait
+	}
+	line, n, st := Cut(in, limit)
+	switch st {
+	case NeedMore:
+		return nil, 0, Wait
+	case TooLong:
+		r.skipped = 1
+		return nil, 0, Overlong
+	}
+	return line, n, Got
+}
