@@ -287,3 +287,29 @@ func popOver(t *testing.T, c net.Conn) *popClient {
 	}
 	return p
 }
+
+// Upstream TLS sessions are resumed: the second connection to a server
+// skips the full handshake.
+func TestUpstreamTLSResumption(t *testing.T) {
+	env := startEnv(t, envOptions{})
+	d := env.srv.listeners[portOfAddr(t, env.imapAddr)].dialer
+	for i, want := range []bool{false, true} {
+		u, err := d.dial(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := u.conn.ConnectionState().DidResume
+		u.Close()
+		if got != want {
+			t.Fatalf("connection %d: resumed = %v", i+1, got)
+		}
+	}
+}
+
+func portOfAddr(t *testing.T, addr string) int {
+	a, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.Port
+}
