@@ -2,9 +2,11 @@ package auth
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -30,7 +32,12 @@ type Options struct {
 	// MaxBackoff caps the wait between retries after a failed fetch
 	// (default 60 s; the first retry is after 1 s).
 	MaxBackoff time.Duration
-	Logger     zerolog.Logger
+	// Store keeps tokens across restarts (default: memory only).
+	Store Store
+	// StoreIsConfig says Store writes the configuration file itself, so a
+	// plaintext client_secret may be replaced by client_secret_encrypted.
+	StoreIsConfig bool
+	Logger        zerolog.Logger
 }
 
 // defaultTokenLifetime is assumed when a provider sends no expires_in.
@@ -46,6 +53,7 @@ type Provider struct {
 	opts   Options
 	log    zerolog.Logger
 	verify verifier
+	cache  map[string]map[string]string // loaded at start
 
 	mu       sync.Mutex
 	accounts map[string]*account
@@ -55,17 +63,24 @@ type Provider struct {
 
 // account is the token state of one login name.
 type account struct {
-	name  string
-	fetch func(ctx context.Context) (*oauth2.Token, error)
+	name string
+	cfg  *config.Account
+	flow string
+
+	unlockMu sync.Mutex // one PBKDF2 at a time per account
 
 	mu       sync.Mutex
-	tok      *oauth2.Token
+	tok      *oauth2.Token     // plaintext, in memory only
+	refresh  string            // plaintext refresh token, once known
+	secret   string            // client secret decrypted from client_secret_encrypted
+	cached   map[string]string // what the store holds
+	ring     keyring           // keys from the account's password, once known
+	password []byte            // verifier of the accepted local password
 	inflight *fetchCall
 	lastErr  *LoginError
 	retryAt  time.Time
 	backoff  time.Duration
 	timer    *time.Timer
-	password []byte // verifier of the accepted local password
 }
 
 type fetchCall struct {
@@ -74,7 +89,8 @@ type fetchCall struct {
 	err  *LoginError
 }
 
-// NewProvider builds a provider for cfg's accounts.
+// NewProvider builds a provider for cfg's accounts and loads cached tokens
+// from opts.Store.
 func NewProvider(cfg *config.Config, opts Options) *Provider {
 	if opts.TokenTimeout <= 0 {
 		opts.TokenTimeout = 15 * time.Second
@@ -89,7 +105,16 @@ func NewProvider(cfg *config.Config, opts Options) *Provider {
 		// Its own transport, so Close can drop its idle connections.
 		opts.HTTPClient = &http.Client{Transport: &userAgent{base: http.DefaultTransport.(*http.Transport).Clone()}}
 	}
-	return &Provider{cfg: cfg, opts: opts, log: opts.Logger, verify: newVerifier(), accounts: map[string]*account{}}
+	if opts.Store == nil {
+		opts.Store = memoryStore{}
+	}
+	p := &Provider{cfg: cfg, opts: opts, log: opts.Logger, verify: newVerifier(), accounts: map[string]*account{}}
+	cache, err := opts.Store.Load()
+	if err != nil {
+		p.log.Error().Err(err).Msg("cannot read the token cache; starting without cached tokens")
+	}
+	p.cache = cache
+	return p
 }
 
 // userAgent names the proxy in token requests, as the reference does.
@@ -101,15 +126,16 @@ func (u *userAgent) RoundTrip(r *http.Request) (*http.Response, error) {
 	return u.base.RoundTrip(r)
 }
 
-// Start fetches a token for every account that needs no user interaction,
-// so that the first login does not wait for the identity provider.
+// Start fetches a token for every account that needs no user interaction
+// and has no usable cached token, so that the first login does not wait
+// for the identity provider.
 func (p *Provider) Start() {
 	for _, s := range p.cfg.File.Sections {
 		if !strings.Contains(s.Name, "@") || strings.HasPrefix(s.Name, "@") {
 			continue
 		}
 		acct, err := p.cfg.Account(s.Name)
-		if err != nil || acct.Flow() != "client_credentials" {
+		if err != nil {
 			continue
 		}
 		for _, k := range []string{"client_id", "client_secret"} {
@@ -123,12 +149,15 @@ func (p *Provider) Start() {
 			continue
 		}
 		a.mu.Lock()
-		p.startFetchLocked(a)
+		if p.canFetchLocked(a) && !p.cachedTokenValidLocked(a) {
+			p.startFetchLocked(a)
+		}
 		a.mu.Unlock()
 	}
 }
 
-// Close stops background refreshes and waits for fetches in flight.
+// Close stops background refreshes and waits for fetches and saves in
+// flight.
 func (p *Provider) Close() {
 	p.mu.Lock()
 	p.closed = true
@@ -159,18 +188,6 @@ func (p *Provider) account(name string) (*account, *LoginError) {
 	if err != nil {
 		return nil, loginErr(false, err, "%s", err.Error())
 	}
-	fetch, lerr := p.fetcher(acct)
-	if lerr != nil {
-		return nil, lerr
-	}
-	a := &account{name: name, fetch: fetch}
-	p.accounts[name] = a
-	return a, nil
-}
-
-// fetcher builds the token request for an account's flow.
-func (p *Provider) fetcher(acct *config.Account) (func(context.Context) (*oauth2.Token, error), *LoginError) {
-	name := acct.Username
 	var missing []string
 	for _, k := range []string{"token_url", "oauth2_scope", "client_id"} {
 		if acct.Get(k) == "" {
@@ -180,27 +197,53 @@ func (p *Provider) fetcher(acct *config.Account) (func(context.Context) (*oauth2
 	if len(missing) > 0 {
 		return nil, loginErr(false, nil, "incomplete config file entry for account %s: set %s", name, strings.Join(missing, ", "))
 	}
-	switch flow := acct.Flow(); flow {
-	case "client_credentials":
-		cc := &clientcredentials.Config{
-			ClientID:     acct.Get("client_id"),
-			ClientSecret: acct.Get("client_secret"),
-			TokenURL:     acct.Get("token_url"),
-			Scopes:       strings.Fields(acct.Get("oauth2_scope")),
-			AuthStyle:    oauth2.AuthStyleInParams,
-		}
-		if r := acct.Get("redirect_uri"); r != "" {
-			cc.EndpointParams = map[string][]string{"redirect_uri": {r}}
-		}
-		client := p.opts.HTTPClient
-		return func(ctx context.Context) (*oauth2.Token, error) {
-			return cc.Token(context.WithValue(ctx, oauth2.HTTPClient, client))
-		}, nil
+	flow := acct.Flow()
+	switch flow {
+	case "client_credentials", "authorization_code", "device":
 	case "":
 		return nil, loginErr(false, nil, "incomplete config file entry for account %s: set oauth2_flow (or permission_url for an interactive flow)", name)
 	default:
-		return nil, loginErr(false, nil, "account %s: oauth2_flow %q is not supported by this version (client_credentials is)", name, flow)
+		return nil, loginErr(false, nil, "account %s: oauth2_flow %q is not supported by this version", name, flow)
 	}
+	a := &account{name: name, cfg: acct, flow: flow, cached: map[string]string{}}
+	for k, v := range p.cache[name] {
+		a.cached[k] = v
+	}
+	// Salt, iterations and the encrypted client secret are inherited from
+	// a catch-all section (emailproxy.py §1.4); tokens are not.
+	for _, k := range []string{"token_salt", "token_iterations", "client_secret_encrypted"} {
+		if _, own := a.cached[k]; !own {
+			if v := acct.Get(k); v != "" {
+				a.cached[k] = v
+			}
+		}
+	}
+	p.accounts[name] = a
+	return a, nil
+}
+
+// unattended flows need no user to get a new token.
+func (a *account) unattended() bool { return a.flow == "client_credentials" }
+
+// canFetchLocked: a token can be had without a login's help.
+func (p *Provider) canFetchLocked(a *account) bool {
+	if a.refresh != "" {
+		return true
+	}
+	if !a.unattended() {
+		return false
+	}
+	if a.cfg.Get("client_secret") != "" || a.secret != "" {
+		return true
+	}
+	// A public client needs no secret, unless the secret is encrypted or
+	// is the login password.
+	return a.cached["client_secret_encrypted"] == "" && !p.cfg.Global.UseLoginPasswordAsClientCredentialsSecret
+}
+
+func (p *Provider) cachedTokenValidLocked(a *account) bool {
+	exp, err := strconv.ParseInt(a.cached["access_token_expiry"], 10, 64)
+	return err == nil && a.cached["access_token"] != "" && time.Until(time.Unix(exp, 0)) > p.opts.RefreshMargin
 }
 
 // Authorize checks a login's local password and returns an access token
@@ -214,14 +257,17 @@ func (p *Provider) Authorize(ctx context.Context, user, password string) (string
 	if lerr != nil {
 		return "", lerr
 	}
-	a.mu.Lock()
-	if a.password != nil && !p.verify.equal(a.password, user, password) {
-		a.mu.Unlock()
-		return "", loginErr(false, ErrBadPassword, "login failed - the password for account %s is incorrect", user)
+	if lerr := p.checkPassword(a, password); lerr != nil {
+		return "", lerr
 	}
+	a.mu.Lock()
 	if t := a.tok; t != nil && time.Until(t.Expiry) > minUsable {
 		a.mu.Unlock()
 		return t.AccessToken, nil
+	}
+	if a.secret == "" && p.cfg.Global.UseLoginPasswordAsClientCredentialsSecret && a.unattended() &&
+		a.cfg.Get("client_secret") == "" && a.cached["client_secret_encrypted"] == "" {
+		a.secret = password // emailproxy.py #271: the login password is the client secret
 	}
 	call := a.inflight
 	if call == nil {
@@ -229,6 +275,10 @@ func (p *Provider) Authorize(ctx context.Context, user, password string) (string
 			err := a.lastErr
 			a.mu.Unlock()
 			return "", err
+		}
+		if !p.canFetchLocked(a) {
+			a.mu.Unlock()
+			return "", p.cannotFetch(a)
 		}
 		call = p.startFetchLocked(a)
 	}
@@ -244,21 +294,249 @@ func (p *Provider) Authorize(ctx context.Context, user, password string) (string
 	}
 }
 
+func (p *Provider) cannotFetch(a *account) *LoginError {
+	if a.unattended() {
+		return loginErr(false, nil, "account %s: client_secret_encrypted needs the account's password; log in once to unlock it", a.name)
+	}
+	return loginErr(false, nil, "account %s (oauth2_flow %s) has no usable cached token and this version cannot run the interactive authorisation yet; authorise it with emailproxy.py once, and this proxy will keep it refreshed", a.name, a.flow)
+}
+
+// checkPassword verifies the local password: against the in-memory
+// verifier when one exists (microseconds), else by decrypting the cached
+// tokens (one PBKDF2 per account and password per process). With nothing
+// cached, any password may try: the first that logs in becomes the
+// account's password (see Confirm).
+func (p *Provider) checkPassword(a *account, password string) *LoginError {
+	if ok, known := p.knownPassword(a, password); known {
+		if !ok {
+			return p.badPassword(a)
+		}
+		return nil
+	}
+	a.unlockMu.Lock()
+	defer a.unlockMu.Unlock()
+	if ok, known := p.knownPassword(a, password); known { // another login got there first
+		if !ok {
+			return p.badPassword(a)
+		}
+		return nil
+	}
+	a.mu.Lock()
+	cached := make(map[string]string, len(a.cached))
+	for k, v := range a.cached {
+		cached[k] = v
+	}
+	a.mu.Unlock()
+	probe := ""
+	for _, k := range []string{"access_token", "refresh_token", "client_secret_encrypted"} {
+		if cached[k] != "" {
+			probe = cached[k]
+			break
+		}
+	}
+	if probe == "" {
+		return nil
+	}
+	salt, err := base64.StdEncoding.DecodeString(cached["token_salt"])
+	if err != nil || len(salt) == 0 {
+		p.log.Warn().Str("account", a.name).Msg("token_salt is not valid base64; the cached tokens cannot be used and will be replaced")
+		p.forget(a, true)
+		return nil
+	}
+	stored := LegacyIterations
+	if s := cached["token_iterations"]; s != "" {
+		if stored, err = strconv.Atoi(s); err != nil || stored <= 0 {
+			stored = LegacyIterations
+		}
+	}
+	ring, err := newKeyring(password, salt, stored)
+	if err != nil {
+		return loginErr(true, err, "login failed for account %s: key derivation failed", a.name)
+	}
+	if _, _, err := ring.decrypt(probe); err != nil {
+		if p.cfg.Global.DeleteAccountTokenOnPasswordError && !a.unattended() {
+			p.log.Warn().Str("account", a.name).Msg("password does not decrypt the cached tokens; deleting them (delete_account_token_on_password_error)")
+			p.forget(a, true)
+			return nil
+		}
+		return p.badPassword(a)
+	}
+	p.unlock(a, ring, cached, password)
+	return nil
+}
+
+func (p *Provider) knownPassword(a *account, password string) (ok, known bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.password == nil {
+		return false, false
+	}
+	return p.verify.equal(a.password, a.name, password), true
+}
+
+func (p *Provider) badPassword(a *account) *LoginError {
+	return loginErr(false, ErrBadPassword, "login failed - the password for account %s is incorrect", a.name)
+}
+
+// unlock takes the decrypted cache into memory and re-encrypts values
+// that were written with an older iteration count.
+func (p *Provider) unlock(a *account, ring keyring, cached map[string]string, password string) {
+	dec := func(k string) (string, bool) {
+		if cached[k] == "" {
+			return "", false
+		}
+		v, stale, err := ring.decrypt(cached[k])
+		if err != nil {
+			return "", false
+		}
+		return string(v), stale
+	}
+	access, s1 := dec("access_token")
+	refresh, s2 := dec("refresh_token")
+	secret, s3 := dec("client_secret_encrypted")
+	a.mu.Lock()
+	a.ring = ring
+	a.password = p.verify.sum(a.name, password)
+	if exp, err := strconv.ParseInt(cached["access_token_expiry"], 10, 64); err == nil && access != "" {
+		if t := time.Unix(exp, 0); a.tok == nil || t.After(a.tok.Expiry) {
+			a.tok = &oauth2.Token{AccessToken: access, Expiry: t, TokenType: "Bearer"}
+		}
+	}
+	if refresh != "" {
+		a.refresh = refresh
+	}
+	if secret != "" {
+		a.secret = secret
+	}
+	stale := s1 || s2 || s3
+	if stale {
+		p.log.Info().Str("account", a.name).Int("token_iterations", CurrentIterations).Msg("re-encrypting cached tokens with the current key")
+	}
+	p.scheduleIfIdleLocked(a)
+	a.mu.Unlock()
+	if stale {
+		p.persist(a, true)
+	}
+}
+
+// forget drops the cached tokens (and, with all, the salt) of an account.
+func (p *Provider) forget(a *account, all bool) {
+	del := []string{"access_token", "access_token_expiry", "refresh_token"}
+	if all {
+		del = append(del, "token_salt", "token_iterations")
+	}
+	a.mu.Lock()
+	for _, k := range del {
+		delete(a.cached, k)
+	}
+	a.tok, a.refresh = nil, ""
+	if all {
+		a.ring = nil
+	}
+	a.mu.Unlock()
+	p.save(a.name, nil, del)
+}
+
 // Confirm records that password logged in successfully. The first
-// password that does so becomes the account's password until restart; it
-// returns false if another password got there first.
+// password that does so becomes the account's password; it returns false
+// if another password got there first. A newly accepted password's key
+// encrypts the account's tokens in the store.
 func (p *Provider) Confirm(user, password string) bool {
 	a, lerr := p.account(user)
 	if lerr != nil {
 		return false
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.password == nil {
-		a.password = p.verify.sum(user, password)
-		return true
+	if a.password != nil {
+		ok := p.verify.equal(a.password, user, password)
+		a.mu.Unlock()
+		return ok
 	}
-	return p.verify.equal(a.password, user, password)
+	a.password = p.verify.sum(user, password)
+	_, inMemory := p.opts.Store.(memoryStore)
+	needKey := a.ring == nil && !inMemory
+	a.mu.Unlock()
+	if needKey {
+		// PBKDF2 in the background: the client has its answer already.
+		p.goTracked(func() {
+			salt := newSalt()
+			raw, _ := base64.StdEncoding.DecodeString(salt)
+			k, err := deriveKey(password, raw, CurrentIterations)
+			if err != nil {
+				return
+			}
+			a.mu.Lock()
+			a.ring = keyring{k}
+			a.cached["token_salt"] = salt
+			a.cached["token_iterations"] = strconv.Itoa(CurrentIterations)
+			a.mu.Unlock()
+			p.persist(a, true)
+		})
+	}
+	return true
+}
+
+// persist encrypts the account's tokens with its key and saves them.
+// withKeys also writes the salt and iteration count.
+func (p *Provider) persist(a *account, withKeys bool) {
+	a.mu.Lock()
+	if a.ring == nil {
+		a.mu.Unlock()
+		return
+	}
+	set := map[string]string{}
+	var del []string
+	if a.tok != nil {
+		set["access_token"] = a.ring.encrypt([]byte(a.tok.AccessToken))
+		set["access_token_expiry"] = strconv.FormatInt(a.tok.Expiry.Unix(), 10)
+	}
+	if a.refresh != "" {
+		set["refresh_token"] = a.ring.encrypt([]byte(a.refresh))
+	} else if a.cached["refresh_token"] != "" {
+		del = append(del, "refresh_token")
+	}
+	plainSecret := a.cfg.Get("client_secret")
+	switch {
+	case a.secret != "" && a.cached["client_secret_encrypted"] != "":
+		set["client_secret_encrypted"] = a.ring.encrypt([]byte(a.secret))
+	case plainSecret != "" && p.cfg.Global.EncryptClientSecretOnFirstUse && a.unattended():
+		set["client_secret_encrypted"] = a.ring.encrypt([]byte(plainSecret))
+		a.secret = plainSecret
+		if _, own := p.cfg.File.Section(a.name).Get("client_secret"); own && p.opts.StoreIsConfig {
+			// encrypt_client_secret_on_first_use: the plaintext leaves the
+			// account's own section (an inherited one stays; see README).
+			del = append(del, "client_secret")
+		}
+	}
+	if withKeys || set["access_token"] != "" {
+		set["token_salt"] = a.cached["token_salt"]
+		set["token_iterations"] = strconv.Itoa(a.ring[0].iterations)
+	}
+	for k, v := range set {
+		a.cached[k] = v
+	}
+	for _, k := range del {
+		delete(a.cached, k)
+	}
+	a.mu.Unlock()
+	p.save(a.name, set, del)
+}
+
+func (p *Provider) save(account string, set map[string]string, del []string) {
+	if err := p.opts.Store.Save(account, set, del); err != nil {
+		p.log.Error().Str("account", account).Err(err).Msg("cannot save the token cache")
+	}
+}
+
+func (p *Provider) goTracked(f func()) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() { defer p.wg.Done(); f() }()
 }
 
 // Reject drops token if it is still the account's current one, because the
@@ -301,19 +579,66 @@ func (p *Provider) startFetchLocked(a *account) *fetchCall {
 	return call
 }
 
+// fetch gets a new token: with the refresh token when there is one, else
+// with the account's flow.
+func (p *Provider) fetch(ctx context.Context, a *account) (*oauth2.Token, error) {
+	a.mu.Lock()
+	refresh, secret := a.refresh, a.cfg.Get("client_secret")
+	if secret == "" {
+		secret = a.secret
+	}
+	a.mu.Unlock()
+	hc := context.WithValue(ctx, oauth2.HTTPClient, p.opts.HTTPClient)
+	if refresh != "" {
+		conf := &oauth2.Config{ClientID: a.cfg.Get("client_id"), ClientSecret: secret,
+			Endpoint: oauth2.Endpoint{TokenURL: a.cfg.Get("token_url"), AuthStyle: oauth2.AuthStyleInParams}}
+		tok, err := conf.TokenSource(hc, &oauth2.Token{RefreshToken: refresh}).Token()
+		var re *oauth2.RetrieveError
+		if err == nil || !errors.As(err, &re) || re.Response == nil || re.Response.StatusCode != http.StatusBadRequest {
+			return tok, err
+		}
+		// 400 (invalid_grant: expired or revoked): the refresh token is dead.
+		p.log.Warn().Str("account", a.name).Str("error", describeTokenError(err)).Msg("refresh token refused; it is dropped")
+		p.forget(a, false)
+		if !a.unattended() {
+			return nil, p.cannotFetch(a)
+		}
+	}
+	if !a.unattended() {
+		return nil, p.cannotFetch(a)
+	}
+	cc := &clientcredentials.Config{
+		ClientID:     a.cfg.Get("client_id"),
+		ClientSecret: secret,
+		TokenURL:     a.cfg.Get("token_url"),
+		Scopes:       strings.Fields(a.cfg.Get("oauth2_scope")),
+		AuthStyle:    oauth2.AuthStyleInParams,
+	}
+	if r := a.cfg.Get("redirect_uri"); r != "" {
+		cc.EndpointParams = map[string][]string{"redirect_uri": {r}}
+	}
+	return cc.Token(hc)
+}
+
 func (p *Provider) runFetch(a *account, call *fetchCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.opts.TokenTimeout)
 	start := time.Now()
-	tok, err := a.fetch(ctx)
+	tok, err := p.fetch(ctx, a)
 	cancel()
 	if err == nil && (tok == nil || tok.AccessToken == "") {
 		err = errors.New("the token endpoint returned no access_token")
 	}
 
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.inflight = nil
 	if err != nil {
+		var lerr *LoginError
+		if errors.As(err, &lerr) {
+			call.err = lerr
+			a.mu.Unlock()
+			close(call.done)
+			return
+		}
 		a.backoff = min(max(2*a.backoff, time.Second), p.opts.MaxBackoff)
 		a.retryAt = time.Now().Add(a.backoff)
 		detail := describeTokenError(err)
@@ -322,18 +647,25 @@ func (p *Provider) runFetch(a *account, call *fetchCall) {
 		p.log.Error().Str("account", a.name).Str("error", detail).Dur("retry_in", a.backoff).
 			Msg("token request failed; check token_url, client_id, client_secret and oauth2_scope")
 		p.scheduleLocked(a, a.backoff)
-	} else {
-		if tok.Expiry.IsZero() {
-			tok.Expiry = time.Now().Add(defaultTokenLifetime)
-		}
-		a.tok, a.lastErr, a.backoff = tok, nil, 0
-		call.tok = tok
-		lifetime := time.Until(tok.Expiry)
-		p.log.Info().Str("account", a.name).Int64("expires_in_s", int64(lifetime/time.Second)).
-			Dur("took", time.Since(start)).Msg("access token obtained")
-		p.scheduleLocked(a, refreshDelay(lifetime, p.opts.RefreshMargin))
+		a.mu.Unlock()
+		close(call.done)
+		return
 	}
+	if tok.Expiry.IsZero() {
+		tok.Expiry = time.Now().Add(defaultTokenLifetime)
+	}
+	if tok.RefreshToken != "" {
+		a.refresh = tok.RefreshToken // rotation
+	}
+	a.tok, a.lastErr, a.backoff = tok, nil, 0
+	call.tok = tok
+	lifetime := time.Until(tok.Expiry)
+	p.log.Info().Str("account", a.name).Int64("expires_in_s", int64(lifetime/time.Second)).
+		Dur("took", time.Since(start)).Msg("access token obtained")
+	p.scheduleLocked(a, refreshDelay(lifetime, p.opts.RefreshMargin))
+	a.mu.Unlock()
 	close(call.done)
+	p.persist(a, false)
 }
 
 // refreshDelay is when to refresh a token with this lifetime: margin
@@ -347,12 +679,21 @@ func refreshDelay(lifetime, margin time.Duration) time.Duration {
 	return max(d, time.Second)
 }
 
+// scheduleIfIdleLocked plans a refresh for a token just taken from the
+// cache, if nothing else is planned.
+func (p *Provider) scheduleIfIdleLocked(a *account) {
+	if a.timer != nil || a.inflight != nil || a.tok == nil {
+		return
+	}
+	p.scheduleLocked(a, refreshDelay(time.Until(a.tok.Expiry), p.opts.RefreshMargin))
+}
+
 // scheduleLocked arranges the next background fetch; a.mu is held.
 func (p *Provider) scheduleLocked(a *account, after time.Duration) {
 	p.mu.Lock()
 	closed := p.closed
 	p.mu.Unlock()
-	if closed {
+	if closed || !p.canFetchLocked(a) {
 		return
 	}
 	if a.timer != nil {
@@ -360,7 +701,9 @@ func (p *Provider) scheduleLocked(a *account, after time.Duration) {
 	}
 	a.timer = time.AfterFunc(after, func() {
 		a.mu.Lock()
-		p.startFetchLocked(a)
+		if p.canFetchLocked(a) {
+			p.startFetchLocked(a)
+		}
 		a.mu.Unlock()
 	})
 }

@@ -38,7 +38,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.BoolVar(&f.externalAuth, "external-auth", false, "interactive authorisation in the terminal (not supported yet)")
 	fs.BoolVar(&f.localServerAuth, "local-server-auth", false, "interactive authorisation through a local HTTP receiver (not supported yet)")
 	fs.StringVar(&f.configFile, "config-file", "emailproxy.config", "configuration file")
-	fs.StringVar(&f.cacheStore, "cache-store", "", "separate token cache file (not used yet: tokens stay in memory)")
+	fs.StringVar(&f.cacheStore, "cache-store", "", "keep cached tokens in this INI file instead of the configuration file")
 	fs.StringVar(&f.logFile, "log-file", "", "log to this file, rotated at 32 MiB with 10 backups (default: stderr)")
 	fs.BoolVar(&f.debug, "debug", false, "debug logging (SIGUSR1 toggles it); secrets are never logged")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -61,14 +62,21 @@ func run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 		fmt.Fprintln(stderr, "emailproxy:", err)
 		return 1
 	}
+	store, storeIsConfig := &auth.FileStore{Path: cfg.Path}, true
 	if fl.cacheStore != "" {
-		log.Warn().Str("cache_store", fl.cacheStore).Msg("--cache-store is not used by this version: tokens are kept in memory")
+		if strings.HasPrefix(fl.cacheStore, "aws:") {
+			fmt.Fprintln(stderr, "emailproxy: --cache-store aws:... (AWS Secrets Manager) is not supported by this version; use a file path")
+			return 1
+		}
+		store, storeIsConfig = &auth.FileStore{Path: fl.cacheStore}, false
 	}
 	if fl.externalAuth || fl.localServerAuth {
 		log.Warn().Msg("--external-auth / --local-server-auth: interactive flows are not supported by this version yet")
 	}
 
 	provider := auth.NewProvider(cfg, auth.Options{
+		Store:         store,
+		StoreIsConfig: storeIsConfig,
 		TokenTimeout:  fl.tokenTimeout,
 		RefreshMargin: fl.refreshMargin,
 		Logger:        log.With().Str("component", "auth").Logger(),
