@@ -298,7 +298,7 @@ func (p *Provider) cannotFetch(a *account) *LoginError {
 	if a.unattended() {
 		return loginErr(false, nil, "account %s: client_secret_encrypted needs the account's password; log in once to unlock it", a.name)
 	}
-	return loginErr(false, nil, "account %s (oauth2_flow %s) has no usable cached token and this version cannot run the interactive authorisation yet; authorise it with emailproxy.py once, and this proxy will keep it refreshed", a.name, a.flow)
+	return loginErr(false, nil, "account %s (oauth2_flow %s) needs authorising: run `emailproxy authorise %s` on the proxy's host", a.name, a.flow, a.name)
 }
 
 // checkPassword verifies the local password: against the in-memory

@@ -215,7 +215,7 @@ func TestPasswordRules(t *testing.T) {
 	if _, err := p.Authorize(ctx, "nobody@x", "pw"); err == nil || !strings.Contains(err.Error(), "no config file entry") {
 		t.Fatalf("unknown account: %v", err)
 	}
-	if _, err := p.Authorize(ctx, "b@x", "pw"); err == nil || !strings.Contains(err.Error(), "cannot run the interactive authorisation") {
+	if _, err := p.Authorize(ctx, "b@x", "pw"); err == nil || !strings.Contains(err.Error(), "needs authorising: run `emailproxy authorise b@x`") {
 		t.Fatalf("unsupported flow: %v", err)
 	}
 	// Before any success, any password may try; the first success wins.

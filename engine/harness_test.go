@@ -80,15 +80,30 @@ type serverSpec struct {
 	keys     string                         // more "key = value" lines
 }
 
-// freePort finds a port on 127.0.0.1 that is free right now.
+var (
+	portsMu sync.Mutex
+	given   = map[int]bool{}
+)
+
+// freePort finds a port on 127.0.0.1 that is free right now and was not
+// handed out before in this process (the kernel may offer a just-closed
+// port again).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !given[port] {
+			given[port] = true
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // startEnv runs a mock provider and the proxy in front of it, configured

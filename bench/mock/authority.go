@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -19,19 +20,24 @@ type Authority struct {
 	Scope        string
 	Lifetime     time.Duration // expires_in of new tokens (default 1 h)
 
-	mu       sync.Mutex
-	tokens   map[string]time.Time // token -> expiry
-	requests int
-	delay    time.Duration
-	status   int  // if non-zero, answer every request with this HTTP status
-	hang     bool // accept and never answer (until the client gives up)
-	hangDone chan struct{}
+	mu            sync.Mutex
+	tokens        map[string]time.Time // token -> expiry
+	refresh       map[string]bool
+	codes         map[string]codeGrant
+	devices       map[string]*deviceGrant
+	lastAuthorize url.Values
+	requests      int
+	delay         time.Duration
+	status        int  // if non-zero, answer every request with this HTTP status
+	hang          bool // accept and never answer (until the client gives up)
+	hangDone      chan struct{}
 }
 
 // NewAuthority returns an endpoint that accepts clientID/secret for scope.
 func NewAuthority(clientID, secret, scope string) *Authority {
 	return &Authority{ClientID: clientID, ClientSecret: secret, Scope: scope,
-		Lifetime: time.Hour, tokens: map[string]time.Time{}, hangDone: make(chan struct{})}
+		Lifetime: time.Hour, tokens: map[string]time.Time{}, hangDone: make(chan struct{}),
+		refresh: map[string]bool{}, codes: map[string]codeGrant{}, devices: map[string]*deviceGrant{}}
 }
 
 // Requests is how many token requests were made.
@@ -110,10 +116,18 @@ func (a *Authority) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f := r.PostForm
+	if f.Get("client_id") != a.ClientID {
+		fail(http.StatusUnauthorized, "invalid_client", "unknown client")
+		return
+	}
+	if f.Get("grant_type") != "client_credentials" {
+		if !a.interactiveGrant(w, f, fail) {
+			fail(http.StatusBadRequest, "unsupported_grant_type", "unknown grant_type")
+		}
+		return
+	}
 	switch {
-	case f.Get("grant_type") != "client_credentials":
-		fail(http.StatusBadRequest, "unsupported_grant_type", "only client_credentials")
-	case f.Get("client_id") != a.ClientID || f.Get("client_secret") != a.ClientSecret:
+	case f.Get("client_secret") != a.ClientSecret:
 		fail(http.StatusUnauthorized, "invalid_client", "unknown client or wrong secret")
 	case strings.Join(strings.Fields(f.Get("scope")), " ") != a.Scope:
 		fail(http.StatusBadRequest, "invalid_scope", "unexpected scope")

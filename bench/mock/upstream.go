@@ -40,12 +40,14 @@ type Options struct {
 // (plain HTTP), and IMAP, POP3 and SMTP servers both with implicit TLS and
 // with STARTTLS (STLS for POP3) that is required before authentication.
 type Upstream struct {
-	Authority *Authority
-	CA        *CA
-	TokenURL  string
-	IMAPAddr  string // implicit TLS, like port 993
-	POPAddr   string // implicit TLS, like 995
-	SMTPAddr  string // implicit TLS, like 465
+	Authority     *Authority
+	CA            *CA
+	TokenURL      string
+	AuthorizeURL  string // permission_url of the authorization_code flow
+	DeviceCodeURL string // permission_url of the device flow
+	IMAPAddr      string // implicit TLS, like port 993
+	POPAddr       string // implicit TLS, like 995
+	SMTPAddr      string // implicit TLS, like 465
 
 	IMAPStartTLSAddr string // plaintext + STARTTLS, like 143
 	POPStartTLSAddr  string // plaintext + STLS, like 110
@@ -111,9 +113,12 @@ func Start(opts Options) (*Upstream, error) {
 		return nil, err
 	}
 	up.listeners = append(up.listeners, httpLn)
-	up.TokenURL = "http://" + httpLn.Addr().String() + "/oauth2/v2.0/token"
+	base := "http://" + httpLn.Addr().String() + "/oauth2/v2.0/"
+	up.TokenURL, up.AuthorizeURL, up.DeviceCodeURL = base+"token", base+"authorize", base+"devicecode"
 	mux := http.NewServeMux()
 	mux.Handle("/oauth2/v2.0/token", up.Authority)
+	mux.HandleFunc("/oauth2/v2.0/authorize", up.Authority.serveAuthorize)
+	mux.HandleFunc("/oauth2/v2.0/devicecode", up.Authority.serveDeviceCode)
 	up.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	up.goServe(func() { up.httpSrv.Serve(httpLn) })
 

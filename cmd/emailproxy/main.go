@@ -26,6 +26,9 @@ func main() {
 // run is main without the process exit, so tests can drive it. stop, if
 // not nil, ends the proxy as a signal would.
 func run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
+	if len(args) > 0 && (args[0] == "authorise" || args[0] == "authorize") {
+		return authorise(args[1:], os.Stdin, stdout, stderr)
+	}
 	fl, err := parseFlags(args, stderr)
 	if err != nil {
 		if err == errHelp {
