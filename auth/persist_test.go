@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -227,5 +228,31 @@ func TestEncryptClientSecretOnFirstUse(t *testing.T) {
 	form := ts.lastForm.Load().(url.Values)
 	if ts.requests.Load() != before+1 || form.Get("client_secret") != "sec" {
 		t.Fatalf("token request with the decrypted secret: %v", form)
+	}
+}
+
+// enrolled_accounts_only: no first-password-wins; after `authorise` the
+// enrolled password works and only it.
+func TestEnrolledAccountsOnly(t *testing.T) {
+	t.Parallel()
+	ts := newTokenServer(t, 0, 3600)
+	path := filepath.Join(t.TempDir(), "emailproxy.config")
+	os.WriteFile(path, []byte("[a@x]\ntoken_url = "+ts.URL+"\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\n"+
+		"[emailproxy]\nenrolled_accounts_only = True\n"), 0o600)
+	p := newFileProvider(t, path, Options{})
+	if _, err := p.Authorize(context.Background(), "a@x", "first"); err == nil || !strings.Contains(err.Error(), "not enrolled") {
+		t.Fatalf("unenrolled account: %v", err)
+	}
+	if err := p.Authorise(context.Background(), "a@x", "enrolled", Prompt{Out: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	p2 := newFileProvider(t, path, Options{})
+	defer p2.Close()
+	if _, err := p2.Authorize(context.Background(), "a@x", "first"); !errors.Is(err, ErrBadPassword) {
+		t.Fatalf("other password: %v", err)
+	}
+	if _, err := p2.Authorize(context.Background(), "a@x", "enrolled"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -335,6 +335,9 @@ func (p *Provider) checkPassword(a *account, password string) *LoginError {
 		}
 	}
 	if probe == "" {
+		if p.cfg.Global.EnrolledAccountsOnly {
+			return loginErr(false, nil, "account %s is not enrolled: run `emailproxy authorise %s` first (enrolled_accounts_only)", a.name, a.name)
+		}
 		return nil
 	}
 	salt, err := base64.StdEncoding.DecodeString(cached["token_salt"])

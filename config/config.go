@@ -55,6 +55,10 @@ type Global struct {
 	EncryptClientSecretOnFirstUse             bool
 	UseLoginPasswordAsClientCredentialsSecret bool
 	AllowCatchAllAccounts                     bool
+	// EnrolledAccountsOnly refuses logins to accounts that hold no tokens
+	// encrypted with their password (see `emailproxy authorise`), so the
+	// first password tried never becomes the account's password. Ours.
+	EnrolledAccountsOnly bool
 }
 
 // Config is the typed view of an emailproxy.config file.
@@ -121,6 +125,9 @@ func FromFile(f *File) (*Config, error) {
 		return nil, err
 	}
 	if g.AllowCatchAllAccounts, err = boolKey(f, GlobalSection, "allow_catch_all_accounts", false); err != nil {
+		return nil, err
+	}
+	if g.EnrolledAccountsOnly, err = boolKey(f, GlobalSection, "enrolled_accounts_only", false); err != nil {
 		return nil, err
 	}
 	return cfg, nil

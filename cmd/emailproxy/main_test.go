@@ -299,3 +299,35 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("STAT %q\n%s", l, logs.String())
 	}
 }
+
+// `emailproxy authorise` enrols a client_credentials account with the
+// password from standard input; the tokens land encrypted in the config,
+// comments and other keys untouched.
+func TestAuthoriseSubcommand(t *testing.T) {
+	up, err := mock.Start(mock.Options{ClientID: "cid", ClientSecret: "csecret", Scope: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	path := filepath.Join(t.TempDir(), "emailproxy.config")
+	src := "# keep this comment\n[a@x]\ntoken_url = " + up.TokenURL + "\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = cid\nclient_secret = csecret\n"
+	os.WriteFile(path, []byte(src), 0o600)
+	cmd := exec.Command(binary, "authorise", "--config-file", path, "a@x")
+	cmd.Stdin = strings.NewReader("enrolled-pass\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Account a@x is authorised") {
+		t.Fatalf("authorise: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(path)
+	for _, want := range []string{"# keep this comment", "client_secret = csecret", "token_salt = ", "token_iterations = 1200000", "access_token = gAAAAA"} {
+		if !strings.Contains(string(b), want) {
+			t.Fatalf("config lacks %q:\n%s", want, b)
+		}
+	}
+	if strings.Contains(string(b), "enrolled-pass") {
+		t.Fatal("password written to the config")
+	}
+	if out, code := runBinary(t, nil, "authorise", "--config-file", path); code != 2 || !strings.Contains(out, "Usage") {
+		t.Fatalf("no account: %d %s", code, out)
+	}
+}
