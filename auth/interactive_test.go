@@ -124,10 +124,10 @@ func TestAuthoriseAuthCodePasted(t *testing.T) {
 	before := up.Authority.Requests()
 	p2 := newFileProvider(t, path, Options{})
 	defer p2.Close()
-	if _, err := p2.Authorize(context.Background(), "u@x", "intruder"); err == nil {
+	if _, err := p2.Authorize(context.Background(), "u@x", "intruder", ""); err == nil {
 		t.Fatal("another password was accepted")
 	}
-	tok, err := p2.Authorize(context.Background(), "u@x", "app-pass")
+	tok, err := p2.Authorize(context.Background(), "u@x", "app-pass", "")
 	if err != nil || !up.Authority.Valid(tok) {
 		t.Fatalf("%q %v", tok, err)
 	}
@@ -137,7 +137,7 @@ func TestAuthoriseAuthCodePasted(t *testing.T) {
 	// When the upstream refuses the token, the refresh token gets a new
 	// one (and rotates).
 	p2.Reject("u@x", tok)
-	tok2, err := p2.Authorize(context.Background(), "u@x", "app-pass")
+	tok2, err := p2.Authorize(context.Background(), "u@x", "app-pass", "")
 	if err != nil || tok2 == tok || !up.Authority.Valid(tok2) {
 		t.Fatalf("refresh: %q %v", tok2, err)
 	}

@@ -48,7 +48,7 @@ func TestRestartUsesCachedToken(t *testing.T) {
 
 	p1 := newFileProvider(t, path, Options{})
 	p1.Start()
-	tok, err := p1.Authorize(context.Background(), "a@x", "pw")
+	tok, err := p1.Authorize(context.Background(), "a@x", "pw", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,10 +70,10 @@ func TestRestartUsesCachedToken(t *testing.T) {
 	p2 := newFileProvider(t, path, Options{})
 	defer p2.Close()
 	p2.Start()
-	if _, err := p2.Authorize(context.Background(), "a@x", "other"); !errors.Is(err, ErrBadPassword) {
+	if _, err := p2.Authorize(context.Background(), "a@x", "other", ""); !errors.Is(err, ErrBadPassword) {
 		t.Fatalf("wrong password after restart: %v", err)
 	}
-	got, err := p2.Authorize(context.Background(), "a@x", "pw")
+	got, err := p2.Authorize(context.Background(), "a@x", "pw", "")
 	if err != nil || got != tok {
 		t.Fatalf("after restart: %q %v (want the cached %q)", got, err, tok)
 	}
@@ -98,21 +98,21 @@ func TestProviderReadsReferenceCache(t *testing.T) {
 	os.WriteFile(path, append(vec, "\n[emailproxy]\ndelete_account_token_on_password_error = True\n"...), 0o600)
 	p := newFileProvider(t, path, Options{})
 	ctx := context.Background()
-	tok, err := p.Authorize(ctx, "current@example.com", "app-local-pass-1")
+	tok, err := p.Authorize(ctx, "current@example.com", "app-local-pass-1", "")
 	if err != nil || tok != "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.current-access-token.x" {
 		t.Fatalf("current: %q %v", tok, err)
 	}
-	tok, err = p.Authorize(ctx, "legacy870k@example.com", `p@ss w0rd "quoted" \ back`)
+	tok, err = p.Authorize(ctx, "legacy870k@example.com", `p@ss w0rd "quoted" \ back`, "")
 	if err != nil || tok != "legacy-870k-access-token" {
 		t.Fatalf("870k: %q %v", tok, err)
 	}
-	tok, err = p.Authorize(ctx, "legacy100k@example.com", "h\u00e9llo-\u00fcn\u00efcode-\u5bc6\u7801")
+	tok, err = p.Authorize(ctx, "legacy100k@example.com", "h\u00e9llo-\u00fcn\u00efcode-\u5bc6\u7801", "")
 	if err != nil || tok != "legacy-100k-access-token" {
 		t.Fatalf("100k: %q %v", tok, err)
 	}
 	// Once this process knows the password, a wrong one is refused and
 	// deletes nothing (no denial of service by a stranger).
-	if _, err := p.Authorize(ctx, "current@example.com", "nope"); !errors.Is(err, ErrBadPassword) {
+	if _, err := p.Authorize(ctx, "current@example.com", "nope", ""); !errors.Is(err, ErrBadPassword) {
 		t.Fatalf("a known password mismatch must be refused, got %v", err)
 	}
 	p.Close()
@@ -139,7 +139,7 @@ func TestProviderReadsReferenceCache(t *testing.T) {
 
 	// A fresh process, wrong password first on an interactive account.
 	p2 := newFileProvider(t, path, Options{})
-	if _, err := p2.Authorize(ctx, "current@example.com", "wrong"); err == nil || errors.Is(err, ErrBadPassword) {
+	if _, err := p2.Authorize(ctx, "current@example.com", "wrong", ""); err == nil || errors.Is(err, ErrBadPassword) {
 		t.Fatalf("want the tokens deleted and a clear error, got %v", err)
 	}
 	p2.Close()
@@ -174,7 +174,7 @@ func TestRefreshWithCachedRefreshToken(t *testing.T) {
 		"token_salt = %s\ntoken_iterations = 1000\naccess_token = %s\naccess_token_expiry = %d\nrefresh_token = %s\n",
 		ts.URL, base64.StdEncoding.EncodeToString(salt), ring.encrypt([]byte("old")), time.Now().Add(-time.Hour).Unix(), ring.encrypt([]byte("refresh-1")))), 0o600)
 	p := newFileProvider(t, path, Options{})
-	tok, err := p.Authorize(context.Background(), "r@x", "pw")
+	tok, err := p.Authorize(context.Background(), "r@x", "pw", "")
 	if err != nil || tok != "fresh-1" {
 		t.Fatalf("%q %v", tok, err)
 	}
@@ -206,7 +206,7 @@ func TestEncryptClientSecretOnFirstUse(t *testing.T) {
 	os.WriteFile(path, []byte("[a@x]\ntoken_url = "+ts.URL+"\noauth2_scope = s1 s2\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\n"+
 		"redirect_uri = http://localhost\n[emailproxy]\nencrypt_client_secret_on_first_use = True\n"), 0o600)
 	p := newFileProvider(t, path, Options{})
-	if _, err := p.Authorize(context.Background(), "a@x", "pw"); err != nil {
+	if _, err := p.Authorize(context.Background(), "a@x", "pw", ""); err != nil {
 		t.Fatal(err)
 	}
 	p.Confirm("a@x", "pw")
@@ -221,7 +221,7 @@ func TestEncryptClientSecretOnFirstUse(t *testing.T) {
 	defer p2.Close()
 	p2.Start() // cannot fetch yet: the secret is encrypted
 	before := ts.requests.Load()
-	tok, err := p2.Authorize(context.Background(), "a@x", "pw")
+	tok, err := p2.Authorize(context.Background(), "a@x", "pw", "")
 	if err != nil || tok == "" {
 		t.Fatalf("after restart: %v", err)
 	}
@@ -240,7 +240,7 @@ func TestEnrolledAccountsOnly(t *testing.T) {
 	os.WriteFile(path, []byte("[a@x]\ntoken_url = "+ts.URL+"\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\n"+
 		"[emailproxy]\nenrolled_accounts_only = True\n"), 0o600)
 	p := newFileProvider(t, path, Options{})
-	if _, err := p.Authorize(context.Background(), "a@x", "first"); err == nil || !strings.Contains(err.Error(), "not enrolled") {
+	if _, err := p.Authorize(context.Background(), "a@x", "first", ""); err == nil || !strings.Contains(err.Error(), "not enrolled") {
 		t.Fatalf("unenrolled account: %v", err)
 	}
 	if err := p.Authorise(context.Background(), "a@x", "enrolled", Prompt{Out: io.Discard}); err != nil {
@@ -249,10 +249,10 @@ func TestEnrolledAccountsOnly(t *testing.T) {
 	p.Close()
 	p2 := newFileProvider(t, path, Options{})
 	defer p2.Close()
-	if _, err := p2.Authorize(context.Background(), "a@x", "first"); !errors.Is(err, ErrBadPassword) {
+	if _, err := p2.Authorize(context.Background(), "a@x", "first", ""); !errors.Is(err, ErrBadPassword) {
 		t.Fatalf("other password: %v", err)
 	}
-	if _, err := p2.Authorize(context.Background(), "a@x", "enrolled"); err != nil {
+	if _, err := p2.Authorize(context.Background(), "a@x", "enrolled", ""); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -32,6 +32,9 @@ type Options struct {
 	// MaxBackoff caps the wait between retries after a failed fetch
 	// (default 60 s; the first retry is after 1 s).
 	MaxBackoff time.Duration
+	// LockoutBase is the first lock-out after repeated wrong passwords; it
+	// doubles with each further failure (default 1 s, at most 5 min).
+	LockoutBase time.Duration
 	// Store keeps tokens across restarts (default: memory only).
 	Store Store
 	// StoreIsConfig says Store writes the configuration file itself, so a
@@ -54,6 +57,7 @@ type Provider struct {
 	log    zerolog.Logger
 	verify verifier
 	cache  map[string]map[string]string // loaded at start
+	limit  *limiter
 
 	mu       sync.Mutex
 	accounts map[string]*account
@@ -108,7 +112,11 @@ func NewProvider(cfg *config.Config, opts Options) *Provider {
 	if opts.Store == nil {
 		opts.Store = memoryStore{}
 	}
-	p := &Provider{cfg: cfg, opts: opts, log: opts.Logger, verify: newVerifier(), accounts: map[string]*account{}}
+	if opts.LockoutBase <= 0 {
+		opts.LockoutBase = time.Second
+	}
+	p := &Provider{cfg: cfg, opts: opts, log: opts.Logger, verify: newVerifier(), accounts: map[string]*account{},
+		limit: newLimiter(opts.LockoutBase)}
 	cache, err := opts.Store.Load()
 	if err != nil {
 		p.log.Error().Err(err).Msg("cannot read the token cache; starting without cached tokens")
@@ -248,8 +256,9 @@ func (p *Provider) cachedTokenValidLocked(a *account) bool {
 
 // Authorize checks a login's local password and returns an access token
 // for the account. It waits for a fetch only when no usable token is
-// cached, and at most until ctx ends.
-func (p *Provider) Authorize(ctx context.Context, user, password string) (string, error) {
+// cached, and at most until ctx ends. client is the client's address (for
+// the failed-password limits); it may be empty.
+func (p *Provider) Authorize(ctx context.Context, user, password, client string) (string, error) {
 	if password == "" {
 		return "", loginErr(false, nil, "login failed - no password provided for account %s", user)
 	}
@@ -257,8 +266,24 @@ func (p *Provider) Authorize(ctx context.Context, user, password string) (string
 	if lerr != nil {
 		return "", lerr
 	}
+	now := time.Now()
+	acctKey, addrKey := "account:"+user, "client:"+client
+	if wait := max(p.limit.blocked(acctKey, now), p.limit.blocked(addrKey, now)); wait > 0 {
+		return "", loginErr(true, ErrBadPassword, "login failed - too many wrong passwords for account %s or from this address; try again in %s", user, wait.Round(time.Second)+time.Second)
+	}
 	if lerr := p.checkPassword(a, password); lerr != nil {
+		if errors.Is(lerr, ErrBadPassword) {
+			p.limit.fail(acctKey, now)
+			if client != "" {
+				p.limit.fail(addrKey, now)
+			}
+			p.log.Warn().Str("account", user).Str("client", client).Msg("wrong password")
+		}
 		return "", lerr
+	}
+	p.limit.succeed(acctKey)
+	if client != "" {
+		p.limit.succeed(addrKey)
 	}
 	a.mu.Lock()
 	if t := a.tok; t != nil && time.Until(t.Expiry) > minUsable {

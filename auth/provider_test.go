@@ -77,7 +77,7 @@ func TestConcurrentLoginsShareOneFetch(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tokens[i], errs[i] = p.Authorize(context.Background(), "a@x", "pw")
+			tokens[i], errs[i] = p.Authorize(context.Background(), "a@x", "pw", "")
 		}()
 	}
 	wg.Wait()
@@ -109,7 +109,7 @@ func TestPrefetchAndBackgroundRefresh(t *testing.T) {
 		t.Fatalf("no background refresh: %d requests", n)
 	}
 	before := ts.requests.Load()
-	tok, err := p.Authorize(context.Background(), "a@x", "pw")
+	tok, err := p.Authorize(context.Background(), "a@x", "pw", "")
 	if err != nil || !strings.HasPrefix(tok, "tok-") {
 		t.Fatal(tok, err)
 	}
@@ -130,7 +130,7 @@ func TestFailureBackoffAndRecovery(t *testing.T) {
 	})))
 	p := NewProvider(testConfig(t, ts.URL, ""), Options{MaxBackoff: 300 * time.Millisecond, Logger: logger})
 	defer p.Close()
-	_, err := p.Authorize(context.Background(), "a@x", "pw")
+	_, err := p.Authorize(context.Background(), "a@x", "pw", "")
 	var le *LoginError
 	if !errors.As(err, &le) || !le.Temporary || !strings.Contains(le.Message, "HTTP 401: invalid_client: AADSTS7000215") {
 		t.Fatalf("error %v", err)
@@ -140,13 +140,13 @@ func TestFailureBackoffAndRecovery(t *testing.T) {
 	}
 	// During the backoff a login fails at once, without a new request.
 	n := ts.requests.Load()
-	if _, err := p.Authorize(context.Background(), "a@x", "pw"); err == nil || ts.requests.Load() != n {
+	if _, err := p.Authorize(context.Background(), "a@x", "pw", ""); err == nil || ts.requests.Load() != n {
 		t.Fatalf("login during backoff: %v, requests %d -> %d", err, n, ts.requests.Load())
 	}
 	ts.fail.Store(false)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if tok, err := p.Authorize(context.Background(), "a@x", "pw"); err == nil {
+		if tok, err := p.Authorize(context.Background(), "a@x", "pw", ""); err == nil {
 			if !strings.HasPrefix(tok, "tok-") {
 				t.Fatal(tok)
 			}
@@ -185,7 +185,7 @@ func TestTokenTimeout(t *testing.T) {
 	p := NewProvider(testConfig(t, ts.URL, ""), Options{TokenTimeout: 200 * time.Millisecond})
 	defer p.Close()
 	start := time.Now()
-	_, err := p.Authorize(context.Background(), "a@x", "pw")
+	_, err := p.Authorize(context.Background(), "a@x", "pw", "")
 	if err == nil || !strings.Contains(err.Error(), "no answer from the token endpoint in time") {
 		t.Fatalf("err %v", err)
 	}
@@ -197,7 +197,7 @@ func TestTokenTimeout(t *testing.T) {
 	p2 := NewProvider(testConfig(t, ts2.URL, ""), Options{TokenTimeout: time.Minute})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	if _, err := p2.Authorize(ctx, "a@x", "pw"); err == nil || !strings.Contains(err.Error(), "timed out waiting") {
+	if _, err := p2.Authorize(ctx, "a@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "timed out waiting") {
 		t.Fatalf("err %v", err)
 	}
 	ts2.CloseClientConnections()
@@ -209,17 +209,17 @@ func TestPasswordRules(t *testing.T) {
 	p := NewProvider(testConfig(t, ts.URL, "[b@x]\ntoken_url = "+ts.URL+"\nclient_id = c\noauth2_scope = s\noauth2_flow = device\n"), Options{})
 	defer p.Close()
 	ctx := context.Background()
-	if _, err := p.Authorize(ctx, "a@x", ""); err == nil || !strings.Contains(err.Error(), "no password") {
+	if _, err := p.Authorize(ctx, "a@x", "", ""); err == nil || !strings.Contains(err.Error(), "no password") {
 		t.Fatalf("empty password: %v", err)
 	}
-	if _, err := p.Authorize(ctx, "nobody@x", "pw"); err == nil || !strings.Contains(err.Error(), "no config file entry") {
+	if _, err := p.Authorize(ctx, "nobody@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "no config file entry") {
 		t.Fatalf("unknown account: %v", err)
 	}
-	if _, err := p.Authorize(ctx, "b@x", "pw"); err == nil || !strings.Contains(err.Error(), "needs authorising: run `emailproxy authorise b@x`") {
+	if _, err := p.Authorize(ctx, "b@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "needs authorising: run `emailproxy authorise b@x`") {
 		t.Fatalf("unsupported flow: %v", err)
 	}
 	// Before any success, any password may try; the first success wins.
-	if _, err := p.Authorize(ctx, "a@x", "first"); err != nil {
+	if _, err := p.Authorize(ctx, "a@x", "first", ""); err != nil {
 		t.Fatal(err)
 	}
 	if !p.Confirm("a@x", "first") {
@@ -228,14 +228,14 @@ func TestPasswordRules(t *testing.T) {
 	if p.Confirm("a@x", "second") {
 		t.Fatal("a second password was accepted")
 	}
-	_, err := p.Authorize(ctx, "a@x", "second")
+	_, err := p.Authorize(ctx, "a@x", "second", "")
 	if !errors.Is(err, ErrBadPassword) {
 		t.Fatalf("wrong password: %v", err)
 	}
 	if strings.Contains(err.Error(), "second") {
 		t.Fatal("password in the error text")
 	}
-	if _, err := p.Authorize(ctx, "a@x", "first"); err != nil {
+	if _, err := p.Authorize(ctx, "a@x", "first", ""); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -245,13 +245,13 @@ func TestRejectForcesFreshToken(t *testing.T) {
 	p := NewProvider(testConfig(t, ts.URL, ""), Options{})
 	defer p.Close()
 	ctx := context.Background()
-	tok, _ := p.Authorize(ctx, "a@x", "pw")
+	tok, _ := p.Authorize(ctx, "a@x", "pw", "")
 	p.Reject("a@x", "some-older-token") // not current: ignored
-	if again, _ := p.Authorize(ctx, "a@x", "pw"); again != tok {
+	if again, _ := p.Authorize(ctx, "a@x", "pw", ""); again != tok {
 		t.Fatal("an unrelated reject dropped the token")
 	}
 	p.Reject("a@x", tok)
-	fresh, err := p.Authorize(ctx, "a@x", "pw")
+	fresh, err := p.Authorize(ctx, "a@x", "pw", "")
 	if err != nil || fresh == tok {
 		t.Fatalf("fresh %q err %v", fresh, err)
 	}
@@ -268,13 +268,56 @@ func BenchmarkAuthorizeWarm(b *testing.B) {
 	p := NewProvider(cfg, Options{})
 	defer p.Close()
 	ctx := context.Background()
-	p.Authorize(ctx, "a@x", "pw")
+	p.Authorize(ctx, "a@x", "pw", "")
 	p.Confirm("a@x", "pw")
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := p.Authorize(ctx, "a@x", "pw"); err != nil {
+		if _, err := p.Authorize(ctx, "a@x", "pw", ""); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// Wrong passwords are limited per account and per client address; the
+// refusal is immediate and says when to retry.
+func TestWrongPasswordLockout(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{LockoutBase: 200 * time.Millisecond})
+	defer p.Close()
+	ctx := context.Background()
+	if _, err := p.Authorize(ctx, "a@x", "right", "10.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	p.Confirm("a@x", "right")
+	for i := 0; i < 5; i++ {
+		if _, err := p.Authorize(ctx, "a@x", "wrong", "10.0.0.2"); !errors.Is(err, ErrBadPassword) {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+	}
+	_, err := p.Authorize(ctx, "a@x", "right", "10.0.0.1")
+	if err == nil || !strings.Contains(err.Error(), "too many wrong passwords") {
+		t.Fatalf("locked account: %v", err)
+	}
+	time.Sleep(250 * time.Millisecond)
+	if _, err := p.Authorize(ctx, "a@x", "right", "10.0.0.1"); err != nil {
+		t.Fatalf("after the lock-out: %v", err)
+	}
+	// Five failures are free; then the lock-out starts and doubles.
+	l := newLimiter(time.Minute)
+	now := time.Now()
+	for i := 0; i < 4; i++ {
+		l.fail("client:x", now)
+	}
+	if l.blocked("client:x", now) != 0 {
+		t.Fatal("blocked before the free failures were used")
+	}
+	l.fail("client:x", now)
+	if d := l.blocked("client:x", now); d != time.Minute {
+		t.Fatalf("lock-out %v", d)
+	}
+	l.fail("client:x", now)
+	if d := l.blocked("client:x", now); d != 2*time.Minute {
+		t.Fatalf("doubled lock-out %v", d)
 	}
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"net"
 
 	"errors"
 	"fmt"
@@ -108,9 +109,9 @@ func (u *upstreamConn) authPOP(user, token string) ([]byte, error) {
 }
 
 // runLogin runs one login and logs its outcome.
-func (s *Server) runLogin(ctx context.Context, l *listener, log zerolog.Logger, st step) *loginResult {
+func (s *Server) runLogin(ctx context.Context, l *listener, log zerolog.Logger, st step, client string) *loginResult {
 	start := time.Now()
-	up, reply, lerr := s.login(ctx, l, st.tag, st.creds)
+	up, reply, lerr := s.login(ctx, l, st.tag, st.creds, client)
 	ev := log.Info()
 	if lerr != nil {
 		ev = log.Warn().Str("error", lerr.Message)
@@ -165,6 +166,17 @@ func (u *upstreamConn) authSMTP(host string, port int, user, token string) ([]by
 	return nil, errors.New("too many lines while authenticating")
 }
 
+// clientHost is the address part of a client's remote address.
+func clientHost(addr net.Addr) string {
+	if addr == nil {
+		return ""
+	}
+	if h, _, err := net.SplitHostPort(addr.String()); err == nil {
+		return h
+	}
+	return addr.String()
+}
+
 func hasWord(list []string, w string) bool {
 	for _, x := range list {
 		if strings.EqualFold(x, w) {
@@ -176,8 +188,8 @@ func hasWord(list []string, w string) bool {
 
 // login gets a token, opens an upstream connection and authenticates.
 // A token the server refuses is replaced by a fresh one once.
-func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.Credentials) (*upstreamConn, []byte, *auth.LoginError) {
-	token, err := s.provider.Authorize(ctx, creds.Username, creds.Password)
+func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.Credentials, client string) (*upstreamConn, []byte, *auth.LoginError) {
+	token, err := s.provider.Authorize(ctx, creds.Username, creds.Password, client)
 	if err != nil {
 		return nil, nil, auth.AsLoginError(err)
 	}
@@ -218,7 +230,7 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 		}
 		s.log.Warn().Str("account", creds.Username).Str("server", l.srv.Section).Str("reply", rej.text).
 			Msg("upstream refused the token; retrying once with a fresh one")
-		if token, err = s.provider.Authorize(ctx, creds.Username, creds.Password); err != nil {
+		if token, err = s.provider.Authorize(ctx, creds.Username, creds.Password, client); err != nil {
 			return nil, nil, auth.AsLoginError(err)
 		}
 	}

@@ -163,11 +163,12 @@ func (s *session) startLogin(st step) {
 	s.mu.Lock()
 	s.cancel = cancel
 	s.mu.Unlock()
+	client := clientHost(s.c.RemoteAddr())
 	s.srv.wg.Add(1)
 	go func() {
 		defer s.srv.wg.Done()
 		defer cancel()
-		res := s.srv.runLogin(ctx, s.l, s.log, st)
+		res := s.srv.runLogin(ctx, s.l, s.log, st, client)
 		if !s.post(func(p *pending) { p.login = res }) && res.up != nil {
 			s.mu.Lock()
 			// onClose may have run: whoever sees the result closes it.

@@ -179,7 +179,7 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 				m.tlsStarted()
 			case stepLogin:
 				ctx, cancel := context.WithTimeout(s.ctx, s.opts.LoginTimeout)
-				res := s.runLogin(ctx, l, log, st)
+				res := s.runLogin(ctx, l, log, st, clientHost(raw.RemoteAddr()))
 				cancel()
 				if res.err != nil {
 					if _, err := c.Write(m.loginFailed(st.tag, "emailproxy: "+res.err.Message, res.err.Temporary)); err != nil {
