@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,18 +74,21 @@ type account struct {
 
 	unlockMu sync.Mutex // one PBKDF2 at a time per account
 
-	mu       sync.Mutex
-	tok      *oauth2.Token     // plaintext, in memory only
-	refresh  string            // plaintext refresh token, once known
-	secret   string            // client secret decrypted from client_secret_encrypted
-	cached   map[string]string // what the store holds
-	ring     keyring           // keys from the account's password, once known
-	password []byte            // verifier of the accepted local password
-	inflight *fetchCall
-	lastErr  *LoginError
-	retryAt  time.Time
-	backoff  time.Duration
-	timer    *time.Timer
+	mu      sync.Mutex
+	tok     *oauth2.Token // plaintext, in memory only
+	refresh string        // plaintext refresh token, once known
+	secret  string        // client secret decrypted from client_secret_encrypted
+	// loginPassword is kept for the password (ROPC) flow only, where the
+	// login password is the account's real password sent to the IdP.
+	loginPassword string
+	cached        map[string]string // what the store holds
+	ring          keyring           // keys from the account's password, once known
+	password      []byte            // verifier of the accepted local password
+	inflight      *fetchCall
+	lastErr       *LoginError
+	retryAt       time.Time
+	backoff       time.Duration
+	timer         *time.Timer
 }
 
 type fetchCall struct {
@@ -198,7 +202,7 @@ func (p *Provider) account(name string) (*account, *LoginError) {
 	}
 	var missing []string
 	for _, k := range []string{"token_url", "oauth2_scope", "client_id"} {
-		if acct.Get(k) == "" {
+		if acct.Get(k) == "" && !(k == "oauth2_scope" && acct.Flow() == "password" && acct.Get("oauth2_resource") != "") {
 			missing = append(missing, k)
 		}
 	}
@@ -207,7 +211,7 @@ func (p *Provider) account(name string) (*account, *LoginError) {
 	}
 	flow := acct.Flow()
 	switch flow {
-	case "client_credentials", "authorization_code", "device":
+	case "client_credentials", "authorization_code", "device", "password", "service_account":
 	case "":
 		return nil, loginErr(false, nil, "incomplete config file entry for account %s: set oauth2_flow (or permission_url for an interactive flow)", name)
 	default:
@@ -231,7 +235,15 @@ func (p *Provider) account(name string) (*account, *LoginError) {
 }
 
 // unattended flows need no user to get a new token.
-func (a *account) unattended() bool { return a.flow == "client_credentials" }
+func (a *account) unattended() bool {
+	return a.flow == "client_credentials" || a.flow == "password" || a.flow == "service_account"
+}
+
+// appOnly flows get tokens without any user's consent: a wrong local
+// password must never delete their tokens (anyone could mint new ones).
+func (a *account) appOnly() bool {
+	return a.flow == "client_credentials" || a.flow == "service_account"
+}
 
 // canFetchLocked: a token can be had without a login's help.
 func (p *Provider) canFetchLocked(a *account) bool {
@@ -241,7 +253,11 @@ func (p *Provider) canFetchLocked(a *account) bool {
 	if !a.unattended() {
 		return false
 	}
-	if a.cfg.Get("client_secret") != "" || a.secret != "" {
+	if a.flow == "password" {
+		return a.loginPassword != ""
+	}
+	if a.cfg.Get("client_secret") != "" || a.secret != "" || a.flow == "service_account" ||
+		(a.cfg.Get("jwt_certificate_path") != "" && a.cfg.Get("jwt_key_path") != "") {
 		return true
 	}
 	// A public client needs no secret, unless the secret is encrypted or
@@ -290,7 +306,10 @@ func (p *Provider) Authorize(ctx context.Context, user, password, client string)
 		a.mu.Unlock()
 		return t.AccessToken, nil
 	}
-	if a.secret == "" && p.cfg.Global.UseLoginPasswordAsClientCredentialsSecret && a.unattended() &&
+	if a.flow == "password" {
+		a.loginPassword = password
+	}
+	if a.secret == "" && p.cfg.Global.UseLoginPasswordAsClientCredentialsSecret && a.flow == "client_credentials" &&
 		a.cfg.Get("client_secret") == "" && a.cached["client_secret_encrypted"] == "" {
 		a.secret = password // emailproxy.py #271: the login password is the client secret
 	}
@@ -382,7 +401,7 @@ func (p *Provider) checkPassword(a *account, password string) *LoginError {
 		return loginErr(true, err, "login failed for account %s: key derivation failed", a.name)
 	}
 	if _, _, err := ring.decrypt(probe); err != nil {
-		if p.cfg.Global.DeleteAccountTokenOnPasswordError && !a.unattended() {
+		if p.cfg.Global.DeleteAccountTokenOnPasswordError && !a.appOnly() {
 			p.log.Warn().Str("account", a.name).Msg("password does not decrypt the cached tokens; deleting them (delete_account_token_on_password_error)")
 			p.forget(a, true)
 			return nil
@@ -635,15 +654,40 @@ func (p *Provider) fetch(ctx context.Context, a *account) (*oauth2.Token, error)
 	if !a.unattended() {
 		return nil, p.cannotFetch(a)
 	}
+	if a.flow == "service_account" {
+		return serviceAccountToken(hc, a.cfg, a.name)
+	}
 	cc := &clientcredentials.Config{
-		ClientID:     a.cfg.Get("client_id"),
-		ClientSecret: secret,
-		TokenURL:     a.cfg.Get("token_url"),
-		Scopes:       strings.Fields(a.cfg.Get("oauth2_scope")),
-		AuthStyle:    oauth2.AuthStyleInParams,
+		ClientID:       a.cfg.Get("client_id"),
+		ClientSecret:   secret,
+		TokenURL:       a.cfg.Get("token_url"),
+		Scopes:         strings.Fields(a.cfg.Get("oauth2_scope")),
+		AuthStyle:      oauth2.AuthStyleInParams,
+		EndpointParams: url.Values{},
 	}
 	if r := a.cfg.Get("redirect_uri"); r != "" {
-		cc.EndpointParams = map[string][]string{"redirect_uri": {r}}
+		cc.EndpointParams.Set("redirect_uri", r)
+	}
+	if a.flow == "password" {
+		// ROPC: the login password is the account's real password.
+		a.mu.Lock()
+		pw := a.loginPassword
+		a.mu.Unlock()
+		cc.EndpointParams.Set("grant_type", "password")
+		cc.EndpointParams.Set("username", a.name)
+		cc.EndpointParams.Set("password", pw)
+		if res := a.cfg.Get("oauth2_resource"); res != "" {
+			cc.EndpointParams.Set("resource", res)
+		}
+	}
+	cert, key := a.cfg.Get("jwt_certificate_path"), a.cfg.Get("jwt_key_path")
+	if secret == "" && cert != "" && key != "" {
+		assertion, err := clientAssertion(cert, key, cc.ClientID, cc.TokenURL)
+		if err != nil {
+			return nil, loginErr(false, err, "account %s: unable to create the certificate credential: %v", a.name, err)
+		}
+		cc.EndpointParams.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+		cc.EndpointParams.Set("client_assertion", assertion)
 	}
 	return cc.Token(hc)
 }
