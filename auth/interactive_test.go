@@ -216,3 +216,48 @@ func freeTCPPort(t *testing.T) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// --local-server-auth in a running proxy: a login to an unauthorised
+// account starts the authorisation in the background and is told to come
+// back; once the browser has been through, the next login works.
+func TestLoginStartsInteractiveAuthorisation(t *testing.T) {
+	t.Parallel()
+	up := startAuthority(t)
+	port := freeTCPPort(t)
+	path := interactiveConfig(t, up, fmt.Sprintf("redirect_uri = http://127.0.0.1:%d/cb", port))
+	outR, outW := io.Pipe()
+	p := newFileProvider(t, path, Options{Interactive: &Prompt{Out: outW, LocalServer: true}})
+	defer p.Close()
+	defer outW.Close()
+	_, err := p.Authorize(context.Background(), "u@x", "pw", "")
+	if err == nil || !strings.Contains(err.Error(), "is being authorised") {
+		t.Fatalf("first login: %v", err)
+	}
+	// A second login meanwhile does not start a second authorisation.
+	if _, err := p.Authorize(context.Background(), "u@x", "pw", ""); err == nil {
+		t.Fatal("second login succeeded before the authorisation")
+	}
+	s := &session{out: bufio.NewReader(outR)}
+	authURL := s.lineMatching(t, urlLine)[1]
+	s.lineMatching(t, regexp.MustCompile(`Waiting for the redirect`))
+	go io.Copy(io.Discard, s.out)
+	resp, err := http.Get(authURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tok, err := p.Authorize(context.Background(), "u@x", "pw", "")
+		if err == nil {
+			if !up.Authority.Valid(tok) {
+				t.Fatal("invalid token")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never authorised: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -41,7 +41,14 @@ type Options struct {
 	// StoreIsConfig says Store writes the configuration file itself, so a
 	// plaintext client_secret may be replaced by client_secret_encrypted.
 	StoreIsConfig bool
-	Logger        zerolog.Logger
+	// Interactive, when set, lets a login start the authorisation of an
+	// interactive account that has no tokens (--external-auth,
+	// --local-server-auth): it runs in the background, one at a time, and
+	// the client is told to log in again once it is done.
+	Interactive *Prompt
+	// InteractiveTimeout bounds one such authorisation (default 10 min).
+	InteractiveTimeout time.Duration
+	Logger             zerolog.Logger
 }
 
 // defaultTokenLifetime is assumed when a provider sends no expires_in.
@@ -64,6 +71,10 @@ type Provider struct {
 	accounts map[string]*account
 	closed   bool
 	wg       sync.WaitGroup
+
+	promptMu sync.Mutex // one interactive authorisation at a time (one terminal, one redirect port)
+	ctx      context.Context
+	cancel   context.CancelFunc
 }
 
 // account is the token state of one login name.
@@ -89,6 +100,8 @@ type account struct {
 	retryAt       time.Time
 	backoff       time.Duration
 	timer         *time.Timer
+	// authorising: an interactive authorisation started by a login runs.
+	authorising bool
 }
 
 type fetchCall struct {
@@ -119,8 +132,12 @@ func NewProvider(cfg *config.Config, opts Options) *Provider {
 	if opts.LockoutBase <= 0 {
 		opts.LockoutBase = time.Second
 	}
+	if opts.InteractiveTimeout <= 0 {
+		opts.InteractiveTimeout = 10 * time.Minute
+	}
 	p := &Provider{cfg: cfg, opts: opts, log: opts.Logger, verify: newVerifier(), accounts: map[string]*account{},
 		limit: newLimiter(opts.LockoutBase)}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	cache, err := opts.Store.Load()
 	if err != nil {
 		p.log.Error().Err(err).Msg("cannot read the token cache; starting without cached tokens")
@@ -171,6 +188,7 @@ func (p *Provider) Start() {
 // Close stops background refreshes and waits for fetches and saves in
 // flight.
 func (p *Provider) Close() {
+	p.cancel()
 	p.mu.Lock()
 	p.closed = true
 	accts := make([]*account, 0, len(p.accounts))
@@ -322,6 +340,9 @@ func (p *Provider) Authorize(ctx context.Context, user, password, client string)
 		}
 		if !p.canFetchLocked(a) {
 			a.mu.Unlock()
+			if !a.unattended() && p.opts.Interactive != nil {
+				return "", p.startInteractive(a, password)
+			}
 			return "", p.cannotFetch(a)
 		}
 		call = p.startFetchLocked(a)
@@ -343,6 +364,32 @@ func (p *Provider) cannotFetch(a *account) *LoginError {
 		return loginErr(false, nil, "account %s: client_secret_encrypted needs the account's password; log in once to unlock it", a.name)
 	}
 	return loginErr(false, nil, "account %s (oauth2_flow %s) needs authorising: run `emailproxy authorise %s` on the proxy's host", a.name, a.flow, a.name)
+}
+
+// startInteractive begins the authorisation of an interactive account in
+// the background, with the password of the login that asked (it will
+// encrypt the tokens), and tells the client to come back.
+func (p *Provider) startInteractive(a *account, password string) *LoginError {
+	a.mu.Lock()
+	running := a.authorising
+	a.authorising = true
+	a.mu.Unlock()
+	if !running {
+		p.log.Warn().Str("account", a.name).Msg("account needs authorising: follow the instructions printed by the proxy")
+		p.goTracked(func() {
+			defer func() { a.mu.Lock(); a.authorising = false; a.mu.Unlock() }()
+			p.promptMu.Lock()
+			defer p.promptMu.Unlock()
+			ctx, cancel := context.WithTimeout(p.ctx, p.opts.InteractiveTimeout)
+			defer cancel()
+			if err := p.Authorise(ctx, a.name, password, *p.opts.Interactive); err != nil {
+				p.log.Error().Str("account", a.name).Str("error", err.Error()).Msg("authorisation failed")
+				return
+			}
+			p.log.Info().Str("account", a.name).Msg("account authorised")
+		})
+	}
+	return loginErr(true, nil, "account %s is being authorised: complete the authorisation shown by the proxy, then log in again", a.name)
 }
 
 // checkPassword verifies the local password: against the in-memory

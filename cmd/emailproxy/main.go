@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -73,13 +74,22 @@ func run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 		}
 		store, storeIsConfig = &auth.FileStore{Path: fl.cacheStore}, false
 	}
-	if fl.externalAuth || fl.localServerAuth {
-		log.Warn().Msg("--external-auth / --local-server-auth: interactive flows are not supported by this version yet")
+	// A login to an interactive account without tokens can start its
+	// authorisation: the URL (or device code) is printed on stderr and the
+	// redirect is received locally (--local-server-auth, which wins as in
+	// emailproxy.py) or pasted on the terminal (--external-auth).
+	var interactive *auth.Prompt
+	switch {
+	case fl.localServerAuth:
+		interactive = &auth.Prompt{Out: stderr, LocalServer: true}
+	case fl.externalAuth:
+		interactive = &auth.Prompt{Out: stderr, In: bufio.NewReader(os.Stdin)}
 	}
 
 	provider := auth.NewProvider(cfg, auth.Options{
 		Store:         store,
 		StoreIsConfig: storeIsConfig,
+		Interactive:   interactive,
 		TokenTimeout:  fl.tokenTimeout,
 		RefreshMargin: fl.refreshMargin,
 		Logger:        log.With().Str("component", "auth").Logger(),
