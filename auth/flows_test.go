@@ -160,3 +160,14 @@ func TestServiceAccount(t *testing.T) {
 		t.Fatalf("bad client_id: %v", err)
 	}
 }
+
+// Token requests honour http_proxy / https_proxy, as emailproxy.py does
+// (loopback addresses, which the other tests use, never go through it).
+func TestTokenRequestsUseTheHTTPProxy(t *testing.T) {
+	p := providerFor(t, "[u@x]\ntoken_url = http://login.example.test/tenant/oauth2/v2.0/token\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = c\nclient_secret = s\n")
+	before := proxied.Load()
+	tok, err := p.Authorize(context.Background(), "u@x", "pw", "")
+	if err != nil || tok != "via-proxy" || proxied.Load() != before+1 {
+		t.Fatalf("%q %v (proxied %d)", tok, err, proxied.Load()-before)
+	}
+}

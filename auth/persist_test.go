@@ -256,3 +256,42 @@ func TestEnrolledAccountsOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A refresh answered 400 is retried once; a second 400 drops the refresh
+// token (and the account then needs authorising); a first 400 followed by
+// success keeps everything.
+func TestRefresh400Handling(t *testing.T) {
+	t.Parallel()
+	var fails atomic.Int32
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if fails.Add(-1) >= 0 {
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprint(w, `{"error":"invalid_grant","error_description":"AADSTS70043: sign-in frequency"}`)
+			return
+		}
+		fmt.Fprint(w, `{"access_token":"fresh","expires_in":3600}`)
+	}))
+	defer ts.Close()
+	for _, c := range []struct {
+		fails int32
+		ok    bool
+	}{{1, true}, {2, false}} {
+		salt := []byte("0123456789abcdef")
+		k, _ := deriveKey("pw", salt, 1000)
+		path := filepath.Join(t.TempDir(), "emailproxy.config")
+		os.WriteFile(path, []byte(fmt.Sprintf("[r@x]\ntoken_url = %s\noauth2_scope = s\npermission_url = https://p\nredirect_uri = http://localhost\nclient_id = cid\n"+
+			"token_salt = %s\ntoken_iterations = 1000\nrefresh_token = %s\n", ts.URL, base64.StdEncoding.EncodeToString(salt), keyring{k}.encrypt([]byte("rt")))), 0o600)
+		fails.Store(c.fails)
+		p := newFileProvider(t, path, Options{})
+		tok, err := p.Authorize(context.Background(), "r@x", "pw", "")
+		p.Close()
+		b, _ := os.ReadFile(path)
+		if c.ok && (err != nil || tok != "fresh" || !strings.Contains(string(b), "refresh_token = ")) {
+			t.Fatalf("one 400: %q %v\n%s", tok, err, b)
+		}
+		if !c.ok && (err == nil || !strings.Contains(err.Error(), "needs authorising") || strings.Contains(string(b), "refresh_token")) {
+			t.Fatalf("two 400s: %v\n%s", err, b)
+		}
+	}
+}

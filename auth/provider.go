@@ -687,12 +687,18 @@ func (p *Provider) fetch(ctx context.Context, a *account) (*oauth2.Token, error)
 		conf := &oauth2.Config{ClientID: a.cfg.Get("client_id"), ClientSecret: secret,
 			Endpoint: oauth2.Endpoint{TokenURL: a.cfg.Get("token_url"), AuthStyle: oauth2.AuthStyleInParams}}
 		tok, err := conf.TokenSource(hc, &oauth2.Token{RefreshToken: refresh}).Token()
-		var re *oauth2.RetrieveError
-		if err == nil || !errors.As(err, &re) || re.Response == nil || re.Response.StatusCode != http.StatusBadRequest {
+		if isHTTP400(err) {
+			// emailproxy.py §3.6: a first 400 is retried once (Entra ID
+			// answers 400 for transient conditional-access checks too);
+			// a second one in a row means the refresh token is dead.
+			p.log.Warn().Str("account", a.name).Str("error", describeTokenError(err)).Msg("refresh refused; retrying once")
+			tok, err = conf.TokenSource(hc, &oauth2.Token{RefreshToken: refresh}).Token()
+		}
+		if !isHTTP400(err) {
 			return tok, err
 		}
-		// 400 (invalid_grant: expired or revoked): the refresh token is dead.
-		p.log.Warn().Str("account", a.name).Str("error", describeTokenError(err)).Msg("refresh token refused; it is dropped")
+		p.log.Warn().Str("account", a.name).Str("error", describeTokenError(err)).
+			Msg("refresh token refused twice (expired or revoked); it is dropped and the account needs authorising again")
 		p.forget(a, false)
 		if !a.unattended() {
 			return nil, p.cannotFetch(a)
@@ -785,6 +791,11 @@ func (p *Provider) runFetch(a *account, call *fetchCall) {
 	a.mu.Unlock()
 	close(call.done)
 	p.persist(a, false)
+}
+
+func isHTTP400(err error) bool {
+	var re *oauth2.RetrieveError
+	return errors.As(err, &re) && re.Response != nil && re.Response.StatusCode == http.StatusBadRequest
 }
 
 // refreshDelay is when to refresh a token with this lifetime: margin
