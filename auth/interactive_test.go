@@ -46,7 +46,7 @@ func authoriseAsync(p *Provider, user, pass string, local bool) *session {
 	outR, outW := io.Pipe()
 	s := &session{in: inW, out: bufio.NewReader(outR), done: make(chan error, 1)}
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		err := p.Authorise(ctx, user, pass, Prompt{In: bufio.NewReader(inR), Out: outW, LocalServer: local})
 		outW.Close()
@@ -77,7 +77,7 @@ func (s *session) finish(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(20 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("authorisation did not finish")
 	}
 }
@@ -181,7 +181,7 @@ func TestAuthoriseDeviceFlow(t *testing.T) {
 	if m[1] != "https://mock.example/device" || m[2] != "MOCK-CODE" {
 		t.Fatalf("device prompt %q", m)
 	}
-	s.finish(t) // one authorization_pending, then the token
+	s.finish(t) // authorization_pending, slow_down (+5 s), then the token
 	b, _ := os.ReadFile(path)
 	if !strings.Contains(string(b), "refresh_token = gAAAAA") {
 		t.Fatalf("tokens not stored:\n%s", b)

@@ -295,3 +295,29 @@ func TestRefresh400Handling(t *testing.T) {
 		}
 	}
 }
+
+// Catch-all accounts: [@domain] serves any mailbox of the domain; the first
+// login creates the mailbox's own section with its cached tokens.
+func TestCatchAllAccountPersists(t *testing.T) {
+	t.Parallel()
+	ts := newTokenServer(t, 0, 3600)
+	path := filepath.Join(t.TempDir(), "emailproxy.config")
+	os.WriteFile(path, []byte("[@x]\ntoken_url = "+ts.URL+"\noauth2_scope = s1 s2\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\n"+
+		"redirect_uri = http://localhost\n[emailproxy]\nallow_catch_all_accounts = True\n"), 0o600)
+	p := newFileProvider(t, path, Options{})
+	if _, err := p.Authorize(context.Background(), "anyone@x", "pw", ""); err != nil {
+		t.Fatal(err)
+	}
+	p.Confirm("anyone@x", "pw")
+	if _, err := p.Authorize(context.Background(), "someone@y", "pw", ""); err == nil {
+		t.Fatal("another domain matched")
+	}
+	p.Close()
+	f := loadCfg(t, path)
+	if v, _ := f.File.Section("anyone@x").Get("access_token"); !strings.HasPrefix(v, "gAAAAA") {
+		t.Fatalf("no [anyone@x] section with tokens")
+	}
+	if v, _ := f.File.Section("@x").Get("access_token"); v != "" {
+		t.Fatal("tokens written to the catch-all section")
+	}
+}

@@ -15,7 +15,7 @@ import (
 // that "logs the user in" at once and redirects back with a code, the
 // authorization_code grant (with PKCE checked), refresh tokens that rotate,
 // and the device grant (RFC 8628), which answers authorization_pending once
-// before it succeeds.
+// and slow_down once before it succeeds.
 
 type codeGrant struct {
 	redirect, challenge, scope string
@@ -137,6 +137,8 @@ func (a *Authority) interactiveGrant(w http.ResponseWriter, f url.Values, fail f
 			fail(http.StatusBadRequest, "expired_token", "unknown device code")
 		case d.polls == 1:
 			fail(http.StatusBadRequest, "authorization_pending", "the user has not signed in yet")
+		case d.polls == 2:
+			fail(http.StatusBadRequest, "slow_down", "polling too fast")
 		default:
 			a.issue(w, true)
 		}
