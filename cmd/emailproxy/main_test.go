@@ -247,6 +247,44 @@ encrypt_client_secret_on_first_use = False
 	if tokenRE.MatchString(out) {
 		t.Error("access token in the log")
 	}
+
+	// The token was cached, encrypted, in the config file; a restarted
+	// proxy serves the same password without asking the token endpoint,
+	// and refuses another one.
+	saved, _ := os.ReadFile(cfgPath)
+	if !strings.Contains(string(saved), "access_token = gAAAAA") || !strings.Contains(string(saved), "documentation = *** note") {
+		t.Fatalf("config after the run:\n%s", saved)
+	}
+	requests := up.Authority.Requests()
+	cmd2 := exec.Command(binary, "--no-gui", "--config-file", cfgPath)
+	cmd2.Env = append(os.Environ(), "SSL_CERT_FILE="+caFile)
+	var logs2 bytes.Buffer
+	cmd2.Stdout, cmd2.Stderr = &logs2, &logs2
+	if err := cmd2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd2.Process.Signal(syscall.SIGTERM); cmd2.Wait() }()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if conn, err = net.Dial("tcp", popAddr); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("restarted proxy did not listen: %v\n%s", err, logs2.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(15 * time.Second))
+	br = bufio.NewReader(conn)
+	read()
+	fmt.Fprintf(conn, "USER %s\r\nPASS wrong-one\r\nUSER %s\r\nPASS %s\r\nSTAT\r\n", account, account, pass)
+	got = []string{read(), read(), read(), read(), read()}
+	if !strings.HasPrefix(got[1], "-ERR [AUTH]") || !strings.HasPrefix(got[3], "+OK User") || !strings.HasPrefix(got[4], "+OK 1 ") {
+		t.Fatalf("after restart: %q\n%s", got, logs2.String())
+	}
+	if n := up.Authority.Requests(); n != requests {
+		t.Fatalf("the restarted proxy made %d token requests", n-requests)
+	}
 }
 
 // The README's first command: --demo serves the mock mailbox.
