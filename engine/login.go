@@ -12,6 +12,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/imap"
 	"github.com/emailproxy/emailproxy/protocol/sasl"
 	"github.com/emailproxy/emailproxy/protocol/smtp"
@@ -109,16 +110,16 @@ func (u *upstreamConn) authPOP(user, token string) ([]byte, error) {
 }
 
 // runLogin runs one login and logs its outcome.
-func (s *Server) runLogin(ctx context.Context, l *listener, log zerolog.Logger, st step, client string) *loginResult {
+func (s *Server) runLogin(ctx context.Context, l *listener, log zerolog.Logger, act protocol.Action, client string) *loginResult {
 	start := time.Now()
-	up, reply, lerr := s.login(ctx, l, st.tag, st.creds, client)
+	up, reply, lerr := s.login(ctx, l, act.Tag, act.Creds, client)
 	ev := log.Info()
 	if lerr != nil {
 		ev = log.Warn().Str("error", lerr.Message)
 	}
-	ev.Str("proto", string(l.srv.Protocol)).Str("account", st.creds.Username).Bool("ok", lerr == nil).
+	ev.Str("proto", string(l.srv.Protocol)).Str("account", act.Creds.Username).Bool("ok", lerr == nil).
 		Dur("took", time.Since(start)).Msg("login")
-	return &loginResult{up: up, reply: reply, user: st.creds.Username, err: lerr}
+	return &loginResult{up: up, reply: reply, user: act.Creds.Username, err: lerr}
 }
 
 // authSMTP authenticates with XOAUTH2, or OAUTHBEARER when that is all the

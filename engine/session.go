@@ -10,6 +10,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/protocol"
 )
 
 type phase int
@@ -135,30 +136,30 @@ func (s *session) process() gnet.Action {
 		if len(buf) == 0 {
 			return gnet.None
 		}
-		st := s.m.next(buf)
-		if st.n > 0 {
-			s.c.Discard(st.n) // Discard(0) would drop the whole buffer
+		n, act := s.m.Next(buf)
+		if n > 0 {
+			s.c.Discard(n) // Discard(0) would drop the whole buffer
 		}
-		if len(st.out) > 0 {
-			if _, err := s.c.Write(st.out); err != nil {
+		if len(act.Out) > 0 {
+			if _, err := s.c.Write(act.Out); err != nil {
 				return gnet.Close
 			}
 		}
-		switch st.kind {
-		case stepNeedMore:
+		switch act.Kind {
+		case protocol.NeedMore:
 			return gnet.None
-		case stepClose, stepStartTLS: // plaintext listeners offer no STARTTLS
+		case protocol.Close, protocol.StartTLS: // plaintext listeners offer no STARTTLS
 			return gnet.Close
-		case stepLogin:
-			s.startLogin(st)
+		case protocol.Login:
+			s.startLogin(act)
 			return gnet.None
 		}
 	}
 }
 
-func (s *session) startLogin(st step) {
+func (s *session) startLogin(act protocol.Action) {
 	s.phase = phLogin
-	s.tag = st.tag
+	s.tag = act.Tag
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.srv.opts.LoginTimeout)
 	s.mu.Lock()
 	s.cancel = cancel
@@ -168,7 +169,7 @@ func (s *session) startLogin(st step) {
 	go func() {
 		defer s.srv.wg.Done()
 		defer cancel()
-		res := s.srv.runLogin(ctx, s.l, s.log, st, client)
+		res := s.srv.runLogin(ctx, s.l, s.log, act, client)
 		if !s.post(func(p *pending) { p.login = res }) && res.up != nil {
 			s.mu.Lock()
 			// onClose may have run: whoever sees the result closes it.

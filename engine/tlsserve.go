@@ -7,6 +7,8 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/emailproxy/emailproxy/protocol"
 )
 
 // gnet has no TLS, so listeners with a local certificate (implicit TLS, or
@@ -159,30 +161,30 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 	rbuf := make([]byte, 4096)
 	for {
 		for len(buf) > 0 {
-			st := m.next(buf)
-			buf = buf[st.n:]
-			if len(st.out) > 0 {
-				if _, err := c.Write(st.out); err != nil {
+			n, act := m.Next(buf)
+			buf = buf[n:]
+			if len(act.Out) > 0 {
+				if _, err := c.Write(act.Out); err != nil {
 					return
 				}
 			}
-			switch st.kind {
-			case stepClose:
+			switch act.Kind {
+			case protocol.Close:
 				return
-			case stepStartTLS:
+			case protocol.StartTLS:
 				// Anything sent after the STARTTLS command came in plaintext
 				// and could be injected: it is dropped (RFC 3207, RFC 2595).
 				buf = buf[:0]
 				if !handshake() {
 					return
 				}
-				m.tlsStarted()
-			case stepLogin:
+				m.TLSStarted()
+			case protocol.Login:
 				ctx, cancel := context.WithTimeout(s.ctx, s.opts.LoginTimeout)
-				res := s.runLogin(ctx, l, log, st, clientHost(raw.RemoteAddr()))
+				res := s.runLogin(ctx, l, log, act, clientHost(raw.RemoteAddr()))
 				cancel()
 				if res.err != nil {
-					if _, err := c.Write(m.loginFailed(st.tag, "emailproxy: "+res.err.Message, res.err.Temporary)); err != nil {
+					if _, err := c.Write(m.loginFailed(act.Tag, "emailproxy: "+res.err.Message, res.err.Temporary)); err != nil {
 						return
 					}
 					continue
@@ -192,7 +194,7 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 				s.startRelay(c, res, append([]byte(nil), buf...), log, opened)
 				return
 			}
-			if st.kind == stepNeedMore {
+			if act.Kind == protocol.NeedMore {
 				break
 			}
 		}

@@ -9,35 +9,24 @@ package imap
 import (
 	"bytes"
 
+	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/sasl"
 	"github.com/emailproxy/emailproxy/protocol/textline"
 )
 
-// Kind is what the engine must do after a step.
-type Kind int
-
-const (
-	// NeedMore: all input was consumed (or is incomplete); wait for more.
-	NeedMore Kind = iota
-	// Reply: send Out to the client and call Next again.
-	Reply
-	// Login: send Out (if any), then log in upstream with Creds; do not
-	// call Next until LoginFailed is called or the session is relayed.
-	Login
-	// Close: send Out, then close the connection.
-	Close
-	// StartTLS: send Out, drop any input already buffered (it was sent in
-	// plaintext), switch the connection to TLS, call TLSStarted.
-	StartTLS
+// Kind and Action are shared by every protocol machine.
+type (
+	Kind   = protocol.Kind
+	Action = protocol.Action
 )
 
-// Action is the result of one step.
-type Action struct {
-	Kind  Kind
-	Out   []byte // valid until the next call on the machine
-	Creds sasl.Credentials
-	Tag   string // the client's tag for the login command
-}
+const (
+	NeedMore = protocol.NeedMore
+	Reply    = protocol.Reply
+	Login    = protocol.Login
+	Close    = protocol.Close
+	StartTLS = protocol.StartTLS
+)
 
 // Limits bound what an unauthenticated client may send.
 type Limits struct {

@@ -9,29 +9,24 @@ import (
 	"bytes"
 	"strings"
 
+	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/sasl"
 	"github.com/emailproxy/emailproxy/protocol/textline"
 )
 
-// Kind is what the engine must do after a step.
-type Kind int
-
-const (
-	NeedMore Kind = iota // wait for more input
-	Reply                // send Out, call Next again
-	Login                // send Out (if any), then log in with Creds
-	Close                // send Out, then close
-	// StartTLS: send Out, drop input already buffered, switch to TLS, call
-	// TLSStarted.
-	StartTLS
+// Kind and Action are shared by every protocol machine.
+type (
+	Kind   = protocol.Kind
+	Action = protocol.Action
 )
 
-// Action is the result of one step.
-type Action struct {
-	Kind  Kind
-	Out   []byte // valid until the next call on the machine
-	Creds sasl.Credentials
-}
+const (
+	NeedMore = protocol.NeedMore
+	Reply    = protocol.Reply
+	Login    = protocol.Login
+	Close    = protocol.Close
+	StartTLS = protocol.StartTLS
+)
 
 // Limits bound what an unauthenticated client may send.
 type Limits struct {
