@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"crypto/tls"
 	"encoding/base64"
 	"regexp"
 	"strconv"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/emailproxy/emailproxy/bench/mock"
 )
 
 func TestMain(m *testing.M) {
@@ -192,6 +195,26 @@ func TestFailuresEndToEnd(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+	})
+	t.Run("idle before login", func(t *testing.T) {
+		pc := newProxyCert(t)
+		env := startEnv(t, envOptions{engine: Options{IdleTimeout: 300 * time.Millisecond},
+			servers: []serverSpec{{name: "pop3s", proto: "POP", upstream: func(up *mock.Upstream) string { return up.POPAddr }, keys: pc.keys(false)}}})
+		r := dialRaw(t, env.imapAddr)
+		r.line()
+		if l := r.line(); l != "* BYE Autologout; idle for too long" {
+			t.Fatalf("gnet path: %q", l)
+		}
+		r.expectEOF()
+		tc, err := tls.Dial("tcp", env.addrs["pop3s"], pc.client())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := popOver(t, tc)
+		if l := p.status(); l != "-ERR Idle for too long, closing" {
+			t.Fatalf("TLS path: %q", l)
+		}
+		stillServes(t, env)
 	})
 	t.Run("overlong line", func(t *testing.T) {
 		env := startEnv(t, envOptions{})

@@ -33,6 +33,7 @@ type Options struct {
 	DialTimeout  time.Duration // TCP + TLS + greeting upstream (default 10 s)
 	RelayBuffer  int           // bytes per relay direction (default 16 KiB)
 	TCPKeepAlive time.Duration // client and upstream keepalive period (default 60 s)
+	IdleTimeout  time.Duration // a client silent this long before login is disconnected (default 10 min)
 	IMAPLimits   imap.Limits   // default imap.DefaultLimits
 	POPLimits    pop3.Limits   // default pop3.DefaultLimits
 	SMTPLimits   smtp.Limits   // default smtp.DefaultLimits
@@ -57,6 +58,9 @@ func (o *Options) defaults() {
 	}
 	if o.TCPKeepAlive <= 0 {
 		o.TCPKeepAlive = 60 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 10 * time.Minute
 	}
 	if o.IMAPLimits == (imap.Limits{}) {
 		o.IMAPLimits = imap.DefaultLimits
@@ -90,6 +94,7 @@ type Server struct {
 
 	gnetStarted bool
 	tlsLns      []net.Listener
+	sessions    sync.Map // *session -> struct{}: gnet clients, for the idle sweep
 
 	relayMu sync.Mutex
 	relays  map[*relay]struct{}
@@ -208,6 +213,7 @@ func (s *Server) Start() error {
 				gnet.WithTCPKeepAlive(s.opts.TCPKeepAlive),
 				gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 				gnet.WithLogger(gnetLogger{s.log}),
+				gnet.WithTicker(true),
 			)
 		}()
 		select {
@@ -292,6 +298,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	}
 	sess := newSession(s, l, c)
 	c.SetContext(sess)
+	s.sessions.Store(sess, struct{}{})
 	sess.logOpen()
 	prof := l.profileOr(s, func(p *profile) {
 		sess.post(func(ps *pending) {
@@ -341,9 +348,29 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 // OnClose implements gnet.EventHandler.
 func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 	if sess, ok := c.Context().(*session); ok {
+		s.sessions.Delete(sess)
 		sess.onClose(err)
 	}
 	return gnet.None
+}
+
+// OnTick implements gnet.EventHandler: it disconnects clients that stayed
+// silent before login for longer than IdleTimeout (a login in progress has
+// its own timeout). It runs off the event loops, so it only reads atomics
+// and uses gnet's thread-safe calls.
+func (s *Server) OnTick() (time.Duration, gnet.Action) {
+	now := time.Now().UnixNano()
+	limit := s.opts.IdleTimeout.Nanoseconds()
+	s.sessions.Range(func(k, _ any) bool {
+		sess := k.(*session)
+		if sess.idleCheck.Load() && now-sess.lastSeen.Load() > limit {
+			sess.idleCheck.Store(false)
+			sess.c.AsyncWrite(idleBye(sess.l.srv.Protocol), nil)
+			sess.c.Close()
+		}
+		return true
+	})
+	return min(s.opts.IdleTimeout/4, 10*time.Second), gnet.None
 }
 
 // gnetLogger sends gnet's own messages to zerolog.

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -48,6 +49,10 @@ type session struct {
 	m     clientMachine
 	tag   string // IMAP tag of the login in progress
 
+	// Read by the idle sweep off the loop.
+	lastSeen  atomic.Int64 // UnixNano of the last client input (or open)
+	idleCheck atomic.Bool  // true while waiting for client commands before login
+
 	mu     sync.Mutex
 	pend   pending
 	closed bool
@@ -55,8 +60,22 @@ type session struct {
 }
 
 func newSession(s *Server, l *listener, c gnet.Conn) *session {
-	return &session{srv: s, l: l, c: c, start: time.Now(),
+	sess := &session{srv: s, l: l, c: c, start: time.Now(),
 		log: l.log.With().Str("client", c.RemoteAddr().String()).Logger()}
+	sess.lastSeen.Store(sess.start.UnixNano())
+	sess.idleCheck.Store(true)
+	return sess
+}
+
+// idleBye is sent to a client disconnected for silence before login.
+func idleBye(proto config.Protocol) []byte {
+	switch proto {
+	case config.IMAP:
+		return []byte("* BYE Autologout; idle for too long\r\n")
+	case config.POP:
+		return []byte("-ERR Idle for too long, closing\r\n")
+	}
+	return []byte("421 4.4.2 Idle for too long, closing connection\r\n")
 }
 
 func (s *session) logOpen() {
@@ -92,6 +111,9 @@ func (s *session) take() pending {
 }
 
 func (s *session) onTraffic() gnet.Action {
+	if s.c.InboundBuffered() > 0 {
+		s.lastSeen.Store(time.Now().UnixNano())
+	}
 	p := s.take()
 	if s.phase == phGreeting {
 		switch {
@@ -159,6 +181,7 @@ func (s *session) process() gnet.Action {
 
 func (s *session) startLogin(act protocol.Action) {
 	s.phase = phLogin
+	s.idleCheck.Store(false)
 	s.tag = act.Tag
 	ctx, cancel := context.WithTimeout(s.srv.ctx, s.srv.opts.LoginTimeout)
 	s.mu.Lock()
@@ -190,6 +213,8 @@ func (s *session) finishLogin(res *loginResult) (gnet.Action, bool) {
 	s.mu.Unlock()
 	if res.err != nil {
 		s.phase = phPreLogin
+		s.lastSeen.Store(time.Now().UnixNano())
+		s.idleCheck.Store(true)
 		out := s.m.loginFailed(s.tag, "emailproxy: "+res.err.Message, res.err.Temporary)
 		if _, err := s.c.Write(out); err != nil {
 			return gnet.Close, true

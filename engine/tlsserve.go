@@ -16,9 +16,6 @@ import (
 // same protocol state machines as the event loop; plaintext listeners stay
 // on gnet.
 
-// preLoginIdle is how long a TLS-path client may stay silent before login.
-const preLoginIdle = 10 * time.Minute
-
 // certStore holds a listener's certificate; Reload swaps it without
 // touching connections that already did their handshake.
 type certStore struct {
@@ -198,12 +195,17 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 				break
 			}
 		}
-		c.SetReadDeadline(time.Now().Add(preLoginIdle))
+		c.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout))
 		n, err := c.Read(rbuf)
 		if n > 0 {
 			buf = append(buf, rbuf[:n]...)
 		}
 		if err != nil && n == 0 {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				c.Write(idleBye(l.srv.Protocol))
+				reason = "idle before login"
+			}
 			return
 		}
 	}

@@ -27,7 +27,7 @@ type flags struct {
 	logFormat                                   string
 	eventLoops, maxLine, maxErrors, relayBuffer int
 	loginTimeout, dialTimeout, tokenTimeout     time.Duration
-	refreshMargin                               time.Duration
+	refreshMargin, idleTimeout                  time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -50,6 +50,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.IntVar(&f.relayBuffer, "relay-buffer", 16<<10, "buffer per direction of an authenticated session, in bytes")
 	fs.DurationVar(&f.loginTimeout, "login-timeout", 30*time.Second, "longest time one login may take (token, upstream connection, XOAUTH2)")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", 10*time.Second, "longest time to connect, do TLS and read the greeting upstream")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", 10*time.Minute, "disconnect a client that sends nothing for this long before logging in")
 	fs.DurationVar(&f.tokenTimeout, "token-timeout", 15*time.Second, "longest time one token request may take")
 	fs.DurationVar(&f.refreshMargin, "token-refresh-margin", 600*time.Second, "refresh access tokens this long before they expire")
 	fs.Usage = func() {

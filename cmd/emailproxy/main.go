@@ -100,6 +100,7 @@ func run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	eopts.EventLoops = fl.eventLoops
 	eopts.LoginTimeout = fl.loginTimeout
 	eopts.DialTimeout = fl.dialTimeout
+	eopts.IdleTimeout = fl.idleTimeout
 	eopts.RelayBuffer = fl.relayBuffer
 	eopts.IMAPLimits.MaxLine, eopts.IMAPLimits.MaxLiteral, eopts.IMAPLimits.MaxErrors = fl.maxLine, fl.maxLine, fl.maxErrors
 	eopts.POPLimits.MaxLine, eopts.POPLimits.MaxErrors = fl.maxLine, fl.maxErrors
