@@ -39,7 +39,6 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 		if !ok {
 			return
 		}
-		up.delayRTT()
 		cmd, arg, _ := strings.Cut(line, " ")
 		cmd = strings.ToUpper(cmd)
 		if user == "" {

@@ -31,8 +31,9 @@ type Options struct {
 	// SMTPOAuthBearerOnly makes the SMTP servers offer OAUTHBEARER and not
 	// XOAUTH2.
 	SMTPOAuthBearerOnly bool
-	// RTT is added before every POP3 answer, like a distant provider
-	// (0: none).
+	// RTT simulates a distant provider: the first write after a read (an
+	// answer to a request, on every protocol, TLS handshake included) waits
+	// this long; the greeting waits half of it (0: none).
 	RTT time.Duration
 }
 
@@ -194,10 +195,14 @@ func (up *Upstream) Close() error {
 	up.Authority.Release()
 	up.mu.Lock()
 	up.closed = true
+	conns := make([]net.Conn, 0, len(up.conns))
 	for c := range up.conns {
-		c.Close()
+		conns = append(conns, c)
 	}
 	up.mu.Unlock()
+	for _, c := range conns { // outside the lock: Close takes it too
+		c.Close()
+	}
 	if up.httpSrv != nil {
 		up.httpSrv.Close()
 	}
@@ -242,12 +247,6 @@ func (up *Upstream) Mailbox(addr string) []Message {
 	return append([]Message(nil), up.mailboxes[addr]...)
 }
 
-func (up *Upstream) delayRTT() {
-	if up.opts.RTT > 0 {
-		time.Sleep(up.opts.RTT)
-	}
-}
-
 // trackingListener remembers connections so Close can end them all.
 type trackingListener struct {
 	net.Listener
@@ -260,6 +259,9 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	tc := &trackedConn{Conn: c, up: l.up}
+	if l.up.opts.RTT > 0 {
+		time.Sleep(l.up.opts.RTT / 2) // SYN / SYN-ACK
+	}
 	l.up.mu.Lock()
 	if l.up.closed {
 		l.up.mu.Unlock()
@@ -273,8 +275,34 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 
 type trackedConn struct {
 	net.Conn
-	up   *Upstream
-	once sync.Once
+	up      *Upstream
+	once    sync.Once
+	mu      sync.Mutex
+	pending bool // a read happened since the last write: the next write is an answer
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.up.opts.RTT > 0 {
+		c.mu.Lock()
+		c.pending = true
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+// Write delays the first write after a read by one RTT.
+func (c *trackedConn) Write(p []byte) (int, error) {
+	if c.up.opts.RTT > 0 {
+		c.mu.Lock()
+		wait := c.pending
+		c.pending = false
+		c.mu.Unlock()
+		if wait {
+			time.Sleep(c.up.opts.RTT)
+		}
+	}
+	return c.Conn.Write(p)
 }
 
 func (c *trackedConn) Close() error {
