@@ -32,3 +32,17 @@ type Action struct {
 	Creds sasl.Credentials
 	Tag   string // IMAP: the client's tag for the login command
 }
+
+// Run drives a machine's step function over in: it stops at the first
+// action that is not NeedMore, when a step consumes nothing, or when the
+// input is used up, and returns the bytes used and that action.
+func Run(in []byte, step func([]byte) (int, Action)) (int, Action) {
+	used := 0
+	for {
+		n, act := step(in[used:])
+		used += n
+		if act.Kind != NeedMore || n == 0 || used == len(in) {
+			return used, act
+		}
+	}
+}

@@ -112,14 +112,7 @@ func (m *Machine) TLSStarted() {
 // Next consumes input; call it until it returns NeedMore, Login or Close.
 func (m *Machine) Next(in []byte) (int, Action) {
 	m.out = m.out[:0]
-	used := 0
-	for {
-		n, act := m.step(in[used:])
-		used += n
-		if act.Kind != NeedMore || n == 0 || used == len(in) {
-			return used, act
-		}
-	}
+	return protocol.Run(in, m.step)
 }
 
 func (m *Machine) step(in []byte) (int, Action) {
