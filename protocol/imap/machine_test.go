@@ -3,6 +3,9 @@ package imap
 import (
 	"strings"
 	"testing"
+
+	"github.com/emailproxy/emailproxy/protocol"
+	"github.com/emailproxy/emailproxy/protocol/internal/machinetest"
 )
 
 var (
@@ -256,37 +259,12 @@ func FuzzMachine(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
 		m := New(testProf, TLS{}, Limits{MaxLine: 128, MaxLiteral: 128, MaxErrors: 5})
-		// Feed in chunks of a fuzzed size; the machine must never panic,
-		// never consume more than it was given, and always make progress
-		// or ask for more.
-		size := int(split)%17 + 1
-		var buf []byte
-		for off := 0; off < len(data); off += size {
-			buf = append(buf, data[off:min(off+size, len(data))]...)
-			for guard := 0; ; guard++ {
-				if guard > 10000 {
-					t.Fatal("no progress")
-				}
-				n, act := m.Next(buf)
-				if n < 0 || n > len(buf) {
-					t.Fatalf("consumed %d of %d", n, len(buf))
-				}
-				buf = buf[n:]
-				if act.Kind == Login {
-					if act.Tag == "" {
-						t.Fatal("login without tag")
-					}
-					m.LoginFailed(act.Tag, "x", false)
-					continue
-				}
-				if act.Kind == Close {
-					return
-				}
-				if act.Kind == NeedMore {
-					break
-				}
+		machinetest.Feed(t, m, data, int(split)%17+1, func(act protocol.Action) {
+			if act.Tag == "" {
+				t.Fatal("login without tag")
 			}
-		}
+			m.LoginFailed(act.Tag, "x", false)
+		})
 	})
 }
 

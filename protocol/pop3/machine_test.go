@@ -3,6 +3,9 @@ package pop3
 import (
 	"strings"
 	"testing"
+
+	"github.com/emailproxy/emailproxy/protocol"
+	"github.com/emailproxy/emailproxy/protocol/internal/machinetest"
 )
 
 var (
@@ -154,32 +157,7 @@ func FuzzMachine(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
 		m := New(testProf, TLS{}, Limits{MaxLine: 64, MaxErrors: 5})
-		size := int(split)%13 + 1
-		var buf []byte
-		for off := 0; off < len(data); off += size {
-			buf = append(buf, data[off:min(off+size, len(data))]...)
-			for guard := 0; ; guard++ {
-				if guard > 10000 {
-					t.Fatal("no progress")
-				}
-				n, act := m.Next(buf)
-				if n < 0 || n > len(buf) {
-					t.Fatalf("consumed %d of %d", n, len(buf))
-				}
-				buf = buf[n:]
-				switch act.Kind {
-				case Login:
-					m.LoginFailed("x", false)
-					continue
-				case Close:
-					return
-				case NeedMore:
-				default:
-					continue
-				}
-				break
-			}
-		}
+		machinetest.Feed(t, m, data, int(split)%13+1, func(protocol.Action) { m.LoginFailed("x", false) })
 	})
 }
 

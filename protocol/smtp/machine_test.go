@@ -3,6 +3,9 @@ package smtp
 import (
 	"strings"
 	"testing"
+
+	"github.com/emailproxy/emailproxy/protocol"
+	"github.com/emailproxy/emailproxy/protocol/internal/machinetest"
 )
 
 var testProf = &Profile{Domain: "mx.example.com", Caps: ProxyCaps([]string{"SIZE 35882577", "8BITMIME", "AUTH LOGIN XOAUTH2", "AUTH=LOGIN", "STARTTLS", "PIPELINING", "SMTPUTF8", "CHUNKING", "ENHANCEDSTATUSCODES"})}
@@ -146,35 +149,7 @@ func FuzzMachine(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte, split uint8, offered bool) {
 		m := New(testProf, TLS{Offered: offered, Required: offered}, Limits{MaxLine: 64, MaxErrors: 5})
-		size := int(split)%11 + 1
-		var buf []byte
-		for off := 0; off < len(data); off += size {
-			buf = append(buf, data[off:min(off+size, len(data))]...)
-			for guard := 0; ; guard++ {
-				if guard > 10000 {
-					t.Fatal("no progress")
-				}
-				n, act := m.Next(buf)
-				if n < 0 || n > len(buf) {
-					t.Fatalf("consumed %d of %d", n, len(buf))
-				}
-				buf = buf[n:]
-				switch act.Kind {
-				case Login:
-					m.LoginFailed("x", false)
-					continue
-				case StartTLS:
-					buf = buf[:0]
-					m.TLSStarted()
-					continue
-				case Close:
-					return
-				case Reply:
-					continue
-				}
-				break
-			}
-		}
+		machinetest.Feed(t, m, data, int(split)%11+1, func(protocol.Action) { m.LoginFailed("x", false) })
 	})
 }
 
