@@ -86,7 +86,7 @@ emailproxy demo
 Try it with any plain client; the first password you use becomes the account's password:
   curl -v --user '%s:any-password' 'pop3://127.0.0.1:%d/1'
   curl -v --user '%s:any-password' 'imap://127.0.0.1:%d/INBOX;UID=1'
-or by hand:  nc -C 127.0.0.1 %d   then   USER %s / PASS any-password / STAT / RETR 1 / QUIT
+or by hand:  nc 127.0.0.1 %d   then   USER %s / PASS any-password / STAT / RETR 1 / QUIT
 
 Press Ctrl-C to stop.
 `, "\n"), up.TokenURL, up.IMAPAddr, up.POPAddr, d.configPath, imapPort, popPort,
