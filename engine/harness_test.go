@@ -67,6 +67,7 @@ type envOptions struct {
 	noCA        bool     // do not trust the mock CA
 	ca          *mock.CA // sign the mock's certificates with this CA
 	oauthBearer bool     // mock SMTP offers OAUTHBEARER only
+	mailboxCap  int      // the mock refuses sessions of a mailbox beyond this many
 	// servers are extra server sections, by name; each gets a free local
 	// port, reachable as env.addrs[name].
 	servers []serverSpec
@@ -114,7 +115,7 @@ func startEnv(t *testing.T, o envOptions) *proxyEnv {
 	if o.mailboxes == nil {
 		o.mailboxes = map[string][]mock.Message{testAccount: {{UID: "u1", Body: []byte("Subject: hi\r\n\r\nhello\r\n")}}}
 	}
-	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca, SMTPOAuthBearerOnly: o.oauthBearer})
+	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca, SMTPOAuthBearerOnly: o.oauthBearer, MailboxLimit: o.mailboxCap})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +170,7 @@ client_secret = %s
 [emailproxy]
 delete_account_token_on_password_error = True
 encrypt_client_secret_on_first_use = False
-%s`, popPort, ph, pp, imapPort, ih, ip, testAccount, tokenURL, testScope, testClientID, testSecret, o.extraConfig)
+%s`, popPort, ph, pp, imapPort, ih, ip, testAccount, tokenURL, testScope, testClientID, testSecret, strings.ReplaceAll(o.extraConfig, "{TOKEN}", tokenURL))
 	path := filepath.Join(t.TempDir(), "emailproxy.config")
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)

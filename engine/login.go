@@ -112,14 +112,17 @@ func (u *upstreamConn) authPOP(user, token string) ([]byte, error) {
 // runLogin runs one login and logs its outcome.
 func (s *Server) runLogin(ctx context.Context, l *listener, log zerolog.Logger, act protocol.Action, client string) *loginResult {
 	start := time.Now()
-	up, reply, lerr := s.login(ctx, l, act.Tag, act.Creds, client)
+	res, lerr := s.login(ctx, l, act.Tag, act.Creds, client)
 	ev := log.Info()
 	if lerr != nil {
 		ev = log.Warn().Str("error", lerr.Message)
 	}
+	if lerr != nil {
+		res = &loginResult{user: act.Creds.Username, err: lerr}
+	}
 	ev.Str("proto", string(l.srv.Protocol)).Str("account", act.Creds.Username).Bool("ok", lerr == nil).
-		Dur("took", time.Since(start)).Msg("login")
-	return &loginResult{up: up, reply: reply, user: act.Creds.Username, err: lerr}
+		Bool("reused", res.reused).Dur("took", time.Since(start)).Msg("login")
+	return res
 }
 
 // authSMTP authenticates with XOAUTH2, or OAUTHBEARER when that is all the
@@ -187,19 +190,54 @@ func hasWord(list []string, w string) bool {
 	return false
 }
 
-// login gets a token, opens an upstream connection and authenticates.
-// A token the server refuses is replaced by a fresh one once.
-func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.Credentials, client string) (*upstreamConn, []byte, *auth.LoginError) {
+// login gets a token and an authenticated upstream session: a lingering
+// one of the same account and password if session reuse has one, else a
+// warm or fresh connection authenticated with XOAUTH2 once the mailbox
+// has a free slot. A token the server refuses is replaced by a fresh one
+// once; a warm connection the server has dropped meanwhile is replaced by
+// a fresh dial once.
+func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.Credentials, client string) (*loginResult, *auth.LoginError) {
 	token, err := s.provider.Authorize(ctx, creds.Username, creds.Password, client)
 	if err != nil {
-		return nil, nil, auth.AsLoginError(err)
+		return nil, auth.AsLoginError(err)
 	}
-	for attempt := 0; ; attempt++ {
-		u, err := l.dialer.dial(ctx)
-		if err != nil {
-			return nil, nil, &auth.LoginError{Message: "upstream server unavailable: " + err.Error(), Temporary: true}
+	res := &loginResult{user: creds.Username, mailbox: mailboxKey(l.srv.ServerAddress, creds.Username)}
+	if l.srv.Protocol == config.IMAP {
+		res.reuseKey = s.linger.key(l.srv.Section, creds.Username, creds.Password)
+		if lg := s.linger.take(res.reuseKey); lg != nil {
+			if reply := retag(lg.reply, tag); reply != nil {
+				res.up, res.reply, res.loginReply, res.reused = lg.u, reply, lg.reply, true
+				return res, nil
+			}
+			lg.u.Close()
 		}
-		l.learn(u)
+	}
+	release, err := s.gates.acquire(ctx, res.mailbox)
+	if err != nil {
+		return nil, &auth.LoginError{Message: fmt.Sprintf("too many sessions of mailbox %s are open upstream (limit %d); waited for one to end until the login timed out",
+			creds.Username, s.gates.limit), Temporary: true}
+	}
+	held := true
+	defer func() {
+		if held {
+			release()
+		}
+	}()
+	freshDial := false
+	for attempt := 0; ; attempt++ {
+		var u *upstreamConn
+		pooled := false
+		if freshDial {
+			u, err = l.dialer.dial(ctx)
+			if err == nil {
+				l.learn(u)
+			}
+		} else {
+			u, pooled, err = s.upstreamFor(ctx, l)
+		}
+		if err != nil {
+			return nil, &auth.LoginError{Message: "upstream server unavailable: " + err.Error(), Temporary: true}
+		}
 		if dl, ok := ctx.Deadline(); ok {
 			u.conn.SetDeadline(dl)
 		}
@@ -216,23 +254,34 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 			u.conn.SetDeadline(time.Time{})
 			if !s.provider.Confirm(creds.Username, creds.Password) {
 				u.Close()
-				return nil, nil, &auth.LoginError{Message: fmt.Sprintf("login failed - the password for account %s is incorrect", creds.Username)}
+				return nil, &auth.LoginError{Message: fmt.Sprintf("login failed - the password for account %s is incorrect", creds.Username)}
 			}
-			return u, reply, nil
+			held = false
+			u.release = release
+			res.up, res.reply, res.loginReply = u, reply, reply
+			if !canReuse(l.srv, u, reply) {
+				res.reuseKey = ""
+			}
+			return res, nil
 		}
 		u.Close()
 		var rej *rejectedError
 		if !errors.As(err, &rej) {
-			return nil, nil, &auth.LoginError{Message: "upstream server failed during authentication: " + shortNetErr(err), Temporary: true}
+			if pooled && ctx.Err() == nil {
+				freshDial = true // the server dropped the warm connection: once more, fresh
+				attempt--
+				continue
+			}
+			return nil, &auth.LoginError{Message: "upstream server failed during authentication: " + shortNetErr(err), Temporary: true}
 		}
 		s.provider.Reject(creds.Username, token)
 		if attempt > 0 {
-			return nil, nil, &auth.LoginError{Message: fmt.Sprintf("the server refused the OAuth 2.0 token for account %s: %s", creds.Username, rej.text)}
+			return nil, &auth.LoginError{Message: fmt.Sprintf("the server refused the OAuth 2.0 token for account %s: %s", creds.Username, rej.text)}
 		}
 		s.log.Warn().Str("account", creds.Username).Str("server", l.srv.Section).Str("reply", rej.text).
 			Msg("upstream refused the token; retrying once with a fresh one")
 		if token, err = s.provider.Authorize(ctx, creds.Username, creds.Password, client); err != nil {
-			return nil, nil, auth.AsLoginError(err)
+			return nil, auth.AsLoginError(err)
 		}
 	}
 }

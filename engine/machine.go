@@ -32,18 +32,27 @@ type smtpMachine struct{ *smtp.Machine }
 
 func (m smtpMachine) loginFailed(_, msg string, temp bool) []byte { return m.LoginFailed(msg, temp) }
 
-// newMachine builds the machine for a connection and returns the greeting
-// to send it. offered: STARTTLS/STLS is offered; active: already TLS.
-func (s *Server) newMachine(proto config.Protocol, p *profile, offered, active bool) (clientMachine, []byte) {
+// newMachine builds the machine for a connection. offered: STARTTLS/STLS
+// is offered; active: already TLS.
+func (s *Server) newMachine(proto config.Protocol, p *profile, offered, active bool) clientMachine {
 	switch proto {
 	case config.IMAP:
-		t := imap.TLS{Offered: offered, Active: active}
-		return imapMachine{imap.New(p.imap, t, s.opts.IMAPLimits)}, p.imap.Greeting(t)
+		return imapMachine{imap.New(p.imap, imap.TLS{Offered: offered, Active: active}, s.opts.IMAPLimits)}
 	case config.POP:
-		t := pop3.TLS{Offered: offered, Active: active}
-		return popMachine{pop3.New(p.pop, t, s.opts.POPLimits)}, p.pop.Greeting
+		return popMachine{pop3.New(p.pop, pop3.TLS{Offered: offered, Active: active}, s.opts.POPLimits)}
 	default:
-		t := smtp.TLS{Offered: offered, Active: active, Required: offered}
-		return smtpMachine{smtp.New(p.smtp, t, s.opts.SMTPLimits)}, p.smtpGreeting
+		return smtpMachine{smtp.New(p.smtp, smtp.TLS{Offered: offered, Active: active, Required: offered}, s.opts.SMTPLimits)}
+	}
+}
+
+// greeting is what a new client is sent first (precomputed per profile).
+func greeting(proto config.Protocol, p *profile, offered, active bool) []byte {
+	switch proto {
+	case config.IMAP:
+		return p.imap.Greeting(imap.TLS{Offered: offered, Active: active})
+	case config.POP:
+		return p.pop.Greeting
+	default:
+		return p.smtpGreeting
 	}
 }

@@ -42,6 +42,11 @@ func (p *popClient) status() string {
 	return strings.TrimRight(l, "\r\n")
 }
 
+// send sends a command without reading the answer.
+func (p *popClient) send(format string, args ...any) {
+	fmt.Fprintf(p.c, format+"\r\n", args...)
+}
+
 // cmd sends a command and returns its status line.
 func (p *popClient) cmd(format string, args ...any) string {
 	p.t.Helper()

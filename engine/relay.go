@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
@@ -9,7 +10,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/valyala/bytebufferpool"
 )
 
 // relay joins an authenticated client to its upstream session. After the
@@ -52,6 +52,10 @@ func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, 
 	s.relayMu.Lock()
 	s.relays[r] = struct{}{}
 	s.relayMu.Unlock()
+	if s.linger != nil && res.reuseKey != "" {
+		s.startReuseRelay(client, res, leftover, log, opened, r)
+		return
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -66,25 +70,25 @@ func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, 
 		}()
 		// The upstream's answer to the login, then anything it sent after it
 		// that is already buffered, then the live stream.
-		fromUp = s.pipe(client, res.up.conn, res.reply, res.up.br)
+		fromUp = s.pipe(client, res.up.conn, res.reply, res.up.takeReader())
 		r.close()
 		wg.Wait()
-		s.relayMu.Lock()
-		delete(s.relays, r)
-		s.relayMu.Unlock()
-		log.Info().Str("account", res.user).Int64("bytes_from_client", fromClient).
-			Int64("bytes_to_client", fromUp).Dur("session", time.Since(start)).
-			Dur("duration", time.Since(opened)).Msg("connection closed")
+		s.endRelay(r, log, res.user, fromClient, fromUp, start, opened).Msg("connection closed")
 	}()
+}
+
+// endRelay forgets a finished relay and returns its closing log event.
+func (s *Server) endRelay(r *relay, log zerolog.Logger, user string, fromClient, fromUp int64, start, opened time.Time) *zerolog.Event {
+	s.relayMu.Lock()
+	delete(s.relays, r)
+	s.relayMu.Unlock()
+	return log.Info().Str("account", user).Int64("bytes_from_client", fromClient).
+		Int64("bytes_to_client", fromUp).Dur("session", time.Since(start)).Dur("duration", time.Since(opened))
 }
 
 // pipe writes first, then what br holds buffered, then copies src to dst
 // until either side ends. It returns the bytes written.
-func (s *Server) pipe(dst io.Writer, src io.Reader, first []byte, br interface {
-	Buffered() int
-	Peek(int) ([]byte, error)
-	Discard(int) (int, error)
-}) int64 {
+func (s *Server) pipe(dst io.Writer, src net.Conn, first []byte, br *bufio.Reader) int64 {
 	var total int64
 	if len(first) > 0 {
 		n, err := dst.Write(first)
@@ -93,27 +97,18 @@ func (s *Server) pipe(dst io.Writer, src io.Reader, first []byte, br interface {
 			return total
 		}
 	}
-	if br != nil {
-		if n := br.Buffered(); n > 0 {
-			b, _ := br.Peek(n)
-			w, err := dst.Write(b)
-			total += int64(w)
-			br.Discard(n)
-			if err != nil {
-				return total
-			}
+	if n, err := drain(dst, br); err != nil || n > 0 {
+		total += int64(n)
+		if err != nil {
+			return total
 		}
 	}
-	bb := bytebufferpool.Get()
-	defer bytebufferpool.Put(bb)
-	if cap(bb.B) < s.opts.RelayBuffer {
-		bb.B = make([]byte, s.opts.RelayBuffer)
-	}
-	buf := bb.B[:cap(bb.B)]
+	cr := newChunkReader(src, s.opts.RelayBuffer)
+	defer cr.release()
 	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			w, werr := dst.Write(buf[:n])
+		chunk, rerr := cr.next()
+		if len(chunk) > 0 {
+			w, werr := dst.Write(chunk)
 			total += int64(w)
 			if werr != nil {
 				return total
@@ -126,4 +121,16 @@ func (s *Server) pipe(dst io.Writer, src io.Reader, first []byte, br interface {
 			return total
 		}
 	}
+}
+
+// drain writes what br holds buffered (bytes the server sent right after
+// its login answer) to dst.
+func drain(dst io.Writer, br *bufio.Reader) (int, error) {
+	if br == nil || br.Buffered() == 0 {
+		return 0, nil
+	}
+	b, _ := br.Peek(br.Buffered())
+	n, err := dst.Write(b)
+	br.Discard(len(b))
+	return n, err
 }

@@ -34,9 +34,23 @@ type Options struct {
 	RelayBuffer  int           // bytes per relay direction (default 16 KiB)
 	TCPKeepAlive time.Duration // client and upstream keepalive period (default 60 s)
 	IdleTimeout  time.Duration // a client silent this long before login is disconnected (default 10 min)
-	IMAPLimits   imap.Limits   // default imap.DefaultLimits
-	POPLimits    pop3.Limits   // default pop3.DefaultLimits
-	SMTPLimits   smtp.Limits   // default smtp.DefaultLimits
+	// WarmConnections caps the pre-connected upstream connections kept per
+	// server section (default 16; negative: none).
+	WarmConnections int
+	// WarmMaxAge recycles a warm connection this old, well before servers
+	// drop unauthenticated connections (default 40 s; Exchange: 60 s).
+	WarmMaxAge time.Duration
+	// MailboxLimit caps one mailbox's concurrent authenticated sessions on
+	// one upstream host; logins over it queue (default 16, Exchange
+	// Online's limit; negative: no cap).
+	MailboxLimit int
+	// IMAPSessionReuse keeps an IMAP upstream session this long after its
+	// client's LOGOUT for the next login of the same account and password
+	// (default 0: off).
+	IMAPSessionReuse time.Duration
+	IMAPLimits       imap.Limits // default imap.DefaultLimits
+	POPLimits        pop3.Limits // default pop3.DefaultLimits
+	SMTPLimits       smtp.Limits // default smtp.DefaultLimits
 	// RootCAs verifies upstream certificates; nil means the system roots
 	// (which honour SSL_CERT_FILE).
 	RootCAs *x509.CertPool
@@ -61,6 +75,15 @@ func (o *Options) defaults() {
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 10 * time.Minute
+	}
+	if o.WarmConnections == 0 {
+		o.WarmConnections = 16
+	}
+	if o.WarmMaxAge <= 0 {
+		o.WarmMaxAge = 40 * time.Second
+	}
+	if o.MailboxLimit == 0 {
+		o.MailboxLimit = 16
 	}
 	if o.IMAPLimits == (imap.Limits{}) {
 		o.IMAPLimits = imap.DefaultLimits
@@ -94,7 +117,14 @@ type Server struct {
 
 	gnetStarted bool
 	tlsLns      []net.Listener
-	sessions    sync.Map // *session -> struct{}: gnet clients, for the idle sweep
+	// gnet clients, for the idle sweep: an intrusive list, so that
+	// tracking a connection allocates nothing.
+	sessMu    sync.Mutex
+	sessHead  *session
+	sessCount int
+
+	gates  *mailboxGates
+	linger *lingerStore // nil: IMAP session reuse off
 
 	relayMu sync.Mutex
 	relays  map[*relay]struct{}
@@ -105,6 +135,7 @@ type Server struct {
 type listener struct {
 	srv    *config.Server
 	dialer *dialer
+	pool   *warmPool
 	log    zerolog.Logger
 
 	// Local TLS (nil tlsCfg: plaintext listener on gnet).
@@ -168,12 +199,19 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 		conns:     map[net.Conn]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.gates = newMailboxGates(max(opts.MailboxLimit, 0))
+	if opts.IMAPSessionReuse > 0 {
+		s.linger = newLingerStore(s, opts.IMAPSessionReuse)
+		s.gates.evict = s.linger.evict
+	}
 	for _, srv := range cfg.Servers {
-		s.listeners[srv.LocalPort] = &listener{
+		l := &listener{
 			srv:    srv,
 			dialer: newDialer(srv, opts.RootCAs, opts.DialTimeout),
 			log:    opts.Logger.With().Str("server", srv.Section).Logger(),
 		}
+		l.pool = newWarmPool(s, l, max(opts.WarmConnections, 0), opts.WarmMaxAge)
+		s.listeners[srv.LocalPort] = l
 	}
 	return s
 }
@@ -274,6 +312,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		c.Close()
 	}
 	s.relayMu.Unlock()
+	s.linger.closeAll()
 	s.wg.Wait()
 	return err
 }
@@ -298,7 +337,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	}
 	sess := newSession(s, l, c)
 	c.SetContext(sess)
-	s.sessions.Store(sess, struct{}{})
+	s.addSession(sess)
 	sess.logOpen()
 	prof := l.profileOr(s, func(p *profile) {
 		sess.post(func(ps *pending) {
@@ -348,7 +387,7 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 // OnClose implements gnet.EventHandler.
 func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 	if sess, ok := c.Context().(*session); ok {
-		s.sessions.Delete(sess)
+		s.removeSession(sess)
 		sess.onClose(err)
 	}
 	return gnet.None
@@ -361,16 +400,46 @@ func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	now := time.Now().UnixNano()
 	limit := s.opts.IdleTimeout.Nanoseconds()
-	s.sessions.Range(func(k, _ any) bool {
-		sess := k.(*session)
+	var idle []*session
+	s.sessMu.Lock()
+	for sess := s.sessHead; sess != nil; sess = sess.next {
 		if sess.idleCheck.Load() && now-sess.lastSeen.Load() > limit {
 			sess.idleCheck.Store(false)
-			sess.c.AsyncWrite(idleBye(sess.l.srv.Protocol), nil)
-			sess.c.Close()
+			idle = append(idle, sess)
 		}
-		return true
-	})
+	}
+	s.sessMu.Unlock()
+	for _, sess := range idle {
+		sess.c.AsyncWrite(idleBye(sess.l.srv.Protocol), nil)
+		sess.c.Close()
+	}
 	return min(s.opts.IdleTimeout/4, 10*time.Second), gnet.None
+}
+
+func (s *Server) addSession(sess *session) {
+	s.sessMu.Lock()
+	sess.next = s.sessHead
+	if s.sessHead != nil {
+		s.sessHead.prev = sess
+	}
+	s.sessHead = sess
+	s.sessCount++
+	s.sessMu.Unlock()
+}
+
+func (s *Server) removeSession(sess *session) {
+	s.sessMu.Lock()
+	if sess.prev != nil {
+		sess.prev.next = sess.next
+	} else if s.sessHead == sess {
+		s.sessHead = sess.next
+	}
+	if sess.next != nil {
+		sess.next.prev = sess.prev
+	}
+	sess.prev, sess.next = nil, nil
+	s.sessCount--
+	s.sessMu.Unlock()
 }
 
 // gnetLogger sends gnet's own messages to zerolog.
@@ -381,3 +450,32 @@ func (g gnetLogger) Infof(f string, a ...any)  { g.l.Debug().Msgf("gnet: "+f, a.
 func (g gnetLogger) Warnf(f string, a ...any)  { g.l.Warn().Msgf("gnet: "+f, a...) }
 func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error().Msgf("gnet: "+f, a...) }
 func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error().Msgf("gnet: "+f, a...) }
+
+// Stats is a snapshot of the engine's counters.
+type Stats struct {
+	PreLogin int                  // plaintext clients connected, not yet relayed
+	Relays   int                  // authenticated sessions being relayed
+	Warm     map[string]WarmStats // by server section
+	Reuse    ReuseStats           // IMAP session reuse (zero when off)
+}
+
+// WarmStats describes one section's warm pool.
+type WarmStats struct {
+	Idle, Hits, Misses, Expired, Dialed int
+}
+
+// Stats returns the engine's counters.
+func (s *Server) Stats() Stats {
+	st := Stats{Warm: map[string]WarmStats{}, Reuse: s.linger.snapshot()}
+	s.sessMu.Lock()
+	st.PreLogin = s.sessCount
+	s.sessMu.Unlock()
+	s.relayMu.Lock()
+	st.Relays = len(s.relays)
+	s.relayMu.Unlock()
+	for _, l := range s.listeners {
+		ps, idle := l.pool.snapshot()
+		st.Warm[l.srv.Section] = WarmStats{Idle: idle, Hits: ps.Hits, Misses: ps.Misses, Expired: ps.Expired, Dialed: ps.Dialed}
+	}
+	return st
+}

@@ -35,19 +35,29 @@ type loginResult struct {
 	reply []byte // upstream's answer to relay to the client
 	user  string
 	err   *auth.LoginError
+
+	mailbox    string // mailboxKey of the account on this upstream
+	reuseKey   string // non-empty: the session may be kept after LOGOUT
+	loginReply []byte // the upstream's original login answer (reply may be re-tagged)
+	reused     bool   // the login took a lingering session
 }
 
 // session is one plaintext client connection on the gnet event loop.
 // Everything but mu's fields is touched only on the connection's loop.
+// It is kept small: a fleet's clients spend most of their time connected
+// and silent, so the state machine is built at the first command and the
+// logger only when there is something to log.
 type session struct {
 	srv   *Server
 	l     *listener
 	c     gnet.Conn
-	log   zerolog.Logger
 	phase phase
 	start time.Time
-	m     clientMachine
-	tag   string // IMAP tag of the login in progress
+	prof  *profile      // the upstream's profile, once greeted
+	m     clientMachine // built at the first input after the greeting
+	tag   string        // IMAP tag of the login in progress
+
+	prev, next *session // Server's list of gnet sessions (sessMu)
 
 	// Read by the idle sweep off the loop.
 	lastSeen  atomic.Int64 // UnixNano of the last client input (or open)
@@ -60,8 +70,7 @@ type session struct {
 }
 
 func newSession(s *Server, l *listener, c gnet.Conn) *session {
-	sess := &session{srv: s, l: l, c: c, start: time.Now(),
-		log: l.log.With().Str("client", c.RemoteAddr().String()).Logger()}
+	sess := &session{srv: s, l: l, c: c, start: time.Now()}
 	sess.lastSeen.Store(sess.start.UnixNano())
 	sess.idleCheck.Store(true)
 	return sess
@@ -78,16 +87,22 @@ func idleBye(proto config.Protocol) []byte {
 	return []byte("421 4.4.2 Idle for too long, closing connection\r\n")
 }
 
-func (s *session) logOpen() {
-	s.log.Info().Str("proto", string(s.l.srv.Protocol)).Msg("connection opened")
+// logger is the listener's logger with the client's address.
+func (s *session) logger() zerolog.Logger {
+	return s.l.log.With().Str("client", s.c.RemoteAddr().String()).Logger()
 }
 
-// greet builds the state machine and returns the greeting to send.
+func (s *session) logOpen() {
+	if e := s.l.log.Info(); e.Enabled() {
+		e.Str("client", s.c.RemoteAddr().String()).Str("proto", string(s.l.srv.Protocol)).Msg("connection opened")
+	}
+}
+
+// greet returns the greeting to send; the state machine waits for input.
 func (s *session) greet(p *profile) []byte {
-	m, greeting := s.srv.newMachine(s.l.srv.Protocol, p, false, false)
-	s.m = m
+	s.prof = p
 	s.phase = phPreLogin
-	return greeting
+	return greeting(s.l.srv.Protocol, p, false, false)
 }
 
 // post hands a result to the loop from another goroutine.
@@ -158,6 +173,9 @@ func (s *session) process() gnet.Action {
 		if len(buf) == 0 {
 			return gnet.None
 		}
+		if s.m == nil {
+			s.m = s.srv.newMachine(s.l.srv.Protocol, s.prof, false, false)
+		}
 		n, act := s.m.Next(buf)
 		if n > 0 {
 			s.c.Discard(n) // Discard(0) would drop the whole buffer
@@ -192,7 +210,7 @@ func (s *session) startLogin(act protocol.Action) {
 	go func() {
 		defer s.srv.wg.Done()
 		defer cancel()
-		res := s.srv.runLogin(ctx, s.l, s.log, act, client)
+		res := s.srv.runLogin(ctx, s.l, s.logger(), act, client)
 		if !s.post(func(p *pending) { p.login = res }) && res.up != nil {
 			s.mu.Lock()
 			// onClose may have run: whoever sees the result closes it.
@@ -230,18 +248,20 @@ func (s *session) finishLogin(res *loginResult) (gnet.Action, bool) {
 	}
 	fd, err := s.c.Dup()
 	if err != nil {
-		s.log.Error().Err(err).Msg("cannot hand the connection to the relay")
+		log := s.logger()
+		log.Error().Err(err).Msg("cannot hand the connection to the relay")
 		res.up.Close()
 		return gnet.Close, true
 	}
 	s.phase = phRelay
 	client, err := fileConn(fd, s.srv.opts.TCPKeepAlive)
 	if err != nil {
-		s.log.Error().Err(err).Msg("cannot hand the connection to the relay")
+		log := s.logger()
+		log.Error().Err(err).Msg("cannot hand the connection to the relay")
 		res.up.Close()
 		return gnet.Close, true
 	}
-	s.srv.startRelay(client, res, leftover, s.log, s.start)
+	s.srv.startRelay(client, res, leftover, s.logger(), s.start)
 	return gnet.Close, true
 }
 
@@ -261,7 +281,8 @@ func (s *session) onClose(err error) {
 	if s.phase == phRelay {
 		return // the relay logs the end of the session
 	}
-	ev := s.log.Info()
+	log := s.logger()
+	ev := log.Info()
 	if err != nil {
 		ev = ev.Str("error", err.Error())
 	}

@@ -150,8 +150,8 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 		reason = "upstream unavailable"
 		return
 	}
-	m, greeting := s.newMachine(l.srv.Protocol, prof, l.startTLS, active)
-	if _, err := c.Write(greeting); err != nil {
+	m := s.newMachine(l.srv.Protocol, prof, l.startTLS, active)
+	if _, err := c.Write(greeting(l.srv.Protocol, prof, l.startTLS, active)); err != nil {
 		return
 	}
 	buf := make([]byte, 0, 1024)

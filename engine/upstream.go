@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emailproxy/emailproxy/config"
@@ -30,9 +31,31 @@ type upstreamConn struct {
 	// greeting and caps as the server sent them.
 	greeting []byte
 	caps     []string
+	// release gives back the mailbox slot an authenticated session holds.
+	release   func()
+	closeOnce sync.Once
 }
 
-func (u *upstreamConn) Close() error { return u.conn.Close() }
+// takeReader hands over the login's buffered reader: the relay drains
+// it once and then reads the TLS connection directly, so an idle
+// session does not keep the reader's buffer.
+func (u *upstreamConn) takeReader() *bufio.Reader {
+	br := u.br
+	u.br = nil
+	return br
+}
+
+// Close closes the connection and gives back its mailbox slot.
+func (u *upstreamConn) Close() error {
+	var err error
+	u.closeOnce.Do(func() {
+		err = u.conn.Close()
+		if u.release != nil {
+			u.release()
+		}
+	})
+	return err
+}
 
 // dialer opens upstream connections for one server section.
 type dialer struct {

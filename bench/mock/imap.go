@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"sync"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -18,7 +19,15 @@ import (
 // and then becomes the mailbox's in-memory session.
 type imapSession struct {
 	*imapmemserver.UserSession
-	up *Upstream
+	up         *Upstream
+	endSession func()
+}
+
+func (s *imapSession) Close() error {
+	if s.endSession != nil {
+		s.endSession()
+	}
+	return s.UserSession.Close()
 }
 
 var errLoginDisabled = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodePrivacyRequired,
@@ -32,8 +41,9 @@ func (s *imapSession) Authenticate(mech string) (sasl.Server, error) {
 	if mech != "XOAUTH2" {
 		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Text: "unsupported mechanism"}
 	}
-	return &xoauth2Server{up: s.up, onSuccess: func(u *imapmemserver.User) {
+	return &xoauth2Server{up: s.up, onSuccess: func(u *imapmemserver.User, end func()) {
 		s.UserSession = imapmemserver.NewUserSession(u)
+		s.endSession = end
 	}}, nil
 }
 
@@ -42,7 +52,7 @@ func (s *imapSession) Authenticate(mech string) (sasl.Server, error) {
 type xoauth2Server struct {
 	up        *Upstream
 	failed    bool
-	onSuccess func(*imapmemserver.User)
+	onSuccess func(*imapmemserver.User, func())
 }
 
 func (x *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
@@ -57,10 +67,15 @@ func (x *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
 		x.failed = true
 		return errorChallenge(), false, nil
 	}
+	end, ok := x.up.openSession("imap", user)
+	if !ok {
+		return nil, false, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit,
+			Text: "Too many sessions of this mailbox are open."}
+	}
 	x.up.mu.Lock()
 	u := x.up.imapUsers[user]
 	x.up.mu.Unlock()
-	x.onSuccess(u)
+	x.onSuccess(u, end)
 	return nil, true, nil
 }
 
@@ -87,6 +102,44 @@ func (up *Upstream) checkXOAUTH2(raw []byte) (string, error) {
 	up.logins++
 	up.mu.Unlock()
 	return user, nil
+}
+
+// openSession counts an authenticated session of user over proto against
+// the per-mailbox cap; end, called once, gives the slot back.
+func (up *Upstream) openSession(proto, user string) (end func(), ok bool) {
+	key := proto + "\x00" + user
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if up.opts.MailboxLimit > 0 && up.sessions[key] >= up.opts.MailboxLimit {
+		up.limitRefusals++
+		return nil, false
+	}
+	up.sessions[key]++
+	up.peak[key] = max(up.peak[key], up.sessions[key])
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			up.mu.Lock()
+			up.sessions[key]--
+			up.mu.Unlock()
+		})
+	}, true
+}
+
+// Sessions reports the authenticated sessions of user over proto ("imap"
+// or "pop3") open now and the most ever open at once.
+func (up *Upstream) Sessions(proto, user string) (now, peak int) {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	key := proto + "\x00" + user
+	return up.sessions[key], up.peak[key]
+}
+
+// LimitRefusals counts logins refused by the per-mailbox cap.
+func (up *Upstream) LimitRefusals() int {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	return up.limitRefusals
 }
 
 // literal adapts a byte slice to imap.LiteralReader for seeding.

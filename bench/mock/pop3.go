@@ -95,6 +95,12 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 					say("-ERR [AUTH] Authentication failure")
 					continue
 				}
+				endSession, ok := up.openSession("pop3", u)
+				if !ok {
+					say("-ERR [IN-USE] Too many sessions of this mailbox are open.")
+					continue
+				}
+				defer endSession()
 				user = u
 				up.mu.Lock()
 				msgs = append([]Message(nil), up.mailboxes[u]...)

@@ -35,6 +35,9 @@ type Options struct {
 	// answer to a request, on every protocol, TLS handshake included) waits
 	// this long; the greeting waits half of it (0: none).
 	RTT time.Duration
+	// MailboxLimit refuses a mailbox's authenticated IMAP or POP3 session
+	// beyond this many open at once, like Exchange Online's 16 (0: none).
+	MailboxLimit int
 }
 
 // Upstream is a running mock provider on 127.0.0.1: a token endpoint
@@ -72,6 +75,10 @@ type Upstream struct {
 	smtpMsgs     []SMTPMessage
 	conns        map[net.Conn]struct{}
 	closed       bool
+
+	sessions      map[string]int // proto + user -> open authenticated sessions
+	peak          map[string]int
+	limitRefusals int
 }
 
 // Start runs a mock provider on 127.0.0.1 with fresh ports.
@@ -93,6 +100,8 @@ func Start(opts Options) (*Upstream, error) {
 		mailboxes: map[string][]Message{},
 		imapUsers: map[string]*imapmemserver.User{},
 		conns:     map[net.Conn]struct{}{},
+		sessions:  map[string]int{},
+		peak:      map[string]int{},
 	}
 	for addr, msgs := range opts.Mailboxes {
 		up.mailboxes[addr] = append([]Message(nil), msgs...)
@@ -195,14 +204,8 @@ func (up *Upstream) Close() error {
 	up.Authority.Release()
 	up.mu.Lock()
 	up.closed = true
-	conns := make([]net.Conn, 0, len(up.conns))
-	for c := range up.conns {
-		conns = append(conns, c)
-	}
 	up.mu.Unlock()
-	for _, c := range conns { // outside the lock: Close takes it too
-		c.Close()
-	}
+	up.DropConnections()
 	if up.httpSrv != nil {
 		up.httpSrv.Close()
 	}
@@ -221,6 +224,20 @@ func (up *Upstream) Close() error {
 	}
 	up.wg.Wait()
 	return nil
+}
+
+// DropConnections closes every connection the servers hold, as a
+// provider restart or a network fault would.
+func (up *Upstream) DropConnections() {
+	up.mu.Lock()
+	conns := make([]net.Conn, 0, len(up.conns))
+	for c := range up.conns {
+		conns = append(conns, c)
+	}
+	up.mu.Unlock()
+	for _, c := range conns { // outside the lock: Close takes it too
+		c.Close()
+	}
 }
 
 // XOAUTH2Received lists every decoded XOAUTH2 response the servers got.

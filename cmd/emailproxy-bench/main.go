@@ -1,11 +1,21 @@
-// Command emailproxy-bench is the bench harness. Its first part is the mock
-// provider as a process of its own, which any proxy (ours, emailproxy.py,
-// another) can be pointed at:
+// Command emailproxy-bench is the bench harness.
+//
+//	emailproxy-bench run [flags]
+//
+// starts a mock provider (TLS IMAP, POP3, SMTP and a token endpoint, with
+// a simulated round-trip time), starts the proxy under test as a separate
+// process, runs fleets of polling clients against the provider directly
+// and through the proxy, and reports both side by side.
 //
 //	emailproxy-bench upstream --rtt 20ms --token-delay 150ms --config-out bench.config --ca-out bench-ca.pem
 //
-// then run the proxy with SSL_CERT_FILE=bench-ca.pem and --config-file bench.config.
-// (The load generator and the report are still to come.)
+// runs only the mock provider, for pointing any proxy at it by hand (with
+// SSL_CERT_FILE=bench-ca.pem and --config-file bench.config).
+//
+//	emailproxy-bench proxy [emailproxy flags]
+//
+// is the emailproxy command itself; `run` starts it this way by default so
+// that the harness always measures the proxy built with it.
 package main
 
 import (
@@ -21,6 +31,7 @@ import (
 	"time"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/cmd/internal/cli"
 )
 
 func main() {
@@ -28,11 +39,61 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
-	if len(args) == 0 || args[0] != "upstream" {
-		fmt.Fprintln(stderr, "usage: emailproxy-bench upstream [flags]   (run with -h for the flags)")
-		return 2
+	if len(args) > 0 {
+		switch args[0] {
+		case "run":
+			return runBench(args[1:], stdout, stderr)
+		case "upstream":
+			return upstream(args[1:], stdout, stderr, stop)
+		case "proxy":
+			return cli.Run(args[1:], stdout, stderr, stop)
+		}
 	}
-	return upstream(args[1:], stdout, stderr, stop)
+	fmt.Fprintln(stderr, "usage: emailproxy-bench run|upstream|proxy [flags]   (-h after a subcommand lists its flags)")
+	return 2
+}
+
+// mockFlags shape the mock provider.
+type mockFlags struct {
+	rtt, tokenDelay, tokenLifetime         time.Duration
+	mailboxes, messages, bigSize, bigBoxes int
+	mailboxLimit                           int
+}
+
+func (m *mockFlags) register(fs *flag.FlagSet, mailboxes int) {
+	fs.DurationVar(&m.rtt, "rtt", 20*time.Millisecond, "simulated round-trip time of every exchange with the mail servers")
+	fs.DurationVar(&m.tokenDelay, "token-delay", 150*time.Millisecond, "delay of every token endpoint answer")
+	fs.DurationVar(&m.tokenLifetime, "token-lifetime", time.Hour, "lifetime of issued access tokens")
+	fs.IntVar(&m.mailboxes, "mailboxes", mailboxes, "number of mailboxes (accounts), box001@bench.example ...")
+	fs.IntVar(&m.messages, "messages", 5, "small messages per mailbox")
+	fs.IntVar(&m.bigSize, "big-size", 10<<20, "size of the large message, in bytes (0: none)")
+	fs.IntVar(&m.bigBoxes, "big-mailboxes", 4, "how many mailboxes (the first ones) hold the large message")
+	fs.IntVar(&m.mailboxLimit, "mailbox-limit", 16, "the provider refuses a mailbox's IMAP or POP3 sessions beyond this many at once, like Exchange Online (0: no limit)")
+}
+
+// start runs the mock provider.
+func (m *mockFlags) start() (*mock.Upstream, error) {
+	boxes := map[string][]mock.Message{}
+	big := bigMessage(m.bigSize)
+	for i := 1; i <= m.mailboxes; i++ {
+		var msgs []mock.Message
+		for j := 1; j <= m.messages; j++ {
+			msgs = append(msgs, mock.Message{UID: fmt.Sprintf("m%d", j),
+				Body: []byte(fmt.Sprintf("Subject: message %d\r\n\r\nHello %d.\r\n", j, j))})
+		}
+		if big != nil && i <= m.bigBoxes {
+			msgs = append(msgs, mock.Message{UID: "big", Body: big})
+		}
+		boxes[fmt.Sprintf("box%03d@bench.example", i)] = msgs
+	}
+	up, err := mock.Start(mock.Options{ClientID: benchClientID, ClientSecret: benchSecret, Scope: benchScope,
+		Mailboxes: boxes, RTT: m.rtt, MailboxLimit: m.mailboxLimit})
+	if err != nil {
+		return nil, err
+	}
+	up.Authority.SetDelay(m.tokenDelay)
+	up.Authority.Lifetime = m.tokenLifetime
+	return up, nil
 }
 
 const (
@@ -44,50 +105,31 @@ const (
 func upstream(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	fs := flag.NewFlagSet("emailproxy-bench upstream", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	rtt := fs.Duration("rtt", 20*time.Millisecond, "simulated round-trip time of every exchange with the mail servers")
-	tokenDelay := fs.Duration("token-delay", 150*time.Millisecond, "delay of every token endpoint answer")
-	tokenLifetime := fs.Duration("token-lifetime", time.Hour, "lifetime of issued access tokens")
-	mailboxes := fs.Int("mailboxes", 10, "number of mailboxes, box001@bench.example ...")
-	messages := fs.Int("messages", 5, "small messages per mailbox")
-	bigSize := fs.Int("big-size", 10<<20, "size of the one large message per mailbox, in bytes (0: none)")
+	var mf mockFlags
+	mf.register(fs, 10)
 	configOut := fs.String("config-out", "bench.config", "write an emailproxy.config for this provider here")
 	caOut := fs.String("ca-out", "bench-ca.pem", "write the provider's CA certificate here (use it as SSL_CERT_FILE)")
 	proxyPort := fs.Int("proxy-port-base", 19930, "local ports of the generated config: base (IMAP), +1 (POP3), +2 (SMTP)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	boxes := map[string][]mock.Message{}
-	big := bigMessage(*bigSize)
-	for i := 1; i <= *mailboxes; i++ {
-		var msgs []mock.Message
-		for j := 1; j <= *messages; j++ {
-			msgs = append(msgs, mock.Message{UID: fmt.Sprintf("m%d", j),
-				Body: []byte(fmt.Sprintf("Subject: message %d\r\n\r\nHello %d.\r\n", j, j))})
-		}
-		if big != nil {
-			msgs = append(msgs, mock.Message{UID: "big", Body: big})
-		}
-		boxes[fmt.Sprintf("box%03d@bench.example", i)] = msgs
-	}
-	up, err := mock.Start(mock.Options{ClientID: benchClientID, ClientSecret: benchSecret, Scope: benchScope, Mailboxes: boxes, RTT: *rtt})
+	up, err := mf.start()
 	if err != nil {
 		fmt.Fprintln(stderr, "emailproxy-bench:", err)
 		return 1
 	}
 	defer up.Close()
-	up.Authority.SetDelay(*tokenDelay)
-	up.Authority.Lifetime = *tokenLifetime
 	if err := os.WriteFile(*caOut, up.CA.PEM, 0o644); err != nil {
 		fmt.Fprintln(stderr, "emailproxy-bench:", err)
 		return 1
 	}
-	if err := os.WriteFile(*configOut, benchConfig(up, *mailboxes, *proxyPort), 0o600); err != nil {
+	if err := os.WriteFile(*configOut, benchConfig(up, mf.mailboxes, [3]int{*proxyPort, *proxyPort + 1, *proxyPort + 2}), 0o600); err != nil {
 		fmt.Fprintln(stderr, "emailproxy-bench:", err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "mock provider: token %s, IMAP %s, POP3 %s, SMTP %s (TLS; RTT %v, token delay %v)\n"+
 		"config: %s   CA: %s\nrun a proxy with: SSL_CERT_FILE=%s emailproxy --no-gui --config-file %s\n",
-		up.TokenURL, up.IMAPAddr, up.POPAddr, up.SMTPAddr, *rtt, *tokenDelay, *configOut, *caOut, *caOut, *configOut)
+		up.TokenURL, up.IMAPAddr, up.POPAddr, up.SMTPAddr, mf.rtt, mf.tokenDelay, *configOut, *caOut, *caOut, *configOut)
 	if stop == nil {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -100,16 +142,17 @@ func upstream(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int
 }
 
 // benchConfig is an emailproxy.config in the issue's Exchange Online
-// client_credentials shape, one account per mailbox.
-func benchConfig(up *mock.Upstream, mailboxes, port int) []byte {
+// client_credentials shape, one account per mailbox, with local ports
+// for IMAP, POP3 and SMTP.
+func benchConfig(up *mock.Upstream, mailboxes int, ports [3]int) []byte {
 	var b bytes.Buffer
 	section := func(kind string, p int, addr string) {
 		_, up, _ := net.SplitHostPort(addr)
 		fmt.Fprintf(&b, "[%s-%d]\nserver_address = localhost\nserver_port = %s\nlocal_address = 127.0.0.1\n\n", kind, p, up)
 	}
-	section("IMAP", port, up.IMAPAddr)
-	section("POP", port+1, up.POPAddr)
-	section("SMTP", port+2, up.SMTPAddr)
+	section("IMAP", ports[0], up.IMAPAddr)
+	section("POP", ports[1], up.POPAddr)
+	section("SMTP", ports[2], up.SMTPAddr)
 	for i := 1; i <= mailboxes; i++ {
 		fmt.Fprintf(&b, "[box%03d@bench.example]\ntoken_url = %s\noauth2_scope = %s\noauth2_flow = client_credentials\nclient_id = %s\nclient_secret = %s\n\n",
 			i, up.TokenURL, benchScope, benchClientID, benchSecret)

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"errors"
@@ -28,6 +28,9 @@ type flags struct {
 	eventLoops, maxLine, maxErrors, relayBuffer int
 	loginTimeout, dialTimeout, tokenTimeout     time.Duration
 	refreshMargin, idleTimeout                  time.Duration
+	warmConns, mailboxLimit                     int
+	warmMaxAge, imapReuse                       time.Duration
+	statsAddr                                   string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -53,6 +56,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 10*time.Minute, "disconnect a client that sends nothing for this long before logging in")
 	fs.DurationVar(&f.tokenTimeout, "token-timeout", 15*time.Second, "longest time one token request may take")
 	fs.DurationVar(&f.refreshMargin, "token-refresh-margin", 600*time.Second, "refresh access tokens this long before they expire")
+	fs.IntVar(&f.warmConns, "warm-connections", 16, "most upstream connections kept connected ahead of logins, per server section (0: none)")
+	fs.DurationVar(&f.warmMaxAge, "warm-max-age", 40*time.Second, "replace a warm upstream connection this old (servers drop idle unauthenticated ones: Exchange after 60s)")
+	fs.IntVar(&f.mailboxLimit, "mailbox-limit", 16, "most concurrent upstream sessions per mailbox and server; logins over it wait in line (0: no limit)")
+	fs.DurationVar(&f.imapReuse, "imap-session-reuse", 0, "keep an IMAP upstream session this long after the client's LOGOUT, for the next login of the same account and password (0: off)")
+	fs.StringVar(&f.statsAddr, "stats-addr", "", "serve runtime and proxy statistics as JSON on http://ADDR/debug/vars (e.g. 127.0.0.1:9090; off by default)")
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprintf(w, "Usage: emailproxy [flags]\n\nAn OAuth 2.0 + TLS proxy for IMAP4, POP3 and SMTP clients that only speak plaintext and passwords.\n\nFlags:\n")
@@ -79,6 +87,12 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		fmt.Fprintf(stderr, "emailproxy: unexpected argument %q\n", fs.Arg(0))
 		fs.Usage()
 		return nil, errors.New("unexpected argument")
+	}
+	for name, v := range map[string]int{"warm-connections": f.warmConns, "mailbox-limit": f.mailboxLimit} {
+		if v < 0 {
+			fmt.Fprintf(stderr, "emailproxy: --%s must not be negative\n", name)
+			return nil, errors.New("negative flag")
+		}
 	}
 	if f.logFormat != "console" && f.logFormat != "json" {
 		fmt.Fprintf(stderr, "emailproxy: --log-format must be console or json\n")

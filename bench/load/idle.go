@@ -1,0 +1,105 @@
+package load
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/emailproxy/emailproxy/config"
+)
+
+// Held is a set of connections kept open to measure what each costs.
+type Held struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+// Len is how many connections are held.
+func (h *Held) Len() int { h.mu.Lock(); defer h.mu.Unlock(); return len(h.conns) }
+
+// Close closes them all.
+func (h *Held) Close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.conns {
+		c.Close()
+	}
+	h.conns = nil
+}
+
+func (h *Held) add(c net.Conn) { h.mu.Lock(); h.conns = append(h.conns, c); h.mu.Unlock() }
+
+// HoldPreLogin opens n IMAP connections to the proxy and leaves each
+// greeted and silent, as a fleet of clients between polls would.
+func (t *Target) HoldPreLogin(ctx context.Context, n int, prog *Progress) (*Held, error) {
+	return t.hold(ctx, n, prog, func(ctx context.Context, _ Account) (net.Conn, error) {
+		w, err := t.open(ctx, Proxy, config.IMAP)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := w.line(); err != nil {
+			w.c.Close()
+			return nil, err
+		}
+		return w.c, nil
+	})
+}
+
+// HoldIdling opens n IMAP sessions in mode, each logged in, with INBOX
+// selected and in IDLE (RFC 2177): a push client's steady state.
+func (t *Target) HoldIdling(ctx context.Context, mode Mode, n int, prog *Progress) (*Held, error) {
+	return t.hold(ctx, n, prog, func(ctx context.Context, a Account) (net.Conn, error) {
+		w, err := t.imapLogin(ctx, mode, a)
+		if err != nil {
+			return nil, err
+		}
+		if _, _, err := w.imapDo("s", "SELECT INBOX"); err != nil {
+			w.c.Close()
+			return nil, err
+		}
+		if err := w.send("i IDLE\r\n"); err != nil {
+			w.c.Close()
+			return nil, err
+		}
+		if l, err := w.line(); err != nil || len(l) == 0 || l[0] != '+' {
+			w.c.Close()
+			return nil, fmt.Errorf("IDLE: %q %v", l, err)
+		}
+		return w.c, nil
+	})
+}
+
+// hold opens n connections, 64 at a time; account i%len for the i-th.
+func (t *Target) hold(ctx context.Context, n int, prog *Progress, open func(context.Context, Account) (net.Conn, error)) (*Held, error) {
+	h := &Held{}
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		a := t.Accounts[i%len(t.Accounts)]
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := open(ctx, a)
+			if err != nil {
+				prog.Errors.Add(1)
+				mu.Lock()
+				if len(errs) < 5 {
+					errs = append(errs, err)
+				}
+				mu.Unlock()
+				return
+			}
+			c.SetDeadline(timeZero)
+			h.add(c)
+			prog.Cycles.Add(1)
+		}()
+	}
+	wg.Wait()
+	return h, errors.Join(errs...)
+}

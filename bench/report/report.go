@@ -1,0 +1,265 @@
+// Package report turns load phases into the bench harness's results: a
+// table for the terminal, JSON for machines and an HTML page with plots
+// for people.
+package report
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/emailproxy/emailproxy/bench/load"
+)
+
+// Report is one harness run.
+type Report struct {
+	Started  time.Time         `json:"started"`
+	Machine  Machine           `json:"machine"`
+	Settings map[string]string `json:"settings"`
+	Results  []Result          `json:"results"`
+	Idle     *Idle             `json:"idle,omitempty"`
+	// ProxyMemory is the proxy's RSS over the whole run.
+	ProxyMemory []Point `json:"proxy_memory,omitempty"`
+	Marks       []Mark  `json:"marks,omitempty"` // phase starts on ProxyMemory's time axis
+}
+
+// Machine says where the figures come from.
+type Machine struct {
+	CPU    string `json:"cpu"`
+	Cores  int    `json:"cores"`
+	Go     string `json:"go"`
+	Kernel string `json:"kernel"`
+}
+
+// Point is one (x, y) of a plot.
+type Point struct {
+	X float64 `json:"x"`
+	Y float64 `json:"y"`
+}
+
+// Mark labels a time on the memory plot.
+type Mark struct {
+	At    float64 `json:"at_s"`
+	Label string  `json:"label"`
+}
+
+// Result is one scenario, direct and through the proxy.
+type Result struct {
+	Scenario string `json:"scenario"`
+	Direct   *Mode  `json:"direct,omitempty"`
+	Proxy    *Mode  `json:"proxy,omitempty"`
+	// Ratios are proxy / direct: below 1 the proxy is faster (latency)
+	// or slower (rates).
+	CycleP50Ratio   float64 `json:"cycle_p50_ratio,omitempty"`
+	LoginP50Ratio   float64 `json:"login_p50_ratio,omitempty"`
+	ThroughputRatio float64 `json:"throughput_ratio,omitempty"` // MB/s, bulk scenarios
+}
+
+// Mode is one phase's figures.
+type Mode struct {
+	Cycles       int      `json:"cycles"`
+	Errors       int      `json:"errors"`
+	ErrorSamples []string `json:"error_samples,omitempty"`
+	Seconds      float64  `json:"seconds"`
+	SessionsPerS float64  `json:"sessions_per_s"`
+	Login        Pct      `json:"login_ms"`
+	Cycle        Pct      `json:"cycle_ms"`
+	MBPerS       float64  `json:"mb_per_s"`
+	// Measured on the proxy process (proxy mode only).
+	ProxyCPUPerSessionUs float64 `json:"proxy_cpu_per_session_us,omitempty"`
+	ProxyCPUPercent      float64 `json:"proxy_cpu_percent,omitempty"`
+	ProxyRSSPeakMB       float64 `json:"proxy_rss_peak_mb,omitempty"`
+	UpstreamLogins       int     `json:"upstream_logins"`
+	TokenRequests        int     `json:"token_requests"`
+	// For the plots.
+	CDF        []Point `json:"cycle_cdf,omitempty"`  // cycle ms -> fraction
+	Throughput []Point `json:"throughput,omitempty"` // s -> cycles/s
+}
+
+// Pct holds percentiles in milliseconds.
+type Pct struct {
+	P50 float64 `json:"p50"`
+	P90 float64 `json:"p90"`
+	P99 float64 `json:"p99"`
+}
+
+// Idle is the memory the proxy spends per held connection.
+type Idle struct {
+	PreLogin      int      `json:"pre_login_connections"`
+	PreLoginRSSKB float64  `json:"pre_login_rss_kb_each"`
+	PreLoginGoKB  float64  `json:"pre_login_go_kb_each"` // heap + stacks, after GC; -1 unknown
+	Sessions      int      `json:"authenticated_sessions"`
+	SessionRSSKB  float64  `json:"session_rss_kb_each"`
+	SessionGoKB   float64  `json:"session_go_kb_each"`
+	Errors        int      `json:"errors"`
+	ErrorSamples  []string `json:"error_samples,omitempty"`
+}
+
+// Summarize computes a phase's figures.
+func Summarize(ph *load.Phase) *Mode {
+	m := &Mode{Cycles: len(ph.Samples), Errors: ph.Errors, ErrorSamples: ph.ErrorMsg, Seconds: ph.Elapsed.Seconds()}
+	if m.Seconds > 0 {
+		m.SessionsPerS = float64(m.Cycles) / m.Seconds
+	}
+	logins := make([]float64, 0, len(ph.Samples))
+	cycles := make([]float64, 0, len(ph.Samples))
+	var bytes int64
+	for _, s := range ph.Samples {
+		logins = append(logins, ms(s.Login))
+		cycles = append(cycles, ms(s.Cycle))
+		bytes += s.Bytes
+	}
+	m.Login, m.Cycle = percentiles(logins), percentiles(cycles)
+	if m.Seconds > 0 {
+		m.MBPerS = round(float64(bytes) / (1 << 20) / m.Seconds) // all clients together
+	}
+	m.CDF = cdf(cycles, 100)
+	m.Throughput = throughput(ph)
+	return m
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func percentiles(v []float64) Pct {
+	if len(v) == 0 {
+		return Pct{}
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	at := func(q float64) float64 {
+		i := int(math.Ceil(q*float64(len(s)))) - 1
+		return s[max(0, min(i, len(s)-1))]
+	}
+	return Pct{P50: round(at(0.50)), P90: round(at(0.90)), P99: round(at(0.99))}
+}
+
+func round(x float64) float64 { return math.Round(x*100) / 100 }
+
+// cdf samples the distribution of v at n points.
+func cdf(v []float64, n int) []Point {
+	if len(v) == 0 {
+		return nil
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	var out []Point
+	for i := 0; i <= n; i++ {
+		k := min(i*(len(s)-1)/n, len(s)-1)
+		out = append(out, Point{X: round(s[k]), Y: float64(k+1) / float64(len(s))})
+	}
+	return out
+}
+
+// throughput is completed cycles per second, per second of the phase.
+func throughput(ph *load.Phase) []Point {
+	secs := int(math.Ceil(ph.Elapsed.Seconds()))
+	if secs == 0 {
+		return nil
+	}
+	counts := make([]float64, secs)
+	for _, s := range ph.Samples {
+		i := int((s.At + s.Cycle).Seconds())
+		if i >= 0 && i < secs {
+			counts[i]++
+		}
+	}
+	out := make([]Point, secs)
+	for i, c := range counts {
+		out[i] = Point{X: float64(i), Y: c}
+	}
+	return out
+}
+
+// Compare fills r's ratios from its two modes.
+func (r *Result) Compare() {
+	if r.Direct == nil || r.Proxy == nil {
+		return
+	}
+	ratio := func(p, d float64) float64 {
+		if d == 0 {
+			return 0
+		}
+		return round(p / d)
+	}
+	r.CycleP50Ratio = ratio(r.Proxy.Cycle.P50, r.Direct.Cycle.P50)
+	r.LoginP50Ratio = ratio(r.Proxy.Login.P50, r.Direct.Login.P50)
+	if r.Direct.MBPerS > 0 && strings.HasPrefix(r.Scenario, "bulk") {
+		r.ThroughputRatio = ratio(r.Proxy.MBPerS, r.Direct.MBPerS)
+	}
+}
+
+// WriteTable prints the results for a terminal.
+func (rep *Report) WriteTable(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tmode\tcycles\terrors\tsess/s\tlogin p50\tp90\tp99\tcycle p50\tp90\tp99\tMB/s\tproxy CPU/sess\tproxy RSS\tup logins\ttoken reqs\t")
+	for _, r := range rep.Results {
+		for _, m := range []struct {
+			name string
+			m    *Mode
+		}{{"direct", r.Direct}, {"proxy", r.Proxy}} {
+			if m.m == nil {
+				continue
+			}
+			x := m.m
+			cpu, rss := "", ""
+			if x.ProxyCPUPerSessionUs > 0 {
+				cpu = fmt.Sprintf("%.0f µs", x.ProxyCPUPerSessionUs)
+			}
+			if x.ProxyRSSPeakMB > 0 {
+				rss = fmt.Sprintf("%.1f MB", x.ProxyRSSPeakMB)
+			}
+			mbs := ""
+			if x.MBPerS > 0 {
+				mbs = fmt.Sprintf("%.1f", x.MBPerS)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.1f ms\t%.1f\t%.1f\t%.1f ms\t%.1f\t%.1f\t%s\t%s\t%s\t%d\t%d\t\n",
+				r.Scenario, m.name, x.Cycles, x.Errors, x.SessionsPerS, x.Login.P50, x.Login.P90, x.Login.P99,
+				x.Cycle.P50, x.Cycle.P90, x.Cycle.P99, mbs, cpu, rss, x.UpstreamLogins, x.TokenRequests)
+		}
+	}
+	tw.Flush()
+	var ratios []string
+	for _, r := range rep.Results {
+		if r.CycleP50Ratio == 0 {
+			continue
+		}
+		s := fmt.Sprintf("%s: cycle p50 %.2f×, login p50 %.2f×", r.Scenario, r.CycleP50Ratio, r.LoginP50Ratio)
+		if r.ThroughputRatio > 0 {
+			s += fmt.Sprintf(", MB/s %.2f×", r.ThroughputRatio)
+		}
+		ratios = append(ratios, s)
+	}
+	if len(ratios) > 0 {
+		fmt.Fprintln(w, "\nproxy / direct:")
+		for _, s := range ratios {
+			fmt.Fprintln(w, "  "+s)
+		}
+	}
+	if i := rep.Idle; i != nil {
+		fmt.Fprintln(w, "\nidle connections held by the proxy:")
+		fmt.Fprintf(w, "  %d pre-login clients: %.2f KB RSS each, %s Go heap+stack each\n", i.PreLogin, i.PreLoginRSSKB, kb(i.PreLoginGoKB))
+		fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS): %.2f KB RSS each, %s Go heap+stack each\n",
+			i.Sessions, i.SessionRSSKB, kb(i.SessionGoKB))
+		if i.Errors > 0 {
+			fmt.Fprintf(w, "  %d errors: %s\n", i.Errors, strings.Join(i.ErrorSamples, "; "))
+		}
+	}
+	for _, r := range rep.Results {
+		for _, m := range []*Mode{r.Direct, r.Proxy} {
+			if m != nil && len(m.ErrorSamples) > 0 {
+				fmt.Fprintf(w, "\n%s errors: %s\n", r.Scenario, strings.Join(m.ErrorSamples, "; "))
+			}
+		}
+	}
+}
+
+func kb(v float64) string {
+	if v < 0 {
+		return "(unknown)"
+	}
+	return fmt.Sprintf("%.2f KB", v)
+}

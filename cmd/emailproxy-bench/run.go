@@ -1,0 +1,554 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/mattn/go-isatty"
+
+	"github.com/emailproxy/emailproxy/bench/load"
+	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/bench/report"
+	"github.com/emailproxy/emailproxy/config"
+)
+
+type runFlags struct {
+	mock                          mockFlags
+	scenarios, modes              string
+	load                          load.Load
+	idleClients, idleSessions     int
+	proxyCmd, proxyAddr, proxyArg string
+	proxyPid                      int
+	jsonOut, htmlOut              string
+	keep                          bool
+}
+
+func runBench(args []string, stdout, stderr io.Writer) int {
+	var f runFlags
+	fs := flag.NewFlagSet("emailproxy-bench run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f.mock.register(fs, 20)
+	fs.StringVar(&f.scenarios, "scenarios", "all", "comma-separated: pop3, imap, smtp, bulk-pop3, bulk-imap, idle (or all)")
+	fs.StringVar(&f.modes, "modes", "direct,proxy", "direct, proxy or both: direct clients do TLS and XOAUTH2 themselves")
+	fs.IntVar(&f.load.Concurrency, "concurrency", 20, "clients polling at once, per scenario")
+	fs.DurationVar(&f.load.Duration, "duration", 10*time.Second, "how long each scenario runs, per mode")
+	fs.DurationVar(&f.load.Interval, "interval", 0, "each client's pause between poll cycles (0: back to back)")
+	fs.DurationVar(&f.load.Timeout, "cycle-timeout", 60*time.Second, "longest one poll cycle may take before it counts as an error")
+	fs.IntVar(&f.idleClients, "idle-clients", 1000, "idle scenario: pre-login client connections to hold")
+	fs.IntVar(&f.idleSessions, "idle-sessions", 500, "idle scenario: authenticated IMAP sessions in IDLE to hold")
+	fs.StringVar(&f.proxyCmd, "proxy-cmd", "", "run this proxy instead of ours, through sh -c; {config} and {ca} are replaced by the generated files' paths (SSL_CERT_FILE is set too), e.g. 'python3 emailproxy.py --no-gui --config-file {config}'")
+	fs.StringVar(&f.proxyArg, "proxy-args", "", "extra flags for our proxy, e.g. '--imap-session-reuse 5m'")
+	fs.StringVar(&f.proxyAddr, "proxy-addr", "", "use a proxy that is already running on this host, with the configuration written to --workdir; start none")
+	fs.IntVar(&f.proxyPid, "proxy-pid", 0, "with --proxy-addr: the proxy's process ID, to measure its CPU and memory")
+	fs.StringVar(&f.jsonOut, "json", "", "write the results as JSON to this file (- for standard output)")
+	fs.StringVar(&f.htmlOut, "html", "", "write an HTML report with plots to this file")
+	workdir := fs.String("workdir", "", "directory for the generated configuration, CA and proxy log (default: a temporary one, removed after)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	scenarios, err := load.ParseScenarios(f.scenarios)
+	if err != nil {
+		fmt.Fprintln(stderr, "emailproxy-bench:", err)
+		return 2
+	}
+	var modes []load.Mode
+	for _, m := range strings.Split(f.modes, ",") {
+		switch load.Mode(strings.TrimSpace(m)) {
+		case load.Direct:
+			modes = append(modes, load.Direct)
+		case load.Proxy:
+			modes = append(modes, load.Proxy)
+		default:
+			fmt.Fprintf(stderr, "emailproxy-bench: unknown mode %q (direct, proxy)\n", m)
+			return 2
+		}
+	}
+	if f.load.Concurrency < 1 || f.mock.mailboxes < 1 {
+		fmt.Fprintln(stderr, "emailproxy-bench: --concurrency and --mailboxes must be at least 1")
+		return 2
+	}
+	b := &bench{f: f, out: stdout, errw: stderr, progress: isTTY(stderr)}
+	if err := b.run(scenarios, modes, *workdir); err != nil {
+		fmt.Fprintln(stderr, "emailproxy-bench:", err)
+		return 1
+	}
+	return 0
+}
+
+func isTTY(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && isatty.IsTerminal(f.Fd())
+}
+
+// bench is one run of the harness.
+type bench struct {
+	f         runFlags
+	out, errw io.Writer
+	progress  bool
+
+	up        *mock.Upstream
+	target    *load.Target
+	proxy     *exec.Cmd
+	exited    chan struct{} // closed when the proxy process has ended
+	pid       int
+	statsAddr string
+	sampler   *load.Sampler
+	rep       report.Report
+}
+
+func (b *bench) run(scenarios []load.Scenario, modes []load.Mode, workdir string) error {
+	if workdir == "" {
+		dir, err := os.MkdirTemp("", "emailproxy-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		workdir = dir
+	} else if err := os.MkdirAll(workdir, 0o755); err != nil {
+		return err
+	}
+	// Enough mailboxes that the idle sessions stay under the per-mailbox cap.
+	if b.f.mock.mailboxLimit > 0 && hasScenario(scenarios, load.Idle) {
+		need := (b.f.idleSessions + b.f.mock.mailboxLimit - 1) / b.f.mock.mailboxLimit
+		b.f.mock.mailboxes = max(b.f.mock.mailboxes, need)
+	}
+	fmt.Fprintf(b.errw, "starting the mock provider (%d mailboxes, RTT %v, token delay %v)\n", b.f.mock.mailboxes, b.f.mock.rtt, b.f.mock.tokenDelay)
+	up, err := b.f.mock.start()
+	if err != nil {
+		return err
+	}
+	defer up.Close()
+	b.up = up
+	cfgPath, caPath := filepath.Join(workdir, "bench.config"), filepath.Join(workdir, "bench-ca.pem")
+	ports, err := freePorts(3)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(caPath, up.CA.PEM, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(cfgPath, benchConfig(up, b.f.mock.mailboxes, [3]int(ports)), 0o600); err != nil {
+		return err
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	proxyHost := "127.0.0.1"
+	if b.f.proxyAddr != "" {
+		proxyHost = b.f.proxyAddr
+	}
+	if b.target, err = load.NewTarget(cfg, up.CA.Pool, proxyHost, "bench-password"); err != nil {
+		return err
+	}
+	if hasMode(modes, load.Proxy) {
+		if err := b.startProxy(cfgPath, caPath, workdir, ports); err != nil {
+			return err
+		}
+		defer b.stopProxy()
+	}
+	b.rep = report.Report{Started: time.Now(), Machine: machine(), Settings: b.settings()}
+	if b.pid > 0 {
+		b.sampler = load.StartSampler(b.pid, 250*time.Millisecond)
+	}
+	ctx := context.Background()
+	for _, sc := range scenarios {
+		if sc == load.Idle {
+			if hasMode(modes, load.Proxy) {
+				b.rep.Idle = b.idle(ctx)
+			}
+			continue
+		}
+		res := report.Result{Scenario: string(sc)}
+		for _, mode := range modes {
+			m, err := b.phase(ctx, sc, mode)
+			if err != nil {
+				return err
+			}
+			if mode == load.Direct {
+				res.Direct = m
+			} else {
+				res.Proxy = m
+			}
+		}
+		res.Compare()
+		b.rep.Results = append(b.rep.Results, res)
+	}
+	if b.sampler != nil {
+		for _, s := range b.sampler.Stop() {
+			b.rep.ProxyMemory = append(b.rep.ProxyMemory, report.Point{X: s.At.Seconds(), Y: float64(s.RSS) / (1 << 20)})
+		}
+	}
+	fmt.Fprintln(b.out)
+	b.rep.WriteTable(b.out)
+	return b.write()
+}
+
+func (b *bench) write() error {
+	if b.f.jsonOut != "" {
+		data, err := json.MarshalIndent(&b.rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		data = append(data, '\n')
+		if b.f.jsonOut == "-" {
+			b.out.Write(data)
+		} else if err := os.WriteFile(b.f.jsonOut, data, 0o644); err != nil {
+			return err
+		}
+	}
+	if b.f.htmlOut != "" {
+		f, err := os.Create(b.f.htmlOut)
+		if err != nil {
+			return err
+		}
+		if err := b.rep.WriteHTML(f); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		fmt.Fprintln(b.errw, "HTML report:", b.f.htmlOut)
+	}
+	return nil
+}
+
+// phase warms up and then runs one scenario in one mode, measuring the
+// proxy process and the provider around it.
+func (b *bench) phase(ctx context.Context, sc load.Scenario, mode load.Mode) (*report.Mode, error) {
+	l := b.f.load
+	if sc == load.BulkPOP3 || sc == load.BulkIMAP {
+		if b.f.mock.bigSize <= 0 {
+			return nil, fmt.Errorf("scenario %s needs the large message: --big-size must be above 0", sc)
+		}
+		l.Accounts = b.f.mock.bigBoxes
+	}
+	b.mark(fmt.Sprintf("%s %s", sc, mode))
+	fmt.Fprintf(b.errw, "%-9s %-6s warming up (one cycle per mailbox)\n", sc, mode)
+	if err := b.target.Warm(ctx, sc, mode, l.Accounts); err != nil {
+		return nil, fmt.Errorf("%s %s warm-up failed: %w", sc, mode, err)
+	}
+	logins0, tokens0 := b.up.Logins(), b.up.Authority.Requests()
+	var cpu0 load.ProcStat
+	if b.pid > 0 && mode == load.Proxy {
+		cpu0, _ = load.ReadProc(b.pid)
+	}
+	var prog load.Progress
+	stop := b.showProgress(fmt.Sprintf("%-9s %-6s", sc, mode), l.Duration, &prog)
+	ph := b.target.Run(ctx, sc, mode, l, &prog)
+	stop()
+	m := report.Summarize(ph)
+	m.UpstreamLogins, m.TokenRequests = b.up.Logins()-logins0, b.up.Authority.Requests()-tokens0
+	if b.pid > 0 && mode == load.Proxy {
+		if cpu1, err := load.ReadProc(b.pid); err == nil {
+			used := cpu1.CPU - cpu0.CPU
+			if m.Cycles > 0 {
+				m.ProxyCPUPerSessionUs = float64(used.Microseconds()) / float64(m.Cycles)
+			}
+			m.ProxyCPUPercent = 100 * used.Seconds() / ph.Elapsed.Seconds()
+		}
+		if b.sampler != nil {
+			m.ProxyRSSPeakMB = b.peakRSS()
+		}
+	}
+	return m, nil
+}
+
+// idle holds pre-login clients, then authenticated IDLE sessions, and
+// measures what each costs the proxy.
+func (b *bench) idle(ctx context.Context) *report.Idle {
+	res := &report.Idle{PreLoginGoKB: -1, SessionGoKB: -1}
+	measure := func(what string, n int, hold func(*load.Progress) (*load.Held, error)) (rssKB, goKB float64, held int) {
+		b.mark("idle " + what)
+		base, _ := load.ReadProc(b.pid)
+		baseGo, goErr := load.ReadGoMem(b.statsAddr)
+		var prog load.Progress
+		stop := b.showCount("idle      "+what, n, &prog)
+		h, err := hold(&prog)
+		stop()
+		defer h.Close()
+		if err != nil {
+			res.Errors += int(prog.Errors.Load())
+			res.ErrorSamples = append(res.ErrorSamples, err.Error())
+		}
+		held = h.Len()
+		if held == 0 {
+			return 0, -1, 0
+		}
+		time.Sleep(500 * time.Millisecond) // let the proxy settle (handshakes, buffers)
+		now, _ := load.ReadProc(b.pid)
+		rssKB = float64(now.RSS-base.RSS) / 1024 / float64(held)
+		goKB = -1
+		if goErr == nil {
+			if g, err := load.ReadGoMem(b.statsAddr); err == nil {
+				goKB = float64((g.HeapInuse+g.StackInuse)-(baseGo.HeapInuse+baseGo.StackInuse)) / 1024 / float64(held)
+			}
+		}
+		return rssKB, goKB, held
+	}
+	if b.f.idleClients > 0 {
+		res.PreLoginRSSKB, res.PreLoginGoKB, res.PreLogin = measure("pre-login", b.f.idleClients, func(p *load.Progress) (*load.Held, error) {
+			return b.target.HoldPreLogin(ctx, b.f.idleClients, p)
+		})
+		time.Sleep(time.Second) // closed connections leave the proxy
+	}
+	if b.f.idleSessions > 0 {
+		// One login per account first: the proxy's first login of an
+		// account checks its password (PBKDF2) and fetches a token.
+		b.target.Warm(ctx, load.IMAP, load.Proxy, 0)
+		res.SessionRSSKB, res.SessionGoKB, res.Sessions = measure("sessions", b.f.idleSessions, func(p *load.Progress) (*load.Held, error) {
+			return b.target.HoldIdling(ctx, load.Proxy, b.f.idleSessions, p)
+		})
+	}
+	round := func(v float64) float64 { return float64(int(v*100)) / 100 }
+	res.PreLoginRSSKB, res.SessionRSSKB = round(res.PreLoginRSSKB), round(res.SessionRSSKB)
+	if res.PreLoginGoKB >= 0 {
+		res.PreLoginGoKB = round(res.PreLoginGoKB)
+	}
+	if res.SessionGoKB >= 0 {
+		res.SessionGoKB = round(res.SessionGoKB)
+	}
+	return res
+}
+
+func (b *bench) mark(label string) {
+	if b.sampler != nil {
+		b.rep.Marks = append(b.rep.Marks, report.Mark{At: b.sampler.Since().Seconds(), Label: label})
+	}
+}
+
+func (b *bench) peakRSS() float64 {
+	ps, err := load.ReadProc(b.pid)
+	if err != nil {
+		return 0
+	}
+	return float64(ps.RSS) / (1 << 20)
+}
+
+// startProxy starts the proxy under test and waits for its listeners.
+func (b *bench) startProxy(cfgPath, caPath, workdir string, ports []int) error {
+	if b.f.proxyAddr != "" {
+		b.pid = b.f.proxyPid
+		fmt.Fprintf(b.errw, "using the proxy at %s; its configuration: %s (CA %s)\n", b.f.proxyAddr, cfgPath, caPath)
+		return waitPorts(b.f.proxyAddr, ports, 2*time.Minute, nil)
+	}
+	logf, err := os.Create(filepath.Join(workdir, "proxy.log"))
+	if err != nil {
+		return err
+	}
+	var cmd *exec.Cmd
+	if b.f.proxyCmd != "" {
+		line := strings.NewReplacer("{config}", cfgPath, "{ca}", caPath).Replace(b.f.proxyCmd)
+		cmd = exec.Command("sh", "-c", "exec "+line)
+	} else {
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		sp, err := freePorts(1)
+		if err != nil {
+			return err
+		}
+		b.statsAddr = "127.0.0.1:" + strconv.Itoa(sp[0])
+		args := []string{"proxy", "--no-gui", "--config-file", cfgPath, "--stats-addr", b.statsAddr}
+		args = append(args, strings.Fields(b.f.proxyArg)...)
+		cmd = exec.Command(self, args...)
+	}
+	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("starting the proxy: %w", err)
+	}
+	logf.Close()
+	b.proxy, b.pid = cmd, cmd.Process.Pid
+	b.exited = make(chan struct{})
+	go func() { cmd.Wait(); close(b.exited) }()
+	fmt.Fprintf(b.errw, "proxy started (pid %d): %s\n", b.pid, strings.Join(cmd.Args, " "))
+	if err := waitPorts("127.0.0.1", ports, time.Minute, b.exited); err != nil {
+		b.stopProxy()
+		tail, _ := os.ReadFile(filepath.Join(workdir, "proxy.log"))
+		return fmt.Errorf("%w; proxy log:\n%s", err, lastLines(tail, 20))
+	}
+	return nil
+}
+
+func (b *bench) stopProxy() {
+	if b.proxy == nil {
+		return
+	}
+	syscall.Kill(-b.pid, syscall.SIGTERM)
+	select {
+	case <-b.exited:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-b.pid, syscall.SIGKILL)
+		<-b.exited
+	}
+	b.proxy = nil
+}
+
+func (b *bench) settings() map[string]string {
+	s := map[string]string{
+		"rtt": b.f.mock.rtt.String(), "token delay": b.f.mock.tokenDelay.String(),
+		"concurrency": strconv.Itoa(b.f.load.Concurrency), "duration": b.f.load.Duration.String(),
+		"interval": b.f.load.Interval.String(), "mailboxes": strconv.Itoa(b.f.mock.mailboxes),
+		"large message": fmt.Sprintf("%d bytes", b.f.mock.bigSize),
+	}
+	switch {
+	case b.f.proxyAddr != "":
+		s["proxy"] = "external at " + b.f.proxyAddr
+	case b.f.proxyCmd != "":
+		s["proxy"] = b.f.proxyCmd
+	default:
+		s["proxy"] = strings.TrimSpace("emailproxy " + b.f.proxyArg)
+	}
+	return s
+}
+
+// showProgress draws a progress bar for a timed phase on a terminal.
+func (b *bench) showProgress(label string, d time.Duration, p *load.Progress) (stop func()) {
+	start := time.Now()
+	return b.ticker(func(final bool) string {
+		el := time.Since(start)
+		if final {
+			el = d
+		}
+		frac := min(float64(el)/float64(d), 1)
+		bar := strings.Repeat("█", int(frac*30)) + strings.Repeat("░", 30-int(frac*30))
+		return fmt.Sprintf("%s %s %5.1fs  %d cycles  %d errors", label, bar, el.Seconds(), p.Cycles.Load(), p.Errors.Load())
+	})
+}
+
+// showCount draws progress towards n connections.
+func (b *bench) showCount(label string, n int, p *load.Progress) (stop func()) {
+	return b.ticker(func(bool) string {
+		done := int(p.Cycles.Load())
+		frac := min(float64(done)/float64(max(n, 1)), 1)
+		bar := strings.Repeat("█", int(frac*30)) + strings.Repeat("░", 30-int(frac*30))
+		return fmt.Sprintf("%s %s %d/%d  %d errors", label, bar, done, n, p.Errors.Load())
+	})
+}
+
+func (b *bench) ticker(line func(final bool) string) (stop func()) {
+	var stopped atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for !stopped.Load() {
+			if b.progress {
+				fmt.Fprintf(b.errw, "\r%s\033[K", line(false))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	return func() {
+		stopped.Store(true)
+		<-done
+		if b.progress {
+			fmt.Fprintf(b.errw, "\r%s\033[K\n", line(true))
+		} else {
+			fmt.Fprintln(b.errw, line(true))
+		}
+	}
+}
+
+func hasScenario(list []load.Scenario, s load.Scenario) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func hasMode(list []load.Mode, m load.Mode) bool {
+	for _, x := range list {
+		if x == m {
+			return true
+		}
+	}
+	return false
+}
+
+// freePorts returns n distinct free ports on 127.0.0.1.
+func freePorts(n int) ([]int, error) {
+	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// waitPorts waits until host accepts connections on every port, or the
+// proxy process ends (exited, if not nil).
+func waitPorts(host string, ports []int, limit time.Duration, exited <-chan struct{}) error {
+	deadline := time.Now().Add(limit)
+	for _, p := range ports {
+		addr := net.JoinHostPort(host, strconv.Itoa(p))
+		for {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the proxy does not listen on %s", addr)
+			}
+			select {
+			case <-exited:
+				return errors.New("the proxy exited at start")
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// machine describes this computer for the report.
+func machine() report.Machine {
+	m := report.Machine{Cores: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				m.CPU = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = "Linux " + strings.TrimSpace(string(b))
+	}
+	return m
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/emailproxy/emailproxy/bench/report"
+	"github.com/emailproxy/emailproxy/cmd/internal/cli"
+)
+
+// TestMain lets this test binary be the proxy that `run` starts: it runs
+// itself with "proxy" first, as the real emailproxy-bench binary does.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "proxy" {
+		os.Exit(cli.Run(os.Args[2:], os.Stdout, os.Stderr, nil))
+	}
+	os.Exit(m.Run())
+}
+
+// A tiny run of every scenario, direct and through our proxy as a child
+// process, with the table, the JSON and the HTML report. It asserts that
+// everything ran and was measured, never how fast.
+func TestRunEveryScenarioEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	jsonPath, htmlPath := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.html")
+	var out, errOut bytes.Buffer
+	code := run([]string{"run", "--duration", "700ms", "--concurrency", "2", "--mailboxes", "2", "--messages", "2",
+		"--big-size", "300000", "--big-mailboxes", "1", "--rtt", "2ms", "--token-delay", "0",
+		"--idle-clients", "30", "--idle-sessions", "6", "--proxy-args", "--imap-session-reuse 30s",
+		"--json", jsonPath, "--html", htmlPath}, &out, &errOut, nil)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
+	}
+	data, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep report.Report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"pop3", "imap", "smtp", "bulk-pop3", "bulk-imap"}
+	if len(rep.Results) != len(want) {
+		t.Fatalf("results for %d scenarios, want %d", len(rep.Results), len(want))
+	}
+	for i, r := range rep.Results {
+		if r.Scenario != want[i] {
+			t.Fatalf("scenario %d is %s, want %s", i, r.Scenario, want[i])
+		}
+		for mode, m := range map[string]*report.Mode{"direct": r.Direct, "proxy": r.Proxy} {
+			if m == nil || m.Cycles == 0 || m.Errors != 0 {
+				t.Fatalf("%s %s: %+v", r.Scenario, mode, m)
+			}
+			if m.Cycle.P50 <= 0 || m.Cycle.P99 < m.Cycle.P50 || m.Login.P50 <= 0 || m.Login.P50 > m.Cycle.P50 {
+				t.Fatalf("%s %s: implausible latencies %+v %+v", r.Scenario, mode, m.Login, m.Cycle)
+			}
+			if len(m.CDF) == 0 {
+				t.Fatalf("%s %s: no distribution", r.Scenario, mode)
+			}
+			// Every cycle logs in upstream, except IMAP through the
+			// proxy, which reuses sessions here.
+			if reused := mode == "proxy" && strings.Contains(r.Scenario, "imap"); !reused && m.UpstreamLogins != m.Cycles {
+				t.Fatalf("%s %s: %d upstream logins for %d cycles", r.Scenario, mode, m.UpstreamLogins, m.Cycles)
+			}
+		}
+		if r.Proxy.ProxyCPUPerSessionUs <= 0 || r.Proxy.ProxyRSSPeakMB <= 0 {
+			t.Fatalf("%s: proxy process not measured: %+v", r.Scenario, r.Proxy)
+		}
+		if r.CycleP50Ratio <= 0 {
+			t.Fatalf("%s: no ratio", r.Scenario)
+		}
+		if strings.HasPrefix(r.Scenario, "bulk") && (r.Proxy.MBPerS <= 0 || r.ThroughputRatio <= 0) {
+			t.Fatalf("%s: no throughput", r.Scenario)
+		}
+	}
+	// With session reuse on, IMAP clients through the proxy mostly take
+	// kept sessions: far fewer upstream logins than cycles.
+	imap := rep.Results[1].Proxy
+	if imap.UpstreamLogins*2 > imap.Cycles {
+		t.Fatalf("imap with reuse: %d upstream logins for %d cycles", imap.UpstreamLogins, imap.Cycles)
+	}
+	// Token requests: the proxy's accounts were warmed, so none more.
+	for _, r := range rep.Results {
+		if r.Proxy.TokenRequests != 0 {
+			t.Fatalf("%s: %d token requests during the measured phase", r.Scenario, r.Proxy.TokenRequests)
+		}
+	}
+	if rep.Idle == nil || rep.Idle.PreLogin != 30 || rep.Idle.Sessions != 6 || rep.Idle.Errors != 0 || rep.Idle.SessionGoKB <= 0 {
+		t.Fatalf("idle: %+v", rep.Idle)
+	}
+	if rep.Machine.Cores == 0 || rep.Settings["proxy"] != "emailproxy --imap-session-reuse 30s" || len(rep.ProxyMemory) == 0 {
+		t.Fatalf("report header: %+v %v", rep.Machine, rep.Settings)
+	}
+	page, err := os.ReadFile(htmlPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(page), "<svg"); n != 2*len(want)+1 {
+		t.Fatalf("HTML has %d plots, want %d", n, 2*len(want)+1)
+	}
+	table := out.String()
+	for _, s := range append(want, "proxy / direct", "pre-login clients", "authenticated IDLE sessions") {
+		if !strings.Contains(table, s) {
+			t.Fatalf("table lacks %q:\n%s", s, table)
+		}
+	}
+	if !strings.Contains(errOut.String(), "bulk-imap proxy") {
+		t.Fatalf("no progress lines:\n%s", errOut.String())
+	}
+}
+
+// Another proxy is started through --proxy-cmd with the generated files;
+// one that does not come up is reported with its log.
+func TestRunProxyCmd(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	code := run([]string{"run", "--scenarios", "pop3", "--modes", "proxy", "--duration", "300ms", "--concurrency", "1",
+		"--mailboxes", "1", "--rtt", "0", "--token-delay", "0",
+		"--proxy-cmd", self + " proxy --no-gui --config-file {config} --log-format json"}, &out, &errOut, nil)
+	if code != 0 || !strings.Contains(out.String(), "pop3") {
+		t.Fatalf("exit %d\n%s\n%s", code, out.String(), errOut.String())
+	}
+	errOut.Reset()
+	code = run([]string{"run", "--scenarios", "pop3", "--modes", "proxy", "--duration", "300ms",
+		"--proxy-cmd", "echo this proxy fails at once >&2; exit 3"}, &out, &errOut, nil)
+	if code != 1 || !strings.Contains(errOut.String(), "this proxy fails at once") {
+		t.Fatalf("exit %d\n%s", code, errOut.String())
+	}
+}

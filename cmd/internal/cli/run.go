@@ -1,0 +1,179 @@
+// Package cli is the emailproxy command: flags, logging, signals, the demo
+// and the authorise subcommand. It lives apart from package main so that
+// the bench harness can run the very same proxy as a child process of its
+// own binary.
+package cli
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/emailproxy/emailproxy/auth"
+	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/engine"
+)
+
+// Run is the emailproxy command without the process exit: it returns the
+// exit status. stop, if not nil, ends the proxy as a signal would.
+func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
+	if len(args) > 0 && (args[0] == "authorise" || args[0] == "authorize") {
+		return authorise(args[1:], os.Stdin, stdout, stderr)
+	}
+	fl, err := parseFlags(args, stderr)
+	if err != nil {
+		if err == errHelp {
+			return 0
+		}
+		return 2
+	}
+	if fl.version {
+		fmt.Fprintln(stdout, "Email OAuth 2.0 Proxy (Go)", version)
+		return 0
+	}
+	log, closeLog, err := newLogger(fl, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "emailproxy:", err)
+		return 1
+	}
+	defer closeLog()
+
+	var eopts engine.Options
+	if fl.demo {
+		d, err := startDemo(fl, stdout)
+		if err != nil {
+			log.Error().Err(err).Msg("cannot start the demo")
+			return 1
+		}
+		defer d.Close()
+		fl.configFile = d.configPath
+		eopts.RootCAs = d.up.CA.Pool
+	}
+
+	cfg, err := config.Load(fl.configFile)
+	if err != nil {
+		log.Error().Msg(err.Error())
+		fmt.Fprintln(stderr, "emailproxy:", err)
+		return 1
+	}
+	store, storeIsConfig := &auth.FileStore{Path: cfg.Path}, true
+	if fl.cacheStore != "" {
+		if strings.HasPrefix(fl.cacheStore, "aws:") {
+			fmt.Fprintln(stderr, "emailproxy: --cache-store aws:... (AWS Secrets Manager) is not supported by this version; use a file path")
+			return 1
+		}
+		store, storeIsConfig = &auth.FileStore{Path: fl.cacheStore}, false
+	}
+	// A login to an interactive account without tokens can start its
+	// authorisation: the URL (or device code) is printed on stderr and the
+	// redirect is received locally (--local-server-auth, which wins as in
+	// emailproxy.py) or pasted on the terminal (--external-auth).
+	var interactive *auth.Prompt
+	switch {
+	case fl.localServerAuth:
+		interactive = &auth.Prompt{Out: stderr, LocalServer: true}
+	case fl.externalAuth:
+		interactive = &auth.Prompt{Out: stderr, In: bufio.NewReader(os.Stdin)}
+	}
+
+	provider := auth.NewProvider(cfg, auth.Options{
+		Store:         store,
+		StoreIsConfig: storeIsConfig,
+		Interactive:   interactive,
+		TokenTimeout:  fl.tokenTimeout,
+		RefreshMargin: fl.refreshMargin,
+		Logger:        log.With().Str("component", "auth").Logger(),
+	})
+	provider.Start()
+	defer provider.Close()
+
+	eopts.EventLoops = fl.eventLoops
+	eopts.LoginTimeout = fl.loginTimeout
+	eopts.DialTimeout = fl.dialTimeout
+	eopts.IdleTimeout = fl.idleTimeout
+	eopts.RelayBuffer = fl.relayBuffer
+	eopts.WarmConnections, eopts.MailboxLimit = orNone(fl.warmConns), orNone(fl.mailboxLimit)
+	eopts.WarmMaxAge, eopts.IMAPSessionReuse = fl.warmMaxAge, fl.imapReuse
+	eopts.IMAPLimits.MaxLine, eopts.IMAPLimits.MaxLiteral, eopts.IMAPLimits.MaxErrors = fl.maxLine, fl.maxLine, fl.maxErrors
+	eopts.POPLimits.MaxLine, eopts.POPLimits.MaxErrors = fl.maxLine, fl.maxErrors
+	eopts.SMTPLimits.MaxLine, eopts.SMTPLimits.MaxErrors = fl.maxLine, fl.maxErrors
+	eopts.Logger = log
+	srv := engine.New(cfg, provider, eopts)
+	if err := srv.Start(); err != nil {
+		log.Error().Msg(err.Error())
+		fmt.Fprintln(stderr, "emailproxy:", err)
+		return 1
+	}
+	log.Info().Str("version", version).Str("config", cfg.Path).Msg("emailproxy started")
+	if fl.statsAddr != "" {
+		stop, err := serveStats(fl.statsAddr, srv)
+		if err != nil {
+			log.Error().Err(err).Msg("cannot serve statistics")
+			fmt.Fprintln(stderr, "emailproxy:", err)
+			srv.Stop(context.Background())
+			return 1
+		}
+		defer stop()
+		log.Info().Str("url", "http://"+fl.statsAddr+"/debug/vars").Msg("serving statistics")
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
+	code := 0
+loop:
+	for {
+		select {
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGUSR1:
+				toggleDebug(log)
+			case syscall.SIGHUP:
+				// Certificates are reloaded in place; sessions are kept.
+				log.Info().Msg("SIGHUP: reloading local certificates (other configuration changes need a restart)")
+				srv.ReloadCertificates()
+			default:
+				log.Info().Str("signal", sig.String()).Msg("shutting down")
+				break loop
+			}
+		case <-stop:
+			break loop
+		case err := <-srv.Done():
+			if err != nil {
+				log.Error().Err(err).Msg("event loop stopped")
+				code = 1
+			}
+			break loop
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Stop(ctx)
+	return code
+}
+
+// orNone maps a flag's 0 ("none") to the engine's negative "none" (its
+// zero means "default").
+func orNone(v int) int {
+	if v == 0 {
+		return -1
+	}
+	return v
+}
+
+func toggleDebug(log zerolog.Logger) {
+	if zerolog.GlobalLevel() == zerolog.DebugLevel {
+		zerolog.SetGlobalLevel(zerolog.InfoLevel)
+	} else {
+		zerolog.SetGlobalLevel(zerolog.DebugLevel)
+	}
+	log.Info().Str("level", zerolog.GlobalLevel().String()).Msg("SIGUSR1: log level changed")
+}

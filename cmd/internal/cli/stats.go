@@ -1,0 +1,64 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"expvar"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emailproxy/emailproxy/engine"
+)
+
+var publishOnce sync.Once
+
+// serveStats serves expvar's JSON (Go's memstats and cmdline) plus the
+// engine's counters under "emailproxy" on /debug/vars, and live memory on
+// /debug/heap, and Go's profiles on /debug/pprof/. The bench harness reads it to
+// report heap per connection; operators can graph it.
+func serveStats(addr string, srv *engine.Server) (stop func(), err error) {
+	current.Store(srv)
+	publishOnce.Do(func() {
+		expvar.Publish("emailproxy", expvar.Func(func() any {
+			if s := current.Load(); s != nil {
+				return s.Stats()
+			}
+			return nil
+		}))
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--stats-addr %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/debug/vars", expvar.Handler())
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	// /debug/heap collects garbage first, so what it reports is live
+	// memory: the bench harness divides it by connections held.
+	mux.HandleFunc("/debug/heap", func(w http.ResponseWriter, r *http.Request) {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"heap_inuse": m.HeapInuse, "stack_inuse": m.StackInuse,
+			"goroutines": runtime.NumGoroutine()})
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go hs.Serve(ln)
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		hs.Shutdown(ctx)
+	}, nil
+}
+
+// current is the server the published expvar reports on (expvar names
+// are process-wide and cannot be published twice).
+var current atomic.Pointer[engine.Server]

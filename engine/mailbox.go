@@ -1,0 +1,131 @@
+package engine
+
+import (
+	"context"
+	"strings"
+	"sync"
+)
+
+// mailboxGates caps the authenticated upstream sessions one mailbox may
+// hold on one upstream host. Exchange Online refuses a mailbox's 17th
+// concurrent IMAP or POP3 session; a fleet of pollers sharing one mailbox
+// would see random failures. Instead, logins over the cap wait in line
+// (first come, first served, within their login timeout) for a session
+// of that mailbox to end.
+type mailboxGates struct {
+	limit int // 0: no cap
+	// evict, if set, closes one idle (lingering) session of key to make
+	// room; it reports whether it did.
+	evict func(key string) bool
+
+	mu    sync.Mutex
+	gates map[string]*gate
+}
+
+type gate struct {
+	held    int
+	waiting []chan struct{} // closed when handed a slot
+}
+
+func newMailboxGates(limit int) *mailboxGates {
+	return &mailboxGates{limit: limit, gates: map[string]*gate{}}
+}
+
+// mailboxKey names a mailbox on an upstream host.
+func mailboxKey(host, user string) string {
+	return strings.ToLower(host) + "\x00" + strings.ToLower(user)
+}
+
+// acquire takes one of key's slots, waiting in line while all are held;
+// the returned release gives it back (call it once).
+func (m *mailboxGates) acquire(ctx context.Context, key string) (release func(), err error) {
+	if m == nil || m.limit <= 0 {
+		return func() {}, nil
+	}
+	release = func() { m.release(key) }
+	if m.tryTake(key) {
+		return release, nil
+	}
+	// Full: a lingering session of this mailbox is the cheapest to give up.
+	if m.evict != nil && m.evict(key) && m.tryTake(key) {
+		return release, nil
+	}
+	m.mu.Lock()
+	g := m.gateLocked(key)
+	if g.held < m.limit && len(g.waiting) == 0 {
+		g.held++
+		m.mu.Unlock()
+		return release, nil
+	}
+	ch := make(chan struct{})
+	g.waiting = append(g.waiting, ch)
+	m.mu.Unlock()
+	select {
+	case <-ch:
+		return release, nil
+	case <-ctx.Done():
+		m.mu.Lock()
+		g := m.gateLocked(key)
+		for i, w := range g.waiting {
+			if w == ch {
+				g.waiting = append(g.waiting[:i], g.waiting[i+1:]...)
+				m.mu.Unlock()
+				return nil, ctx.Err()
+			}
+		}
+		m.mu.Unlock()
+		// Handed a slot just as the wait ended: give it back.
+		m.release(key)
+		return nil, ctx.Err()
+	}
+}
+
+// tryTake takes a slot of key if one is free and nobody waits for it.
+func (m *mailboxGates) tryTake(key string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g := m.gateLocked(key)
+	if g.held < m.limit && len(g.waiting) == 0 {
+		g.held++
+		return true
+	}
+	return false
+}
+
+func (m *mailboxGates) gateLocked(key string) *gate {
+	g := m.gates[key]
+	if g == nil {
+		g = &gate{}
+		m.gates[key] = g
+	}
+	return g
+}
+
+// release hands key's slot to the first in line, or frees it.
+func (m *mailboxGates) release(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g := m.gates[key]
+	if g == nil {
+		return
+	}
+	if len(g.waiting) > 0 {
+		close(g.waiting[0])
+		g.waiting = g.waiting[1:]
+		return // the slot passes on: held stays the same
+	}
+	g.held--
+	if g.held <= 0 {
+		delete(m.gates, key)
+	}
+}
+
+// held reports how many slots of key are taken and how many logins wait.
+func (m *mailboxGates) held(key string) (held, waiting int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if g := m.gates[key]; g != nil {
+		return g.held, len(g.waiting)
+	}
+	return 0, 0
+}

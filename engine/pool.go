@@ -1,0 +1,182 @@
+package engine
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// warmPool keeps connections to one upstream server open ahead of need:
+// TCP connected, TLS done, greeting and capabilities read, not yet
+// authenticated. A login takes one and goes straight to AUTHENTICATE,
+// saving the connect, the handshake and the greeting (three or four round
+// trips to a distant provider).
+//
+// Servers drop connections that stay unauthenticated (Exchange Online
+// after 60 s), so each one is closed and replaced once it is maxAge old.
+// The pool holds only as many as recent demand asks for: it starts at
+// one, doubles its target each time a login finds it empty (up to max),
+// and shrinks by one each time a connection ages out unused. After
+// quietAfter without a login it stops replacing connections altogether.
+type warmPool struct {
+	s          *Server
+	l          *listener
+	max        int
+	maxAge     time.Duration
+	quietAfter time.Duration
+
+	mu        sync.Mutex
+	idle      []warmConn // oldest first
+	dialing   int
+	target    int
+	lastTake  time.Time
+	reaperOn  bool
+	dialFails int // consecutive failed refills: back off
+	stats     poolStats
+}
+
+type warmConn struct {
+	u    *upstreamConn
+	born time.Time
+}
+
+// poolStats count what the pool did, for tests and the debug endpoint.
+type poolStats struct {
+	Hits, Misses, Expired, Dialed int
+}
+
+func newWarmPool(s *Server, l *listener, max int, maxAge time.Duration) *warmPool {
+	return &warmPool{s: s, l: l, max: max, maxAge: maxAge, quietAfter: 5 * time.Minute}
+}
+
+// take returns a warm connection, or nil when there is none (the caller
+// dials). Either way the pool refills in the background.
+func (p *warmPool) take() *upstreamConn {
+	if p == nil || p.max <= 0 {
+		return nil
+	}
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lastTake = now
+	var got *upstreamConn
+	for len(p.idle) > 0 && got == nil {
+		w := p.idle[0]
+		p.idle = p.idle[1:]
+		if now.Sub(w.born) < p.maxAge {
+			got = w.u
+		} else {
+			p.stats.Expired++
+			go w.u.Close()
+		}
+	}
+	if got != nil {
+		p.stats.Hits++
+	} else {
+		p.stats.Misses++
+		p.target = min(max(p.target*2, 1), p.max)
+	}
+	p.refillLocked()
+	return got
+}
+
+// refillLocked starts dials until idle + dialing reaches the target.
+func (p *warmPool) refillLocked() {
+	if !p.reaperOn {
+		p.reaperOn = true
+		p.s.wg.Add(1)
+		go p.reap()
+	}
+	for len(p.idle)+p.dialing < p.target {
+		p.dialing++
+		p.s.wg.Add(1)
+		go p.dialOne()
+	}
+}
+
+func (p *warmPool) dialOne() {
+	defer p.s.wg.Done()
+	p.mu.Lock()
+	fails := p.dialFails
+	p.mu.Unlock()
+	if fails > 0 { // the server is failing: do not hammer it
+		select {
+		case <-time.After(min(time.Duration(fails)*time.Second, 30*time.Second)):
+		case <-p.s.ctx.Done():
+		}
+	}
+	u, err := p.l.dialer.dial(p.s.ctx)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dialing--
+	if err != nil {
+		p.dialFails++
+		if p.s.ctx.Err() == nil {
+			p.l.log.Debug().Err(err).Msg("warm pool: dial failed")
+		}
+		return
+	}
+	p.dialFails = 0
+	p.stats.Dialed++
+	if p.s.ctx.Err() != nil || len(p.idle) >= p.target {
+		u.Close()
+		return
+	}
+	p.l.learn(u)
+	p.idle = append(p.idle, warmConn{u: u, born: time.Now()})
+}
+
+// reap closes connections about to reach maxAge and replaces them while
+// the pool is in use; it ends with the server.
+func (p *warmPool) reap() {
+	defer p.s.wg.Done()
+	tick := time.NewTicker(max(p.maxAge/8, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.s.ctx.Done():
+			p.mu.Lock()
+			for _, w := range p.idle {
+				w.u.Close()
+			}
+			p.idle = nil
+			p.mu.Unlock()
+			return
+		case now := <-tick.C:
+			p.mu.Lock()
+			// Leave a margin of one tick so a connection taken is never
+			// one the server is about to drop.
+			for len(p.idle) > 0 && now.Sub(p.idle[0].born) >= p.maxAge-p.maxAge/8 {
+				p.idle[0].u.Close()
+				p.idle = p.idle[1:]
+				p.stats.Expired++
+				p.target = max(p.target-1, 1)
+			}
+			if now.Sub(p.lastTake) > p.quietAfter {
+				p.target = 0
+			}
+			p.refillLocked()
+			p.mu.Unlock()
+		}
+	}
+}
+
+// snapshot returns the counters and the number of idle connections.
+func (p *warmPool) snapshot() (poolStats, int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stats, len(p.idle)
+}
+
+// upstreamFor returns a connection ready to authenticate: a warm one if
+// the pool has it (pooled reports that), else a fresh dial.
+func (s *Server) upstreamFor(ctx context.Context, l *listener) (u *upstreamConn, pooled bool, err error) {
+	if u := l.pool.take(); u != nil {
+		return u, true, nil
+	}
+	u, err = l.dialer.dial(ctx)
+	if err == nil {
+		l.learn(u)
+	}
+	return u, false, err
+}

@@ -1,0 +1,269 @@
+package engine
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/protocol/imap"
+)
+
+// IMAP session reuse (opt-in, Options.IMAPSessionReuse). A poller logs
+// in, reads its mail and logs out, every minute, for ever; each login
+// costs the provider a TLS handshake and an OAuth check and costs the
+// poller several round trips. With reuse on, the proxy answers a
+// client's LOGOUT itself, resets the upstream session with UNSELECT (no
+// mailbox stays selected, nothing is expunged) and keeps it, logged in,
+// for the next login of the same account with the same password on the
+// same server section. Only sessions whose clients used commands that
+// leave no state behind (see reusableCommands) are kept, and only on
+// servers that have UNSELECT. POP3 sessions are never reused: a POP3
+// session locks the maildrop and commits deletions only at QUIT.
+
+// reusableCommands leave no session state that UNSELECT would not reset.
+// Any other command (ENABLE, COMPRESS, NOTIFY, extensions) makes the
+// session single-use.
+var reusableCommands = map[string]bool{
+	"CAPABILITY": true, "NOOP": true, "SELECT": true, "EXAMINE": true, "CREATE": true,
+	"DELETE": true, "RENAME": true, "SUBSCRIBE": true, "UNSUBSCRIBE": true, "LIST": true,
+	"LSUB": true, "NAMESPACE": true, "STATUS": true, "APPEND": true, "IDLE": true,
+	"CHECK": true, "CLOSE": true, "UNSELECT": true, "EXPUNGE": true, "SEARCH": true,
+	"FETCH": true, "STORE": true, "COPY": true, "MOVE": true, "UID": true, "ID": true,
+	"GETQUOTA": true, "GETQUOTAROOT": true, "MYRIGHTS": true, "GETACL": true,
+	"LISTRIGHTS": true, "GETMETADATA": true, "LOGOUT": true,
+}
+
+// resetTag tags the UNSELECT the proxy sends; clients' tags are echoed
+// only for their own commands, so the proxy recognises its answer.
+const resetTag = "EPXRESET"
+
+// lingerStore holds authenticated IMAP upstream sessions between logins.
+type lingerStore struct {
+	s    *Server
+	ttl  time.Duration
+	salt [32]byte // keys hold a salted hash of the password, never the password
+
+	mu    sync.Mutex
+	byKey map[string][]*lingering
+	stats ReuseStats
+}
+
+// ReuseStats count IMAP sessions kept after LOGOUT (Parked), handed to a
+// later login (Reused), timed out (Expired) and lost while kept (Dropped).
+type ReuseStats struct {
+	Parked, Reused, Expired, Dropped int
+}
+
+type lingering struct {
+	u       *upstreamConn
+	reply   []byte // the upstream's login answer; its last line is tagged
+	key     string
+	mailbox string // mailboxKey, for eviction by the mailbox cap
+	timer   *time.Timer
+	watched chan struct{} // closed when the watcher has stopped reading
+	dead    atomic.Bool   // the server spoke or hung up while idle
+}
+
+func newLingerStore(s *Server, ttl time.Duration) *lingerStore {
+	ls := &lingerStore{s: s, ttl: ttl, byKey: map[string][]*lingering{}}
+	if _, err := rand.Read(ls.salt[:]); err != nil {
+		panic(err) // crypto/rand does not fail on supported systems
+	}
+	return ls
+}
+
+// key names the sessions one login may take: same server section, same
+// account, same password.
+func (ls *lingerStore) key(section, user, password string) string {
+	if ls == nil {
+		return ""
+	}
+	h := sha256.New()
+	h.Write(ls.salt[:])
+	h.Write([]byte(password))
+	return section + "\x00" + strings.ToLower(user) + "\x00" + hex.EncodeToString(h.Sum(nil))
+}
+
+// park keeps u for the next login under key.
+func (ls *lingerStore) park(u *upstreamConn, key, mailbox string, reply []byte) {
+	lg := &lingering{u: u, reply: reply, key: key, mailbox: mailbox, watched: make(chan struct{})}
+	ls.mu.Lock()
+	if ls.s.ctx.Err() != nil {
+		ls.mu.Unlock()
+		u.Close()
+		return
+	}
+	ls.byKey[key] = append(ls.byKey[key], lg)
+	ls.stats.Parked++
+	lg.timer = time.AfterFunc(ls.ttl, func() {
+		if ls.remove(lg) {
+			ls.count(func(st *ReuseStats) { st.Expired++ })
+			lg.u.Close()
+		}
+	})
+	ls.mu.Unlock()
+	// The watcher notices a server that logs the session out (BYE, or
+	// just closing) while it waits; take interrupts it with a deadline.
+	ls.s.wg.Add(1)
+	go func() {
+		defer ls.s.wg.Done()
+		defer close(lg.watched)
+		var b [1]byte
+		n, err := u.conn.Read(b[:])
+		var ne net.Error
+		if n > 0 || !(errors.As(err, &ne) && ne.Timeout()) {
+			lg.dead.Store(true)
+			if ls.remove(lg) {
+				ls.count(func(st *ReuseStats) { st.Dropped++ })
+				lg.timer.Stop()
+				u.Close()
+			}
+		}
+	}()
+}
+
+func (ls *lingerStore) count(f func(*ReuseStats)) {
+	ls.mu.Lock()
+	f(&ls.stats)
+	ls.mu.Unlock()
+}
+
+// remove takes lg out of the store; false if someone else already did.
+func (ls *lingerStore) remove(lg *lingering) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	list := ls.byKey[lg.key]
+	for i, x := range list {
+		if x == lg {
+			list = append(list[:i], list[i+1:]...)
+			if len(list) == 0 {
+				delete(ls.byKey, lg.key)
+			} else {
+				ls.byKey[lg.key] = list
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// take returns a live lingering session for key, or nil.
+func (ls *lingerStore) take(key string) *lingering {
+	if ls == nil || key == "" {
+		return nil
+	}
+	for {
+		ls.mu.Lock()
+		list := ls.byKey[key]
+		if len(list) == 0 {
+			ls.mu.Unlock()
+			return nil
+		}
+		lg := list[len(list)-1] // the most recent: least likely to have timed out
+		ls.mu.Unlock()
+		if !ls.remove(lg) {
+			continue
+		}
+		lg.timer.Stop()
+		lg.u.conn.SetReadDeadline(time.Now())
+		<-lg.watched
+		if lg.dead.Load() {
+			lg.u.Close()
+			continue
+		}
+		lg.u.conn.SetReadDeadline(time.Time{})
+		ls.count(func(st *ReuseStats) { st.Reused++ })
+		return lg
+	}
+}
+
+// evict closes one lingering session of mailbox; it reports whether
+// there was one.
+func (ls *lingerStore) evict(mailbox string) bool {
+	if ls == nil {
+		return false
+	}
+	ls.mu.Lock()
+	var victim *lingering
+	for _, list := range ls.byKey {
+		for _, lg := range list {
+			if lg.mailbox == mailbox {
+				victim = lg
+				break
+			}
+		}
+		if victim != nil {
+			break
+		}
+	}
+	ls.mu.Unlock()
+	if victim == nil || !ls.remove(victim) {
+		return false
+	}
+	victim.timer.Stop()
+	victim.u.Close() // releases its mailbox slot
+	return true
+}
+
+// closeAll ends every lingering session (the server is stopping).
+func (ls *lingerStore) closeAll() {
+	if ls == nil {
+		return
+	}
+	ls.mu.Lock()
+	var all []*lingering
+	for _, list := range ls.byKey {
+		all = append(all, list...)
+	}
+	ls.byKey = map[string][]*lingering{}
+	ls.mu.Unlock()
+	for _, lg := range all {
+		lg.timer.Stop()
+		lg.u.Close()
+	}
+}
+
+func (ls *lingerStore) snapshot() ReuseStats {
+	if ls == nil {
+		return ReuseStats{}
+	}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.stats
+}
+
+// retag turns a stored login answer into the answer to a login tagged tag.
+func retag(reply []byte, tag string) []byte {
+	body := bytes.TrimSuffix(reply, []byte("\r\n"))
+	last := bytes.LastIndex(body, []byte("\r\n"))
+	head, line := []byte(nil), body
+	if last >= 0 {
+		head, line = body[:last+2], body[last+2:]
+	}
+	sp := bytes.IndexByte(line, ' ')
+	if sp < 0 {
+		return nil
+	}
+	out := make([]byte, 0, len(reply)+len(tag))
+	out = append(out, head...)
+	out = append(out, tag...)
+	out = append(out, line[sp:]...)
+	return append(out, "\r\n"...)
+}
+
+// canReuse reports whether sessions on this upstream may be reused.
+func canReuse(srv *config.Server, u *upstreamConn, reply []byte) bool {
+	if srv.Protocol != config.IMAP {
+		return false
+	}
+	return imap.HasCapability(u.caps, "UNSELECT") || imap.HasCapability(u.caps, "IMAP4rev2") ||
+		bytes.Contains(bytes.ToUpper(reply), []byte("UNSELECT"))
+}

@@ -1,0 +1,239 @@
+package engine
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/emailproxy/emailproxy/bench/mock"
+)
+
+// waitFor polls cond until it holds or 10 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func popLogin(t *testing.T, addr, user, pass string) *popClient {
+	t.Helper()
+	p := dialPOP(t, addr)
+	p.ok("USER %s", user)
+	p.ok("PASS %s", pass)
+	return p
+}
+
+func (e *proxyEnv) listenerFor(addr string) *listener {
+	for _, l := range e.srv.listeners {
+		if l.srv.ListenAddr() == addr {
+			return l
+		}
+	}
+	e.t.Fatalf("no listener on %s", addr)
+	return nil
+}
+
+// A login takes a pre-connected upstream connection; connections are
+// recycled before they reach their maximum age; one the server dropped
+// meanwhile is replaced by a fresh dial without the client noticing.
+func TestWarmPoolServesAndRecycles(t *testing.T) {
+	env := startEnv(t, envOptions{engine: Options{WarmMaxAge: 600 * time.Millisecond}})
+	pool := env.listenerFor(env.popAddr).pool
+
+	popLogin(t, env.popAddr, testAccount, testPassword).ok("QUIT")
+	waitFor(t, "a warm connection", func() bool { _, idle := pool.snapshot(); return idle == 1 })
+	st, _ := pool.snapshot()
+	if st.Misses != 1 || st.Hits != 0 {
+		t.Fatalf("first login: %+v", st)
+	}
+	popLogin(t, env.popAddr, testAccount, testPassword).ok("QUIT")
+	if st, _ = pool.snapshot(); st.Hits != 1 {
+		t.Fatalf("second login did not use the warm connection: %+v", st)
+	}
+
+	// Recycling: connections age out and are replaced while in use.
+	waitFor(t, "warm connections to be recycled", func() bool {
+		st, idle := pool.snapshot()
+		return st.Expired >= 2 && idle == 1
+	})
+	pool.mu.Lock()
+	for _, w := range pool.idle {
+		if age := time.Since(w.born); age >= pool.maxAge {
+			t.Errorf("idle connection %v old, max age %v", age, pool.maxAge)
+		}
+	}
+	pool.mu.Unlock()
+
+	// The provider drops every connection: the next login still works.
+	env.up.DropConnections()
+	popLogin(t, env.popAddr, testAccount, testPassword).ok("QUIT")
+	if env.up.Logins() != 3 {
+		t.Fatalf("upstream logins %d, want 3", env.up.Logins())
+	}
+}
+
+// Logins over the per-mailbox cap wait for a session of that mailbox to
+// end instead of failing upstream; one that waits past its login timeout
+// gets a temporary error that says why.
+func TestMailboxCapQueuesAndReleases(t *testing.T) {
+	env := startEnv(t, envOptions{mailboxCap: 2, engine: Options{MailboxLimit: 2, LoginTimeout: 3 * time.Second}})
+	key := mailboxKey(env.listenerFor(env.popAddr).srv.ServerAddress, testAccount)
+	a := popLogin(t, env.popAddr, testAccount, testPassword)
+	b := popLogin(t, env.popAddr, testAccount, testPassword)
+
+	c := dialPOP(t, env.popAddr)
+	c.ok("USER %s", testAccount)
+	c.send("PASS %s", testPassword)
+	waitFor(t, "the third login to queue", func() bool { held, waiting := env.srv.gates.held(key); return held == 2 && waiting == 1 })
+	a.ok("QUIT")
+	if got := c.status(); !strings.HasPrefix(got, "+OK") {
+		t.Fatalf("queued login: %q", got)
+	}
+	if held, waiting := env.srv.gates.held(key); held != 2 || waiting != 0 {
+		t.Fatalf("after hand-over: held %d waiting %d", held, waiting)
+	}
+
+	// Nobody leaves: the fourth login waits until its timeout.
+	d := dialPOP(t, env.popAddr)
+	d.ok("USER %s", testAccount)
+	if got := d.cmd("PASS %s", testPassword); !strings.HasPrefix(got, "-ERR [SYS/TEMP]") || !strings.Contains(got, "too many sessions") {
+		t.Fatalf("timed-out queued login: %q", got)
+	}
+	b.ok("QUIT")
+	c.ok("QUIT")
+	waitFor(t, "all slots free", func() bool { held, _ := env.srv.gates.held(key); return held == 0 })
+	if _, peak := env.up.Sessions("pop3", testAccount); peak != 2 || env.up.LimitRefusals() != 0 {
+		t.Fatalf("upstream saw peak %d sessions, %d refusals", peak, env.up.LimitRefusals())
+	}
+}
+
+const otherAccount = "other@yourdomain.com"
+
+// With reuse on, a LOGOUT keeps the upstream session for the next login
+// of the same account and password, reset to no mailbox selected; other
+// accounts, wrong passwords and sessions that used stateful commands
+// never get it.
+func TestIMAPSessionReuse(t *testing.T) {
+	const pw = "reuse-pw-1"
+	env := startEnv(t, envOptions{
+		mailboxes: map[string][]mock.Message{
+			testAccount:  {{UID: "a1", Body: []byte("Subject: a\r\n\r\nA\r\n")}},
+			otherAccount: {{UID: "b1", Body: []byte("Subject: b\r\n\r\nB\r\n")}, {UID: "b2", Body: []byte("Subject: b2\r\n\r\nB2\r\n")}},
+		},
+		extraConfig: "\n[" + otherAccount + "]\ntoken_url = {TOKEN}\noauth2_scope = " + testScope +
+			"\noauth2_flow = client_credentials\nclient_id = " + testClientID + "\nclient_secret = " + testSecret + "\n",
+		engine: Options{IMAPSessionReuse: 5 * time.Second},
+	})
+
+	// First session: SELECT, then LOGOUT answered by the proxy.
+	c, ok := imapLogin(t, env.imapAddr, testAccount, pw)
+	if !strings.HasPrefix(ok, "L1 OK") {
+		t.Fatalf("login: %q", ok)
+	}
+	c.send("S1 SELECT INBOX\r\n")
+	if l := c.until("S1 "); !strings.Contains(strings.Join(l, "\n"), "1 EXISTS") {
+		t.Fatalf("select: %q", l)
+	}
+	c.send("Q1 LOGOUT\r\n")
+	if l := c.until("Q1 "); l[0] != "* BYE emailproxy: logged out" || l[1] != "Q1 OK LOGOUT completed" {
+		t.Fatalf("logout: %q", l)
+	}
+	c.expectEOF()
+	waitFor(t, "the session to be kept", func() bool { return env.srv.linger.snapshot().Parked == 1 })
+
+	// The other account gets its own upstream session, not the kept one.
+	o, ok := imapLogin(t, env.imapAddr, otherAccount, pw)
+	if !strings.HasPrefix(ok, "L1 OK") || env.up.Logins() != 2 {
+		t.Fatalf("other account: %q, upstream logins %d", ok, env.up.Logins())
+	}
+	o.send("S1 SELECT INBOX\r\n")
+	if l := o.until("S1 "); !strings.Contains(strings.Join(l, "\n"), "2 EXISTS") {
+		t.Fatalf("other account sees: %q", l)
+	}
+	o.send("Q1 LOGOUT\r\n")
+	o.until("Q1 ")
+
+	// A wrong password is refused and does not consume the kept session.
+	_, bad := imapLogin(t, env.imapAddr, testAccount, "not the password")
+	if !strings.HasPrefix(bad, "L1 NO") {
+		t.Fatalf("wrong password: %q", bad)
+	}
+
+	// The right password gets the kept session: no new upstream login,
+	// and no mailbox selected (FETCH is refused until SELECT).
+	r, ok := imapLogin(t, env.imapAddr, testAccount, pw)
+	if !strings.HasPrefix(ok, "L1 OK") || env.up.Logins() != 2 || env.srv.linger.snapshot().Reused != 1 {
+		t.Fatalf("reuse: %q, upstream logins %d, %+v", ok, env.up.Logins(), env.srv.linger.snapshot())
+	}
+	r.send("F1 FETCH 1 (FLAGS)\r\n")
+	if l := r.until("F1 "); !strings.HasPrefix(l[len(l)-1], "F1 BAD") && !strings.HasPrefix(l[len(l)-1], "F1 NO") {
+		t.Fatalf("a mailbox is still selected in the reused session: %q", l)
+	}
+	// A command outside the stateless set makes the session single-use:
+	// LOGOUT then goes upstream and the session ends.
+	r.send("E1 ENABLE CONDSTORE\r\n")
+	r.until("E1 ")
+	r.send("Q2 LOGOUT\r\n")
+	r.until("Q2 OK")
+	r.expectEOF()
+	if n := env.srv.linger.snapshot().Parked; n != 2 { // the first session and the other account's
+		t.Fatalf("parked %d sessions, want 2", n)
+	}
+
+	// A real client logs in (reusing the other account's session), reads
+	// and logs out cleanly.
+	ic, err := imapclient.DialInsecure(env.imapAddr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ic.Close()
+	if err := ic.Login(otherAccount, pw).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	sel, err := ic.Select("INBOX", nil).Wait()
+	if err != nil || sel.NumMessages != 2 {
+		t.Fatalf("select after reuse: %v %v", sel, err)
+	}
+	if err := ic.Logout().Wait(); err != nil {
+		t.Fatalf("logout: %v", err)
+	}
+	if env.up.Logins() != 2 || env.srv.linger.snapshot().Reused != 2 {
+		t.Fatalf("upstream logins %d (want 2: one per account), %+v", env.up.Logins(), env.srv.linger.snapshot())
+	}
+}
+
+// The store's keys separate accounts, passwords and server sections.
+func TestLingerKeysSeparateAccountsAndPasswords(t *testing.T) {
+	ls := newLingerStore(&Server{}, time.Second)
+	base := ls.key("IMAP-1993", "a@x", "pw")
+	for _, k := range []string{ls.key("IMAP-1993", "a@x", "pw2"), ls.key("IMAP-1993", "b@x", "pw"), ls.key("IMAP-2993", "a@x", "pw")} {
+		if k == base {
+			t.Fatal("two different logins share a key")
+		}
+	}
+	if base != ls.key("IMAP-1993", "A@X", "pw") {
+		t.Fatal("account names differ only in case: same mailbox")
+	}
+	if strings.Contains(base, "pw") && !strings.Contains("IMAP-1993\x00a@x", "pw") {
+		t.Fatal("the key holds the password")
+	}
+	other := newLingerStore(&Server{}, time.Second)
+	if other.key("IMAP-1993", "a@x", "pw") == base {
+		t.Fatal("keys are not salted per process")
+	}
+}
+
+func TestRetag(t *testing.T) {
+	got := string(retag([]byte("* CAPABILITY IMAP4rev1\r\nold OK [CAPABILITY IMAP4rev1] done\r\n"), "new7"))
+	if got != "* CAPABILITY IMAP4rev1\r\nnew7 OK [CAPABILITY IMAP4rev1] done\r\n" {
+		t.Fatalf("%q", got)
+	}
+	if got := string(retag([]byte("a OK x\r\n"), "b")); got != "b OK x\r\n" {
+		t.Fatalf("%q", got)
+	}
+}
