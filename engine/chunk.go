@@ -30,6 +30,7 @@ const (
 // fills it switches to a pooled buffer, kept until no data comes for
 // busyLinger (a read deadline that TLS survives).
 type chunkReader struct {
+	pool *bytebufferpool.Pool
 	src  net.Conn
 	raw  syscall.RawConn // plain sockets only
 	size int             // full buffer size
@@ -42,13 +43,17 @@ type chunkReader struct {
 	busy  bool
 	// deadlineSet: a read deadline is in force that applyDeadline set.
 	deadlineSet bool
+
+	rawFn func(uintptr) bool // r.rawRead
+	n     int                // rawRead's result
+	rerr  error
 }
 
-func newChunkReader(src net.Conn, size int) *chunkReader {
-	r := &chunkReader{src: src, size: size}
+func newChunkReader(pool *bytebufferpool.Pool, src net.Conn, size int) *chunkReader {
+	r := &chunkReader{pool: pool, src: src, size: size}
 	if sc, ok := src.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
-			r.raw = raw
+			r.raw, r.rawFn = raw, r.rawRead
 		}
 	}
 	return r
@@ -86,31 +91,34 @@ func (r *chunkReader) next() ([]byte, error) {
 // poller waits for readability.
 func (r *chunkReader) readRaw() ([]byte, error) {
 	r.release()
-	var n int
-	var rerr error
-	err := r.raw.Read(func(fd uintptr) bool {
-		buf := r.buffer()
-		for {
-			n, rerr = syscall.Read(int(fd), buf)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			r.release()
-			return false // nothing yet: wait without a buffer
-		}
-		return true
-	})
-	switch {
-	case err != nil:
+	r.n, r.rerr = 0, nil
+	if err := r.raw.Read(r.rawFn); err != nil {
 		return nil, err
-	case rerr != nil:
-		return nil, rerr
-	case n == 0:
+	}
+	switch {
+	case r.rerr != nil:
+		return nil, r.rerr
+	case r.n == 0:
 		return nil, io.EOF
 	}
-	return r.bb.B[:n], nil
+	return r.bb.B[:r.n], nil
+}
+
+// rawRead is RawConn.Read's callback (kept as a method value made once,
+// so reads allocate nothing): it reports false, "wait", on EAGAIN.
+func (r *chunkReader) rawRead(fd uintptr) bool {
+	buf := r.buffer()
+	for {
+		r.n, r.rerr = syscall.Read(int(fd), buf)
+		if r.rerr != syscall.EINTR {
+			break
+		}
+	}
+	if r.rerr == syscall.EAGAIN {
+		r.release()
+		return false // nothing yet: wait without a buffer
+	}
+	return true
 }
 
 // applyDeadline sets the read deadline to soft, or the hard one if it is
@@ -140,18 +148,21 @@ func (r *chunkReader) hardPassed() bool {
 
 func (r *chunkReader) buffer() []byte {
 	if r.bb == nil {
-		r.bb = bytebufferpool.Get()
+		r.bb = r.pool.Get()
 		if cap(r.bb.B) < r.size {
 			r.bb.B = make([]byte, r.size)
 		}
+		// The pool sizes what it keeps by len at Put: a buffer put back
+		// empty would teach it to drop full-size ones.
+		r.bb.B = r.bb.B[:cap(r.bb.B)]
 	}
-	return r.bb.B[:cap(r.bb.B)]
+	return r.bb.B
 }
 
 // release gives the full buffer back to the pool.
 func (r *chunkReader) release() {
 	if r.bb != nil {
-		bytebufferpool.Put(r.bb)
+		r.pool.Put(r.bb)
 		r.bb = nil
 	}
 }

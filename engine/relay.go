@@ -103,7 +103,7 @@ func (s *Server) pipe(dst io.Writer, src net.Conn, first []byte, br *bufio.Reade
 			return total
 		}
 	}
-	cr := newChunkReader(src, s.opts.RelayBuffer)
+	cr := newChunkReader(&s.relayBufs, src, s.opts.RelayBuffer)
 	defer cr.release()
 	for {
 		chunk, rerr := cr.next()

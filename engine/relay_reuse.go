@@ -73,7 +73,7 @@ func (rr *reuseRelay) clientSide(leftover []byte) (int64, bool) {
 			return total, reset && ok
 		}
 	}
-	cr := newChunkReader(rr.r.client, rr.s.opts.RelayBuffer)
+	cr := newChunkReader(&rr.s.relayBufs, rr.r.client, rr.s.opts.RelayBuffer)
 	defer cr.release()
 	for {
 		chunk, rerr := cr.next()
@@ -166,7 +166,7 @@ func (rr *reuseRelay) upSide() (int64, bool) {
 
 // startReuseRelay runs a reusable IMAP session's relay.
 func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []byte, log zerolog.Logger, opened time.Time, r *relay) {
-	rr := &reuseRelay{s: s, r: r, res: res, log: log, upReader: newChunkReader(res.up.conn, s.opts.RelayBuffer)}
+	rr := &reuseRelay{s: s, r: r, res: res, log: log, upReader: newChunkReader(&s.relayBufs, res.up.conn, s.opts.RelayBuffer)}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 	"github.com/rs/zerolog"
+	"github.com/valyala/bytebufferpool"
 
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/config"
@@ -122,6 +123,10 @@ type Server struct {
 	sessMu    sync.Mutex
 	sessHead  *session
 	sessCount int
+
+	// relayBufs holds the relays' full-size buffers: one size only, so
+	// every buffer taken is one that was given back.
+	relayBufs bytebufferpool.Pool
 
 	gates  *mailboxGates
 	linger *lingerStore // nil: IMAP session reuse off

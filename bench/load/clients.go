@@ -23,6 +23,9 @@ type Sample struct {
 	Login time.Duration // connect until the login is accepted
 	Cycle time.Duration // connect until the connection is closed
 	Bytes int64         // message bytes received (or sent, for SMTP)
+	// Transfer is the time from asking for the message (RETR, UID FETCH)
+	// to its last byte.
+	Transfer time.Duration
 }
 
 // wire is a client connection with line reading; it never holds more
@@ -150,12 +153,14 @@ func (t *Target) popCycle(ctx context.Context, mode Mode, a Account, bulk bool) 
 	if bulk {
 		msg = count
 	}
+	asked := time.Now()
 	if _, err := w.popOK("RETR " + strconv.Itoa(msg)); err != nil {
 		return s, err
 	}
 	if s.Bytes, err = w.popMulti(); err != nil {
 		return s, err
 	}
+	s.Transfer = time.Since(asked)
 	if _, err := w.popOK("QUIT"); err != nil {
 		return s, err
 	}
@@ -239,9 +244,11 @@ func (t *Target) imapCycle(ctx context.Context, mode Mode, a Account, bulk bool)
 	if bulk {
 		uid = uids[len(uids)-1]
 	}
+	asked := time.Now()
 	if _, s.Bytes, err = w.imapDo("f", "UID FETCH "+uid+" BODY.PEEK[]"); err != nil {
 		return s, err
 	}
+	s.Transfer = time.Since(asked)
 	if _, _, err := w.imapDo("z", "LOGOUT"); err != nil {
 		return s, err
 	}

@@ -33,7 +33,8 @@ type Options struct {
 	SMTPOAuthBearerOnly bool
 	// RTT simulates a distant provider: the first write after a read (an
 	// answer to a request, on every protocol, TLS handshake included) waits
-	// this long; the greeting waits half of it (0: none).
+	// this long; a connection's first write waits half of it more, for
+	// the TCP handshake (0: none).
 	RTT time.Duration
 	// MailboxLimit refuses a mailbox's authenticated IMAP or POP3 session
 	// beyond this many open at once, like Exchange Online's 16 (0: none).
@@ -275,10 +276,10 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := &trackedConn{Conn: c, up: l.up}
-	if l.up.opts.RTT > 0 {
-		time.Sleep(l.up.opts.RTT / 2) // SYN / SYN-ACK
-	}
+	// The connection's first answer also carries half a round trip for
+	// the TCP handshake (SYN / SYN-ACK); paid on the connection's own
+	// goroutine, so that accepting never queues connections.
+	tc := &trackedConn{Conn: c, up: l.up, connect: l.up.opts.RTT / 2}
 	l.up.mu.Lock()
 	if l.up.closed {
 		l.up.mu.Unlock()
@@ -295,7 +296,8 @@ type trackedConn struct {
 	up      *Upstream
 	once    sync.Once
 	mu      sync.Mutex
-	pending bool // a read happened since the last write: the next write is an answer
+	pending bool          // a read happened since the last write: the next write is an answer
+	connect time.Duration // extra delay of the first write
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
@@ -312,11 +314,15 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 func (c *trackedConn) Write(p []byte) (int, error) {
 	if c.up.opts.RTT > 0 {
 		c.mu.Lock()
-		wait := c.pending
-		c.pending = false
+		var wait time.Duration
+		if c.pending {
+			wait = c.up.opts.RTT
+		}
+		wait += c.connect
+		c.pending, c.connect = false, 0
 		c.mu.Unlock()
-		if wait {
-			time.Sleep(c.up.opts.RTT)
+		if wait > 0 {
+			time.Sleep(wait)
 		}
 	}
 	return c.Conn.Write(p)

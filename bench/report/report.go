@@ -56,7 +56,7 @@ type Result struct {
 	// or slower (rates).
 	CycleP50Ratio   float64 `json:"cycle_p50_ratio,omitempty"`
 	LoginP50Ratio   float64 `json:"login_p50_ratio,omitempty"`
-	ThroughputRatio float64 `json:"throughput_ratio,omitempty"` // MB/s, bulk scenarios
+	ThroughputRatio float64 `json:"throughput_ratio,omitempty"` // median download rate, bulk scenarios
 }
 
 // Mode is one phase's figures.
@@ -69,6 +69,9 @@ type Mode struct {
 	Login        Pct      `json:"login_ms"`
 	Cycle        Pct      `json:"cycle_ms"`
 	MBPerS       float64  `json:"mb_per_s"`
+	// TransferMBPerS is the median rate of one message download, from the
+	// request to the last byte (bulk scenarios).
+	TransferMBPerS float64 `json:"transfer_mb_per_s,omitempty"`
 	// Measured on the proxy process (proxy mode only).
 	ProxyCPUPerSessionUs float64 `json:"proxy_cpu_per_session_us,omitempty"`
 	ProxyCPUPercent      float64 `json:"proxy_cpu_percent,omitempty"`
@@ -108,11 +111,16 @@ func Summarize(ph *load.Phase) *Mode {
 	logins := make([]float64, 0, len(ph.Samples))
 	cycles := make([]float64, 0, len(ph.Samples))
 	var bytes int64
+	var rates []float64
 	for _, s := range ph.Samples {
 		logins = append(logins, ms(s.Login))
 		cycles = append(cycles, ms(s.Cycle))
 		bytes += s.Bytes
+		if s.Transfer > 0 && s.Bytes >= 1<<20 {
+			rates = append(rates, float64(s.Bytes)/(1<<20)/s.Transfer.Seconds())
+		}
 	}
+	m.TransferMBPerS = percentiles(rates).P50
 	m.Login, m.Cycle = percentiles(logins), percentiles(cycles)
 	if m.Seconds > 0 {
 		m.MBPerS = round(float64(bytes) / (1 << 20) / m.Seconds) // all clients together
@@ -187,15 +195,15 @@ func (r *Result) Compare() {
 	}
 	r.CycleP50Ratio = ratio(r.Proxy.Cycle.P50, r.Direct.Cycle.P50)
 	r.LoginP50Ratio = ratio(r.Proxy.Login.P50, r.Direct.Login.P50)
-	if r.Direct.MBPerS > 0 && strings.HasPrefix(r.Scenario, "bulk") {
-		r.ThroughputRatio = ratio(r.Proxy.MBPerS, r.Direct.MBPerS)
+	if r.Direct.TransferMBPerS > 0 {
+		r.ThroughputRatio = ratio(r.Proxy.TransferMBPerS, r.Direct.TransferMBPerS)
 	}
 }
 
 // WriteTable prints the results for a terminal.
 func (rep *Report) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tmode\tcycles\terrors\tsess/s\tlogin p50\tp90\tp99\tcycle p50\tp90\tp99\tMB/s\tproxy CPU/sess\tproxy RSS\tup logins\ttoken reqs\t")
+	fmt.Fprintln(tw, "scenario\tmode\tcycles\terrors\tsess/s\tlogin p50\tp90\tp99\tcycle p50\tp90\tp99\tMB/s\tdownload MB/s\tproxy CPU/sess\tproxy RSS\tup logins\ttoken reqs\t")
 	for _, r := range rep.Results {
 		for _, m := range []struct {
 			name string
@@ -212,13 +220,16 @@ func (rep *Report) WriteTable(w io.Writer) {
 			if x.ProxyRSSPeakMB > 0 {
 				rss = fmt.Sprintf("%.1f MB", x.ProxyRSSPeakMB)
 			}
-			mbs := ""
-			if x.MBPerS > 0 {
+			mbs, dl := "", ""
+			if x.MBPerS >= 0.1 {
 				mbs = fmt.Sprintf("%.1f", x.MBPerS)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.1f ms\t%.1f\t%.1f\t%.1f ms\t%.1f\t%.1f\t%s\t%s\t%s\t%d\t%d\t\n",
+			if x.TransferMBPerS > 0 {
+				dl = fmt.Sprintf("%.1f", x.TransferMBPerS)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.1f ms\t%.1f\t%.1f\t%.1f ms\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%d\t%d\t\n",
 				r.Scenario, m.name, x.Cycles, x.Errors, x.SessionsPerS, x.Login.P50, x.Login.P90, x.Login.P99,
-				x.Cycle.P50, x.Cycle.P90, x.Cycle.P99, mbs, cpu, rss, x.UpstreamLogins, x.TokenRequests)
+				x.Cycle.P50, x.Cycle.P90, x.Cycle.P99, mbs, dl, cpu, rss, x.UpstreamLogins, x.TokenRequests)
 		}
 	}
 	tw.Flush()
@@ -229,7 +240,7 @@ func (rep *Report) WriteTable(w io.Writer) {
 		}
 		s := fmt.Sprintf("%s: cycle p50 %.2f×, login p50 %.2f×", r.Scenario, r.CycleP50Ratio, r.LoginP50Ratio)
 		if r.ThroughputRatio > 0 {
-			s += fmt.Sprintf(", MB/s %.2f×", r.ThroughputRatio)
+			s += fmt.Sprintf(", download MB/s %.2f×", r.ThroughputRatio)
 		}
 		ratios = append(ratios, s)
 	}

@@ -29,7 +29,7 @@ func TestRunEveryScenarioEndToEnd(t *testing.T) {
 	jsonPath, htmlPath := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.html")
 	var out, errOut bytes.Buffer
 	code := run([]string{"run", "--duration", "700ms", "--concurrency", "2", "--mailboxes", "2", "--messages", "2",
-		"--big-size", "300000", "--big-mailboxes", "1", "--rtt", "2ms", "--token-delay", "0",
+		"--big-size", "1300000", "--big-mailboxes", "1", "--rtt", "2ms", "--token-delay", "0",
 		"--idle-clients", "30", "--idle-sessions", "6", "--proxy-args", "--imap-session-reuse 30s",
 		"--json", jsonPath, "--html", htmlPath}, &out, &errOut, nil)
 	if code != 0 {

@@ -8,6 +8,7 @@ package imap
 
 import (
 	"bytes"
+	"strings"
 
 	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/sasl"
@@ -92,6 +93,7 @@ type Machine struct {
 	tag      []byte
 	user     string
 	out      []byte
+	toks     [][]byte // scratch for tokens
 }
 
 // New returns a machine for a client that was sent prof.Greeting(tls).
@@ -135,7 +137,7 @@ func (m *Machine) step(in []byte) (int, Action) {
 			return n, m.bye("Line too long")
 		case textline.Overlong:
 			m.st = stCommand
-			return n, m.bad(string(m.tag), "SASL response too long")
+			return n, m.bad(m.tag, "SASL response too long")
 		}
 		return n, m.saslResponse(line)
 	}
@@ -152,7 +154,7 @@ func (m *Machine) readLine(in []byte) (int, Action) {
 		return n, m.bye("Line too long")
 	case textline.Overlong:
 		m.resetCommand()
-		return n, m.bad("*", "Command line too long")
+		return n, m.bad(star, "Command line too long")
 	}
 	// A line ending in {n} or {n+} announces a literal.
 	litLen, nonSync, markerAt, ok := literalMarker(line)
@@ -173,7 +175,7 @@ func (m *Machine) readLine(in []byte) (int, Action) {
 	}
 	m.litTotal += litLen
 	if m.litTotal > m.lim.MaxLiteral || len(m.parts) > 16 {
-		tag := string(m.tag)
+		tag := m.tag
 		m.resetCommand()
 		if nonSync {
 			// The client sends the bytes anyway; we cannot stay in step.
@@ -250,13 +252,13 @@ func (m *Machine) dispatch() Action {
 	tag, rest := textline.Word(line)
 	cmd, args := textline.Word(rest)
 	if len(line) == 0 {
-		return m.bad("*", "Empty command")
+		return m.bad(star, "Empty command")
 	}
 	if !validTag(tag) || len(cmd) == 0 {
-		return m.bad("*", "Invalid tag or missing command")
+		return m.bad(star, "Invalid tag or missing command")
 	}
 	m.tag = append(m.tag[:0], tag...)
-	t := string(tag)
+	t := m.tag
 	switch {
 	case textline.EqualFold(cmd, "CAPABILITY"):
 		m.out = append(m.out, m.prof.CapabilityLine(m.tls)...)
@@ -293,16 +295,25 @@ func (m *Machine) dispatch() Action {
 
 // login parses "LOGIN userid password" (each an astring) from the first
 // part's args and any following literal parts.
-func (m *Machine) login(tag string, args []byte) Action {
+func (m *Machine) login(tag, args []byte) Action {
 	toks := m.tokens(args)
 	if toks == nil || len(toks) != 2 {
 		return m.bad(tag, "LOGIN expects a user name and a password")
 	}
-	user, pass := string(toks[0]), string(toks[1])
-	return m.startLogin(tag, sasl.Credentials{Username: user, Password: pass})
+	// One allocation for the tag and both credentials.
+	var b strings.Builder
+	b.Grow(len(tag) + len(toks[0]) + len(toks[1]))
+	b.Write(tag)
+	b.Write(toks[0])
+	b.Write(toks[1])
+	all := b.String()
+	u := len(tag) + len(toks[0])
+	m.st = stPending
+	return Action{Kind: Login, Out: m.out, Tag: all[:len(tag)],
+		Creds: sasl.Credentials{Username: all[len(tag):u], Password: all[u:]}}
 }
 
-func (m *Machine) authenticate(tag string, args []byte) Action {
+func (m *Machine) authenticate(tag, args []byte) Action {
 	mech, ir := textline.Word(args)
 	if len(m.parts) > 1 {
 		return m.bad(tag, "Unexpected literal in AUTHENTICATE")
@@ -330,11 +341,11 @@ func (m *Machine) authenticate(tag string, args []byte) Action {
 
 func (m *Machine) saslResponse(line []byte) Action {
 	m.st = stCommand
-	return m.saslAnswer(string(m.tag), line)
+	return m.saslAnswer(m.tag, line)
 }
 
 // saslAnswer handles one client response inside AUTHENTICATE.
-func (m *Machine) saslAnswer(tag string, resp []byte) Action {
+func (m *Machine) saslAnswer(tag, resp []byte) Action {
 	switch m.sasl {
 	case saslPlain:
 		creds, err := sasl.DecodePlain(resp)
@@ -370,9 +381,9 @@ func (m *Machine) saslAnswer(tag string, resp []byte) Action {
 	}
 }
 
-func (m *Machine) startLogin(tag string, creds sasl.Credentials) Action {
+func (m *Machine) startLogin(tag []byte, creds sasl.Credentials) Action {
 	m.st = stPending
-	return Action{Kind: Login, Out: m.out, Creds: creds, Tag: tag}
+	return Action{Kind: Login, Out: m.out, Creds: creds, Tag: string(tag)}
 }
 
 // LoginFailed ends a login that did not succeed; the client may try again.
@@ -385,11 +396,12 @@ func (m *Machine) LoginFailed(tag, msg string, temporary bool) []byte {
 	if temporary {
 		code = "UNAVAILABLE"
 	}
-	m.no(tag, code, msg)
+	m.out = append(m.out, tag...)
+	m.no(nil, code, msg)
 	return m.out
 }
 
-func (m *Machine) ok(tag, text string) Action {
+func (m *Machine) ok(tag []byte, text string) Action {
 	m.out = append(m.out, tag...)
 	m.out = append(m.out, " OK "...)
 	m.out = append(m.out, text...)
@@ -397,7 +409,7 @@ func (m *Machine) ok(tag, text string) Action {
 	return Action{Kind: Reply, Out: m.out}
 }
 
-func (m *Machine) no(tag, code, text string) Action {
+func (m *Machine) no(tag []byte, code, text string) Action {
 	m.out = append(m.out, tag...)
 	m.out = append(m.out, " NO "...)
 	if code != "" {
@@ -410,7 +422,7 @@ func (m *Machine) no(tag, code, text string) Action {
 	return Action{Kind: Reply, Out: m.out}
 }
 
-func (m *Machine) bad(tag, text string) Action {
+func (m *Machine) bad(tag []byte, text string) Action {
 	m.errors++
 	if m.errors > m.lim.MaxErrors {
 		return m.bye("Too many bad commands")
@@ -430,10 +442,14 @@ func (m *Machine) bye(text string) Action {
 	return Action{Kind: Close, Out: m.out}
 }
 
+// star is the tag of untagged answers.
+var star = []byte("*")
+
 // tokens splits the LOGIN arguments into astrings: atoms, quoted strings
 // (with \\ and \" escapes) and literals. It returns nil on a syntax error.
 func (m *Machine) tokens(args []byte) [][]byte {
-	var toks [][]byte
+	toks := m.toks[:0]
+	defer func() { m.toks = toks[:0] }()
 	for i, p := range m.parts {
 		if p.literal {
 			toks = append(toks, m.arena[p.start:p.end])
@@ -453,19 +469,17 @@ func (m *Machine) tokens(args []byte) [][]byte {
 		if i > 0 && len(text) == 0 {
 			continue
 		}
-		more, ok := splitAStrings(text, i+1 < len(m.parts))
-		if !ok {
+		var ok bool
+		if toks, ok = splitAStrings(toks, text); !ok {
 			return nil
 		}
-		toks = append(toks, more...)
 	}
 	return toks
 }
 
 // splitAStrings parses space-separated atoms and quoted strings. When a
 // literal follows, text ends with the space before its marker.
-func splitAStrings(text []byte, literalFollows bool) ([][]byte, bool) {
-	var out [][]byte
+func splitAStrings(out [][]byte, text []byte) ([][]byte, bool) {
 	for len(text) > 0 {
 		var tok []byte
 		if text[0] == '"' {
@@ -493,33 +507,30 @@ func splitAStrings(text []byte, literalFollows bool) ([][]byte, bool) {
 		}
 		text = text[1:]
 	}
-	if !literalFollows && len(out) == 0 {
-		return nil, true
-	}
 	return out, true
 }
 
 // quoted parses a quoted string at the start of text, undoing the \\ and
-// \" escapes of RFC 9051.
+// \" escapes of RFC 9051 in place (the unescaped token is never longer
+// than what it was read from), so parsing allocates nothing.
 func quoted(text []byte) (tok, rest []byte, ok bool) {
-	var buf []byte
+	w := 1
 	for i := 1; i < len(text); i++ {
 		switch c := text[i]; c {
 		case '\\':
 			if i+1 >= len(text) || (text[i+1] != '\\' && text[i+1] != '"') {
 				return nil, nil, false
 			}
-			buf = append(buf, text[i+1])
+			text[w] = text[i+1]
+			w++
 			i++
 		case '"':
-			if buf == nil {
-				buf = []byte{}
-			}
-			return buf, text[i+1:], true
+			return text[1:w], text[i+1:], true
 		case '\r', '\n', 0:
 			return nil, nil, false
 		default:
-			buf = append(buf, c)
+			text[w] = c
+			w++
 		}
 	}
 	return nil, nil, false

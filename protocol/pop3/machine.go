@@ -90,7 +90,7 @@ type Machine struct {
 	tls      TLS
 	lim      Limits
 	st       state
-	user     string // from USER
+	user     []byte // from USER
 	haveUser bool
 	lines    textline.Reader
 	errors   int
@@ -105,7 +105,7 @@ func New(prof *Profile, tls TLS, lim Limits) *Machine {
 // TLSStarted records a completed STLS; a USER given before it is dropped.
 func (m *Machine) TLSStarted() {
 	m.tls.Active = true
-	m.user, m.haveUser = "", false
+	m.user, m.haveUser = m.user[:0], false
 	m.st = stAuthorization
 }
 
@@ -160,7 +160,7 @@ func (m *Machine) command(line []byte) Action {
 		if len(arg) == 0 {
 			return m.err("USER needs a user name")
 		}
-		m.user, m.haveUser = string(arg), true
+		m.user, m.haveUser = append(m.user[:0], arg...), true
 		m.out = append(m.out, "+OK Send your password\r\n"...)
 		return Action{Kind: Reply, Out: m.out}
 	case textline.EqualFold(cmd, "PASS"):
@@ -168,9 +168,11 @@ func (m *Machine) command(line []byte) Action {
 			return m.err("Send USER first")
 		}
 		// The password is the rest of the line: it may contain spaces.
-		user := m.user
-		m.user, m.haveUser = "", false
-		return m.startLogin(sasl.Credentials{Username: user, Password: string(arg)})
+		// One allocation holds both credentials.
+		both := string(m.user) + string(arg)
+		u := len(m.user)
+		m.user, m.haveUser = m.user[:0], false
+		return m.startLogin(sasl.Credentials{Username: both[:u], Password: both[u:]})
 	case textline.EqualFold(cmd, "AUTH"):
 		return m.auth(arg)
 	case textline.EqualFold(cmd, "QUIT"):

@@ -26,6 +26,11 @@ var ErrCancelled = errors.New("authentication cancelled")
 // DecodeBase64 decodes a client SASL response line. "=" is the empty
 // response (RFC 4959); "*" cancels.
 func DecodeBase64(line []byte) ([]byte, error) {
+	return decodeInto(nil, line)
+}
+
+// decodeInto is DecodeBase64 decoding into dst when it is large enough.
+func decodeInto(dst, line []byte) ([]byte, error) {
 	line = bytes.TrimSpace(line)
 	if len(line) == 1 && line[0] == '*' {
 		return nil, ErrCancelled
@@ -33,7 +38,10 @@ func DecodeBase64(line []byte) ([]byte, error) {
 	if len(line) == 1 && line[0] == '=' {
 		return []byte{}, nil
 	}
-	out := make([]byte, len(line)) // decoded data is never longer than its base64
+	out := dst
+	if len(out) < len(line) { // decoded data is never longer than its base64
+		out = make([]byte, len(line))
+	}
 	n, err := base64.StdEncoding.Decode(out, line)
 	if err != nil {
 		// Some clients leave off the padding.
@@ -49,19 +57,25 @@ func DecodeBase64(line []byte) ([]byte, error) {
 // (RFC 4616). The authcid is the username; an authzid is accepted only when
 // empty or equal to it, since the proxy cannot act on behalf of another user.
 func DecodePlain(b64 []byte) (Credentials, error) {
-	raw, err := DecodeBase64(b64)
+	var buf [512]byte // usual responses decode on the stack
+	raw, err := decodeInto(buf[:], b64)
 	if err != nil {
 		return Credentials{}, err
 	}
-	parts := bytes.Split(raw, []byte{0})
-	if len(parts) != 3 {
+	nul := bytes.IndexByte(raw, 0)
+	if nul < 0 {
 		return Credentials{}, ErrMalformed
 	}
-	authz, user, pass := string(parts[0]), string(parts[1]), string(parts[2])
-	if user == "" || (authz != "" && authz != user) {
+	authz, rest := raw[:nul], raw[nul+1:]
+	nul = bytes.IndexByte(rest, 0)
+	if nul <= 0 || bytes.IndexByte(rest[nul+1:], 0) >= 0 {
 		return Credentials{}, ErrMalformed
 	}
-	return Credentials{Username: user, Password: pass}, nil
+	if len(authz) > 0 && !bytes.Equal(authz, rest[:nul]) {
+		return Credentials{}, ErrMalformed
+	}
+	both := string(rest) // one allocation: "user NUL password"
+	return Credentials{Username: both[:nul], Password: both[nul+1:]}, nil
 }
 
 // EncodePlain is the client side of PLAIN, used by tests and the bench

@@ -7,6 +7,7 @@
 package smtp
 
 import (
+	"bytes"
 	"strings"
 
 	"github.com/emailproxy/emailproxy/protocol"
@@ -142,14 +143,15 @@ func (m *Machine) command(line []byte) Action {
 	verb, arg := textline.Word(line)
 	switch {
 	case textline.EqualFold(verb, "EHLO"), textline.EqualFold(verb, "HELO"):
-		if len(strings.TrimSpace(string(arg))) == 0 {
+		if len(bytes.TrimSpace(arg)) == 0 {
 			return m.fail("501 5.5.4 Syntax: " + strings.ToUpper(string(verb)) + " hostname")
 		}
 		m.greeted = true
 		if textline.EqualFold(verb, "HELO") {
 			return m.reply("250 " + m.prof.Domain + "\r\n")
 		}
-		return m.reply(string(m.ehloReply()))
+		m.out = m.appendEHLO(m.out)
+		return Action{Kind: Reply, Out: m.out}
 	case textline.EqualFold(verb, "STARTTLS"):
 		if !m.tls.Offered || m.tls.Active {
 			return m.fail("502 5.5.1 STARTTLS is not available")
@@ -210,26 +212,28 @@ func (m *Machine) auth(arg []byte) Action {
 	return m.fail("504 5.5.4 Unrecognized authentication type (use PLAIN or LOGIN)")
 }
 
-// ehloReply is the multi-line EHLO answer.
-func (m *Machine) ehloReply() []byte {
-	lines := make([]string, 0, len(m.prof.Caps)+3)
-	lines = append(lines, m.prof.Domain)
-	lines = append(lines, m.prof.Caps...)
-	if !m.tls.Required || m.tls.Active {
-		lines = append(lines, "AUTH PLAIN LOGIN")
-	}
-	if m.tls.Offered && !m.tls.Active {
-		lines = append(lines, "STARTTLS")
-	}
-	var b []byte
-	for i, l := range lines {
-		if i == len(lines)-1 {
+// appendEHLO appends the multi-line EHLO answer to b.
+func (m *Machine) appendEHLO(b []byte) []byte {
+	line := func(last bool, text string) {
+		if last {
 			b = append(b, "250 "...)
 		} else {
 			b = append(b, "250-"...)
 		}
-		b = append(b, l...)
+		b = append(b, text...)
 		b = append(b, "\r\n"...)
+	}
+	auth := !m.tls.Required || m.tls.Active
+	stls := m.tls.Offered && !m.tls.Active
+	line(len(m.prof.Caps) == 0 && !auth && !stls, m.prof.Domain)
+	for i, c := range m.prof.Caps {
+		line(i == len(m.prof.Caps)-1 && !auth && !stls, c)
+	}
+	if auth {
+		line(!stls, "AUTH PLAIN LOGIN")
+	}
+	if stls {
+		line(true, "STARTTLS")
 	}
 	return b
 }
