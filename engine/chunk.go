@@ -44,6 +44,8 @@ type chunkReader struct {
 	// deadlineSet: a read deadline is in force that applyDeadline set.
 	deadlineSet bool
 
+	holding atomic.Bool // a full-size buffer is taken (tests watch it)
+
 	rawFn func(uintptr) bool // r.rawRead
 	n     int                // rawRead's result
 	rerr  error
@@ -155,6 +157,7 @@ func (r *chunkReader) buffer() []byte {
 		// The pool sizes what it keeps by len at Put: a buffer put back
 		// empty would teach it to drop full-size ones.
 		r.bb.B = r.bb.B[:cap(r.bb.B)]
+		r.holding.Store(true)
 	}
 	return r.bb.B
 }
@@ -164,6 +167,7 @@ func (r *chunkReader) release() {
 	if r.bb != nil {
 		r.pool.Put(r.bb)
 		r.bb = nil
+		r.holding.Store(false)
 	}
 }
 

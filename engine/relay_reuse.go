@@ -29,6 +29,11 @@ type reuseRelay struct {
 	// LOGOUT tag ("" if the client just hung up).
 	logoutTag atomic.Pointer[string]
 	upReader  *chunkReader
+	// outstanding counts client commands whose tagged answer has not yet
+	// been written to the client. A LOGOUT with none outstanding is
+	// answered at once, and the reset goes on after the client has left.
+	outstanding atomic.Int64
+	answered    atomic.Bool // the LOGOUT was answered: drop what follows
 }
 
 // clientSide copies client commands upstream. At the client's LOGOUT (or
@@ -57,8 +62,20 @@ func (rr *reuseRelay) clientSide(leftover []byte) (int64, bool) {
 			case bytes.EqualFold(name, []byte("LOGOUT")) && reusable:
 				w, err := up.Write(chunk[:lineStart])
 				total += int64(w)
-				return true, err == nil && rr.reset(string(tag))
+				if err != nil {
+					return true, false
+				}
+				if lineStart == 0 && rr.outstanding.Load() == 0 {
+					// Everything the client asked for has been answered:
+					// say goodbye now, reset upstream afterwards.
+					rr.answered.Store(true)
+					rr.r.client.Write([]byte("* BYE emailproxy: logged out\r\n" + string(tag) + " OK LOGOUT completed\r\n"))
+					rr.r.client.Close()
+					return true, rr.reset("")
+				}
+				return true, rr.reset(string(tag))
 			default:
+				rr.outstanding.Add(1)
 				reusable = reusable && reusableCommands[string(bytes.ToUpper(name))]
 				idling = bytes.EqualFold(name, []byte("IDLE"))
 			}
@@ -112,6 +129,9 @@ func (rr *reuseRelay) upSide() (int64, bool) {
 	var total int64
 	client := rr.r.client
 	write := func(b []byte) bool {
+		if rr.answered.Load() {
+			return true // the client has left
+		}
 		w, err := client.Write(b)
 		total += int64(w)
 		return err == nil
@@ -133,7 +153,7 @@ func (rr *reuseRelay) upSide() (int64, bool) {
 		} else {
 			chunk, rerr = cr.next()
 		}
-		lineStart, off := 0, 0
+		lineStart, off, completed := 0, 0, int64(0)
 		for off < len(chunk) {
 			m, done := st.Scan(chunk[off:])
 			off += m
@@ -141,7 +161,8 @@ func (rr *reuseRelay) upSide() (int64, bool) {
 				break
 			}
 			logoutTag := rr.logoutTag.Load()
-			if tag, _ := imap.CommandName(st.Head()); logoutTag != nil && string(tag) == resetTag {
+			tag, _ := imap.CommandName(st.Head())
+			if logoutTag != nil && string(tag) == resetTag {
 				if !write(chunk[:lineStart]) {
 					return total, false
 				}
@@ -153,11 +174,15 @@ func (rr *reuseRelay) upSide() (int64, bool) {
 				}
 				return total, true
 			}
+			if len(tag) > 0 && tag[0] != '*' && tag[0] != '+' {
+				completed++
+			}
 			lineStart = off
 		}
 		if !write(chunk) {
 			return total, false
 		}
+		rr.outstanding.Add(-completed) // only once the answers are written
 		if rerr != nil {
 			return total, false
 		}

@@ -36,7 +36,8 @@ type Options struct {
 	TCPKeepAlive time.Duration // client and upstream keepalive period (default 60 s)
 	IdleTimeout  time.Duration // a client silent this long before login is disconnected (default 10 min)
 	// WarmConnections caps the pre-connected upstream connections kept per
-	// server section (default 16; negative: none).
+	// server section; the pool grows towards it only while logins find it
+	// empty (default 64; negative: none).
 	WarmConnections int
 	// WarmMaxAge recycles a warm connection this old, well before servers
 	// drop unauthenticated connections (default 40 s; Exchange: 60 s).
@@ -78,7 +79,7 @@ func (o *Options) defaults() {
 		o.IdleTimeout = 10 * time.Minute
 	}
 	if o.WarmConnections == 0 {
-		o.WarmConnections = 16
+		o.WarmConnections = 64
 	}
 	if o.WarmMaxAge <= 0 {
 		o.WarmMaxAge = 40 * time.Second

@@ -76,3 +76,22 @@ func BenchmarkStreamLiteral(b *testing.B) {
 		}
 	}
 }
+
+// However a stream is split into reads, the same lines end at the same
+// offsets with the same heads.
+func FuzzStream(f *testing.F) {
+	f.Add([]byte("a1 APPEND x {5}\r\nhello\r\na2 NOOP\r\n* 1 FETCH (BODY[] {3+}\r\nabc)\r\n"), uint8(3))
+	f.Add([]byte("{4294967295}\r\n"), uint8(1))
+	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
+		wantHeads, wantEnds := scanAll(string(data), len(data)+1)
+		heads, ends := scanAll(string(data), int(split)%13+1)
+		if strings.Join(heads, "\x00") != strings.Join(wantHeads, "\x00") || len(ends) != len(wantEnds) {
+			t.Fatalf("split %d: heads %q, want %q", split%13+1, heads, wantHeads)
+		}
+		for i := range ends {
+			if ends[i] != wantEnds[i] {
+				t.Fatalf("split %d: ends %v, want %v", split%13+1, ends, wantEnds)
+			}
+		}
+	})
+}

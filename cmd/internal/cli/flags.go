@@ -56,7 +56,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 10*time.Minute, "disconnect a client that sends nothing for this long before logging in")
 	fs.DurationVar(&f.tokenTimeout, "token-timeout", 15*time.Second, "longest time one token request may take")
 	fs.DurationVar(&f.refreshMargin, "token-refresh-margin", 600*time.Second, "refresh access tokens this long before they expire")
-	fs.IntVar(&f.warmConns, "warm-connections", 16, "most upstream connections kept connected ahead of logins, per server section (0: none)")
+	fs.IntVar(&f.warmConns, "warm-connections", 64, "most upstream connections kept connected ahead of logins, per server section (0: none)")
 	fs.DurationVar(&f.warmMaxAge, "warm-max-age", 40*time.Second, "replace a warm upstream connection this old (servers drop idle unauthenticated ones: Exchange after 60s)")
 	fs.IntVar(&f.mailboxLimit, "mailbox-limit", 16, "most concurrent upstream sessions per mailbox and server; logins over it wait in line (0: no limit)")
 	fs.DurationVar(&f.imapReuse, "imap-session-reuse", 0, "keep an IMAP upstream session this long after the client's LOGOUT, for the next login of the same account and password (0: off)")
