@@ -55,8 +55,15 @@ type Options struct {
 const defaultTokenLifetime = time.Hour
 
 // minUsable is the least validity a cached token must have to be handed
-// to a login, even inside the refresh margin.
+// to a login, even inside the refresh margin (less for tokens that live
+// under two minutes: a quarter of their lifetime).
 const minUsable = 30 * time.Second
+
+// usableFor is the validity a token issued for lifetime must still have
+// to be handed to a login.
+func usableFor(lifetime time.Duration) time.Duration {
+	return max(min(minUsable, lifetime/4), time.Second)
+}
 
 // Provider hands out access tokens for logins and keeps them fresh.
 type Provider struct {
@@ -87,6 +94,7 @@ type account struct {
 
 	mu      sync.Mutex
 	tok     *oauth2.Token // plaintext, in memory only
+	usable  time.Duration // tok is handed to logins while it has this long left
 	refresh string        // plaintext refresh token, once known
 	secret  string        // client secret decrypted from client_secret_encrypted
 	// loginPassword is kept for the password (ROPC) flow only, where the
@@ -320,7 +328,7 @@ func (p *Provider) Authorize(ctx context.Context, user, password, client string)
 		p.limit.succeed(addrKey)
 	}
 	a.mu.Lock()
-	if t := a.tok; t != nil && time.Until(t.Expiry) > minUsable {
+	if t := a.tok; t != nil && time.Until(t.Expiry) > a.usableLeft() {
 		a.mu.Unlock()
 		return t.AccessToken, nil
 	}
@@ -785,6 +793,7 @@ func (p *Provider) runFetch(a *account, call *fetchCall) {
 	a.tok, a.lastErr, a.backoff = tok, nil, 0
 	call.tok = tok
 	lifetime := time.Until(tok.Expiry)
+	a.usable = usableFor(lifetime)
 	p.log.Info().Str("account", a.name).Int64("expires_in_s", int64(lifetime/time.Second)).
 		Dur("took", time.Since(start)).Msg("access token obtained")
 	p.scheduleLocked(a, refreshDelay(lifetime, p.opts.RefreshMargin))
@@ -806,7 +815,18 @@ func refreshDelay(lifetime, margin time.Duration) time.Duration {
 	if d <= 0 {
 		d = lifetime / 2
 	}
+	// Refresh while the token still has twice what a login needs, so
+	// that logins never wait for a fetch, whatever the margin.
+	d = min(d, lifetime-2*usableFor(lifetime))
 	return max(d, time.Second)
+}
+
+// usableLeft is what a.tok must have left to serve a login.
+func (a *account) usableLeft() time.Duration {
+	if a.usable == 0 {
+		return minUsable // a token from the cache: its lifetime is unknown
+	}
+	return a.usable
 }
 
 // scheduleIfIdleLocked plans a refresh for a token just taken from the

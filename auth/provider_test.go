@@ -169,9 +169,18 @@ func TestRefreshDelay(t *testing.T) {
 		{time.Hour, 10 * time.Minute, 50 * time.Minute},
 		{5 * time.Minute, 10 * time.Minute, 150 * time.Second},
 		{time.Second, 10 * time.Minute, time.Second},
+		// A short-lived token with a small margin is still refreshed while
+		// it has twice what a login needs (a quarter of its lifetime).
+		{time.Minute, 5 * time.Second, 30 * time.Second},
+		{30 * time.Second, 5 * time.Second, 15 * time.Second},
 	} {
 		if got := refreshDelay(c.life, c.margin); got != c.want {
 			t.Errorf("refreshDelay(%v, %v) = %v, want %v", c.life, c.margin, got, c.want)
+		}
+		// Whatever the lifetime, the refresh comes before logins stop
+		// taking the token.
+		if left := c.life - refreshDelay(c.life, c.margin); c.life >= 4*time.Second && left < usableFor(c.life) {
+			t.Errorf("%v token refreshed with %v left, logins need %v", c.life, left, usableFor(c.life))
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
@@ -28,8 +29,9 @@ type Authority struct {
 	lastAuthorize url.Values
 	requests      int
 	delay         time.Duration
-	status        int  // if non-zero, answer every request with this HTTP status
-	hang          bool // accept and never answer (until the client gives up)
+	status        int     // if non-zero, answer every request with this HTTP status
+	failRate      float64 // fraction of requests answered 503 at random
+	hang          bool    // accept and never answer (until the client gives up)
 	hangDone      chan struct{}
 }
 
@@ -52,6 +54,9 @@ func (a *Authority) SetDelay(d time.Duration) { a.mu.Lock(); a.delay = d; a.mu.U
 
 // SetStatus makes every answer an error with this HTTP status (0: normal).
 func (a *Authority) SetStatus(code int) { a.mu.Lock(); a.status = code; a.mu.Unlock() }
+
+// SetFailRate answers this fraction of requests, at random, with 503.
+func (a *Authority) SetFailRate(r float64) { a.mu.Lock(); a.failRate = r; a.mu.Unlock() }
 
 // SetHang makes requests hang until the client gives up (or Release).
 func (a *Authority) SetHang(h bool) { a.mu.Lock(); a.hang = h; a.mu.Unlock() }
@@ -87,6 +92,9 @@ func (a *Authority) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	a.requests++
 	delay, status, hang := a.delay, a.status, a.hang
+	if a.failRate > 0 && mrand.Float64() < a.failRate {
+		status = http.StatusServiceUnavailable
+	}
 	a.mu.Unlock()
 	if hang {
 		select {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -36,6 +37,9 @@ type Options struct {
 	// this long; a connection's first write waits half of it more, for
 	// the TCP handshake (0: none).
 	RTT time.Duration
+	// DropRate closes this fraction of accepted connections at once, at
+	// random, like a provider shedding load (0: none).
+	DropRate float64
 	// MailboxLimit refuses a mailbox's authenticated IMAP or POP3 session
 	// beyond this many open at once, like Exchange Online's 16 (0: none).
 	MailboxLimit int
@@ -280,6 +284,9 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	// the TCP handshake (SYN / SYN-ACK); paid on the connection's own
 	// goroutine, so that accepting never queues connections.
 	tc := &trackedConn{Conn: c, up: l.up, connect: l.up.opts.RTT / 2}
+	if l.up.opts.DropRate > 0 && rand.Float64() < l.up.opts.DropRate {
+		c.Close() // the client sees the connection reset or closed
+	}
 	l.up.mu.Lock()
 	if l.up.closed {
 		l.up.mu.Unlock()

@@ -202,6 +202,13 @@ func (r *Result) Compare() {
 
 // WriteTable prints the results for a terminal.
 func (rep *Report) WriteTable(w io.Writer) {
+	if len(rep.Results) > 0 {
+		rep.writeResults(w)
+	}
+	rep.writeIdle(w)
+}
+
+func (rep *Report) writeResults(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tmode\tcycles\terrors\tsess/s\tlogin p50\tp90\tp99\tcycle p50\tp90\tp99\tMB/s\tdownload MB/s\tproxy CPU/sess\tproxy RSS\tup logins\ttoken reqs\t")
 	for _, r := range rep.Results {
@@ -250,20 +257,27 @@ func (rep *Report) WriteTable(w io.Writer) {
 			fmt.Fprintln(w, "  "+s)
 		}
 	}
-	if i := rep.Idle; i != nil {
-		fmt.Fprintln(w, "\nidle connections held by the proxy:")
-		fmt.Fprintf(w, "  %d pre-login clients: %.2f KB RSS each, %s Go heap+stack each\n", i.PreLogin, i.PreLoginRSSKB, kb(i.PreLoginGoKB))
-		fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS): %.2f KB RSS each, %s Go heap+stack each\n",
-			i.Sessions, i.SessionRSSKB, kb(i.SessionGoKB))
-		if i.Errors > 0 {
-			fmt.Fprintf(w, "  %d errors: %s\n", i.Errors, strings.Join(i.ErrorSamples, "; "))
-		}
-	}
 	for _, r := range rep.Results {
 		for _, m := range []*Mode{r.Direct, r.Proxy} {
 			if m != nil && len(m.ErrorSamples) > 0 {
 				fmt.Fprintf(w, "\n%s errors: %s\n", r.Scenario, strings.Join(m.ErrorSamples, "; "))
 			}
+		}
+	}
+}
+
+func (rep *Report) writeIdle(w io.Writer) {
+	if i := rep.Idle; i != nil {
+		fmt.Fprintln(w, "\nidle connections held by the proxy:")
+		if i.PreLogin > 0 {
+			fmt.Fprintf(w, "  %d pre-login clients: %.2f KB RSS each, %s Go heap+stack each\n", i.PreLogin, i.PreLoginRSSKB, kb(i.PreLoginGoKB))
+		}
+		if i.Sessions > 0 {
+			fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS): %.2f KB RSS each, %s Go heap+stack each\n",
+				i.Sessions, i.SessionRSSKB, kb(i.SessionGoKB))
+		}
+		if i.Errors > 0 || len(i.ErrorSamples) > 0 {
+			fmt.Fprintf(w, "  %d errors: %s\n", i.Errors, strings.Join(i.ErrorSamples, "; "))
 		}
 	}
 }

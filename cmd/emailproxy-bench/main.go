@@ -58,6 +58,7 @@ type mockFlags struct {
 	rtt, tokenDelay, tokenLifetime         time.Duration
 	mailboxes, messages, bigSize, bigBoxes int
 	mailboxLimit                           int
+	tokenFailRate, dropRate                float64
 }
 
 func (m *mockFlags) register(fs *flag.FlagSet, mailboxes int) {
@@ -68,6 +69,8 @@ func (m *mockFlags) register(fs *flag.FlagSet, mailboxes int) {
 	fs.IntVar(&m.messages, "messages", 5, "small messages per mailbox")
 	fs.IntVar(&m.bigSize, "big-size", 10<<20, "size of the large message, in bytes (0: none)")
 	fs.IntVar(&m.bigBoxes, "big-mailboxes", 4, "how many mailboxes (the first ones) hold the large message")
+	fs.Float64Var(&m.tokenFailRate, "fault-token-rate", 0, "fault: answer this fraction of token requests with 503, at random")
+	fs.Float64Var(&m.dropRate, "fault-drop-rate", 0, "fault: close this fraction of new mail server connections at once, at random")
 	fs.IntVar(&m.mailboxLimit, "mailbox-limit", 16, "the provider refuses a mailbox's IMAP or POP3 sessions beyond this many at once, like Exchange Online (0: no limit)")
 }
 
@@ -87,11 +90,12 @@ func (m *mockFlags) start() (*mock.Upstream, error) {
 		boxes[fmt.Sprintf("box%03d@bench.example", i)] = msgs
 	}
 	up, err := mock.Start(mock.Options{ClientID: benchClientID, ClientSecret: benchSecret, Scope: benchScope,
-		Mailboxes: boxes, RTT: m.rtt, MailboxLimit: m.mailboxLimit})
+		Mailboxes: boxes, RTT: m.rtt, MailboxLimit: m.mailboxLimit, DropRate: m.dropRate})
 	if err != nil {
 		return nil, err
 	}
 	up.Authority.SetDelay(m.tokenDelay)
+	up.Authority.SetFailRate(m.tokenFailRate)
 	up.Authority.Lifetime = m.tokenLifetime
 	return up, nil
 }

@@ -134,3 +134,22 @@ func TestRunProxyCmd(t *testing.T) {
 		t.Fatalf("exit %d\n%s", code, errOut.String())
 	}
 }
+
+// Injected faults show up as counted errors with their messages; the run
+// itself completes.
+func TestRunWithInjectedFaults(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := run([]string{"run", "--scenarios", "pop3", "--duration", "600ms", "--concurrency", "2", "--mailboxes", "2",
+		"--rtt", "0", "--token-delay", "0", "--fault-drop-rate", "0.5", "--json", "-"}, &out, &errOut, nil)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, errOut.String())
+	}
+	var rep report.Report
+	if err := json.Unmarshal(out.Bytes()[bytes.IndexByte(out.Bytes(), '{'):], &rep); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	d := rep.Results[0].Direct
+	if d.Errors == 0 || len(d.ErrorSamples) == 0 {
+		t.Fatalf("half the connections dropped, yet no errors: %+v", d)
+	}
+}
