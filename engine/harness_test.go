@@ -68,6 +68,7 @@ type envOptions struct {
 	ca          *mock.CA // sign the mock's certificates with this CA
 	oauthBearer bool     // mock SMTP offers OAUTHBEARER only
 	mailboxCap  int      // the mock refuses sessions of a mailbox beyond this many
+	preAuthTO   time.Duration
 	// servers are extra server sections, by name; each gets a free local
 	// port, reachable as env.addrs[name].
 	servers []serverSpec
@@ -115,7 +116,7 @@ func startEnv(t *testing.T, o envOptions) *proxyEnv {
 	if o.mailboxes == nil {
 		o.mailboxes = map[string][]mock.Message{testAccount: {{UID: "u1", Body: []byte("Subject: hi\r\n\r\nhello\r\n")}}}
 	}
-	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca, SMTPOAuthBearerOnly: o.oauthBearer, MailboxLimit: o.mailboxCap})
+	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca, SMTPOAuthBearerOnly: o.oauthBearer, MailboxLimit: o.mailboxCap, PreAuthTimeout: o.preAuthTO})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,6 +62,10 @@ func (u *upstreamConn) authIMAP(tag, user, token string, saslIR bool) ([]byte, e
 			if _, err := u.conn.Write([]byte("\r\n")); err != nil {
 				return nil, err
 			}
+		case st == imap.Untagged && len(line) >= 5 && strings.EqualFold(string(line[:5]), "* BYE"):
+			// The server is closing (a warm connection it timed out): not
+			// a verdict on the token.
+			return nil, fmt.Errorf("server said %q", truncate(line))
 		case st == imap.Untagged:
 			reply = append(append(reply, line...), '\r', '\n')
 		case string(rtag) == tag && st == imap.OK:
@@ -91,6 +95,10 @@ func (u *upstreamConn) authPOP(user, token string) ([]byte, error) {
 		switch {
 		case strings.HasPrefix(s, "+OK"):
 			return append(append([]byte{}, line...), '\r', '\n'), nil
+		case strings.HasPrefix(s, "-ERR") && !sent:
+			// Refused before the token was sent (a warm connection the
+			// server timed out, say): not a verdict on the token.
+			return nil, fmt.Errorf("server refused AUTH: %q", truncate(line))
 		case strings.HasPrefix(s, "-ERR"):
 			return nil, &rejectedError{strings.TrimSpace(s[4:])}
 		case strings.HasPrefix(s, "+") && !sent:

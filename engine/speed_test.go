@@ -77,6 +77,25 @@ func TestWarmPoolServesAndRecycles(t *testing.T) {
 	}
 }
 
+// A warm POP3 connection the server has timed out answers AUTH with
+// -ERR before any token was sent: the login goes on over a fresh
+// connection, and the token is not blamed (no new token request).
+func TestWarmConnectionTimedOutByServer(t *testing.T) {
+	env := startEnv(t, envOptions{preAuthTO: 300 * time.Millisecond, engine: Options{WarmMaxAge: 10 * time.Second}})
+	pool := env.listenerFor(env.popAddr).pool
+	popLogin(t, env.popAddr, testAccount, testPassword).ok("QUIT")
+	waitFor(t, "a warm connection", func() bool { _, idle := pool.snapshot(); return idle == 1 })
+	tokens := env.up.Authority.Requests()
+	time.Sleep(600 * time.Millisecond) // the server times the warm connection out
+	popLogin(t, env.popAddr, testAccount, testPassword).ok("QUIT")
+	if st, _ := pool.snapshot(); st.Hits != 1 {
+		t.Fatalf("the second login did not try the warm connection: %+v", st)
+	}
+	if env.up.Authority.Requests() != tokens || strings.Contains(env.logs.String(), "refused the token") {
+		t.Fatalf("a server timeout was taken for a token refusal: %d token requests\n%s", env.up.Authority.Requests()-tokens, env.logs.String())
+	}
+}
+
 // Logins over the per-mailbox cap wait for a session of that mailbox to
 // end instead of failing upstream; one that waits past its login timeout
 // gets a temporary error that says why.

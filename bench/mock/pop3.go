@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	psasl "github.com/emailproxy/emailproxy/protocol/sasl"
 )
@@ -26,9 +27,16 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 	var user string
 	var msgs []Message
 	deleted := map[int]bool{}
+	if t := up.opts.PreAuthTimeout; t > 0 {
+		c.SetReadDeadline(time.Now().Add(t))
+	}
 	readLine := func() (string, bool) {
 		w.Flush()
 		l, err := br.ReadString('\n')
+		if ne, ok := err.(net.Error); ok && ne.Timeout() && user == "" {
+			say("-ERR [SYS/TEMP] Timed out waiting for authentication") // as a real server does
+			w.Flush()
+		}
 		if err != nil {
 			return "", false
 		}
@@ -95,6 +103,7 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 					say("-ERR [AUTH] Authentication failure")
 					continue
 				}
+				c.SetReadDeadline(time.Time{})
 				endSession, ok := up.openSession("pop3", u)
 				if !ok {
 					say("-ERR [IN-USE] Too many sessions of this mailbox are open.")

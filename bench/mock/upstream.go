@@ -40,6 +40,9 @@ type Options struct {
 	// DropRate closes this fraction of accepted connections at once, at
 	// random, like a provider shedding load (0: none).
 	DropRate float64
+	// PreAuthTimeout makes the POP3 servers say -ERR and close a
+	// connection that has not authenticated for this long (0: never).
+	PreAuthTimeout time.Duration
 	// MailboxLimit refuses a mailbox's authenticated IMAP or POP3 session
 	// beyond this many open at once, like Exchange Online's 16 (0: none).
 	MailboxLimit int
