@@ -93,7 +93,7 @@ var page = template.Must(template.New("report").Parse(`<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>emailproxy bench {{.R.Started.Format "2006-01-02 15:04"}}</title>
 <style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}
-.plots{display:flex;flex-wrap:wrap;gap:12px}</style></head><body>
+.plots{display:flex;flex-wrap:wrap;gap:12px}pre{overflow-x:auto;font-size:12px}</style></head><body>
 <h1>emailproxy bench</h1>
 <p>{{.R.Started.Format "2006-01-02 15:04 MST"}} · {{.R.Machine.CPU}}, {{.R.Machine.Cores}} cores · {{.R.Machine.Kernel}} · {{.R.Machine.Go}}</p>
 <p>{{range $k, $v := .R.Settings}}<b>{{$k}}</b> {{$v}} · {{end}}</p>

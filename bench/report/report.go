@@ -162,9 +162,10 @@ func cdf(v []float64, n int) []Point {
 	return out
 }
 
-// throughput is completed cycles per second, per second of the phase.
+// throughput is completed cycles per second, per whole second of the
+// phase (a last partial second would read as a drop).
 func throughput(ph *load.Phase) []Point {
-	secs := int(math.Ceil(ph.Elapsed.Seconds()))
+	secs := int(ph.Elapsed.Seconds())
 	if secs == 0 {
 		return nil
 	}

@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/emailproxy/emailproxy/bench/report"
 	"github.com/emailproxy/emailproxy/cmd/internal/cli"
@@ -155,3 +157,52 @@ func TestRunWithInjectedFaults(t *testing.T) {
 		t.Fatalf("half the connections dropped, yet no errors: %+v", d)
 	}
 }
+
+// With --proxy-addr the harness starts no proxy: it writes the
+// configuration to --workdir and waits for one to listen there.
+func TestRunAgainstRunningProxy(t *testing.T) {
+	dir := t.TempDir()
+	var out, errOut syncBuf
+	done := make(chan int, 1)
+	go func() {
+		done <- run([]string{"run", "--scenarios", "imap", "--modes", "proxy", "--duration", "300ms", "--concurrency", "1",
+			"--mailboxes", "1", "--rtt", "0", "--token-delay", "0", "--workdir", dir, "--proxy-addr", "127.0.0.1"}, &out, &errOut, nil)
+	}()
+	cfgPath := filepath.Join(dir, "bench.config")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(cfgPath); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no configuration written\n%s", errOut.String())
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // the file is complete: written before the harness says so
+	stop := make(chan struct{})
+	proxyDone := make(chan int, 1)
+	t.Setenv("SSL_CERT_FILE", filepath.Join(dir, "bench-ca.pem"))
+	var proxyOut syncBuf
+	go func() {
+		proxyDone <- cli.Run([]string{"--no-gui", "--config-file", cfgPath}, &proxyOut, &proxyOut, stop)
+	}()
+	select {
+	case code := <-done:
+		close(stop)
+		<-proxyDone
+		if code != 0 || !strings.Contains(out.String(), "imap") {
+			t.Fatalf("exit %d\n%s\n%s\nproxy:\n%s", code, out.String(), errOut.String(), proxyOut.String())
+		}
+	case <-time.After(60 * time.Second):
+		close(stop)
+		t.Fatal("the harness did not finish")
+	}
+}
+
+// syncBuf is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
