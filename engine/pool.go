@@ -80,6 +80,25 @@ func (p *warmPool) take() *upstreamConn {
 	return got
 }
 
+// offer puts a connection dialled for another reason (learning the
+// server's greeting at start) into the pool instead of closing it.
+func (p *warmPool) offer(u *upstreamConn) {
+	if p == nil || p.max <= 0 {
+		u.Close()
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.s.ctx.Err() != nil || len(p.idle) >= p.max {
+		u.Close()
+		return
+	}
+	p.idle = append(p.idle, warmConn{u: u, born: time.Now()})
+	p.target = max(p.target, 1)
+	p.lastTake = time.Now() // counts as demand: a client is connecting
+	p.refillLocked()
+}
+
 // refillLocked starts dials until idle + dialing reaches the target.
 func (p *warmPool) refillLocked() {
 	if !p.reaperOn {

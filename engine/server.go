@@ -368,7 +368,7 @@ func (s *Server) fetchProfile(l *listener) {
 	var prof *profile
 	if err == nil {
 		prof = l.learn(u)
-		u.Close()
+		l.pool.offer(u) // the first login can use it
 	} else {
 		l.log.Error().Err(err).Msg("upstream server unavailable")
 	}
