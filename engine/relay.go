@@ -103,6 +103,9 @@ func (s *Server) pipe(dst io.Writer, src net.Conn, first []byte, br *bufio.Reade
 			return total
 		}
 	}
+	// Neither is needed again: let the collector have them while the
+	// session lasts (a 4 KiB reader per session adds up).
+	first, br = nil, nil
 	cr := newChunkReader(&s.relayBufs, src, s.opts.RelayBuffer)
 	defer cr.release()
 	for {

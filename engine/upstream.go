@@ -110,7 +110,7 @@ func (d *dialer) dial(ctx context.Context) (*upstreamConn, error) {
 			return nil, &upstreamError{fmt.Sprintf("STARTTLS with %s failed: %s", addr, shortNetErr(err)), err}
 		}
 	}
-	conn := tls.Client(raw, d.tls)
+	conn := tls.Client(&recordConn{Conn: raw}, d.tls)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		var verr *tls.CertificateVerificationError

@@ -101,6 +101,43 @@ func (w *wire) popMulti() (int64, error) {
 	}
 }
 
+// popLogin reads the greeting and logs in: USER/PASS to the proxy, AUTH
+// XOAUTH2 with an initial response to the provider.
+func (t *Target) popLogin(ctx context.Context, w *wire, mode Mode, a Account) error {
+	if _, err := w.popOK(""); err != nil {
+		return err
+	}
+	if mode == Proxy {
+		if _, err := w.popOK("USER " + a.Address); err != nil {
+			return err
+		}
+		_, err := w.popOK("PASS " + t.Password)
+		return err
+	}
+	tok, err := t.Token(ctx, a)
+	if err != nil {
+		return err
+	}
+	_, err = w.popOK("AUTH XOAUTH2 " + xoauth2(a.Address, tok))
+	return err
+}
+
+// popStat returns the number of messages (STAT).
+func (w *wire) popStat() (int, error) {
+	stat, err := w.popOK("STAT")
+	if err != nil {
+		return 0, err
+	}
+	count := 0
+	if f := strings.Fields(stat); len(f) >= 2 {
+		count, _ = strconv.Atoi(f[1])
+	}
+	if count == 0 {
+		return 0, errors.New("POP3: empty mailbox")
+	}
+	return count, nil
+}
+
 // popCycle: connect, log in, STAT, UIDL, RETR one message, QUIT. bulk
 // retrieves the last (large) message instead of the first.
 func (t *Target) popCycle(ctx context.Context, mode Mode, a Account, bulk bool) (Sample, error) {
@@ -111,37 +148,13 @@ func (t *Target) popCycle(ctx context.Context, mode Mode, a Account, bulk bool) 
 		return s, err
 	}
 	defer w.c.Close()
-	if _, err := w.popOK(""); err != nil {
+	if err := t.popLogin(ctx, w, mode, a); err != nil {
 		return s, err
-	}
-	if mode == Proxy {
-		if _, err := w.popOK("USER " + a.Address); err != nil {
-			return s, err
-		}
-		if _, err := w.popOK("PASS " + t.Password); err != nil {
-			return s, err
-		}
-	} else {
-		tok, err := t.Token(ctx, a)
-		if err != nil {
-			return s, err
-		}
-		if _, err := w.popOK("AUTH XOAUTH2 " + xoauth2(a.Address, tok)); err != nil {
-			return s, err
-		}
 	}
 	s.Login = time.Since(start)
-	stat, err := w.popOK("STAT")
+	count, err := w.popStat()
 	if err != nil {
 		return s, err
-	}
-	f := strings.Fields(stat)
-	count := 0
-	if len(f) >= 2 {
-		count, _ = strconv.Atoi(f[1])
-	}
-	if count == 0 {
-		return s, errors.New("POP3: empty mailbox")
 	}
 	if _, err := w.popOK("UIDL"); err != nil {
 		return s, err

@@ -34,7 +34,7 @@ func (h *Held) add(c net.Conn) { h.mu.Lock(); h.conns = append(h.conns, c); h.mu
 // HoldPreLogin opens n IMAP connections to the proxy and leaves each
 // greeted and silent, as a fleet of clients between polls would.
 func (t *Target) HoldPreLogin(ctx context.Context, n int, prog *Progress) (*Held, error) {
-	return t.hold(ctx, n, prog, func(ctx context.Context, _ Account) (net.Conn, error) {
+	return t.hold(ctx, n, t.Accounts, prog, func(ctx context.Context, _ Account) (net.Conn, error) {
 		w, err := t.open(ctx, Proxy, config.IMAP)
 		if err != nil {
 			return nil, err
@@ -50,7 +50,7 @@ func (t *Target) HoldPreLogin(ctx context.Context, n int, prog *Progress) (*Held
 // HoldIdling opens n IMAP sessions in mode, each logged in, with INBOX
 // selected and in IDLE (RFC 2177): a push client's steady state.
 func (t *Target) HoldIdling(ctx context.Context, mode Mode, n int, prog *Progress) (*Held, error) {
-	return t.hold(ctx, n, prog, func(ctx context.Context, a Account) (net.Conn, error) {
+	return t.hold(ctx, n, t.Accounts, prog, func(ctx context.Context, a Account) (net.Conn, error) {
 		w, err := t.imapLogin(ctx, mode, a)
 		if err != nil {
 			return nil, err
@@ -71,15 +71,15 @@ func (t *Target) HoldIdling(ctx context.Context, mode Mode, n int, prog *Progres
 	})
 }
 
-// hold opens n connections, 64 at a time; account i%len for the i-th.
-func (t *Target) hold(ctx context.Context, n int, prog *Progress, open func(context.Context, Account) (net.Conn, error)) (*Held, error) {
+// hold opens n connections, 64 at a time, the i-th for accts[i%len].
+func (t *Target) hold(ctx context.Context, n int, accts []Account, prog *Progress, open func(context.Context, Account) (net.Conn, error)) (*Held, error) {
 	h := &Held{}
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
 	for i := 0; i < n && ctx.Err() == nil; i++ {
-		a := t.Accounts[i%len(t.Accounts)]
+		a := accts[i%len(accts)]
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
@@ -102,4 +102,36 @@ func (t *Target) hold(ctx context.Context, n int, prog *Progress, open func(cont
 	}
 	wg.Wait()
 	return h, errors.Join(errs...)
+}
+
+// HoldStalled opens n POP3 sessions in mode that each ask for their
+// mailbox's last (large) message and then stop reading: slow readers in
+// the middle of a download, the relay's worst case for memory. The
+// clients' receive buffers are kept small so the stall reaches the proxy.
+// (POP3, because the mock's IMAP mailboxes lock while one session
+// writes a FETCH, which would stall the other sessions too.)
+func (t *Target) HoldStalled(ctx context.Context, mode Mode, n, accounts int, prog *Progress) (*Held, error) {
+	return t.hold(ctx, n, t.accounts(accounts), prog, func(ctx context.Context, a Account) (net.Conn, error) {
+		w, err := t.open(ctx, mode, config.POP)
+		if err != nil {
+			return nil, err
+		}
+		if tc, ok := w.c.(*net.TCPConn); ok {
+			tc.SetReadBuffer(16 << 10)
+		}
+		if err := t.popLogin(ctx, w, mode, a); err != nil {
+			w.c.Close()
+			return nil, err
+		}
+		count, err := w.popStat()
+		if err != nil {
+			w.c.Close()
+			return nil, err
+		}
+		if err := w.send(fmt.Sprintf("RETR %d\r\n", count)); err != nil {
+			w.c.Close()
+			return nil, err
+		}
+		return w.c, nil // and never read the answer
+	})
 }

@@ -92,14 +92,19 @@ type Pct struct {
 
 // Idle is the memory the proxy spends per held connection.
 type Idle struct {
-	PreLogin      int      `json:"pre_login_connections"`
-	PreLoginRSSKB float64  `json:"pre_login_rss_kb_each"`
-	PreLoginGoKB  float64  `json:"pre_login_go_kb_each"` // heap + stacks, after GC; -1 unknown
-	Sessions      int      `json:"authenticated_sessions"`
-	SessionRSSKB  float64  `json:"session_rss_kb_each"`
-	SessionGoKB   float64  `json:"session_go_kb_each"`
-	Errors        int      `json:"errors"`
-	ErrorSamples  []string `json:"error_samples,omitempty"`
+	PreLogin      int     `json:"pre_login_connections"`
+	PreLoginRSSKB float64 `json:"pre_login_rss_kb_each"`
+	PreLoginGoKB  float64 `json:"pre_login_go_kb_each"` // heap + stacks, after GC; -1 unknown
+	Sessions      int     `json:"authenticated_sessions"`
+	SessionRSSKB  float64 `json:"session_rss_kb_each"`
+	SessionGoKB   float64 `json:"session_go_kb_each"`
+	// Stalled sessions: a large download in flight to a client that
+	// stopped reading.
+	Stalled      int      `json:"stalled_sessions"`
+	StalledRSSKB float64  `json:"stalled_rss_kb_each"`
+	StalledGoKB  float64  `json:"stalled_go_kb_each"`
+	Errors       int      `json:"errors"`
+	ErrorSamples []string `json:"error_samples,omitempty"`
 }
 
 // Summarize computes a phase's figures.
@@ -276,6 +281,10 @@ func (rep *Report) writeIdle(w io.Writer) {
 		if i.Sessions > 0 {
 			fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS): %.2f KB RSS each, %s Go heap+stack each\n",
 				i.Sessions, i.SessionRSSKB, kb(i.SessionGoKB))
+		}
+		if i.Stalled > 0 {
+			fmt.Fprintf(w, "  %d sessions relaying a large message to a client that stopped reading: %.2f KB RSS each, %s Go heap+stack each\n",
+				i.Stalled, i.StalledRSSKB, kb(i.StalledGoKB))
 		}
 		if i.Errors > 0 || len(i.ErrorSamples) > 0 {
 			fmt.Fprintf(w, "  %d errors: %s\n", i.Errors, strings.Join(i.ErrorSamples, "; "))

@@ -31,6 +31,7 @@ type runFlags struct {
 	scenarios, modes              string
 	load                          load.Load
 	idleClients, idleSessions     int
+	stalled                       int
 	proxyCmd, proxyAddr, proxyArg string
 	proxyPid                      int
 	jsonOut, htmlOut              string
@@ -50,6 +51,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&f.load.Timeout, "cycle-timeout", 60*time.Second, "longest one poll cycle may take before it counts as an error")
 	fs.IntVar(&f.idleClients, "idle-clients", 1000, "idle scenario: pre-login client connections to hold")
 	fs.IntVar(&f.idleSessions, "idle-sessions", 500, "idle scenario: authenticated IMAP sessions in IDLE to hold")
+	fs.IntVar(&f.stalled, "stalled-sessions", 48, "idle scenario: sessions downloading the large message to a client that stopped reading (spread over --big-mailboxes, under --mailbox-limit each)")
 	fs.StringVar(&f.proxyCmd, "proxy-cmd", "", "run this proxy instead of ours, through sh -c; {config} and {ca} are replaced by the generated files' paths (SSL_CERT_FILE is set too), e.g. 'python3 emailproxy.py --no-gui --config-file {config}'")
 	fs.StringVar(&f.proxyArg, "proxy-args", "", "extra flags for our proxy, e.g. '--imap-session-reuse 5m'")
 	fs.StringVar(&f.proxyAddr, "proxy-addr", "", "use a proxy that is already running on this host, with the configuration written to --workdir; start none")
@@ -274,7 +276,7 @@ func (b *bench) phase(ctx context.Context, sc load.Scenario, mode load.Mode) (*r
 // idle holds pre-login clients, then authenticated IDLE sessions, and
 // measures what each costs the proxy.
 func (b *bench) idle(ctx context.Context) *report.Idle {
-	res := &report.Idle{PreLoginGoKB: -1, SessionGoKB: -1}
+	res := &report.Idle{PreLoginGoKB: -1, SessionGoKB: -1, StalledGoKB: -1}
 	measure := func(what string, n int, hold func(*load.Progress) (*load.Held, error)) (rssKB, goKB float64, held int) {
 		b.mark("idle " + what)
 		base, _ := load.ReadProc(b.pid)
@@ -322,6 +324,13 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 			return b.target.HoldIdling(ctx, load.Proxy, b.f.idleSessions, p)
 		})
 	}
+	if b.f.stalled > 0 && b.f.mock.bigSize > 0 {
+		time.Sleep(time.Second)
+		b.target.Warm(ctx, load.POP3, load.Proxy, b.f.mock.bigBoxes)
+		res.StalledRSSKB, res.StalledGoKB, res.Stalled = measure("stalled", b.f.stalled, func(p *load.Progress) (*load.Held, error) {
+			return b.target.HoldStalled(ctx, load.Proxy, b.f.stalled, b.f.mock.bigBoxes, p)
+		})
+	}
 	round := func(v float64) float64 { return float64(int(v*100)) / 100 }
 	res.PreLoginRSSKB, res.SessionRSSKB = round(res.PreLoginRSSKB), round(res.SessionRSSKB)
 	if res.PreLoginGoKB >= 0 {
@@ -329,6 +338,10 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 	}
 	if res.SessionGoKB >= 0 {
 		res.SessionGoKB = round(res.SessionGoKB)
+	}
+	res.StalledRSSKB = round(res.StalledRSSKB)
+	if res.StalledGoKB >= 0 {
+		res.StalledGoKB = round(res.StalledGoKB)
 	}
 	return res
 }
