@@ -79,13 +79,19 @@ func (u *upstreamConn) authIMAP(tag, user, token string, saslIR bool) ([]byte, e
 	return nil, errors.New("too many lines while authenticating")
 }
 
-// authPOP sends AUTH XOAUTH2 in two steps (RFC 5034), as Exchange Online
-// expects, and returns the +OK line to relay.
-func (u *upstreamConn) authPOP(user, token string) ([]byte, error) {
-	if _, err := u.conn.Write([]byte("AUTH XOAUTH2\r\n")); err != nil {
+// authPOP sends AUTH XOAUTH2 and returns the +OK line to relay: in two
+// steps (RFC 5034), the form Exchange Online documents, or with the
+// response on the AUTH line (initialResponse), which saves a round trip
+// on servers that take it.
+func (u *upstreamConn) authPOP(user, token string, initialResponse bool) ([]byte, error) {
+	cmd := []byte("AUTH XOAUTH2\r\n")
+	if initialResponse {
+		cmd = append(append([]byte("AUTH XOAUTH2 "), sasl.XOAUTH2(user, token)...), '\r', '\n')
+	}
+	if _, err := u.conn.Write(cmd); err != nil {
 		return nil, err
 	}
-	sent := false
+	sent := initialResponse
 	for i := 0; i < maxAuthLines; i++ {
 		line, err := u.readLine()
 		if err != nil {
@@ -254,7 +260,7 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 		case config.IMAP:
 			reply, err = u.authIMAP(tag, creds.Username, token, imap.HasCapability(u.caps, "SASL-IR"))
 		case config.POP:
-			reply, err = u.authPOP(creds.Username, token)
+			reply, err = u.authPOP(creds.Username, token, s.opts.POP3InitialResponse)
 		default:
 			reply, err = u.authSMTP(l.srv.ServerAddress, l.srv.ServerPort, creds.Username, token)
 		}

@@ -65,7 +65,7 @@ func BenchmarkRelayTLS(b *testing.B) {
 	}
 	benchRelay(b, func(server, client net.Conn) (net.Conn, net.Conn) {
 		srv := tls.Server(server, &tls.Config{Certificates: []tls.Certificate{leaf}})
-		cl := tls.Client(client, &tls.Config{RootCAs: ca.Pool, ServerName: "localhost"})
+		cl := tls.Client(&recordConn{Conn: client}, &tls.Config{RootCAs: ca.Pool, ServerName: "localhost"}) // as dialer.dial does
 		go srv.Handshake()
 		if err := cl.Handshake(); err != nil {
 			b.Fatal(err)

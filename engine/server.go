@@ -46,6 +46,10 @@ type Options struct {
 	// one upstream host; logins over it queue (default 16, Exchange
 	// Online's limit; negative: no cap).
 	MailboxLimit int
+	// POP3InitialResponse sends the XOAUTH2 response on the AUTH line
+	// (RFC 5034 allows it) instead of after the server's "+" (default:
+	// two steps, as Exchange Online documents).
+	POP3InitialResponse bool
 	// IMAPSessionReuse keeps an IMAP upstream session this long after its
 	// client's LOGOUT for the next login of the same account and password
 	// (default 0: off).

@@ -98,6 +98,20 @@ func TestWarmConnectionTimedOutByServer(t *testing.T) {
 	}
 }
 
+// With POP3InitialResponse the token goes on the AUTH line; by default
+// in two steps.
+func TestPOP3InitialResponse(t *testing.T) {
+	for _, ir := range []bool{false, true} {
+		env := startEnv(t, envOptions{engine: Options{POP3InitialResponse: ir}})
+		p := popLogin(t, env.popAddr, testAccount, testPassword)
+		p.ok("STAT")
+		p.ok("QUIT")
+		if got := env.up.POP3InitialResponses(); (got == 1) != ir || env.up.Logins() != 1 {
+			t.Fatalf("initial response %v: the server saw %d one-line AUTHs, %d logins", ir, got, env.up.Logins())
+		}
+	}
+}
+
 // Logins over the per-mailbox cap wait for a session of that mailbox to
 // end instead of failing upstream; one that waits past its login timeout
 // gets a temporary error that says why.

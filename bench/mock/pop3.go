@@ -84,6 +84,11 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 					say("-ERR unsupported mechanism")
 					continue
 				}
+				if ir != "" {
+					up.mu.Lock()
+					up.popInitialResponses++
+					up.mu.Unlock()
+				}
 				if ir == "" {
 					say("+ ")
 					if ir, ok = readLine(); !ok {

@@ -87,6 +87,8 @@ type Upstream struct {
 	sessions      map[string]int // proto + user -> open authenticated sessions
 	peak          map[string]int
 	limitRefusals int
+
+	popInitialResponses int
 }
 
 // Start runs a mock provider on 127.0.0.1 with fresh ports.
@@ -246,6 +248,14 @@ func (up *Upstream) DropConnections() {
 	for _, c := range conns { // outside the lock: Close takes it too
 		c.Close()
 	}
+}
+
+// POP3InitialResponses counts POP3 AUTH commands that carried their
+// response on the same line.
+func (up *Upstream) POP3InitialResponses() int {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	return up.popInitialResponses
 }
 
 // XOAUTH2Received lists every decoded XOAUTH2 response the servers got.
