@@ -325,6 +325,12 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 		})
 	}
 	if b.f.stalled > 0 && b.f.mock.bigSize > 0 {
+		// Each large mailbox takes at most --mailbox-limit sessions.
+		if lim := b.f.mock.mailboxLimit; lim > 0 && b.f.stalled > lim*b.f.mock.bigBoxes {
+			fmt.Fprintf(b.errw, "stalled sessions: %d, not %d: %d mailboxes hold the large message, %d sessions each at most (raise --big-mailboxes)\n",
+				lim*b.f.mock.bigBoxes, b.f.stalled, b.f.mock.bigBoxes, lim)
+			b.f.stalled = lim * b.f.mock.bigBoxes
+		}
 		time.Sleep(time.Second)
 		b.target.Warm(ctx, load.POP3, load.Proxy, b.f.mock.bigBoxes)
 		res.StalledRSSKB, res.StalledGoKB, res.Stalled = measure("stalled", b.f.stalled, func(p *load.Progress) (*load.Held, error) {
