@@ -13,7 +13,7 @@ import (
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (server, client net.Conn) {
+func tcpPair(t testing.TB) (server, client net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -28,6 +28,28 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 	}
 	server = <-got
 	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
+}
+
+// tlsPair is a TLS connection over loopback TCP, the client side under a
+// recordConn as dialer.dial sets it up; both ends handshaken.
+func tlsPair(tb testing.TB) (server, client *tls.Conn) {
+	tb.Helper()
+	ca, err := mock.NewCA("test CA")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	leaf, err := ca.Leaf()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, c := tcpPair(tb)
+	server = tls.Server(s, &tls.Config{Certificates: []tls.Certificate{leaf}})
+	client = tls.Client(&recordConn{Conn: c}, &tls.Config{RootCAs: ca.Pool, ServerName: "localhost"})
+	go server.Handshake()
+	if err := client.Handshake(); err != nil {
+		tb.Fatal(err)
+	}
 	return server, client
 }
 
@@ -93,21 +115,7 @@ func TestChunkReaderPlainHoldsNoBufferWhileQuiet(t *testing.T) {
 }
 
 func TestChunkReaderTLSHoldsNoBufferWhileQuiet(t *testing.T) {
-	ca, err := mock.NewCA("chunk CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Leaf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, client := tcpPair(t)
-	srv := tls.Server(server, &tls.Config{Certificates: []tls.Certificate{leaf}})
-	cl := tls.Client(client, &tls.Config{RootCAs: ca.Pool, ServerName: "localhost"})
-	go srv.Handshake()
-	if err := cl.Handshake(); err != nil {
-		t.Fatal(err)
-	}
+	srv, cl := tlsPair(t)
 	var pool bytebufferpool.Pool
 	cr := newChunkReader(&pool, cl, 16<<10)
 	defer cr.release()

@@ -2,12 +2,9 @@ package engine
 
 import (
 	"bytes"
-	"crypto/tls"
 	"io"
 	"net"
 	"testing"
-
-	"github.com/emailproxy/emailproxy/bench/mock"
 )
 
 // record builds one TLS record with payload p.
@@ -72,17 +69,7 @@ func TestRecordConnHandsOneRecordAtATime(t *testing.T) {
 
 // crypto/tls works over it: a download arrives intact.
 func TestRecordConnUnderTLS(t *testing.T) {
-	ca, err := mock.NewCA("record CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Leaf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, client := tcpPair(t)
-	srv := tls.Server(server, &tls.Config{Certificates: []tls.Certificate{leaf}})
-	cl := tls.Client(&recordConn{Conn: client}, &tls.Config{RootCAs: ca.Pool, ServerName: "localhost"})
+	srv, cl := tlsPair(t)
 	data := bytes.Repeat([]byte("0123456789abcdef"), 200000) // 3.2 MB
 	go func() {
 		for off := 0; off < len(data); {
