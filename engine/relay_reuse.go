@@ -24,7 +24,6 @@ type reuseRelay struct {
 	s   *Server
 	r   *relay
 	res *loginResult
-	log zerolog.Logger
 	// logoutTag is set, before the UNSELECT goes out, to the client's
 	// LOGOUT tag ("" if the client just hung up).
 	logoutTag atomic.Pointer[string]
@@ -76,7 +75,7 @@ func (rr *reuseRelay) clientSide(leftover []byte) (int64, bool) {
 				return true, rr.reset(string(tag))
 			default:
 				rr.outstanding.Add(1)
-				reusable = reusable && reusableCommands[string(bytes.ToUpper(name))]
+				reusable = reusable && isReusable(name)
 				idling = bytes.EqualFold(name, []byte("IDLE"))
 			}
 			lineStart = off
@@ -191,7 +190,7 @@ func (rr *reuseRelay) upSide() (int64, bool) {
 
 // startReuseRelay runs a reusable IMAP session's relay.
 func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []byte, log zerolog.Logger, opened time.Time, r *relay) {
-	rr := &reuseRelay{s: s, r: r, res: res, log: log, upReader: newChunkReader(&s.relayBufs, res.up.conn, s.opts.RelayBuffer)}
+	rr := &reuseRelay{s: s, r: r, res: res, upReader: newChunkReader(&s.relayBufs, res.up.conn, s.opts.RelayBuffer)}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

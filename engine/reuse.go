@@ -41,6 +41,22 @@ var reusableCommands = map[string]bool{
 	"LISTRIGHTS": true, "GETMETADATA": true, "LOGOUT": true,
 }
 
+// isReusable looks name up in reusableCommands, ignoring case, without
+// allocating (it runs for every command of a reusable session).
+func isReusable(name []byte) bool {
+	var buf [16]byte
+	if len(name) > len(buf) {
+		return false
+	}
+	for i, c := range name {
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	return reusableCommands[string(buf[:len(name)])]
+}
+
 // resetTag tags the UNSELECT the proxy sends; clients' tags are echoed
 // only for their own commands, so the proxy recognises its answer.
 const resetTag = "EPXRESET"

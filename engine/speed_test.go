@@ -275,3 +275,12 @@ func TestRetag(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+func TestIsReusable(t *testing.T) {
+	for name, want := range map[string]bool{"select": true, "Uid": true, "IDLE": true, "ENABLE": false,
+		"compress": false, "XAPPLEPUSHSERVICE": false, "": false} {
+		if got := isReusable([]byte(name)); got != want {
+			t.Errorf("%q: %v, want %v", name, got, want)
+		}
+	}
+}
