@@ -56,6 +56,8 @@ func (p *warmPool) take() *upstreamConn {
 		return nil
 	}
 	now := time.Now()
+	var stale []*upstreamConn
+	defer func() { closeAll(stale) }() // after the lock: closing writes to the network
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.lastTake = now
@@ -67,7 +69,7 @@ func (p *warmPool) take() *upstreamConn {
 			got = w.u
 		} else {
 			p.stats.Expired++
-			go w.u.Close()
+			stale = append(stale, w.u)
 		}
 	}
 	if got != nil {
@@ -125,24 +127,35 @@ func (p *warmPool) dialOne() {
 		}
 	}
 	u, err := p.l.dialer.dial(p.s.ctx)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.dialing--
 	if err != nil {
+		p.mu.Lock()
+		p.dialing--
 		p.dialFails++
+		p.mu.Unlock()
 		if p.s.ctx.Err() == nil {
 			p.l.log.Debug().Err(err).Msg("warm pool: dial failed")
 		}
 		return
 	}
+	if !p.keep(u) {
+		u.Close() // not needed after all
+	}
+}
+
+// keep adds a freshly dialled connection to the pool if it is still
+// wanted.
+func (p *warmPool) keep(u *upstreamConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dialing--
 	p.dialFails = 0
 	p.stats.Dialed++
 	if p.s.ctx.Err() != nil || len(p.idle) >= p.target {
-		u.Close()
-		return
+		return false
 	}
 	p.l.learn(u)
 	p.idle = append(p.idle, warmConn{u: u, born: time.Now()})
+	return true
 }
 
 // reap closes connections about to reach maxAge and replaces them while
@@ -155,18 +168,20 @@ func (p *warmPool) reap() {
 		select {
 		case <-p.s.ctx.Done():
 			p.mu.Lock()
-			for _, w := range p.idle {
-				w.u.Close()
-			}
+			all := p.idle
 			p.idle = nil
 			p.mu.Unlock()
+			for _, w := range all {
+				w.u.Close()
+			}
 			return
 		case now := <-tick.C:
+			var stale []*upstreamConn
 			p.mu.Lock()
 			// Leave a margin of one tick so a connection taken is never
 			// one the server is about to drop.
 			for len(p.idle) > 0 && now.Sub(p.idle[0].born) >= p.maxAge-p.maxAge/8 {
-				p.idle[0].u.Close()
+				stale = append(stale, p.idle[0].u)
 				p.idle = p.idle[1:]
 				p.stats.Expired++
 				p.target = max(p.target-1, 1)
@@ -176,7 +191,14 @@ func (p *warmPool) reap() {
 			}
 			p.refillLocked()
 			p.mu.Unlock()
+			closeAll(stale)
 		}
+	}
+}
+
+func closeAll(conns []*upstreamConn) {
+	for _, u := range conns {
+		u.Close()
 	}
 }
 
