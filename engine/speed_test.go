@@ -284,3 +284,33 @@ func TestIsReusable(t *testing.T) {
 		}
 	}
 }
+
+// Session reuse works the same behind a local TLS listener (the relay's
+// client side is then TLS too), with a real client logging in and out
+// several times over one upstream session.
+func TestIMAPSessionReuseOverLocalTLS(t *testing.T) {
+	pc := newProxyCert(t)
+	env := startEnv(t, envOptions{servers: tlsServers(pc)[:1], engine: Options{IMAPSessionReuse: 5 * time.Second}})
+	for i := 0; i < 3; i++ {
+		c, err := imapclient.DialTLS(env.addrs["imaps"], &imapclient.Options{TLSConfig: pc.client()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Login(testAccount, testPassword).Wait(); err != nil {
+			t.Fatalf("login %d: %v", i, err)
+		}
+		sel, err := c.Select("INBOX", nil).Wait()
+		if err != nil || sel.NumMessages != 1 {
+			t.Fatalf("select %d: %v %v", i, sel, err)
+		}
+		if err := c.Logout().Wait(); err != nil {
+			t.Fatalf("logout %d: %v", i, err)
+		}
+		c.Close()
+		want := i + 1
+		waitFor(t, "the session to be kept", func() bool { return env.srv.linger.snapshot().Parked == want })
+	}
+	if env.up.Logins() != 1 || env.srv.linger.snapshot().Reused != 2 {
+		t.Fatalf("upstream logins %d (want 1), %+v", env.up.Logins(), env.srv.linger.snapshot())
+	}
+}
