@@ -210,6 +210,14 @@ func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []b
 		client.Close()
 		wg.Wait()
 		if parked {
+			if _, waiting := s.gates.held(res.mailbox); waiting > 0 {
+				// Logins of this mailbox wait for a slot: closing gives
+				// the first one this session's slot now; keeping it
+				// would hold the slot until the session's linger ends.
+				parked = false
+			}
+		}
+		if parked {
 			res.up.conn.SetDeadline(time.Time{})
 			s.linger.park(res.up, res.reuseKey, res.mailbox, res.loginReply)
 		} else {

@@ -314,3 +314,26 @@ func TestIMAPSessionReuseOverLocalTLS(t *testing.T) {
 		t.Fatalf("upstream logins %d (want 1), %+v", env.up.Logins(), env.srv.linger.snapshot())
 	}
 }
+
+// With reuse on and the mailbox at its cap, a login waiting for a slot
+// gets one when a session logs out: the session is closed, not kept.
+func TestReuseDoesNotStarveQueuedLogins(t *testing.T) {
+	env := startEnv(t, envOptions{engine: Options{IMAPSessionReuse: time.Minute, MailboxLimit: 1, LoginTimeout: 20 * time.Second}})
+	a, ok := imapLogin(t, env.imapAddr, testAccount, "pw-starve")
+	if !strings.HasPrefix(ok, "L1 OK") {
+		t.Fatalf("first login: %q", ok)
+	}
+	b := dialRaw(t, env.imapAddr)
+	b.line()
+	b.send("L2 LOGIN " + testAccount + " pw-starve\r\n")
+	key := mailboxKey(env.listenerFor(env.imapAddr).srv.ServerAddress, testAccount)
+	waitFor(t, "the second login to queue", func() bool { _, waiting := env.srv.gates.held(key); return waiting == 1 })
+	a.send("Q1 LOGOUT\r\n")
+	a.until("Q1 ")
+	if l := b.until("L2 "); !strings.HasPrefix(l[len(l)-1], "L2 OK") {
+		t.Fatalf("queued login: %q", l)
+	}
+	if n := env.srv.linger.snapshot().Parked; n != 0 {
+		t.Fatalf("%d sessions kept while a login waited", n)
+	}
+}
