@@ -243,6 +243,17 @@ func TestIMAPSessionReuse(t *testing.T) {
 	if env.up.Logins() != 2 || env.srv.linger.snapshot().Reused != 2 {
 		t.Fatalf("upstream logins %d (want 2: one per account), %+v", env.up.Logins(), env.srv.linger.snapshot())
 	}
+	// Nothing secret in the logs (debug level) of all that.
+	logs := env.logs.String()
+	tokens := accessTokens(env)
+	if len(tokens) == 0 {
+		t.Fatal("no tokens seen upstream")
+	}
+	for _, secret := range append([]string{pw, testSecret}, tokens...) {
+		if strings.Contains(logs, secret) {
+			t.Fatalf("a secret is in the logs: %q", secret)
+		}
+	}
 }
 
 // The store's keys separate accounts, passwords and server sections.
@@ -336,4 +347,15 @@ func TestReuseDoesNotStarveQueuedLogins(t *testing.T) {
 	if n := env.srv.linger.snapshot().Parked; n != 0 {
 		t.Fatalf("%d sessions kept while a login waited", n)
 	}
+}
+
+// accessTokens are the tokens the provider's servers received.
+func accessTokens(env *proxyEnv) []string {
+	var toks []string
+	for _, raw := range env.up.XOAUTH2Received() {
+		if _, tok, ok := strings.Cut(raw, "auth=Bearer "); ok {
+			toks = append(toks, strings.TrimRight(tok, "\x01"))
+		}
+	}
+	return toks
 }
