@@ -276,20 +276,29 @@ func (rep *Report) writeIdle(w io.Writer) {
 	if i := rep.Idle; i != nil {
 		fmt.Fprintln(w, "\nidle connections held by the proxy:")
 		if i.PreLogin > 0 {
-			fmt.Fprintf(w, "  %d pre-login clients: %.2f KB RSS each, %s Go heap+stack each\n", i.PreLogin, i.PreLoginRSSKB, kb(i.PreLoginGoKB))
+			fmt.Fprintf(w, "  %d pre-login clients: %s RSS each, %s Go heap+stack each\n", i.PreLogin, rss(i.PreLoginRSSKB), kb(i.PreLoginGoKB))
 		}
 		if i.Sessions > 0 {
-			fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS): %.2f KB RSS each, %s Go heap+stack each\n",
-				i.Sessions, i.SessionRSSKB, kb(i.SessionGoKB))
+			fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS): %s RSS each, %s Go heap+stack each\n",
+				i.Sessions, rss(i.SessionRSSKB), kb(i.SessionGoKB))
 		}
 		if i.Stalled > 0 {
-			fmt.Fprintf(w, "  %d sessions relaying a large message to a client that stopped reading: %.2f KB RSS each, %s Go heap+stack each\n",
-				i.Stalled, i.StalledRSSKB, kb(i.StalledGoKB))
+			fmt.Fprintf(w, "  %d sessions relaying a large message to a client that stopped reading: %s RSS each, %s Go heap+stack each\n",
+				i.Stalled, rss(i.StalledRSSKB), kb(i.StalledGoKB))
 		}
 		if i.Errors > 0 || len(i.ErrorSamples) > 0 {
 			fmt.Fprintf(w, "  %d errors: %s\n", i.Errors, strings.Join(i.ErrorSamples, "; "))
 		}
 	}
+}
+
+// rss shows an RSS difference; it is negative when the proxy handed
+// memory from an earlier phase back to the system meanwhile.
+func rss(v float64) string {
+	if v < 0 {
+		return "(not measurable: memory from an earlier phase was returned to the system)"
+	}
+	return fmt.Sprintf("%.2f KB", v)
 }
 
 func kb(v float64) string {
