@@ -281,10 +281,13 @@ func (s *session) onClose(err error) {
 	if s.phase == phRelay {
 		return // the relay logs the end of the session
 	}
-	log := s.logger()
-	ev := log.Info()
+	// On the event loop: log without building a per-session logger.
+	ev := s.l.log.Info()
+	if !ev.Enabled() {
+		return
+	}
 	if err != nil {
 		ev = ev.Str("error", err.Error())
 	}
-	ev.Dur("duration", time.Since(s.start)).Msg("connection closed")
+	ev.Str("client", s.c.RemoteAddr().String()).Dur("duration", time.Since(s.start)).Msg("connection closed")
 }
