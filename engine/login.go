@@ -184,15 +184,12 @@ func (u *upstreamConn) authSMTP(host string, port int, user, token string) ([]by
 	return nil, errors.New("too many lines while authenticating")
 }
 
-// clientHost is the address part of a client's remote address.
-func clientHost(addr net.Addr) string {
-	if addr == nil {
-		return ""
-	}
-	if h, _, err := net.SplitHostPort(addr.String()); err == nil {
+// hostOf is the address part of a client's remote address.
+func hostOf(remote string) string {
+	if h, _, err := net.SplitHostPort(remote); err == nil {
 		return h
 	}
-	return addr.String()
+	return remote
 }
 
 func hasWord(list []string, w string) bool {
@@ -215,7 +212,7 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 	if err != nil {
 		return nil, auth.AsLoginError(err)
 	}
-	res := &loginResult{user: creds.Username, mailbox: mailboxKey(l.srv.ServerAddress, creds.Username)}
+	res := &loginResult{proto: l.srv.Protocol, user: creds.Username, mailbox: mailboxKey(l.srv.ServerAddress, creds.Username)}
 	if l.srv.Protocol == config.IMAP {
 		res.reuseKey = s.linger.key(l.srv.Section, creds.Username, creds.Password)
 		if lg := s.linger.take(res.reuseKey); lg != nil {

@@ -7,9 +7,12 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/emailproxy/emailproxy/config"
 )
 
 // relay joins an authenticated client to its upstream session. After the
@@ -21,6 +24,93 @@ type relay struct {
 	client net.Conn
 	up     *upstreamConn
 	once   sync.Once
+
+	// toClient and toUp write each way with the send timeout; both note
+	// the time of the last write in active, which the idle sweep reads.
+	toClient, toUp *timedWriter
+	active         atomic.Int64 // UnixNano
+	idle           time.Duration
+	ended          atomic.Pointer[string] // why the proxy ended it, if it did
+}
+
+func (s *Server) newRelay(client net.Conn, up *upstreamConn, proto config.Protocol) *relay {
+	r := &relay{client: client, up: up, idle: s.idleTimeout(proto)}
+	r.toClient = &timedWriter{c: client, timeout: s.opts.SendTimeout, active: &r.active}
+	r.toUp = &timedWriter{c: up.conn, timeout: s.opts.SendTimeout, active: &r.active}
+	r.active.Store(time.Now().UnixNano())
+	return r
+}
+
+// endFor closes the relay and records why (for its closing log line).
+func (r *relay) endFor(reason string) {
+	r.ended.CompareAndSwap(nil, &reason)
+	r.close()
+}
+
+// timedWriter writes to one side of a relay. A write that makes no
+// progress for timeout fails, which ends the session and frees its
+// upstream connection and mailbox slot. The deadline is pushed out at
+// most every quarter timeout (and every second), not on every chunk.
+type timedWriter struct {
+	c       net.Conn
+	timeout time.Duration
+	active  *atomic.Int64
+	armed   int64 // when the deadline was last pushed out
+}
+
+func (w *timedWriter) Write(b []byte) (int, error) {
+	now := time.Now().UnixNano()
+	w.active.Store(now)
+	if now-w.armed > int64(min(w.timeout/4, time.Second)) {
+		w.c.SetWriteDeadline(time.Unix(0, now).Add(w.timeout))
+		w.armed = now
+	}
+	n, err := w.c.Write(b)
+	if err != nil && isTimeout(err) {
+		return n, errSendTimeout
+	}
+	return n, err
+}
+
+var errSendTimeout = errors.New("send timeout: the peer accepted no data")
+
+// idleTimeout is how long an authenticated session of proto may be silent.
+func (s *Server) idleTimeout(proto config.Protocol) time.Duration {
+	switch proto {
+	case config.IMAP:
+		return s.opts.IMAPIdleTimeout
+	case config.POP:
+		return s.opts.POP3IdleTimeout
+	}
+	return s.opts.SMTPIdleTimeout
+}
+
+// sweepIdleRelays closes authenticated sessions with no traffic either
+// way for longer than their protocol's idle timeout.
+func (s *Server) sweepIdleRelays() {
+	defer s.wg.Done()
+	every := min(s.opts.IMAPIdleTimeout, s.opts.POP3IdleTimeout, s.opts.SMTPIdleTimeout) / 4
+	every = min(max(every, 10*time.Millisecond), 10*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case now := <-t.C:
+			var idle []*relay
+			s.relayMu.Lock()
+			for r := range s.relays {
+				if now.UnixNano()-r.active.Load() > int64(r.idle) {
+					idle = append(idle, r)
+				}
+			}
+			s.relayMu.Unlock()
+			for _, r := range idle {
+				r.endFor("idle timeout")
+			}
+		}
+	}
 }
 
 func (r *relay) close() {
@@ -48,7 +138,7 @@ func fileConn(fd int, keepAlive time.Duration) (net.Conn, error) {
 // startRelay joins an authenticated client to its upstream session:
 // first the upstream's answer to the login, then both directions.
 func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, log zerolog.Logger, opened time.Time) {
-	r := &relay{client: client, up: res.up}
+	r := s.newRelay(client, res.up, res.proto)
 	s.relayMu.Lock()
 	s.relays[r] = struct{}{}
 	s.relayMu.Unlock()
@@ -65,42 +155,60 @@ func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			fromClient = s.pipe(res.up.conn, client, leftover, nil)
-			r.close()
+			var err error
+			fromClient, err = s.pipe(r.toUp, client, leftover, nil)
+			r.noteEnd(err, "server")
 		}()
 		// The upstream's answer to the login, then anything it sent after it
 		// that is already buffered, then the live stream.
-		fromUp = s.pipe(client, res.up.conn, res.reply, res.up.takeReader())
-		r.close()
+		var err error
+		fromUp, err = s.pipe(r.toClient, res.up.conn, res.reply, res.up.takeReader())
+		r.noteEnd(err, "client")
 		wg.Wait()
 		s.endRelay(r, log, res.user, fromClient, fromUp, start, opened).Msg("connection closed")
 	}()
 }
 
-// endRelay forgets a finished relay and returns its closing log event.
+// noteEnd closes the relay after one direction ended; a send timeout
+// names the side that stopped reading.
+func (r *relay) noteEnd(err error, writingTo string) {
+	if errors.Is(err, errSendTimeout) {
+		r.endFor("send timeout: the " + writingTo + " stopped reading")
+		return
+	}
+	r.close()
+}
+
+// endRelay forgets a finished relay and returns its closing log event
+// (a warning when the proxy ended it for a timeout).
 func (s *Server) endRelay(r *relay, log zerolog.Logger, user string, fromClient, fromUp int64, start, opened time.Time) *zerolog.Event {
 	s.relayMu.Lock()
 	delete(s.relays, r)
 	s.relayMu.Unlock()
-	return log.Info().Str("account", user).Int64("bytes_from_client", fromClient).
+	ev := log.Info()
+	if why := r.ended.Load(); why != nil {
+		ev = log.Warn().Str("ended_by", *why)
+	}
+	return ev.Str("account", user).Int64("bytes_from_client", fromClient).
 		Int64("bytes_to_client", fromUp).Dur("session", time.Since(start)).Dur("duration", time.Since(opened))
 }
 
 // pipe writes first, then what br holds buffered, then copies src to dst
-// until either side ends. It returns the bytes written.
-func (s *Server) pipe(dst io.Writer, src net.Conn, first []byte, br *bufio.Reader) int64 {
+// until either side ends. It returns the bytes written and the write
+// error that ended it, if one did.
+func (s *Server) pipe(dst io.Writer, src net.Conn, first []byte, br *bufio.Reader) (int64, error) {
 	var total int64
 	if len(first) > 0 {
 		n, err := dst.Write(first)
 		total += int64(n)
 		if err != nil {
-			return total
+			return total, err
 		}
 	}
 	if n, err := drain(dst, br); err != nil || n > 0 {
 		total += int64(n)
 		if err != nil {
-			return total
+			return total, err
 		}
 	}
 	// Neither is needed again: let the collector have them while the
@@ -114,14 +222,14 @@ func (s *Server) pipe(dst io.Writer, src net.Conn, first []byte, br *bufio.Reade
 			w, werr := dst.Write(chunk)
 			total += int64(w)
 			if werr != nil {
-				return total
+				return total, werr
 			}
 		}
 		if rerr != nil {
 			if !errors.Is(rerr, io.EOF) && !errors.Is(rerr, net.ErrClosed) {
 				s.log.Debug().Err(rerr).Msg("relay read ended")
 			}
-			return total
+			return total, nil
 		}
 	}
 }

@@ -22,7 +22,7 @@ func benchRelay(b *testing.B, src, sender net.Conn) {
 		}
 		sender.Close()
 	}()
-	if n := s.pipe(io.Discard, src, nil, nil); n != int64(b.N*len(chunk)) {
+	if n, _ := s.pipe(io.Discard, src, nil, nil); n != int64(b.N*len(chunk)) {
 		b.Fatalf("relayed %d bytes, want %d", n, b.N*len(chunk))
 	}
 }

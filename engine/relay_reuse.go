@@ -33,6 +33,9 @@ type reuseRelay struct {
 	// answered at once, and the reset goes on after the client has left.
 	outstanding atomic.Int64
 	answered    atomic.Bool // the LOGOUT was answered: drop what follows
+	// The write errors that ended clientSide (writing upstream) and
+	// upSide (writing to the client), each set by its own goroutine.
+	clientErr, upErr error
 }
 
 // clientSide copies client commands upstream. At the client's LOGOUT (or
@@ -44,7 +47,7 @@ func (rr *reuseRelay) clientSide(leftover []byte) (int64, bool) {
 	var st imap.Stream
 	reusable, idling := true, false
 	var total int64
-	up := rr.res.up.conn
+	up := rr.r.toUp
 	// forward writes chunk upstream, or everything before a LOGOUT.
 	forward := func(chunk []byte) (reset bool, ok bool) {
 		lineStart, off := 0, 0
@@ -62,13 +65,14 @@ func (rr *reuseRelay) clientSide(leftover []byte) (int64, bool) {
 				w, err := up.Write(chunk[:lineStart])
 				total += int64(w)
 				if err != nil {
+					rr.clientErr = err
 					return true, false
 				}
 				if lineStart == 0 && rr.outstanding.Load() == 0 {
 					// Everything the client asked for has been answered:
 					// say goodbye now, reset upstream afterwards.
 					rr.answered.Store(true)
-					rr.r.client.Write([]byte("* BYE emailproxy: logged out\r\n" + string(tag) + " OK LOGOUT completed\r\n"))
+					rr.r.toClient.Write([]byte("* BYE emailproxy: logged out\r\n" + string(tag) + " OK LOGOUT completed\r\n"))
 					rr.r.client.Close()
 					return true, rr.reset("")
 				}
@@ -82,6 +86,9 @@ func (rr *reuseRelay) clientSide(leftover []byte) (int64, bool) {
 		}
 		w, err := up.Write(chunk)
 		total += int64(w)
+		if err != nil {
+			rr.clientErr = err
+		}
 		return false, err == nil
 	}
 	if len(leftover) > 0 {
@@ -126,13 +133,16 @@ func (rr *reuseRelay) reset(logoutTag string) bool {
 func (rr *reuseRelay) upSide() (int64, bool) {
 	var st imap.Stream
 	var total int64
-	client := rr.r.client
+	client := rr.r.toClient
 	write := func(b []byte) bool {
 		if rr.answered.Load() {
 			return true // the client has left
 		}
 		w, err := client.Write(b)
 		total += int64(w)
+		if err != nil {
+			rr.upErr = err
+		}
 		return err == nil
 	}
 	if !write(rr.res.reply) {
@@ -203,10 +213,13 @@ func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []b
 			var reset bool
 			fromClient, reset = rr.clientSide(leftover)
 			if !reset {
-				r.close() // no UNSELECT answer is coming: end upSide's read
+				r.noteEnd(rr.clientErr, "server") // no UNSELECT answer is coming: end upSide's read
 			}
 		}()
 		fromUp, parked := rr.upSide()
+		if errors.Is(rr.upErr, errSendTimeout) {
+			r.endFor("send timeout: the client stopped reading")
+		}
 		client.Close()
 		wg.Wait()
 		if parked {

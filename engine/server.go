@@ -35,6 +35,20 @@ type Options struct {
 	RelayBuffer  int           // bytes per relay direction (default 16 KiB)
 	TCPKeepAlive time.Duration // client and upstream keepalive period (default 60 s)
 	IdleTimeout  time.Duration // a client silent this long before login is disconnected (default 10 min)
+	// SendTimeout ends a session whose peer accepts no bytes for this long
+	// (a client that stops reading mid-download; default 60 s, nginx's
+	// send_timeout). It measures time without progress, not total time.
+	SendTimeout time.Duration
+	// Authenticated sessions with no traffic either way for this long are
+	// closed; the defaults are the RFC minimums for a server's autologout:
+	// IMAP 30 min (RFC 9051 §5.4), POP3 10 min (RFC 1939 §3), SMTP 5 min
+	// per command (RFC 5321 §4.5.3.2).
+	IMAPIdleTimeout, POP3IdleTimeout, SMTPIdleTimeout time.Duration
+	// PendingLimit bounds what a client connection on the event loop may
+	// hold before login: unsent output (above it, its input waits) and
+	// input that must wait (above it, the client is disconnected: gnet
+	// cannot stop reading one connection). Default 64 KiB.
+	PendingLimit int
 	// WarmConnections caps the pre-connected upstream connections kept per
 	// server section; the pool grows towards it only while logins find it
 	// empty (default 64; negative: none).
@@ -81,6 +95,21 @@ func (o *Options) defaults() {
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 10 * time.Minute
+	}
+	if o.SendTimeout <= 0 {
+		o.SendTimeout = 60 * time.Second
+	}
+	if o.IMAPIdleTimeout <= 0 {
+		o.IMAPIdleTimeout = 30 * time.Minute
+	}
+	if o.POP3IdleTimeout <= 0 {
+		o.POP3IdleTimeout = 10 * time.Minute
+	}
+	if o.SMTPIdleTimeout <= 0 {
+		o.SMTPIdleTimeout = 5 * time.Minute
+	}
+	if o.PendingLimit <= 0 {
+		o.PendingLimit = 64 << 10
 	}
 	if o.WarmConnections == 0 {
 		o.WarmConnections = 64
@@ -277,6 +306,8 @@ func (s *Server) Start() error {
 			return fmt.Errorf("cannot listen on %v (is the proxy already running?): %w", addrs, err)
 		}
 	}
+	s.wg.Add(1)
+	go s.sweepIdleRelays()
 	for _, srv := range s.cfg.Servers {
 		l := s.listeners[srv.LocalPort]
 		mode := "plaintext"

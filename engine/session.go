@@ -20,7 +20,16 @@ const (
 	phGreeting phase = iota // waiting for the upstream's greeting to be known
 	phPreLogin              // the state machine reads client commands
 	phLogin                 // a login runs off the loop
+	phHandoff               // logged in; waiting for gnet to send what it holds for the client
 	phRelay                 // handed to a relay; the gnet connection is gone
+)
+
+// pollEvery is how often a held session (output over the bound, or a
+// hand-off waiting for gnet to flush) checks whether the client has read.
+// gnet reports reads, not completed writes, so the session wakes itself.
+const (
+	pollFast = 10 * time.Millisecond
+	pollSlow = 100 * time.Millisecond // after a second without progress
 )
 
 // pending is what goroutines hand back to the loop; guarded by session.mu.
@@ -28,9 +37,11 @@ type pending struct {
 	profile     *profile
 	unavailable bool
 	login       *loginResult
+	poll        bool // a poll timer fired
 }
 
 type loginResult struct {
+	proto config.Protocol
 	up    *upstreamConn
 	reply []byte // upstream's answer to relay to the client
 	user  string
@@ -48,14 +59,24 @@ type loginResult struct {
 // and silent, so the state machine is built at the first command and the
 // logger only when there is something to log.
 type session struct {
-	srv   *Server
-	l     *listener
-	c     gnet.Conn
-	phase phase
-	start time.Time
-	prof  *profile      // the upstream's profile, once greeted
-	m     clientMachine // built at the first input after the greeting
-	tag   string        // IMAP tag of the login in progress
+	srv    *Server
+	l      *listener
+	c      gnet.Conn
+	remote string // the client's address, copied at accept: goroutines use it, never c
+	phase  phase
+	start  time.Time
+	prof   *profile      // the upstream's profile, once greeted
+	m      clientMachine // built at the first input after the greeting
+	tag    string        // IMAP tag of the login in progress
+
+	// Output backpressure (event loop only). held: the client has more
+	// unsent output than the bound, so its input waits unparsed; stuck is
+	// when the unsent output last shrank, stuckOut how much there was.
+	held     bool
+	polling  bool
+	stuck    time.Time
+	stuckOut int
+	handoff  *loginResult // phHandoff: the login waiting for the flush
 
 	prev, next *session // Server's list of gnet sessions (sessMu)
 
@@ -71,6 +92,9 @@ type session struct {
 
 func newSession(s *Server, l *listener, c gnet.Conn) *session {
 	sess := &session{srv: s, l: l, c: c, start: time.Now()}
+	if a := c.RemoteAddr(); a != nil {
+		sess.remote = a.String()
+	}
 	sess.lastSeen.Store(sess.start.UnixNano())
 	sess.idleCheck.Store(true)
 	return sess
@@ -89,12 +113,12 @@ func idleBye(proto config.Protocol) []byte {
 
 // logger is the listener's logger with the client's address.
 func (s *session) logger() zerolog.Logger {
-	return s.l.log.With().Str("client", s.c.RemoteAddr().String()).Logger()
+	return s.l.log.With().Str("client", s.remote).Logger()
 }
 
 func (s *session) logOpen() {
 	if e := s.l.log.Info(); e.Enabled() {
-		e.Str("client", s.c.RemoteAddr().String()).Str("proto", string(s.l.srv.Protocol)).Msg("connection opened")
+		e.Str("client", s.remote).Str("proto", string(s.l.srv.Protocol)).Msg("connection opened")
 	}
 }
 
@@ -130,6 +154,9 @@ func (s *session) onTraffic() gnet.Action {
 		s.lastSeen.Store(time.Now().UnixNano())
 	}
 	p := s.take()
+	if p.poll {
+		s.polling = false
+	}
 	if s.phase == phGreeting {
 		switch {
 		case p.profile != nil:
@@ -139,8 +166,6 @@ func (s *session) onTraffic() gnet.Action {
 		case p.unavailable:
 			s.c.Write(unavailableBye(s.l.srv.Protocol))
 			return gnet.Close
-		default:
-			return gnet.None // input waits in gnet's buffer until greeted
 		}
 	}
 	if p.login != nil && s.phase == phLogin {
@@ -148,10 +173,72 @@ func (s *session) onTraffic() gnet.Action {
 			return act
 		}
 	}
-	if s.phase != phPreLogin {
-		return gnet.None
+	switch s.phase {
+	case phPreLogin:
+		return s.process()
+	case phHandoff:
+		return s.tryHandoff()
 	}
-	return s.process()
+	// Waiting for the greeting or a login: input waits in gnet's buffer,
+	// up to the bound.
+	return s.checkInbound()
+}
+
+// checkInbound ends a connection whose unprocessed input is over the
+// bound. gnet cannot stop reading one connection, so a client that keeps
+// sending while its input must wait (a login in flight, output it does
+// not read) is disconnected instead of growing the proxy.
+func (s *session) checkInbound() gnet.Action {
+	if n := s.c.InboundBuffered(); n > s.srv.opts.PendingLimit {
+		s.l.log.Warn().Str("client", s.remote).Int("bytes", n).Int("limit", s.srv.opts.PendingLimit).
+			Msg("client sent too much without waiting for answers; disconnecting")
+		return gnet.Close
+	}
+	return gnet.None
+}
+
+// outputStalled reports whether the client has more unsent output than
+// the bound (until it falls under a quarter of it); then its input is left
+// unparsed while the session waits for the output to drain.
+func (s *session) outputStalled() (bool, gnet.Action) {
+	out := s.c.OutboundBuffered()
+	limit := s.srv.opts.PendingLimit
+	if out <= limit && (!s.held || out <= limit/4) {
+		s.held = false
+		return false, gnet.None
+	}
+	return true, s.awaitDrain(out)
+}
+
+// awaitDrain waits for the client to read the out bytes gnet holds for
+// it: it polls again shortly, and disconnects a client that has read
+// nothing for SendTimeout.
+func (s *session) awaitDrain(out int) gnet.Action {
+	now := time.Now()
+	if !s.held || out < s.stuckOut {
+		s.stuck = now // progress, or a new wait
+	}
+	s.held, s.stuckOut = true, out
+	if now.Sub(s.stuck) > s.srv.opts.SendTimeout {
+		s.l.log.Warn().Str("client", s.remote).Int("unsent", out).Str("send_timeout", s.srv.opts.SendTimeout.String()).
+			Msg("client stopped reading; disconnecting")
+		return gnet.Close
+	}
+	s.poll(now)
+	return s.checkInbound()
+}
+
+// poll wakes the session shortly, to look at its output again.
+func (s *session) poll(now time.Time) {
+	if s.polling {
+		return
+	}
+	s.polling = true
+	d := pollFast
+	if now.Sub(s.stuck) > time.Second {
+		d = pollSlow
+	}
+	time.AfterFunc(d, func() { s.post(func(p *pending) { p.poll = true }) })
 }
 
 // unavailableBye is sent instead of a greeting when the upstream cannot be
@@ -166,9 +253,13 @@ func unavailableBye(proto config.Protocol) []byte {
 	return []byte("421 4.3.2 emailproxy: upstream server unavailable, try again later\r\n")
 }
 
-// process runs buffered client input through the state machine.
+// process runs buffered client input through the state machine, as long
+// as the client reads what it is sent.
 func (s *session) process() gnet.Action {
 	for {
+		if stalled, act := s.outputStalled(); stalled {
+			return act
+		}
 		buf, _ := s.c.Peek(-1)
 		if len(buf) == 0 {
 			return gnet.None
@@ -192,7 +283,7 @@ func (s *session) process() gnet.Action {
 			return gnet.Close
 		case protocol.Login:
 			s.startLogin(act)
-			return gnet.None
+			return s.checkInbound()
 		}
 	}
 }
@@ -205,12 +296,14 @@ func (s *session) startLogin(act protocol.Action) {
 	s.mu.Lock()
 	s.cancel = cancel
 	s.mu.Unlock()
-	client := clientHost(s.c.RemoteAddr())
+	// The goroutine gets copies: the session's gnet.Conn belongs to the
+	// loop and may be released while the login runs.
+	client, log := hostOf(s.remote), s.logger()
 	s.srv.wg.Add(1)
 	go func() {
 		defer s.srv.wg.Done()
 		defer cancel()
-		res := s.srv.runLogin(ctx, s.l, s.logger(), act, client)
+		res := s.srv.runLogin(ctx, s.l, log, act, client)
 		if !s.post(func(p *pending) { p.login = res }) && res.up != nil {
 			s.mu.Lock()
 			// onClose may have run: whoever sees the result closes it.
@@ -224,7 +317,7 @@ func (s *session) startLogin(act protocol.Action) {
 }
 
 // finishLogin answers the client; on success the connection leaves gnet
-// for a relay.
+// for a relay once gnet has sent everything it holds for the client.
 func (s *session) finishLogin(res *loginResult) (gnet.Action, bool) {
 	s.mu.Lock()
 	s.cancel = nil
@@ -239,6 +332,20 @@ func (s *session) finishLogin(res *loginResult) (gnet.Action, bool) {
 		}
 		return gnet.None, false
 	}
+	s.phase, s.handoff = phHandoff, res
+	return s.tryHandoff(), true
+}
+
+// tryHandoff moves a logged-in connection to a relay. Answers to commands
+// the client sent before its login may still sit in gnet's output buffer
+// (a client that reads slowly): they go first, so the relay waits until
+// gnet has sent them.
+func (s *session) tryHandoff() gnet.Action {
+	if out := s.c.OutboundBuffered(); out > 0 {
+		return s.awaitDrain(out) // on Close, onClose ends the upstream session
+	}
+	res := s.handoff
+	s.handoff = nil
 	// Client bytes sent after the login command (pipelined) go upstream
 	// after the authentication, in order.
 	var leftover []byte
@@ -251,7 +358,7 @@ func (s *session) finishLogin(res *loginResult) (gnet.Action, bool) {
 		log := s.logger()
 		log.Error().Err(err).Msg("cannot hand the connection to the relay")
 		res.up.Close()
-		return gnet.Close, true
+		return gnet.Close
 	}
 	s.phase = phRelay
 	client, err := fileConn(fd, s.srv.opts.TCPKeepAlive)
@@ -259,10 +366,10 @@ func (s *session) finishLogin(res *loginResult) (gnet.Action, bool) {
 		log := s.logger()
 		log.Error().Err(err).Msg("cannot hand the connection to the relay")
 		res.up.Close()
-		return gnet.Close, true
+		return gnet.Close
 	}
 	s.srv.startRelay(client, res, leftover, s.logger(), s.start)
-	return gnet.Close, true
+	return gnet.Close
 }
 
 func (s *session) onClose(err error) {
@@ -278,6 +385,10 @@ func (s *session) onClose(err error) {
 	if res != nil && res.up != nil {
 		res.up.Close()
 	}
+	if s.handoff != nil { // closed while waiting for its output to drain
+		s.handoff.up.Close()
+		s.handoff = nil
+	}
 	if s.phase == phRelay {
 		return // the relay logs the end of the session
 	}
@@ -289,5 +400,5 @@ func (s *session) onClose(err error) {
 	if err != nil {
 		ev = ev.Str("error", err.Error())
 	}
-	ev.Str("client", s.c.RemoteAddr().String()).Dur("duration", time.Since(s.start)).Msg("connection closed")
+	ev.Str("client", s.remote).Dur("duration", time.Since(s.start)).Msg("connection closed")
 }

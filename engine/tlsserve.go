@@ -113,7 +113,8 @@ func (s *Server) untrack(c net.Conn) {
 // then hands it to a relay.
 func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 	defer s.wg.Done()
-	log := l.log.With().Str("client", raw.RemoteAddr().String()).Logger()
+	remote := raw.RemoteAddr().String()
+	log := l.log.With().Str("client", remote).Logger()
 	opened := time.Now()
 	log.Info().Str("proto", string(l.srv.Protocol)).Bool("tls", !l.startTLS).Msg("connection opened")
 	var c net.Conn = raw
@@ -144,14 +145,25 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 		}
 		active = true
 	}
+	// Every write to a client that does not read fails after SendTimeout;
+	// reads wait at most IdleTimeout; a login in flight reads nothing, so
+	// TCP flow control bounds what the client can send meanwhile.
+	send := func(b []byte) error {
+		c.SetWriteDeadline(time.Now().Add(s.opts.SendTimeout))
+		_, err := c.Write(b)
+		if isTimeout(err) {
+			reason = "send timeout: the client stopped reading"
+		}
+		return err
+	}
 	prof := l.waitProfile(s)
 	if prof == nil {
-		c.Write(unavailableBye(l.srv.Protocol))
+		send(unavailableBye(l.srv.Protocol))
 		reason = "upstream unavailable"
 		return
 	}
 	m := s.newMachine(l.srv.Protocol, prof, l.startTLS, active)
-	if _, err := c.Write(greeting(l.srv.Protocol, prof, l.startTLS, active)); err != nil {
+	if err := send(greeting(l.srv.Protocol, prof, l.startTLS, active)); err != nil {
 		return
 	}
 	buf := make([]byte, 0, 1024)
@@ -161,7 +173,7 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 			n, act := m.Next(buf)
 			buf = buf[n:]
 			if len(act.Out) > 0 {
-				if _, err := c.Write(act.Out); err != nil {
+				if err := send(act.Out); err != nil {
 					return
 				}
 			}
@@ -178,10 +190,10 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 				m.TLSStarted()
 			case protocol.Login:
 				ctx, cancel := context.WithTimeout(s.ctx, s.opts.LoginTimeout)
-				res := s.runLogin(ctx, l, log, act, clientHost(raw.RemoteAddr()))
+				res := s.runLogin(ctx, l, log, act, hostOf(remote))
 				cancel()
 				if res.err != nil {
-					if _, err := c.Write(m.loginFailed(act.Tag, "emailproxy: "+res.err.Message, res.err.Temporary)); err != nil {
+					if err := send(m.loginFailed(act.Tag, "emailproxy: "+res.err.Message, res.err.Temporary)); err != nil {
 						return
 					}
 					continue
@@ -203,7 +215,7 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 		if err != nil && n == 0 {
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
 				c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-				c.Write(idleBye(l.srv.Protocol))
+				c.Write(idleBye(l.srv.Protocol)) // best effort: the client is silent
 				reason = "idle before login"
 			}
 			return

@@ -28,6 +28,8 @@ type flags struct {
 	eventLoops, maxLine, maxErrors, relayBuffer int
 	loginTimeout, dialTimeout, tokenTimeout     time.Duration
 	refreshMargin, idleTimeout                  time.Duration
+	sendTimeout, imapIdle, pop3Idle, smtpIdle   time.Duration
+	pendingLimit                                int
 	warmConns, mailboxLimit                     int
 	warmMaxAge, imapReuse                       time.Duration
 	statsAddr                                   string
@@ -55,6 +57,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.loginTimeout, "login-timeout", 30*time.Second, "longest time one login may take (token, upstream connection, XOAUTH2)")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", 10*time.Second, "longest time to connect, do TLS and read the greeting upstream")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 10*time.Minute, "disconnect a client that sends nothing for this long before logging in")
+	fs.DurationVar(&f.sendTimeout, "send-timeout", 60*time.Second, "end a session whose client (or server) accepts no data for this long, e.g. a client that stops reading mid-download")
+	fs.DurationVar(&f.imapIdle, "imap-idle-timeout", 30*time.Minute, "close an authenticated IMAP session with no traffic either way for this long (RFC 9051's minimum: 30m)")
+	fs.DurationVar(&f.pop3Idle, "pop3-idle-timeout", 10*time.Minute, "close an authenticated POP3 session with no traffic either way for this long (RFC 1939's minimum: 10m)")
+	fs.DurationVar(&f.smtpIdle, "smtp-idle-timeout", 5*time.Minute, "close an authenticated SMTP session with no traffic either way for this long (RFC 5321's minimum per command: 5m)")
+	fs.IntVar(&f.pendingLimit, "pending-limit", 64<<10, "bytes a client may have waiting before login: unsent answers (above it, its commands wait) and unread commands (above it, it is disconnected)")
 	fs.DurationVar(&f.tokenTimeout, "token-timeout", 15*time.Second, "longest time one token request may take")
 	fs.DurationVar(&f.refreshMargin, "token-refresh-margin", 600*time.Second, "refresh access tokens this long before they expire")
 	fs.IntVar(&f.warmConns, "warm-connections", 64, "most upstream connections kept connected ahead of logins, per server section (0: none)")

@@ -99,6 +99,9 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	eopts.LoginTimeout = fl.loginTimeout
 	eopts.DialTimeout = fl.dialTimeout
 	eopts.IdleTimeout = fl.idleTimeout
+	eopts.SendTimeout = fl.sendTimeout
+	eopts.IMAPIdleTimeout, eopts.POP3IdleTimeout, eopts.SMTPIdleTimeout = fl.imapIdle, fl.pop3Idle, fl.smtpIdle
+	eopts.PendingLimit = fl.pendingLimit
 	eopts.RelayBuffer = fl.relayBuffer
 	eopts.WarmConnections, eopts.MailboxLimit = orNone(fl.warmConns), orNone(fl.mailboxLimit)
 	eopts.WarmMaxAge, eopts.IMAPSessionReuse = fl.warmMaxAge, fl.imapReuse

@@ -1,0 +1,294 @@
+package engine
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emailproxy/emailproxy/bench/mock"
+)
+
+// settled waits until no client connection, relay or mailbox slot is
+// left: what hostile clients leave behind must go when they do.
+func settled(t *testing.T, env *proxyEnv) {
+	t.Helper()
+	key := mailboxKey(env.listenerFor(env.popAddr).srv.ServerAddress, testAccount)
+	waitFor(t, "connections, relays and mailbox slots to return to zero", func() bool {
+		st := env.srv.Stats()
+		held, waiting := env.srv.gates.held(key)
+		return st.PreLogin == 0 && st.Relays == 0 && held == 0 && waiting == 0
+	})
+}
+
+// Clients that send a login and hang up (FIN or RST) at every moment of
+// the login, many at once, must not crash the proxy (a goroutine once read
+// the released gnet connection's address) nor leave anything behind.
+func TestLoginAndHangUpStorm(t *testing.T) {
+	env := startEnv(t, envOptions{})
+	stillServes(t, env) // the account's password is now known
+	var wg sync.WaitGroup
+	for i := range 400 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			addr, login := env.imapAddr, fmt.Sprintf("a LOGIN %s pw\r\n", testAccount)
+			if i%2 == 1 {
+				addr, login = env.popAddr, fmt.Sprintf("USER %s\r\nPASS pw\r\n", testAccount)
+			}
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				return
+			}
+			if i%4 < 2 { // half wait for the greeting, half do not
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				c.Read(make([]byte, 512))
+			}
+			c.Write([]byte(login))
+			time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
+			if i%3 == 0 {
+				c.(*net.TCPConn).SetLinger(0) // RST
+			}
+			c.Close()
+		}()
+	}
+	wg.Wait()
+	settled(t, env)
+	stillServes(t, env)
+	p := popLogin(t, env.popAddr, testAccount, "pw")
+	p.ok("QUIT")
+}
+
+// A client that pipelines commands and never reads makes the proxy stop
+// parsing its input once its unsent output passes the bound, and the
+// connection is closed when its unparsed input passes it too: the proxy
+// does not buffer what the client does not read.
+func TestNonReadingPipelinerIsBounded(t *testing.T) {
+	env := startEnv(t, envOptions{engine: Options{PendingLimit: 16 << 10}})
+	c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	chunk := bytes.Repeat([]byte("a CAPABILITY\r\n"), 4096)
+	sent := 0
+	c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	for sent < 256<<20 {
+		n, err := c.Write(chunk)
+		sent += n
+		if err != nil {
+			break
+		}
+	}
+	// What the proxy took before it gave up is what the two kernels'
+	// socket buffers hold plus the bounds, nowhere near what was offered.
+	if sent >= 64<<20 {
+		t.Fatalf("the proxy accepted %d MiB from a client that reads nothing", sent>>20)
+	}
+	if !strings.Contains(env.logs.String(), "client sent too much without waiting for answers") {
+		t.Fatalf("no log line says why the client was disconnected")
+	}
+	settled(t, env)
+	stillServes(t, env)
+}
+
+// A client that pipelines more than the bound and reads slowly gets every
+// answer, in order: reading pauses and resumes, nothing is dropped.
+func TestSlowReadingPipelinerGetsEveryAnswer(t *testing.T) {
+	env := startEnv(t, envOptions{engine: Options{PendingLimit: 8 << 10}})
+	c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	const n = 400 // about 40 KiB of answers, 5 times the bound
+	var cmds bytes.Buffer
+	for i := range n {
+		fmt.Fprintf(&cmds, "c%d CAPABILITY\r\n", i)
+	}
+	go c.Write(cmds.Bytes())
+	got := readLinesSlowly(t, c, func(l string) bool { return strings.HasPrefix(l, fmt.Sprintf("c%d ", n-1)) })
+	next := 0
+	for _, l := range got {
+		if strings.HasPrefix(l, "c") {
+			if want := fmt.Sprintf("c%d OK", next); !strings.HasPrefix(l, want) {
+				t.Fatalf("answer %d: got %q, want %q", next, l, want)
+			}
+			next++
+		}
+	}
+	if next != n {
+		t.Fatalf("%d of %d answers", next, n)
+	}
+}
+
+// readLinesSlowly reads lines a little at a time, with pauses, until last
+// holds for one of them.
+func readLinesSlowly(t *testing.T, c net.Conn, last func(string) bool) []string {
+	t.Helper()
+	var buf bytes.Buffer
+	var lines []string
+	small := make([]byte, 4096)
+	for {
+		for {
+			i := bytes.Index(buf.Bytes(), []byte("\r\n"))
+			if i < 0 {
+				break
+			}
+			l := string(buf.Next(i + 2))
+			l = strings.TrimSuffix(l, "\r\n")
+			lines = append(lines, l)
+			if last(l) {
+				return lines
+			}
+		}
+		if len(lines)%64 == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		n, err := c.Read(small)
+		buf.Write(small[:n])
+		if err != nil {
+			t.Fatalf("after %d lines: %v", len(lines), err)
+		}
+	}
+}
+
+// Answers gnet still holds for a slow reader when its login completes
+// reach it before the login's answer and anything relayed after it.
+func TestHandOffKeepsOrderForSlowReader(t *testing.T) {
+	env := startEnv(t, envOptions{engine: Options{PendingLimit: 16 << 20}})
+	c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	var cmds bytes.Buffer
+	const n = 100000 // ~9 MiB of answers: more than the sockets hold, less than the bound
+	for i := range n {
+		fmt.Fprintf(&cmds, "c%d CAPABILITY\r\n", i)
+	}
+	fmt.Fprintf(&cmds, "L LOGIN %s pw\r\nN NOOP\r\nQ LOGOUT\r\n", testAccount)
+	if _, err := c.Write(cmds.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the login completes while the answers wait
+	lines := readLinesSlowly(t, c, func(l string) bool { return strings.HasPrefix(l, "Q ") })
+	var order []string
+	answers := 0
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) > 1 && f[0] != "*" {
+			if strings.HasPrefix(f[0], "c") {
+				f[0] = "c"
+				answers++
+			}
+			if len(order) == 0 || order[len(order)-1] != f[0] {
+				order = append(order, f[0])
+			}
+		}
+	}
+	if got := strings.Join(order, " "); got != "c L N Q" || answers != n {
+		t.Fatalf("answers arrived as %q (%d of %d CAPABILITY answers), want c L N Q", got, answers, n)
+	}
+}
+
+// Input sent while a login is in flight waits in the proxy only up to the
+// bound; a client that floods meanwhile is disconnected.
+func TestInputFloodDuringLoginIsBounded(t *testing.T) {
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		http.Error(w, "gone", http.StatusServiceUnavailable)
+	}))
+	defer hang.Close()
+	defer close(release)
+	env := startEnv(t, envOptions{tokenURL: hang.URL, tokenTO: 20 * time.Second,
+		engine: Options{PendingLimit: 16 << 10, LoginTimeout: 20 * time.Second}})
+	r := dialRaw(t, env.imapAddr)
+	r.line()
+	r.send("a LOGIN " + testAccount + " pw\r\n")
+	junk := bytes.Repeat([]byte("x"), 64<<10)
+	sent := 0
+	r.c.SetWriteDeadline(time.Now().Add(15 * time.Second))
+	for sent < 256<<20 {
+		n, err := r.c.Write(junk)
+		sent += n
+		if err != nil {
+			break
+		}
+	}
+	if sent >= 64<<20 {
+		t.Fatalf("the proxy accepted %d MiB during a login", sent>>20)
+	}
+	waitFor(t, "the flooding client to be gone", func() bool { return env.srv.Stats().PreLogin == 0 })
+}
+
+// A client that stops reading in the middle of a download loses its
+// session after the send timeout: the upstream session, its goroutines and
+// its mailbox slot are freed, and the log says why.
+func TestSendTimeoutFreesStalledDownload(t *testing.T) {
+	// Larger than what the kernel buffers of both sockets can hold.
+	boxes := map[string][]mock.Message{testAccount: {{UID: "huge", Body: bigMessage(24 << 20)}}}
+	env := startEnv(t, envOptions{mailboxes: boxes, mailboxCap: 1,
+		engine: Options{MailboxLimit: 1, SendTimeout: 300 * time.Millisecond, LoginTimeout: 10 * time.Second}})
+	p := popLogin(t, env.popAddr, testAccount, "pw")
+	p.c.(*net.TCPConn).SetReadBuffer(4096)
+	p.send("RETR 1") // never read
+	defer func() {
+		if t.Failed() {
+			t.Log(env.logs.String())
+		}
+	}()
+	waitFor(t, "the stalled session to end", func() bool { return env.srv.Stats().Relays == 0 })
+	if !strings.Contains(env.logs.String(), "send timeout: the client stopped reading") {
+		t.Fatalf("the log does not say why the session ended")
+	}
+	settled(t, env)
+	q := popLogin(t, env.popAddr, testAccount, "pw") // the slot is free again
+	q.ok("STAT")
+	q.ok("QUIT")
+}
+
+// An authenticated session with no traffic for its protocol's idle
+// timeout is closed; one that keeps talking is not.
+func TestIdleAuthenticatedSessionsAreClosed(t *testing.T) {
+	env := startEnv(t, envOptions{engine: Options{POP3IdleTimeout: 400 * time.Millisecond, IMAPIdleTimeout: time.Hour}})
+	idle := popLogin(t, env.popAddr, testAccount, "pw")
+	busy := popLogin(t, env.popAddr, testAccount, "pw")
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		busy.ok("NOOP")
+		time.Sleep(100 * time.Millisecond)
+	}
+	idle.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := idle.br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle session: read gave %v, want EOF", err)
+	}
+	busy.ok("QUIT")
+	if !strings.Contains(env.logs.String(), "idle timeout") {
+		t.Fatalf("the log does not say why the idle session ended")
+	}
+	i, l := imapLogin(t, env.imapAddr, testAccount, "pw")
+	if !strings.HasPrefix(l, "L1 OK") {
+		t.Fatal(l)
+	}
+	time.Sleep(600 * time.Millisecond) // longer than POP3's, far shorter than IMAP's
+	i.send("N NOOP\r\n")
+	if got := i.until("N "); !strings.HasPrefix(got[len(got)-1], "N OK") {
+		t.Fatalf("IMAP session after a pause: %q", got)
+	}
+}
