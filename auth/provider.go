@@ -224,7 +224,7 @@ func (p *Provider) account(name string) (*account, *LoginError) {
 	}
 	acct, err := p.cfg.Account(name)
 	if err != nil {
-		return nil, loginErr(false, err, "%s", err.Error())
+		return nil, loginErr(false, err, "%s", err.Error()) // wraps config.ErrNoAccount
 	}
 	var missing []string
 	for _, k := range []string{"token_url", "oauth2_scope", "client_id"} {
@@ -304,29 +304,33 @@ func (p *Provider) Authorize(ctx context.Context, user, password, client string)
 	if password == "" {
 		return "", loginErr(false, nil, "login failed - no password provided for account %s", user)
 	}
+	now := time.Now()
+	if wait, addressWide := p.limit.blocked(user, client, now); wait > 0 {
+		retry := wait.Round(time.Second) + time.Second
+		if addressWide {
+			return "", loginErr(true, ErrBadPassword, "login failed - too many failed logins from this address; try again in %s", retry)
+		}
+		return "", loginErr(true, ErrBadPassword, "login failed - too many wrong passwords for account %s from this address; try again in %s", user, retry)
+	}
 	a, lerr := p.account(user)
 	if lerr != nil {
+		if errors.Is(lerr, config.ErrNoAccount) {
+			// Answered exactly like a wrong password, so that accounts
+			// cannot be enumerated; the hint is for the operator only.
+			p.limit.fail(user, client, now)
+			p.log.Warn().Str("account", user).Str("client", client).Msg(lerr.Message)
+			return "", p.badPasswordFor(user)
+		}
 		return "", lerr
-	}
-	now := time.Now()
-	acctKey, addrKey := "account:"+user, "client:"+client
-	if wait := max(p.limit.blocked(acctKey, now), p.limit.blocked(addrKey, now)); wait > 0 {
-		return "", loginErr(true, ErrBadPassword, "login failed - too many wrong passwords for account %s or from this address; try again in %s", user, wait.Round(time.Second)+time.Second)
 	}
 	if lerr := p.checkPassword(a, password); lerr != nil {
 		if errors.Is(lerr, ErrBadPassword) {
-			p.limit.fail(acctKey, now)
-			if client != "" {
-				p.limit.fail(addrKey, now)
-			}
+			p.limit.fail(user, client, now)
 			p.log.Warn().Str("account", user).Str("client", client).Msg("wrong password")
 		}
 		return "", lerr
 	}
-	p.limit.succeed(acctKey)
-	if client != "" {
-		p.limit.succeed(addrKey)
-	}
+	p.limit.succeed(user, client, now)
 	a.mu.Lock()
 	if t := a.tok; t != nil && time.Until(t.Expiry) > a.usableLeft() {
 		a.mu.Unlock()
@@ -476,8 +480,10 @@ func (p *Provider) knownPassword(a *account, password string) (ok, known bool) {
 	return p.verify.equal(a.password, a.name, password), true
 }
 
-func (p *Provider) badPassword(a *account) *LoginError {
-	return loginErr(false, ErrBadPassword, "login failed - the password for account %s is incorrect", a.name)
+func (p *Provider) badPassword(a *account) *LoginError { return p.badPasswordFor(a.name) }
+
+func (p *Provider) badPasswordFor(user string) *LoginError {
+	return loginErr(false, ErrBadPassword, "login failed - the password for account %s is incorrect", user)
 }
 
 // unlock takes the decrypted cache into memory and re-encrypts values

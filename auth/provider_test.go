@@ -221,7 +221,7 @@ func TestPasswordRules(t *testing.T) {
 	if _, err := p.Authorize(ctx, "a@x", "", ""); err == nil || !strings.Contains(err.Error(), "no password") {
 		t.Fatalf("empty password: %v", err)
 	}
-	if _, err := p.Authorize(ctx, "nobody@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "no config file entry") {
+	if _, err := p.Authorize(ctx, "nobody@x", "pw", ""); !errors.Is(err, ErrBadPassword) || strings.Contains(err.Error(), "config") {
 		t.Fatalf("unknown account: %v", err)
 	}
 	if _, err := p.Authorize(ctx, "b@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "needs authorising: run `emailproxy authorise b@x`") {
@@ -288,8 +288,8 @@ func BenchmarkAuthorizeWarm(b *testing.B) {
 	}
 }
 
-// Wrong passwords are limited per account and per client address; the
-// refusal is immediate and says when to retry.
+// Wrong passwords are limited per (account, client address): the
+// refusal is immediate and says when to retry, and the lock-out doubles.
 func TestWrongPasswordLockout(t *testing.T) {
 	ts := newTokenServer(t, 0, 3600)
 	p := NewProvider(testConfig(t, ts.URL, ""), Options{LockoutBase: 200 * time.Millisecond})
@@ -304,29 +304,122 @@ func TestWrongPasswordLockout(t *testing.T) {
 			t.Fatalf("attempt %d: %v", i, err)
 		}
 	}
-	_, err := p.Authorize(ctx, "a@x", "right", "10.0.0.1")
+	_, err := p.Authorize(ctx, "a@x", "right", "10.0.0.2")
 	if err == nil || !strings.Contains(err.Error(), "too many wrong passwords") {
-		t.Fatalf("locked account: %v", err)
+		t.Fatalf("locked pair: %v", err)
 	}
 	time.Sleep(250 * time.Millisecond)
-	if _, err := p.Authorize(ctx, "a@x", "right", "10.0.0.1"); err != nil {
+	if _, err := p.Authorize(ctx, "a@x", "right", "10.0.0.2"); err != nil {
 		t.Fatalf("after the lock-out: %v", err)
 	}
 	// Five failures are free; then the lock-out starts and doubles.
 	l := newLimiter(time.Minute)
 	now := time.Now()
 	for i := 0; i < 4; i++ {
-		l.fail("client:x", now)
+		l.fail("u", "x", now)
 	}
-	if l.blocked("client:x", now) != 0 {
+	if d, _ := l.blocked("u", "x", now); d != 0 {
 		t.Fatal("blocked before the free failures were used")
 	}
-	l.fail("client:x", now)
-	if d := l.blocked("client:x", now); d != time.Minute {
+	l.fail("u", "x", now)
+	if d, _ := l.blocked("u", "x", now); d != time.Minute {
 		t.Fatalf("lock-out %v", d)
 	}
-	l.fail("client:x", now)
-	if d := l.blocked("client:x", now); d != 2*time.Minute {
+	l.fail("u", "x", now)
+	if d, _ := l.blocked("u", "x", now); d != 2*time.Minute {
 		t.Fatalf("doubled lock-out %v", d)
+	}
+	if d, _ := l.blocked("u", "y", now); d != 0 {
+		t.Fatalf("another address is locked out too: %v", d)
+	}
+	// Failures an hour old are forgiven.
+	later := now.Add(2 * time.Hour)
+	l.fail("u", "x", later)
+	if d, _ := l.blocked("u", "x", later); d != 0 {
+		t.Fatalf("old failures still count: %v", d)
+	}
+}
+
+// A password spray from other addresses never locks the app out, and the
+// app's successful logins give the attackers no fresh guesses.
+func TestPasswordSprayDoesNotLockOutTheApp(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{LockoutBase: time.Minute})
+	defer p.Close()
+	ctx := context.Background()
+	const app = "10.0.0.1"
+	if _, err := p.Authorize(ctx, "a@x", "right", app); err != nil {
+		t.Fatal(err)
+	}
+	p.Confirm("a@x", "right")
+	for round := 0; round < 34; round++ {
+		for a := 0; a < 8; a++ {
+			p.Authorize(ctx, "a@x", fmt.Sprintf("guess-%d", round), fmt.Sprintf("192.0.2.%d", a))
+		}
+		if _, err := p.Authorize(ctx, "a@x", "right", app); err != nil {
+			t.Fatalf("the app's login %d failed during the spray: %v", round, err)
+		}
+	}
+	// Each attacker had five guesses in all, whatever the app did.
+	for a := 0; a < 8; a++ {
+		_, err := p.Authorize(ctx, "a@x", "right", fmt.Sprintf("192.0.2.%d", a))
+		if err == nil || !strings.Contains(err.Error(), "too many wrong passwords") {
+			t.Fatalf("attacker %d is not held back: %v", a, err)
+		}
+	}
+}
+
+// An unknown account is answered exactly like a wrong password (the hint
+// to add a section goes to the log only) and is counted like one; an
+// address that tries many accounts is slowed down, but not for the
+// accounts it has logged in to.
+func TestUnknownAccountsLookLikeWrongPasswords(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	var mu sync.Mutex
+	var logs strings.Builder
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{LockoutBase: time.Minute, Logger: zerolog.New(zerolog.SyncWriter(writerFunc(func(b []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(b)
+	})))})
+	defer p.Close()
+	ctx := context.Background()
+	if _, err := p.Authorize(ctx, "a@x", "right", "10.0.0.9"); err != nil {
+		t.Fatal(err)
+	}
+	p.Confirm("a@x", "right")
+	_, wrong := p.Authorize(ctx, "a@x", "wrong", "10.0.0.8")
+	_, unknown := p.Authorize(ctx, "nobody@x", "wrong", "10.0.0.8")
+	if wrong == nil || unknown == nil {
+		t.Fatal("accepted")
+	}
+	if w, u := strings.ReplaceAll(wrong.Error(), "a@x", "NAME"), strings.ReplaceAll(unknown.Error(), "nobody@x", "NAME"); w != u {
+		t.Fatalf("unknown account answered %q, wrong password %q", u, w)
+	}
+	if strings.Contains(unknown.Error(), "section") || !errors.Is(unknown, ErrBadPassword) {
+		t.Fatalf("the reply hints at the configuration: %q", unknown)
+	}
+	mu.Lock()
+	logged := logs.String()
+	mu.Unlock()
+	if !strings.Contains(logged, "add a [nobody@x] section") {
+		t.Fatalf("the log lacks the operator's hint")
+	}
+	for i := 0; i < 4; i++ {
+		p.Authorize(ctx, "nobody@x", "wrong", "10.0.0.8")
+	}
+	if _, err := p.Authorize(ctx, "nobody@x", "wrong", "10.0.0.8"); err == nil || !strings.Contains(err.Error(), "too many") {
+		t.Fatalf("unknown account not counted: %v", err)
+	}
+	// 10.0.0.9 tries ten other accounts in vain: the eleventh is held
+	// back, a@x (where it logged in) is not.
+	for i := 0; i < 10; i++ {
+		p.Authorize(ctx, fmt.Sprintf("u%d@x", i), "pw", "10.0.0.9")
+	}
+	if _, err := p.Authorize(ctx, "u99@x", "pw", "10.0.0.9"); err == nil || !strings.Contains(err.Error(), "too many failed logins from this address") {
+		t.Fatalf("a spray across accounts is not slowed down: %v", err)
+	}
+	if _, err := p.Authorize(ctx, "a@x", "right", "10.0.0.9"); err != nil {
+		t.Fatalf("the address's own account: %v", err)
 	}
 }

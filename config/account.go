@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -15,6 +16,9 @@ type Account struct {
 	chain   []*Section
 	file    *File
 }
+
+// ErrNoAccount: no section of the file matches a login name.
+var ErrNoAccount = errors.New("no config file entry found")
 
 // Account resolves a login username to its configuration, or returns a
 // clear error when there is none. Matching is case-sensitive, as in the
@@ -38,7 +42,7 @@ func (c *Config) Account(username string) (*Account, error) {
 		}
 	}
 	if len(chain) == 0 {
-		return nil, fmt.Errorf("no config file entry found for account %s - add a [%s] section with token_url, oauth2_scope, client_id and the keys its oauth2_flow needs", username, username)
+		return nil, fmt.Errorf("%w for account %s - add a [%s] section with token_url, oauth2_scope, client_id and the keys its oauth2_flow needs", ErrNoAccount, username, username)
 	}
 	return &Account{Username: username, Section: chain[0].Name, chain: chain, file: c.File}, nil
 }

@@ -69,8 +69,13 @@ func TestFailuresEndToEnd(t *testing.T) {
 	t.Run("unknown account", func(t *testing.T) {
 		env := startEnv(t, envOptions{})
 		_, l := imapLogin(t, env.imapAddr, "stranger@yourdomain.com", "pw")
-		if !strings.HasPrefix(l, "L1 NO [AUTHENTICATIONFAILED]") || !strings.Contains(l, "no config file entry") {
+		// Answered like a wrong password: the reply does not tell which
+		// accounts exist; the log tells the operator what to add.
+		if !strings.HasPrefix(l, "L1 NO [AUTHENTICATIONFAILED]") || !strings.Contains(l, "password for account stranger@yourdomain.com is incorrect") {
 			t.Fatalf("%q", l)
+		}
+		if !strings.Contains(env.logs.String(), "add a [stranger@yourdomain.com] section") {
+			t.Fatal("the log lacks the hint")
 		}
 		stillServes(t, env)
 	})
