@@ -110,6 +110,7 @@ type account struct {
 	timer         *time.Timer
 	// authorising: an interactive authorisation started by a login runs.
 	authorising bool
+	refused     int // tokens the upstream refused in a row (see Reject)
 }
 
 type fetchCall struct {
@@ -555,6 +556,7 @@ func (p *Provider) Confirm(user, password string) bool {
 		return false
 	}
 	a.mu.Lock()
+	a.refused = 0
 	if a.password != nil {
 		ok := p.verify.equal(a.password, user, password)
 		a.mu.Unlock()
@@ -647,18 +649,27 @@ func (p *Provider) goTracked(f func()) {
 	go func() { defer p.wg.Done(); f() }()
 }
 
-// Reject drops token if it is still the account's current one, because the
-// upstream server refused it; the next Authorize fetches a fresh one.
-func (p *Provider) Reject(user, token string) {
+// Reject reports that the upstream server refused token. If it is still
+// the account's current token, it is dropped and a fresh one is fetched at
+// once, so that the next login does not offer it again nor wait for the
+// scheduled refresh. It returns how many tokens in a row the server has
+// refused for the account (a success resets the count): a second refusal
+// in a row is rarely the token's fault.
+func (p *Provider) Reject(user, token string) int {
 	a, lerr := p.account(user)
 	if lerr != nil {
-		return
+		return 0
 	}
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.tok != nil && a.tok.AccessToken == token {
 		a.tok = nil
+		a.refused++
+		if p.canFetchLocked(a) {
+			p.startFetchLocked(a)
+		}
 	}
-	a.mu.Unlock()
+	return max(a.refused, 1)
 }
 
 // startFetchLocked starts the one fetch of an account; a.mu is held.

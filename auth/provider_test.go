@@ -259,10 +259,25 @@ func TestRejectForcesFreshToken(t *testing.T) {
 	if again, _ := p.Authorize(ctx, "a@x", "pw", ""); again != tok {
 		t.Fatal("an unrelated reject dropped the token")
 	}
-	p.Reject("a@x", tok)
+	if n := p.Reject("a@x", tok); n != 1 {
+		t.Fatalf("first refusal counted as %d", n)
+	}
+	// The fresh token is fetched at once, not at the next login.
+	for deadline := time.Now().Add(5 * time.Second); ts.requests.Load() < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no fetch after the refusal")
+		}
+	}
 	fresh, err := p.Authorize(ctx, "a@x", "pw", "")
 	if err != nil || fresh == tok {
 		t.Fatalf("fresh %q err %v", fresh, err)
+	}
+	if n := p.Reject("a@x", fresh); n != 2 {
+		t.Fatalf("second refusal in a row counted as %d", n)
+	}
+	p.Confirm("a@x", "pw") // a success ends the streak
+	if n := p.Reject("a@x", "not-current"); n != 1 {
+		t.Fatalf("after a success: %d", n)
 	}
 }
 

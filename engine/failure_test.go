@@ -123,25 +123,35 @@ func TestFailuresEndToEnd(t *testing.T) {
 		env := startEnv(t, envOptions{})
 		waitTokens(t, env, 1)
 		env.up.SetRejectTokens(true)
+		// The first refusal is answered at once as temporary, and a fresh
+		// token is fetched in the background, without waiting for a login.
 		_, l := imapLogin(t, env.imapAddr, testAccount, "pw")
-		if !strings.HasPrefix(l, "L1 NO [AUTHENTICATIONFAILED]") || !strings.Contains(l, "refused the OAuth 2.0 token") {
+		if !strings.HasPrefix(l, "L1 NO [UNAVAILABLE]") || !strings.Contains(l, "refused the OAuth 2.0 token") {
 			t.Fatalf("%q", l)
 		}
-		if n := env.up.Authority.Requests(); n != 2 {
-			t.Fatalf("token requests %d: want the start-up one and exactly one retry", n)
-		}
+		waitTokens(t, env, 2)
+		// The fresh token is refused too: that is not the token's fault.
 		p := dialPOP(t, env.popAddr)
 		p.ok("USER %s", testAccount)
-		if s := p.cmd("PASS pw"); !strings.HasPrefix(s, "-ERR [AUTH]") {
+		if s := p.cmd("PASS pw"); !strings.HasPrefix(s, "-ERR [AUTH]") || !strings.Contains(s, "again, after a fresh one") {
 			t.Fatalf("POP3: %q", s)
 		}
+		waitTokens(t, env, 3)
 		env.up.SetRejectTokens(false)
 		stillServes(t, env)
+		if n := env.up.Authority.Requests(); n != 3 {
+			t.Fatalf("token requests %d: want the start-up one and one per refusal", n)
+		}
 	})
-	t.Run("revoked token is replaced once", func(t *testing.T) {
+	t.Run("revoked token is replaced for the next login", func(t *testing.T) {
 		env := startEnv(t, envOptions{})
 		waitTokens(t, env, 1)
 		env.up.Authority.RevokeAll()
+		_, l := imapLogin(t, env.imapAddr, testAccount, "pw")
+		if !strings.HasPrefix(l, "L1 NO [UNAVAILABLE]") {
+			t.Fatalf("%q", l)
+		}
+		waitTokens(t, env, 2)
 		stillServes(t, env)
 		if n := env.up.Authority.Requests(); n != 2 {
 			t.Fatalf("token requests %d", n)

@@ -113,7 +113,10 @@ func (u *upstreamConn) authPOP(user, token string, initialResponse bool) ([]byte
 				return nil, err
 			}
 		case strings.HasPrefix(s, "+"):
-			if _, err := u.conn.Write([]byte("\r\n")); err != nil {
+			// A SASL error challenge: cancel (RFC 5034 §4), which every
+			// server must answer with -ERR at once; some wait for more
+			// than an empty line.
+			if _, err := u.conn.Write([]byte("*\r\n")); err != nil {
 				return nil, err
 			}
 		default:
@@ -235,7 +238,7 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 		}
 	}()
 	freshDial := false
-	for attempt := 0; ; attempt++ {
+	for {
 		var u *upstreamConn
 		pooled := false
 		if freshDial {
@@ -280,19 +283,18 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 		if !errors.As(err, &rej) {
 			if pooled && ctx.Err() == nil {
 				freshDial = true // the server dropped the warm connection: once more, fresh
-				attempt--
 				continue
 			}
 			return nil, &auth.LoginError{Message: "upstream server failed during authentication: " + shortNetErr(err), Temporary: true}
 		}
-		s.provider.Reject(creds.Username, token)
-		if attempt > 0 {
-			return nil, &auth.LoginError{Message: fmt.Sprintf("the server refused the OAuth 2.0 token for account %s: %s", creds.Username, rej.text)}
+		// No second try inside this login: a refusal costs the server's
+		// failure delay, and a token refused twice would cost it twice.
+		// Reject fetches a fresh token at once for the next login.
+		if s.provider.Reject(creds.Username, token) > 1 {
+			return nil, &auth.LoginError{Message: fmt.Sprintf("the server refused the OAuth 2.0 token for account %s again, after a fresh one: %s (check the app's permissions for this mailbox)", creds.Username, rej.text)}
 		}
 		s.log.Warn().Str("account", creds.Username).Str("server", l.srv.Section).Str("reply", rej.text).
-			Msg("upstream refused the token; retrying once with a fresh one")
-		if token, err = s.provider.Authorize(ctx, creds.Username, creds.Password, client); err != nil {
-			return nil, auth.AsLoginError(err)
-		}
+			Msg("upstream refused the token; fetching a fresh one for the next login")
+		return nil, &auth.LoginError{Message: fmt.Sprintf("the server refused the OAuth 2.0 token for account %s: %s; a fresh token is being fetched, try again", creds.Username, rej.text), Temporary: true}
 	}
 }

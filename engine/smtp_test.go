@@ -188,10 +188,11 @@ func TestSMTPTokenRefusedAndUnavailable(t *testing.T) {
 	r := dialRaw(t, env.addrs["smtp587"])
 	r.line()
 	r.send("EHLO c\r\nAUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+testAccount+"\x00pw")) + "\r\n")
-	lines := r.until("535")
+	lines := r.until("454")
 	if !strings.Contains(lines[len(lines)-1], "refused the OAuth 2.0 token") {
 		t.Fatalf("%q", lines)
 	}
+	waitTokens(t, env, 2) // the fresh token for the next try
 	env.up.SetRejectTokens(false)
 	r.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+testAccount+"\x00pw")) + "\r\n")
 	if l := r.line(); !strings.HasPrefix(l, "235") {
