@@ -10,7 +10,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
-	"slices"
 	"time"
 )
 
@@ -52,23 +51,42 @@ func deriveKey(password string, salt []byte, iterations int) (*fernetKey, error)
 // key is tried to decrypt.
 type keyring []*fernetKey
 
-// newKeyring derives the keys for {current, stored, legacy} iteration
-// counts, newest first.
-func newKeyring(password string, salt []byte, stored int) (keyring, error) {
-	counts := []int{CurrentIterations, LegacyIterations}
-	if stored > 0 && !slices.Contains(counts, stored) {
-		counts = append(counts, stored)
-	}
-	slices.SortFunc(counts, func(a, b int) int { return b - a })
-	var ring keyring
-	for _, n := range counts {
+// openKeyring finds the key of password that decrypts probe, trying the
+// stored iteration count first, then the current and the legacy ones, and
+// returns the keyring that encrypts with the current count and decrypts
+// with that key too (values it decrypts are then reported stale). The
+// right password costs one derivation, two when the stored count is not
+// the current one (to re-encrypt); a wrong one costs every count. It
+// returns ErrDecrypt when no key decrypts probe.
+func openKeyring(password string, salt []byte, stored, current int, probe string) (keyring, error) {
+	var cur *fernetKey
+	tried := map[int]bool{}
+	for _, n := range []int{stored, current, LegacyIterations} {
+		if n <= 0 || tried[n] {
+			continue
+		}
+		tried[n] = true
 		k, err := deriveKey(password, salt, n)
 		if err != nil {
 			return nil, err
 		}
-		ring = append(ring, k)
+		if n == current {
+			cur = k
+		}
+		if _, err := k.decrypt(probe); err != nil {
+			continue
+		}
+		if n == current {
+			return keyring{k}, nil
+		}
+		if cur == nil {
+			if cur, err = deriveKey(password, salt, current); err != nil {
+				return nil, err
+			}
+		}
+		return keyring{cur, k}, nil
 	}
-	return ring, nil
+	return nil, ErrDecrypt
 }
 
 // encrypt uses the newest key.

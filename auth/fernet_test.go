@@ -53,7 +53,7 @@ func TestCompatibilityVectors(t *testing.T) {
 			if (v.Iterations == nil) != (stored == 0) || (v.Iterations != nil && *v.Iterations != stored) {
 				t.Fatalf("iterations %d vs %v", stored, v.Iterations)
 			}
-			ring, err := newKeyring(v.Password, salt, stored)
+			ring, err := openKeyring(v.Password, salt, stored, CurrentIterations, get("access_token"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,9 +77,8 @@ func TestCompatibilityVectors(t *testing.T) {
 			check("refresh_token", v.RefreshToken)
 			check("client_secret_encrypted", v.ClientSecret)
 
-			wrong, _ := newKeyring(v.Password+"x", salt, stored)
-			if _, _, err := wrong.decrypt(get("access_token")); err != ErrDecrypt {
-				t.Fatal("a wrong password decrypted the access token")
+			if _, err := openKeyring(v.Password+"x", salt, stored, CurrentIterations, get("access_token")); err != ErrDecrypt {
+				t.Fatalf("a wrong password opened the keyring: %v", err)
 			}
 			// What we write with the stored count decrypts with the
 			// vector's key; a fresh keyring reads it back.

@@ -73,7 +73,8 @@ func (p *Provider) Authorise(ctx context.Context, user, password string, pr Prom
 func (p *Provider) enroll(a *account, password string, tok *oauth2.Token) {
 	salt := newSalt()
 	raw, _ := base64.StdEncoding.DecodeString(salt)
-	k, _ := deriveKey(password, raw, CurrentIterations)
+	var k *fernetKey
+	p.derive(context.Background(), func() (err error) { k, err = deriveKey(password, raw, p.opts.Iterations); return })
 	a.mu.Lock()
 	a.ring = keyring{k}
 	a.password = p.verify.sum(a.name, password)
@@ -82,7 +83,7 @@ func (p *Provider) enroll(a *account, password string, tok *oauth2.Token) {
 		a.refresh = tok.RefreshToken
 	}
 	a.cached["token_salt"] = salt
-	a.cached["token_iterations"] = strconv.Itoa(CurrentIterations)
+	a.cached["token_iterations"] = strconv.Itoa(p.opts.Iterations)
 	a.mu.Unlock()
 	p.persist(a, true)
 }

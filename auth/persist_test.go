@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,7 +31,14 @@ func loadCfg(t *testing.T, path string) *config.Config {
 	return cfg
 }
 
+// testIterations keeps new keys cheap where the iteration count is not
+// what a test is about (PBKDF2 at 1.2M rounds takes seconds under -race).
+const testIterations = 2000
+
 func newFileProvider(t *testing.T, path string, opts Options) *Provider {
+	if opts.Iterations == 0 {
+		opts.Iterations = testIterations
+	}
 	opts.Store = &FileStore{Path: path}
 	opts.StoreIsConfig = true
 	return NewProvider(loadCfg(t, path), opts)
@@ -57,7 +65,7 @@ func TestRestartUsesCachedToken(t *testing.T) {
 	}
 	p1.Close() // waits for the save
 	saved, _ := os.ReadFile(path)
-	for _, want := range []string{"# my notes", "; the app's account", "my_own_key = 42", "token_salt = ", "token_iterations = 1200000", "access_token = gAAAAA", "access_token_expiry = "} {
+	for _, want := range []string{"# my notes", "; the app's account", "my_own_key = 42", "token_salt = ", fmt.Sprintf("token_iterations = %d", testIterations), "access_token = gAAAAA", "access_token_expiry = "} {
 		if !strings.Contains(string(saved), want) {
 			t.Fatalf("saved file lacks %q:\n%s", want, saved)
 		}
@@ -96,7 +104,7 @@ func TestProviderReadsReferenceCache(t *testing.T) {
 	path := filepath.Join(dir, "emailproxy.config")
 	vec, _ := os.ReadFile("testdata/token-cache-vectors.config")
 	os.WriteFile(path, append(vec, "\n[emailproxy]\ndelete_account_token_on_password_error = True\n"...), 0o600)
-	p := newFileProvider(t, path, Options{})
+	p := newFileProvider(t, path, Options{Iterations: CurrentIterations})
 	ctx := context.Background()
 	tok, err := p.Authorize(ctx, "current@example.com", "app-local-pass-1", "")
 	if err != nil || tok != "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.current-access-token.x" {
@@ -319,5 +327,83 @@ func TestCatchAllAccountPersists(t *testing.T) {
 	}
 	if v, _ := f.File.Section("@x").Get("access_token"); v != "" {
 		t.Fatal("tokens written to the catch-all section")
+	}
+}
+
+// A token fetched at start, before any login gave the key, is saved as
+// soon as the first login unlocks the cache: a restart then finds it, not
+// the expired one, even if the identity provider is down by then.
+func TestTokenFetchedBeforeUnlockIsSaved(t *testing.T) {
+	t.Parallel()
+	ts := newTokenServer(t, 0, 3600)
+	salt := []byte("0123456789abcdef")
+	k, _ := deriveKey("pw", salt, testIterations)
+	ring := keyring{k}
+	path := filepath.Join(t.TempDir(), "emailproxy.config")
+	os.WriteFile(path, []byte(fmt.Sprintf("[a@x]\ntoken_url = %s\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\n"+
+		"token_salt = %s\ntoken_iterations = %d\naccess_token = %s\naccess_token_expiry = %d\n",
+		ts.URL, base64.StdEncoding.EncodeToString(salt), testIterations, ring.encrypt([]byte("expired")), time.Now().Add(-time.Hour).Unix())), 0o600)
+	p := newFileProvider(t, path, Options{})
+	p.Start() // fetches a token; the key is not known yet
+	a, _ := p.account("a@x")
+	held := func() bool { a.mu.Lock(); defer a.mu.Unlock(); return a.tok != nil }
+	for deadline := time.Now().Add(5 * time.Second); !held(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no token fetched at start")
+		}
+	}
+	tok, err := p.Authorize(context.Background(), "a@x", "pw", "")
+	if err != nil || tok == "expired" {
+		t.Fatalf("%q %v", tok, err)
+	}
+	p.Close()
+
+	ts.Close() // the identity provider is gone
+	p2 := newFileProvider(t, path, Options{})
+	defer p2.Close()
+	again, err := p2.Authorize(context.Background(), "a@x", "pw", "")
+	if err != nil || again != tok {
+		t.Fatalf("after a restart: %q %v, want the token fetched before the first login", again, err)
+	}
+}
+
+// No more key derivations run at once than MaxDerivations, and a login
+// waiting for one gives up with its context.
+func TestKeyDerivationsAreCapped(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{MaxDerivations: 2})
+	defer p.Close()
+	var running, most atomic.Int32
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.derive(context.Background(), func() error {
+				n := running.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				time.Sleep(10 * time.Millisecond)
+				running.Add(-1)
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	if most.Load() != 2 {
+		t.Fatalf("%d derivations ran at once, want 2", most.Load())
+	}
+	hold := make(chan struct{})
+	for range 2 {
+		go p.derive(context.Background(), func() error { <-hold; return nil })
+	}
+	defer close(hold)
+	for len(p.kdf) < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := p.derive(ctx, func() error { t.Error("ran without a free slot"); return nil }); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("waiting derivation: %v", err)
 	}
 }

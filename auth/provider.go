@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +34,14 @@ type Options struct {
 	// MaxBackoff caps the wait between retries after a failed fetch
 	// (default 60 s; the first retry is after 1 s).
 	MaxBackoff time.Duration
+	// Iterations is the PBKDF2 count of new keys (default
+	// CurrentIterations, emailproxy.py's); caches written with other counts
+	// are read and re-encrypted with it. Tests lower it.
+	Iterations int
+	// MaxDerivations caps the PBKDF2 runs at once (default: the number of
+	// CPUs), so that a restart with hundreds of accounts or a flood of
+	// wrong passwords cannot take every CPU from the logins.
+	MaxDerivations int
 	// LockoutBase is the first lock-out after repeated wrong passwords; it
 	// doubles with each further failure (default 1 s, at most 5 min).
 	LockoutBase time.Duration
@@ -73,6 +82,7 @@ type Provider struct {
 	verify verifier
 	cache  map[string]map[string]string // loaded at start
 	limit  *limiter
+	kdf    chan struct{} // one token per PBKDF2 that may run
 
 	mu       sync.Mutex
 	accounts map[string]*account
@@ -90,7 +100,7 @@ type account struct {
 	cfg  *config.Account
 	flow string
 
-	unlockMu sync.Mutex // one PBKDF2 at a time per account
+	unlocking chan struct{} // holds a token while a PBKDF2 runs for the account: one at a time
 
 	mu      sync.Mutex
 	tok     *oauth2.Token // plaintext, in memory only
@@ -141,11 +151,17 @@ func NewProvider(cfg *config.Config, opts Options) *Provider {
 	if opts.LockoutBase <= 0 {
 		opts.LockoutBase = time.Second
 	}
+	if opts.Iterations <= 0 {
+		opts.Iterations = CurrentIterations
+	}
+	if opts.MaxDerivations <= 0 {
+		opts.MaxDerivations = runtime.NumCPU()
+	}
 	if opts.InteractiveTimeout <= 0 {
 		opts.InteractiveTimeout = 10 * time.Minute
 	}
 	p := &Provider{cfg: cfg, opts: opts, log: opts.Logger, verify: newVerifier(), accounts: map[string]*account{},
-		limit: newLimiter(opts.LockoutBase)}
+		limit: newLimiter(opts.LockoutBase), kdf: make(chan struct{}, opts.MaxDerivations)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	cache, err := opts.Store.Load()
 	if err != nil {
@@ -244,7 +260,7 @@ func (p *Provider) account(name string) (*account, *LoginError) {
 	default:
 		return nil, loginErr(false, nil, "account %s: oauth2_flow %q is not supported by this version", name, flow)
 	}
-	a := &account{name: name, cfg: acct, flow: flow, cached: map[string]string{}}
+	a := &account{name: name, cfg: acct, flow: flow, cached: map[string]string{}, unlocking: make(chan struct{}, 1)}
 	for k, v := range p.cache[name] {
 		a.cached[k] = v
 	}
@@ -324,7 +340,7 @@ func (p *Provider) Authorize(ctx context.Context, user, password, client string)
 		}
 		return "", lerr
 	}
-	if lerr := p.checkPassword(a, password); lerr != nil {
+	if lerr := p.checkPassword(ctx, a, password); lerr != nil {
 		if errors.Is(lerr, ErrBadPassword) {
 			p.limit.fail(user, client, now)
 			p.log.Warn().Str("account", user).Str("client", client).Msg("wrong password")
@@ -410,15 +426,19 @@ func (p *Provider) startInteractive(a *account, password string) *LoginError {
 // tokens (one PBKDF2 per account and password per process). With nothing
 // cached, any password may try: the first that logs in becomes the
 // account's password (see Confirm).
-func (p *Provider) checkPassword(a *account, password string) *LoginError {
+func (p *Provider) checkPassword(ctx context.Context, a *account, password string) *LoginError {
 	if ok, known := p.knownPassword(a, password); known {
 		if !ok {
 			return p.badPassword(a)
 		}
 		return nil
 	}
-	a.unlockMu.Lock()
-	defer a.unlockMu.Unlock()
+	select { // waiting for another login's derivation ends with the login
+	case a.unlocking <- struct{}{}:
+	case <-ctx.Done():
+		return loginErr(true, ctx.Err(), "login failed for account %s: timed out waiting for the password check", a.name)
+	}
+	defer func() { <-a.unlocking }()
 	if ok, known := p.knownPassword(a, password); known { // another login got there first
 		if !ok {
 			return p.badPassword(a)
@@ -456,11 +476,12 @@ func (p *Provider) checkPassword(a *account, password string) *LoginError {
 			stored = LegacyIterations
 		}
 	}
-	ring, err := newKeyring(password, salt, stored)
-	if err != nil {
-		return loginErr(true, err, "login failed for account %s: key derivation failed", a.name)
+	var ring keyring
+	err = p.derive(ctx, func() (err error) { ring, err = openKeyring(password, salt, stored, p.opts.Iterations, probe); return })
+	if err != nil && !errors.Is(err, ErrDecrypt) {
+		return loginErr(true, err, "login failed for account %s: the password check did not finish in time", a.name)
 	}
-	if _, _, err := ring.decrypt(probe); err != nil {
+	if err != nil {
 		if p.cfg.Global.DeleteAccountTokenOnPasswordError && !a.appOnly() {
 			p.log.Warn().Str("account", a.name).Msg("password does not decrypt the cached tokens; deleting them (delete_account_token_on_password_error)")
 			p.forget(a, true)
@@ -470,6 +491,18 @@ func (p *Provider) checkPassword(a *account, password string) *LoginError {
 	}
 	p.unlock(a, ring, cached, password)
 	return nil
+}
+
+// derive runs a key derivation when one of the MaxDerivations slots is
+// free, or gives up when ctx ends.
+func (p *Provider) derive(ctx context.Context, f func() error) error {
+	select {
+	case p.kdf <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-p.kdf }()
+	return f()
 }
 
 func (p *Provider) knownPassword(a *account, password string) (ok, known bool) {
@@ -511,6 +544,9 @@ func (p *Provider) unlock(a *account, ring keyring, cached map[string]string, pa
 			a.tok = &oauth2.Token{AccessToken: access, Expiry: t, TokenType: "Bearer"}
 		}
 	}
+	// A token fetched before the key was known (at start, say) lives in
+	// memory only: save it now, or a restart would find the older one.
+	fresher := a.tok != nil && a.tok.AccessToken != access
 	if refresh != "" {
 		a.refresh = refresh
 	}
@@ -519,11 +555,11 @@ func (p *Provider) unlock(a *account, ring keyring, cached map[string]string, pa
 	}
 	stale := s1 || s2 || s3
 	if stale {
-		p.log.Info().Str("account", a.name).Int("token_iterations", CurrentIterations).Msg("re-encrypting cached tokens with the current key")
+		p.log.Info().Str("account", a.name).Int("token_iterations", p.opts.Iterations).Msg("re-encrypting cached tokens with the current key")
 	}
 	p.scheduleIfIdleLocked(a)
 	a.mu.Unlock()
-	if stale {
+	if stale || fresher {
 		p.persist(a, true)
 	}
 }
@@ -571,14 +607,15 @@ func (p *Provider) Confirm(user, password string) bool {
 		p.goTracked(func() {
 			salt := newSalt()
 			raw, _ := base64.StdEncoding.DecodeString(salt)
-			k, err := deriveKey(password, raw, CurrentIterations)
-			if err != nil {
+			var k *fernetKey
+			// Not cancelled by Close, which waits for it: the key must reach the store.
+			if err := p.derive(context.Background(), func() (err error) { k, err = deriveKey(password, raw, p.opts.Iterations); return }); err != nil {
 				return
 			}
 			a.mu.Lock()
 			a.ring = keyring{k}
 			a.cached["token_salt"] = salt
-			a.cached["token_iterations"] = strconv.Itoa(CurrentIterations)
+			a.cached["token_iterations"] = strconv.Itoa(p.opts.Iterations)
 			a.mu.Unlock()
 			p.persist(a, true)
 		})
