@@ -43,6 +43,24 @@ func Update(path string, changes []Change) error {
 	return writeAtomic(path, updated, mode)
 }
 
+// check refuses what the file format cannot hold exactly: line breaks
+// anywhere (a section name comes from a login name with catch-all
+// accounts: it must not be able to add lines), and what the parser would
+// read back differently (surrounding spaces, a key that reads as a
+// comment or a header).
+func (c Change) check() error {
+	trimmed := func(s string) bool { return strings.TrimSpace(s) == s }
+	switch {
+	case c.Section == "" || strings.ContainsAny(c.Section, "\r\n") || !trimmed(c.Section) || c.Section == DefaultSection:
+		return fmt.Errorf("cannot write section [%q]: empty, [DEFAULT], or with line breaks or surrounding spaces", c.Section)
+	case c.Key == "" || strings.ContainsAny(c.Key, "\r\n=:") || !trimmed(c.Key) || strings.IndexAny(c.Key[:1], "#;[") == 0:
+		return fmt.Errorf("cannot write key %q: not a plain key", c.Key)
+	case strings.ContainsAny(c.Value, "\r\n") || !trimmed(c.Value):
+		return fmt.Errorf("cannot write the value of %q: line breaks or surrounding spaces", c.Key)
+	}
+	return nil
+}
+
 // applyChanges edits the text of an INI file.
 func applyChanges(text []byte, changes []Change) ([]byte, error) {
 	f, err := Parse(bytes.NewReader(text))
@@ -66,8 +84,8 @@ func applyChanges(text []byte, changes []Change) ([]byte, error) {
 	var newSections []string
 	newKeys := map[string][]string{}
 	for i, c := range changes {
-		if strings.ContainsAny(c.Value, "\r\n") || strings.ContainsAny(c.Key, "\r\n=:[") {
-			return nil, fmt.Errorf("cannot write key %q: line breaks are not allowed", c.Key)
+		if err := c.check(); err != nil {
+			return nil, err
 		}
 		sec := f.Section(c.Section)
 		key := strings.ToLower(c.Key)

@@ -97,3 +97,17 @@ func TestUpdateIsAtomicAndMergesOperatorEdits(t *testing.T) {
 		t.Fatal("unparsable file changed")
 	}
 }
+
+// A section name that came from a login name cannot add lines to the file.
+func TestApplyChangesRefusesInjection(t *testing.T) {
+	for _, c := range []Change{
+		{Section: "x@y]\n[emailproxy", Key: "access_token", Value: "v"},
+		{Section: "a@x", Key: "access_token", Value: "v\nallow_catch_all_accounts = True"},
+		{Section: "a@x", Key: "#comment", Value: "v"},
+		{Section: DefaultSection, Key: "k", Value: "v"},
+	} {
+		if out, err := applyChanges([]byte(sample), []Change{c}); err == nil {
+			t.Errorf("%+v written:\n%s", c, out)
+		}
+	}
+}

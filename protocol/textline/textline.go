@@ -27,7 +27,9 @@ func Cut(in []byte, limit int) (line []byte, used int, st Status) {
 	}
 	i := bytes.IndexByte(window, '\n')
 	if i < 0 {
-		if len(in) > limit {
+		// A line of exactly limit bytes may still be waiting for its LF
+		// after the CR: only more than that is too long already.
+		if len(in) > limit+1 || len(in) == limit+1 && in[limit] != '\r' {
 			return nil, 0, TooLong
 		}
 		return nil, 0, NeedMore
