@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -291,4 +292,86 @@ func TestIdleAuthenticatedSessionsAreClosed(t *testing.T) {
 	if got := i.until("N "); !strings.HasPrefix(got[len(got)-1], "N OK") {
 		t.Fatalf("IMAP session after a pause: %q", got)
 	}
+}
+
+// trickle sends one byte of an endless command every step until the proxy
+// closes the connection, and reports how long that took (0: never, within
+// the limit).
+func trickle(c net.Conn, step, limit time.Duration) time.Duration {
+	start := time.Now()
+	for time.Since(start) < limit {
+		if _, err := c.Write([]byte("a")); err != nil {
+			return time.Since(start)
+		}
+		c.SetReadDeadline(time.Now().Add(step))
+		buf := make([]byte, 256)
+		for {
+			_, err := c.Read(buf)
+			if err == io.EOF {
+				return time.Since(start)
+			}
+			if err != nil {
+				break // the step's deadline: send the next byte
+			}
+		}
+	}
+	return 0
+}
+
+// A client that trickles one byte at a time without ever finishing a
+// command (slowloris) is idle: it is disconnected after the idle timeout,
+// on the event loop and on the goroutine (local TLS) front end alike.
+func TestSlowlorisIsIdle(t *testing.T) {
+	pc := newProxyCert(t)
+	env := startEnv(t, envOptions{engine: Options{IdleTimeout: 500 * time.Millisecond},
+		servers: []serverSpec{{name: "imaps", proto: "IMAP", upstream: func(up *mock.Upstream) string { return up.IMAPAddr }, keys: pc.keys(false)}}})
+	plain, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if d := trickle(plain, 100*time.Millisecond, 10*time.Second); d == 0 {
+		t.Fatal("event loop: a trickling client was never disconnected")
+	}
+	tc, err := tls.Dial("tcp", env.addrs["imaps"], pc.client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	if d := trickle(tc, 100*time.Millisecond, 10*time.Second); d == 0 {
+		t.Fatal("TLS front end: a trickling client was never disconnected")
+	}
+	stillServes(t, env)
+}
+
+// On the local TLS front end, a client that pipelines and never reads is
+// disconnected after the send timeout; nothing is buffered for it.
+func TestNonReadingPipelinerOverTLS(t *testing.T) {
+	pc := newProxyCert(t)
+	env := startEnv(t, envOptions{engine: Options{SendTimeout: 300 * time.Millisecond},
+		servers: []serverSpec{{name: "imaps", proto: "IMAP", upstream: func(up *mock.Upstream) string { return up.IMAPAddr }, keys: pc.keys(false)}}})
+	raw, err := net.DialTimeout("tcp", env.addrs["imaps"], 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.(*net.TCPConn).SetReadBuffer(4096)
+	c := tls.Client(raw, pc.client())
+	c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	chunk := bytes.Repeat([]byte("a CAPABILITY\r\n"), 4096)
+	sent := 0
+	for sent < 256<<20 {
+		n, err := c.Write(chunk)
+		sent += n
+		if err != nil {
+			break
+		}
+	}
+	if sent >= 64<<20 {
+		t.Fatalf("the proxy accepted %d MiB from a client that reads nothing", sent>>20)
+	}
+	waitFor(t, "the log to say why", func() bool {
+		return strings.Contains(env.logs.String(), "send timeout: the client stopped reading")
+	})
+	stillServes(t, env)
 }

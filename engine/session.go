@@ -81,7 +81,7 @@ type session struct {
 	prev, next *session // Server's list of gnet sessions (sessMu)
 
 	// Read by the idle sweep off the loop.
-	lastSeen  atomic.Int64 // UnixNano of the last client input (or open)
+	lastSeen  atomic.Int64 // UnixNano of the last complete client command (or open)
 	idleCheck atomic.Bool  // true while waiting for client commands before login
 
 	mu     sync.Mutex
@@ -150,9 +150,6 @@ func (s *session) take() pending {
 }
 
 func (s *session) onTraffic() gnet.Action {
-	if s.c.InboundBuffered() > 0 {
-		s.lastSeen.Store(time.Now().UnixNano())
-	}
 	p := s.take()
 	if p.poll {
 		s.polling = false
@@ -270,6 +267,11 @@ func (s *session) process() gnet.Action {
 		n, act := s.m.Next(buf)
 		if n > 0 {
 			s.c.Discard(n) // Discard(0) would drop the whole buffer
+		}
+		if act.Kind != protocol.NeedMore {
+			// Only a whole command counts as activity: a client that
+			// trickles bytes (slowloris) is idle all the same.
+			s.lastSeen.Store(time.Now().UnixNano())
 		}
 		if len(act.Out) > 0 {
 			if _, err := s.c.Write(act.Out); err != nil {

@@ -207,7 +207,11 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 				break
 			}
 		}
-		c.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout))
+		if len(buf) == 0 {
+			// The idle timeout runs from the last whole command: bytes
+			// trickled one at a time (slowloris) do not extend it.
+			c.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout))
+		}
 		n, err := c.Read(rbuf)
 		if n > 0 {
 			buf = append(buf, rbuf[:n]...)
