@@ -23,10 +23,15 @@ const (
 	BulkPOP3 Scenario = "bulk-pop3" // RETR of the large message
 	BulkIMAP Scenario = "bulk-imap" // UID FETCH of the large message
 	Idle     Scenario = "idle"      // connections held open: memory per connection
+	Abuse    Scenario = "abuse"     // honest clients while hostile ones run (proxy only)
 )
 
-// Scenarios lists every scenario in the order a run takes them.
+// Scenarios lists the scenarios "all" runs, in the order a run takes them.
 var Scenarios = []Scenario{POP3, IMAP, SMTP, BulkPOP3, BulkIMAP, Idle}
+
+// known are the scenarios that may be named; abuse runs only when asked
+// for (it takes minutes and measures robustness, not speed).
+var known = append(append([]Scenario(nil), Scenarios...), Abuse)
 
 // ParseScenarios reads a comma-separated list ("all" for every one).
 func ParseScenarios(list string) ([]Scenario, error) {
@@ -37,14 +42,14 @@ func ParseScenarios(list string) ([]Scenario, error) {
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)
 		found := false
-		for _, s := range Scenarios {
+		for _, s := range known {
 			if string(s) == name {
 				out = append(out, s)
 				found = true
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("unknown scenario %q (have %v)", name, Scenarios)
+			return nil, fmt.Errorf("unknown scenario %q (have %v)", name, known)
 		}
 	}
 	return out, nil
@@ -67,15 +72,21 @@ type Load struct {
 	Duration    time.Duration // how long to run them
 	Interval    time.Duration // each client's pause between cycles (0: none)
 	Timeout     time.Duration // one cycle's limit
-	Accounts    int           // use only the first this many accounts (0: all)
+	Accounts    int           // use only this many accounts (0: all)
+	From        int           // the first account to use
 }
 
 // accounts is the first n accounts (all if n is 0 or too large).
-func (t *Target) accounts(n int) []Account {
-	if n <= 0 || n > len(t.Accounts) {
-		return t.Accounts
+func (t *Target) accounts(n int) []Account { return t.accountRange(0, n) }
+
+// accountRange is n accounts from the from'th (all the rest if n is 0 or
+// too large).
+func (t *Target) accountRange(from, n int) []Account {
+	all := t.Accounts[min(max(from, 0), len(t.Accounts)):]
+	if n <= 0 || n > len(all) {
+		return all
 	}
-	return t.Accounts[:n]
+	return all[:n]
 }
 
 // Phase is the outcome of one scenario in one mode.
@@ -146,7 +157,7 @@ func (t *Target) Run(ctx context.Context, s Scenario, mode Mode, l Load, prog *P
 	ctx, cancel := context.WithDeadline(ctx, start.Add(l.Duration))
 	defer cancel()
 	var wg sync.WaitGroup
-	accts := t.accounts(l.Accounts)
+	accts := t.accountRange(l.From, l.Accounts)
 	for i := 0; i < l.Concurrency; i++ {
 		a := accts[i%len(accts)]
 		wg.Add(1)

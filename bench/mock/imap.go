@@ -84,6 +84,9 @@ func errorChallenge() []byte {
 	return b
 }
 
+// errResetLogin: the fault ResetLogin applies.
+var errResetLogin = errors.New("connection reset (fault)")
+
 // checkXOAUTH2 validates a decoded XOAUTH2 response and records it.
 func (up *Upstream) checkXOAUTH2(raw []byte) (string, error) {
 	user, token, err := psasl.ParseXOAUTH2(raw)
@@ -91,11 +94,15 @@ func (up *Upstream) checkXOAUTH2(raw []byte) (string, error) {
 	up.xoauth2 = append(up.xoauth2, string(raw))
 	_, known := up.imapUsers[user]
 	reject := up.rejectTokens
+	fault := up.userFaults[user]
 	up.mu.Unlock()
 	if err != nil {
 		return "", err
 	}
-	if reject || !known || !up.Authority.Valid(token) {
+	if fault == ResetLogin {
+		return "", errResetLogin
+	}
+	if reject || fault == RefuseToken || !known || !up.Authority.Valid(token) {
 		return "", errors.New("invalid token or mailbox")
 	}
 	up.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -99,6 +100,10 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 				var u string
 				if err == nil {
 					u, err = up.checkXOAUTH2(raw)
+				}
+				if errors.Is(err, errResetLogin) {
+					resetConn(c)
+					return
 				}
 				if err != nil {
 					say("+ " + base64.StdEncoding.EncodeToString(errorChallenge()))
@@ -224,4 +229,20 @@ func DotStuff(body []byte) []byte {
 		b.WriteString("\r\n")
 	}
 	return b.Bytes()
+}
+
+// resetConn closes c with a TCP reset, as a server or middlebox failing
+// mid-exchange would.
+func resetConn(c net.Conn) {
+	raw := c
+	if tc, ok := c.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	if tc, ok := raw.(*trackedConn); ok {
+		raw = tc.Conn
+	}
+	if tcp, ok := raw.(*net.TCPConn); ok {
+		tcp.SetLinger(0)
+	}
+	c.Close()
 }

@@ -80,6 +80,7 @@ type Upstream struct {
 	xoauth2      []string
 	logins       int
 	rejectTokens bool
+	userFaults   map[string]Fault // by mailbox
 	smtpMsgs     []SMTPMessage
 	conns        map[net.Conn]struct{}
 	closed       bool
@@ -270,6 +271,41 @@ func (up *Upstream) Logins() int {
 	up.mu.Lock()
 	defer up.mu.Unlock()
 	return up.logins
+}
+
+// Fault is what the servers do to one mailbox's logins.
+type Fault int
+
+const (
+	NoFault     Fault = iota
+	RefuseToken       // every token is refused
+	ResetLogin        // POP3: the connection is reset when the token arrives (IMAP, SMTP: refused)
+)
+
+// SetUserFault makes the servers treat user's logins with f.
+func (up *Upstream) SetUserFault(user string, f Fault) {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if up.userFaults == nil {
+		up.userFaults = map[string]Fault{}
+	}
+	if f == NoFault {
+		delete(up.userFaults, user)
+		return
+	}
+	up.userFaults[user] = f
+}
+
+// OpenSessions counts the authenticated IMAP and POP3 sessions open now,
+// over every mailbox.
+func (up *Upstream) OpenSessions() int {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	n := 0
+	for _, v := range up.sessions {
+		n += v
+	}
+	return n
 }
 
 // SetRejectTokens makes the servers refuse every token.

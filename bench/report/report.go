@@ -22,6 +22,7 @@ type Report struct {
 	Settings map[string]string `json:"settings"`
 	Results  []Result          `json:"results"`
 	Idle     *Idle             `json:"idle,omitempty"`
+	Abuse    *Abuse            `json:"abuse,omitempty"`
 	// ProxyMemory is the proxy's RSS over the whole run.
 	ProxyMemory []Point `json:"proxy_memory,omitempty"`
 	Marks       []Mark  `json:"marks,omitempty"` // phase starts on ProxyMemory's time axis
@@ -212,6 +213,7 @@ func (rep *Report) WriteTable(w io.Writer) {
 		rep.writeResults(w)
 	}
 	rep.writeIdle(w)
+	rep.writeAbuse(w)
 }
 
 func (rep *Report) writeResults(w io.Writer) {

@@ -36,6 +36,7 @@ type runFlags struct {
 	proxyPid                      int
 	jsonOut, htmlOut              string
 	keep                          bool
+	abuse                         abuseFlags
 }
 
 func runBench(args []string, stdout, stderr io.Writer) int {
@@ -43,7 +44,11 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("emailproxy-bench run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	f.mock.register(fs, 20)
-	fs.StringVar(&f.scenarios, "scenarios", "all", "comma-separated: pop3, imap, smtp, bulk-pop3, bulk-imap, idle (or all)")
+	fs.StringVar(&f.scenarios, "scenarios", "all", "comma-separated: pop3, imap, smtp, bulk-pop3, bulk-imap, idle (all: these), abuse")
+	fs.StringVar(&f.abuse.kinds, "abuse-kinds", "all", "abuse scenario: hostile kinds to run, comma-separated: "+hostileNames())
+	fs.IntVar(&f.abuse.slowloris, "abuse-slowloris", 2000, "abuse scenario: slowloris connections to hold")
+	fs.IntVar(&f.abuse.stalled, "abuse-stalled", 16, "abuse scenario: downloads to stall (at most --mailbox-limit per large mailbox)")
+	fs.DurationVar(&f.abuse.settleLimit, "abuse-settle", 30*time.Second, "abuse scenario: how long to wait after each phase for the proxy's goroutines and upstream sessions to return to where they were")
 	fs.StringVar(&f.modes, "modes", "direct,proxy", "direct, proxy or both: direct clients do TLS and XOAUTH2 themselves")
 	fs.IntVar(&f.load.Concurrency, "concurrency", 20, "clients polling at once, per scenario")
 	fs.DurationVar(&f.load.Duration, "duration", 10*time.Second, "how long each scenario runs, per mode")
@@ -110,6 +115,7 @@ type bench struct {
 	statsAddr string
 	sampler   *load.Sampler
 	rep       report.Report
+	abuseRuns bool // the abuse scenario is in this run
 }
 
 func (b *bench) run(scenarios []load.Scenario, modes []load.Mode, workdir string) error {
@@ -157,6 +163,7 @@ func (b *bench) run(scenarios []load.Scenario, modes []load.Mode, workdir string
 	if b.target, err = load.NewTarget(cfg, up.CA.Pool, proxyHost, "bench-password"); err != nil {
 		return err
 	}
+	b.abuseRuns = hasScenario(scenarios, load.Abuse)
 	if hasMode(modes, load.Proxy) {
 		if err := b.startProxy(cfgPath, caPath, workdir, ports); err != nil {
 			return err
@@ -169,6 +176,14 @@ func (b *bench) run(scenarios []load.Scenario, modes []load.Mode, workdir string
 	}
 	ctx := context.Background()
 	for _, sc := range scenarios {
+		if sc == load.Abuse {
+			if hasMode(modes, load.Proxy) {
+				if b.rep.Abuse, err = b.abuse(ctx); err != nil {
+					return err
+				}
+			}
+			continue
+		}
 		if sc == load.Idle {
 			if hasMode(modes, load.Proxy) {
 				b.rep.Idle = b.idle(ctx)
@@ -392,6 +407,11 @@ func (b *bench) startProxy(cfgPath, caPath, workdir string, ports []int) error {
 		}
 		b.statsAddr = "127.0.0.1:" + strconv.Itoa(sp[0])
 		args := []string{"proxy", "--no-gui", "--config-file", cfgPath, "--stats-addr", b.statsAddr}
+		if b.abuseRuns && !strings.Contains(b.f.proxyArg, "send-timeout") {
+			// Stalled downloads end after the send timeout: a short one
+			// keeps the run short (the default is 60 s).
+			args = append(args, "--send-timeout", "5s")
+		}
 		args = append(args, strings.Fields(b.f.proxyArg)...)
 		cmd = exec.Command(self, args...)
 	}
@@ -443,6 +463,9 @@ func (b *bench) settings() map[string]string {
 		s["proxy"] = b.f.proxyCmd
 	default:
 		s["proxy"] = strings.TrimSpace("emailproxy " + b.f.proxyArg)
+		if b.abuseRuns && !strings.Contains(b.f.proxyArg, "send-timeout") {
+			s["proxy"] += " --send-timeout 5s"
+		}
 	}
 	return s
 }
@@ -492,6 +515,14 @@ func (b *bench) ticker(line func(final bool) string) (stop func()) {
 			fmt.Fprintln(b.errw, line(true))
 		}
 	}
+}
+
+func hostileNames() string {
+	var names []string
+	for _, k := range load.HostileKinds {
+		names = append(names, string(k))
+	}
+	return strings.Join(names, ", ")
 }
 
 func hasScenario(list []load.Scenario, s load.Scenario) bool {

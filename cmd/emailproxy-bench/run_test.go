@@ -207,3 +207,47 @@ type syncBuf struct {
 
 func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
 func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// A short abuse run against our proxy: every hostile kind runs beside
+// honest clients; the proxy stays up, the honest clients see no error,
+// and its goroutines and the upstream sessions go back to where they were.
+func TestAbuseScenario(t *testing.T) {
+	dir := t.TempDir()
+	jsonPath := filepath.Join(dir, "abuse.json")
+	var out, errOut bytes.Buffer
+	// The large message must be larger than what the sockets' kernel
+	// buffers hold, or a stalled download is no stall for the proxy.
+	code := run([]string{"run", "--scenarios", "abuse", "--duration", "1500ms", "--concurrency", "4", "--mailboxes", "7",
+		"--messages", "2", "--big-size", "12000000", "--big-mailboxes", "1", "--rtt", "2ms", "--token-delay", "0",
+		"--abuse-slowloris", "100", "--abuse-stalled", "4", "--abuse-settle", "20s",
+		"--proxy-args", "--send-timeout 1s", "--json", jsonPath}, &out, &errOut, nil)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
+	}
+	data, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep report.Report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	a := rep.Abuse
+	if a == nil || a.Clean == nil || len(a.Kinds) != 8 {
+		t.Fatalf("abuse results: %+v\n%s", a, out.String())
+	}
+	for _, r := range append([]report.AbuseRow{*a.Clean}, a.Kinds...) {
+		if !r.Alive || r.Errors != 0 || r.Cycles == 0 || r.SettledS < 0 {
+			t.Fatalf("%s: %+v\n%s", r.Kind, r, out.String())
+		}
+		if r.Kind != a.Clean.Kind && r.HostileConnections == 0 {
+			t.Fatalf("%s: no hostile client connected", r.Kind)
+		}
+		if r.GoroutinesBefore < 0 || r.GoroutinesAfter < 0 {
+			t.Fatalf("%s: goroutines not measured", r.Kind)
+		}
+	}
+	if !strings.Contains(out.String(), "abuse: honest POP3 clients polling") {
+		t.Fatalf("no abuse table:\n%s", out.String())
+	}
+}
