@@ -161,6 +161,8 @@ type Server struct {
 	// relayBufs holds the relays' full-size buffers: one size only, so
 	// every buffer taken is one that was given back.
 	relayBufs bytebufferpool.Pool
+	// outBufs gathers a pre-login session's answers within one event.
+	outBufs bytebufferpool.Pool
 
 	gates  *mailboxGates
 	linger *lingerStore // nil: IMAP session reuse off

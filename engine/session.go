@@ -250,42 +250,75 @@ func unavailableBye(proto config.Protocol) []byte {
 	return []byte("421 4.3.2 emailproxy: upstream server unavailable, try again later\r\n")
 }
 
+// flushAt is how much output process gathers before writing it: answers
+// to pipelined commands go out in one write instead of one each.
+const flushAt = 16 << 10
+
 // process runs buffered client input through the state machine, as long
-// as the client reads what it is sent.
+// as the client reads what it is sent. The input is looked at once and
+// consumed at the end, so a long pipeline is not copied once per command.
 func (s *session) process() gnet.Action {
+	if stalled, act := s.outputStalled(); stalled {
+		return act
+	}
+	buf, _ := s.c.Peek(-1)
+	if len(buf) == 0 {
+		return gnet.None
+	}
+	if s.m == nil {
+		s.m = s.srv.newMachine(s.l.srv.Protocol, s.prof, false, false)
+	}
+	out := s.srv.outBufs.Get()
+	defer s.srv.outBufs.Put(out)
+	used := 0
+	// finish writes the gathered output and consumes the input used.
+	finish := func() error {
+		if used > 0 {
+			s.c.Discard(used) // Discard(0) would drop the whole buffer
+			used = 0
+		}
+		if len(out.B) == 0 {
+			return nil
+		}
+		_, err := s.c.Write(out.B)
+		out.B = out.B[:0]
+		return err
+	}
 	for {
-		if stalled, act := s.outputStalled(); stalled {
-			return act
-		}
-		buf, _ := s.c.Peek(-1)
-		if len(buf) == 0 {
-			return gnet.None
-		}
-		if s.m == nil {
-			s.m = s.srv.newMachine(s.l.srv.Protocol, s.prof, false, false)
-		}
-		n, act := s.m.Next(buf)
-		if n > 0 {
-			s.c.Discard(n) // Discard(0) would drop the whole buffer
-		}
+		n, act := s.m.Next(buf[used:])
+		used += n
 		if act.Kind != protocol.NeedMore {
 			// Only a whole command counts as activity: a client that
 			// trickles bytes (slowloris) is idle all the same.
 			s.lastSeen.Store(time.Now().UnixNano())
 		}
-		if len(act.Out) > 0 {
-			if _, err := s.c.Write(act.Out); err != nil {
-				return gnet.Close
-			}
-		}
+		out.B = append(out.B, act.Out...)
 		switch act.Kind {
 		case protocol.NeedMore:
+			if finish() != nil {
+				return gnet.Close
+			}
 			return gnet.None
 		case protocol.Close, protocol.StartTLS: // plaintext listeners offer no STARTTLS
+			finish()
 			return gnet.Close
 		case protocol.Login:
+			if finish() != nil {
+				return gnet.Close
+			}
 			s.startLogin(act)
 			return s.checkInbound()
+		}
+		if used == len(buf) || len(out.B) >= flushAt {
+			if finish() != nil {
+				return gnet.Close
+			}
+			if stalled, act := s.outputStalled(); stalled {
+				return act
+			}
+			if buf, _ = s.c.Peek(-1); len(buf) == 0 {
+				return gnet.None
+			}
 		}
 	}
 }
