@@ -53,7 +53,7 @@ type chunkReader struct {
 
 func newChunkReader(pool *bytebufferpool.Pool, src net.Conn, size int) *chunkReader {
 	r := &chunkReader{pool: pool, src: src, size: size}
-	if sc, ok := src.(syscall.Conn); ok {
+	if sc, ok := src.(syscall.Conn); ok && rawReads {
 		if raw, err := sc.SyscallConn(); err == nil {
 			r.raw, r.rawFn = raw, r.rawRead
 		}
@@ -111,12 +111,12 @@ func (r *chunkReader) readRaw() ([]byte, error) {
 func (r *chunkReader) rawRead(fd uintptr) bool {
 	buf := r.buffer()
 	for {
-		r.n, r.rerr = syscall.Read(int(fd), buf)
+		r.n, r.rerr = readFD(fd, buf)
 		if r.rerr != syscall.EINTR {
 			break
 		}
 	}
-	if r.rerr == syscall.EAGAIN {
+	if r.rerr == errWouldBlock {
 		r.release()
 		return false // nothing yet: wait without a buffer
 	}

@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -417,7 +416,7 @@ func (b *bench) startProxy(cfgPath, caPath, workdir string, ports []int) error {
 	}
 	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ownProcessGroup(cmd)
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("starting the proxy: %w", err)
@@ -439,11 +438,11 @@ func (b *bench) stopProxy() {
 	if b.proxy == nil {
 		return
 	}
-	syscall.Kill(-b.pid, syscall.SIGTERM)
+	terminate(b.proxy)
 	select {
 	case <-b.exited:
 	case <-time.After(10 * time.Second):
-		syscall.Kill(-b.pid, syscall.SIGKILL)
+		b.proxy.Process.Kill()
 		<-b.exited
 	}
 	b.proxy = nil

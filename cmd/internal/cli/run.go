@@ -130,17 +130,17 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	}
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP, syscall.SIGUSR1)
+	signal.Notify(sigs, append([]os.Signal{syscall.SIGINT, syscall.SIGTERM}, extraSignals...)...)
 	defer signal.Stop(sigs)
 	code := 0
 loop:
 	for {
 		select {
 		case sig := <-sigs:
-			switch sig {
-			case syscall.SIGUSR1:
+			switch {
+			case sig == debugSignal:
 				toggleDebug(log)
-			case syscall.SIGHUP:
+			case sig == reloadSignal:
 				// Certificates are reloaded in place; sessions are kept.
 				log.Info().Msg("SIGHUP: reloading local certificates (other configuration changes need a restart)")
 				srv.ReloadCertificates()

@@ -1,0 +1,13 @@
+//go:build windows
+
+package engine
+
+import "errors"
+
+// rawReads: Windows sockets are read the ordinary way (overlapped I/O has
+// no "would block" read to wait on without a buffer).
+const rawReads = false
+
+var errWouldBlock = errors.New("would block")
+
+func readFD(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }
