@@ -1,0 +1,273 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/emailproxy/emailproxy/auth"
+	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/config"
+)
+
+// A real Dovecot (Debian's dovecot-imapd and dovecot-pop3d; .ci/run
+// installs them) checks the proxy's XOAUTH2 tokens against the mock
+// identity provider through OAuth 2.0 token introspection, as a real
+// deployment does.
+type dovecot struct {
+	imaps, pop3s string
+	introspected atomic.Int32
+}
+
+const dovecotUser = "app@example.test"
+
+func startDovecot(t *testing.T, ca *mock.CA, authority *mock.Authority) *dovecot {
+	t.Helper()
+	bin, err := exec.LookPath("dovecot")
+	if err != nil {
+		t.Fatal("this test needs Dovecot: apt-get install dovecot-imapd dovecot-pop3d (bash .ci/run does)")
+	}
+	d := &dovecot{}
+	// Token introspection (RFC 7662), as Dovecot's oauth2 passdb asks it.
+	intro := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d.introspected.Add(1)
+		r.ParseForm()
+		w.Header().Set("Content-Type", "application/json")
+		active := authority.Valid(r.PostForm.Get("token"))
+		json.NewEncoder(w).Encode(map[string]any{"active": active, "username": dovecotUser})
+	}))
+	t.Cleanup(intro.Close)
+	// Short paths: Dovecot's UNIX sockets live under base_dir.
+	dir, err := os.MkdirTemp("/tmp", "dv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	mail := filepath.Join(dir, "mail")
+	os.MkdirAll(mail, 0o777)
+	os.Chmod(mail, 0o777)
+	certPEM, keyPEM, err := ca.LeafPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "cert.pem"), certPEM, 0o644)
+	os.WriteFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600)
+	imapPort, popPort := freePort(t), freePort(t)
+	d.imaps, d.pop3s = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", popPort)
+	os.WriteFile(filepath.Join(dir, "oauth2.conf"), []byte(fmt.Sprintf(`introspection_mode = post
+introspection_url = %s/introspect
+username_attribute = username
+active_attribute = active
+active_value = true
+force_introspection = yes
+`, intro.URL)), 0o644)
+	conf := filepath.Join(dir, "dovecot.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`protocols = imap pop3
+listen = 127.0.0.1
+base_dir = %[1]s/run
+state_dir = %[1]s/state
+log_path = %[1]s/dovecot.log
+default_internal_user = dovecot
+default_login_user = dovenull
+ssl = required
+ssl_cert = <%[1]s/cert.pem
+ssl_key = <%[1]s/key.pem
+auth_mechanisms = xoauth2 oauthbearer
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = %[1]s/oauth2.conf
+}
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home=%[1]s/mail/%%u
+}
+mail_location = maildir:~/Maildir
+pop3_uidl_format = %%08Xu%%08Xv
+service imap-login {
+  inet_listener imap {
+    port = 0
+  }
+  inet_listener imaps {
+    port = %[2]d
+    ssl = yes
+  }
+}
+service pop3-login {
+  inet_listener pop3 {
+    port = 0
+  }
+  inet_listener pop3s {
+    port = %[3]d
+    ssl = yes
+  }
+}
+`, dir, imapPort, popPort)), 0o644)
+	cmd := exec.Command(bin, "-F", "-c", conf)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	for _, addr := range []string{d.imaps, d.pop3s} {
+		waitFor(t, "Dovecot to listen on "+addr, func() bool {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(filepath.Join(dir, "dovecot.log"))
+			t.Logf("dovecot output:\n%s\ndovecot.log:\n%s", out.String(), log)
+		}
+	})
+	return d
+}
+
+// With a real Dovecot: IMAP and POP3 logins through the proxy work; when
+// the server refuses a revoked token, the client is answered within
+// Dovecot's own failure delay (no hang, no second refusal), a fresh token
+// is fetched at once, and the next login uses it.
+func TestDovecotTokenRefusal(t *testing.T) {
+	ca, err := mock.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	authority := mock.NewAuthority(testClientID, testSecret, testScope)
+	tokens := httptest.NewServer(authority)
+	defer tokens.Close()
+	defer authority.Release()
+	dv := startDovecot(t, ca, authority)
+
+	imapPort, popPort := freePort(t), freePort(t)
+	_, dvIMAP, _ := net.SplitHostPort(dv.imaps)
+	_, dvPOP, _ := net.SplitHostPort(dv.pop3s)
+	text := fmt.Sprintf(`[IMAP-%d]
+server_address = localhost
+server_port = %s
+local_address = 127.0.0.1
+
+[POP-%d]
+server_address = localhost
+server_port = %s
+local_address = 127.0.0.1
+
+[%s]
+token_url = %s
+oauth2_scope = %s
+oauth2_flow = client_credentials
+client_id = %s
+client_secret = %s
+`, imapPort, dvIMAP, popPort, dvPOP, dovecotUser, tokens.URL, testScope, testClientID, testSecret)
+	path := filepath.Join(t.TempDir(), "emailproxy.config")
+	os.WriteFile(path, []byte(text), 0o600)
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	log := zerolog.New(logs).Level(zerolog.DebugLevel)
+	provider := auth.NewProvider(cfg, auth.Options{Logger: log})
+	provider.Start()
+	defer provider.Close()
+	srv := New(cfg, provider, Options{RootCAs: ca.Pool, Logger: log, EventLoops: 2})
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Stop(ctx)
+	}()
+	imapAddr, popAddr := fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", popPort)
+
+	r, l := imapLogin(t, imapAddr, dovecotUser, "pw")
+	if !strings.HasPrefix(l, "L1 OK") {
+		t.Fatalf("IMAP login through the proxy to Dovecot: %q\n%s", l, logs.String())
+	}
+	r.send("S SELECT INBOX\r\n")
+	if got := r.until("S "); !strings.HasPrefix(got[len(got)-1], "S OK") {
+		t.Fatalf("SELECT: %q", got)
+	}
+	r.send("Q LOGOUT\r\n")
+	r.until("Q ")
+	p := popLogin(t, popAddr, dovecotUser, "pw")
+	p.ok("STAT")
+	p.ok("QUIT")
+
+	requests := authority.Requests()
+	authority.RevokeAll()
+	for _, proto := range []string{"POP3", "IMAP"} {
+		// A bound, not a speed: far below the login timeout (30 s), well
+		// above Dovecot's failure delay (2 s) and one token fetch.
+		start := time.Now()
+		deadline := start.Add(10 * time.Second)
+		var answer string
+		if proto == "POP3" {
+			p := dialPOP(t, popAddr)
+			p.c.SetDeadline(deadline)
+			p.ok("USER %s", dovecotUser)
+			answer = p.cmd("PASS pw")
+			if !strings.HasPrefix(answer, "-ERR [SYS/TEMP]") {
+				t.Fatalf("POP3 after the revocation: %q", answer)
+			}
+		} else {
+			r := dialRaw(t, imapAddr)
+			r.c.SetDeadline(deadline)
+			r.line()
+			r.send("L1 LOGIN " + dovecotUser + " pw\r\n")
+			got := r.until("L1 ")
+			answer = got[len(got)-1]
+			if !strings.HasPrefix(answer, "L1 NO [UNAVAILABLE]") {
+				t.Fatalf("IMAP after the revocation: %q", answer)
+			}
+		}
+		if !strings.Contains(answer, "refused the OAuth 2.0 token") {
+			t.Fatalf("%s: %q", proto, answer)
+		}
+		t.Logf("%s: refusal answered after %v", proto, time.Since(start).Round(time.Millisecond))
+		// The fresh token was fetched in the background; the next login
+		// takes it.
+		waitFor(t, "a fresh token", func() bool { return authority.Requests() > requests })
+		requests = authority.Requests()
+		time.Sleep(50 * time.Millisecond) // the provider stores it
+		if proto == "POP3" {
+			p := popLogin(t, popAddr, dovecotUser, "pw")
+			p.ok("QUIT")
+		} else {
+			r, l := imapLogin(t, imapAddr, dovecotUser, "pw")
+			if !strings.HasPrefix(l, "L1 OK") {
+				t.Fatalf("IMAP with the fresh token: %q", l)
+			}
+			r.send("Q LOGOUT\r\n")
+			r.until("Q ")
+		}
+		if authority.Requests() != requests {
+			t.Fatalf("%s: the login after the refusal fetched another token", proto)
+		}
+		authority.RevokeAll()
+	}
+	if dv.introspected.Load() == 0 {
+		t.Fatal("Dovecot never asked the identity provider")
+	}
+}
