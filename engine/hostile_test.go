@@ -17,6 +17,26 @@ import (
 	"github.com/emailproxy/emailproxy/bench/mock"
 )
 
+// offer writes chunk to c until the proxy stops taking it, and fails the
+// test if it took 64 MiB: what a proxy that bounds its buffers takes from
+// a client is what the two kernels' socket buffers hold plus the bounds,
+// nowhere near what is offered.
+func offer(t *testing.T, c net.Conn, chunk []byte) {
+	t.Helper()
+	c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	sent := 0
+	for sent < 256<<20 {
+		n, err := c.Write(chunk)
+		sent += n
+		if err != nil {
+			break
+		}
+	}
+	if sent >= 64<<20 {
+		t.Fatalf("the proxy took %d MiB from a client that reads nothing or floods a login", sent>>20)
+	}
+}
+
 // settled waits until no client connection, relay or mailbox slot is
 // left: what hostile clients leave behind must go when they do.
 func settled(t *testing.T, env *proxyEnv) {
@@ -79,21 +99,7 @@ func TestNonReadingPipelinerIsBounded(t *testing.T) {
 	}
 	defer c.Close()
 	c.(*net.TCPConn).SetReadBuffer(4096)
-	chunk := bytes.Repeat([]byte("a CAPABILITY\r\n"), 4096)
-	sent := 0
-	c.SetWriteDeadline(time.Now().Add(20 * time.Second))
-	for sent < 256<<20 {
-		n, err := c.Write(chunk)
-		sent += n
-		if err != nil {
-			break
-		}
-	}
-	// What the proxy took before it gave up is what the two kernels'
-	// socket buffers hold plus the bounds, nowhere near what was offered.
-	if sent >= 64<<20 {
-		t.Fatalf("the proxy accepted %d MiB from a client that reads nothing", sent>>20)
-	}
+	offer(t, c, bytes.Repeat([]byte("a CAPABILITY\r\n"), 4096))
 	if !strings.Contains(env.logs.String(), "client sent too much without waiting for answers") {
 		t.Fatalf("no log line says why the client was disconnected")
 	}
@@ -222,19 +228,7 @@ func TestInputFloodDuringLoginIsBounded(t *testing.T) {
 	r := dialRaw(t, env.imapAddr)
 	r.line()
 	r.send("a LOGIN " + testAccount + " pw\r\n")
-	junk := bytes.Repeat([]byte("x"), 64<<10)
-	sent := 0
-	r.c.SetWriteDeadline(time.Now().Add(15 * time.Second))
-	for sent < 256<<20 {
-		n, err := r.c.Write(junk)
-		sent += n
-		if err != nil {
-			break
-		}
-	}
-	if sent >= 64<<20 {
-		t.Fatalf("the proxy accepted %d MiB during a login", sent>>20)
-	}
+	offer(t, r.c, bytes.Repeat([]byte("x"), 64<<10))
 	waitFor(t, "the flooding client to be gone", func() bool { return env.srv.Stats().PreLogin == 0 })
 }
 
@@ -356,20 +350,7 @@ func TestNonReadingPipelinerOverTLS(t *testing.T) {
 	}
 	defer raw.Close()
 	raw.(*net.TCPConn).SetReadBuffer(4096)
-	c := tls.Client(raw, pc.client())
-	c.SetWriteDeadline(time.Now().Add(20 * time.Second))
-	chunk := bytes.Repeat([]byte("a CAPABILITY\r\n"), 4096)
-	sent := 0
-	for sent < 256<<20 {
-		n, err := c.Write(chunk)
-		sent += n
-		if err != nil {
-			break
-		}
-	}
-	if sent >= 64<<20 {
-		t.Fatalf("the proxy accepted %d MiB from a client that reads nothing", sent>>20)
-	}
+	offer(t, tls.Client(raw, pc.client()), bytes.Repeat([]byte("a CAPABILITY\r\n"), 4096))
 	waitFor(t, "the log to say why", func() bool {
 		return strings.Contains(env.logs.String(), "send timeout: the client stopped reading")
 	})

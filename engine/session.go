@@ -55,6 +55,11 @@ type loginResult struct {
 
 // session is one plaintext client connection on the gnet event loop.
 // Everything but mu's fields is touched only on the connection's loop.
+// Goroutines (logins, profile fetches, poll timers) never read the
+// gnet.Conn: what they need (the client's address) is copied at accept,
+// results go through mu, and they only call the gnet.Conn's
+// goroutine-safe methods (Wake; the idle sweep: AsyncWrite and Close),
+// which gnet ignores once the connection is gone.
 // It is kept small: a fleet's clients spend most of their time connected
 // and silent, so the state machine is built at the first command and the
 // logger only when there is something to log.

@@ -212,16 +212,39 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 // honest clients; the proxy stays up, the honest clients see no error,
 // and its goroutines and the upstream sessions go back to where they were.
 func TestAbuseScenario(t *testing.T) {
-	dir := t.TempDir()
-	jsonPath := filepath.Join(dir, "abuse.json")
-	var out, errOut bytes.Buffer
 	// The large message must be larger than what the sockets' kernel
 	// buffers hold, or a stalled download is no stall for the proxy.
-	code := run([]string{"run", "--scenarios", "abuse", "--duration", "1500ms", "--concurrency", "4", "--mailboxes", "7",
+	rep, out := runJSON(t, "--scenarios", "abuse", "--duration", "1500ms", "--concurrency", "4", "--mailboxes", "7",
 		"--messages", "2", "--big-size", "12000000", "--big-mailboxes", "1", "--rtt", "2ms", "--token-delay", "0",
 		"--abuse-slowloris", "100", "--abuse-stalled", "4", "--abuse-settle", "20s",
-		"--proxy-args", "--send-timeout 1s", "--json", jsonPath}, &out, &errOut, nil)
-	if code != 0 {
+		"--proxy-args", "--send-timeout 1s")
+	a := rep.Abuse
+	if a == nil || a.Clean == nil || len(a.Kinds) != 8 {
+		t.Fatalf("abuse results: %+v\n%s", a, out)
+	}
+	for _, r := range append([]report.AbuseRow{*a.Clean}, a.Kinds...) {
+		if !r.Alive || r.Errors != 0 || r.Cycles == 0 || r.SettledS < 0 {
+			t.Fatalf("%s: %+v\n%s", r.Kind, r, out)
+		}
+		if r.Kind != a.Clean.Kind && r.HostileConnections == 0 {
+			t.Fatalf("%s: no hostile client connected", r.Kind)
+		}
+		if r.GoroutinesBefore < 0 || r.GoroutinesAfter < 0 {
+			t.Fatalf("%s: goroutines not measured", r.Kind)
+		}
+	}
+	if !strings.Contains(out, "abuse: honest POP3 clients polling") {
+		t.Fatalf("no abuse table:\n%s", out)
+	}
+}
+
+// runJSON runs the harness with args and returns its JSON report and what
+// it printed.
+func runJSON(t *testing.T, args ...string) (report.Report, string) {
+	t.Helper()
+	jsonPath := filepath.Join(t.TempDir(), "report.json")
+	var out, errOut bytes.Buffer
+	if code := run(append(append([]string{"run"}, args...), "--json", jsonPath), &out, &errOut, nil); code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
 	}
 	data, err := os.ReadFile(jsonPath)
@@ -232,22 +255,5 @@ func TestAbuseScenario(t *testing.T) {
 	if err := json.Unmarshal(data, &rep); err != nil {
 		t.Fatal(err)
 	}
-	a := rep.Abuse
-	if a == nil || a.Clean == nil || len(a.Kinds) != 8 {
-		t.Fatalf("abuse results: %+v\n%s", a, out.String())
-	}
-	for _, r := range append([]report.AbuseRow{*a.Clean}, a.Kinds...) {
-		if !r.Alive || r.Errors != 0 || r.Cycles == 0 || r.SettledS < 0 {
-			t.Fatalf("%s: %+v\n%s", r.Kind, r, out.String())
-		}
-		if r.Kind != a.Clean.Kind && r.HostileConnections == 0 {
-			t.Fatalf("%s: no hostile client connected", r.Kind)
-		}
-		if r.GoroutinesBefore < 0 || r.GoroutinesAfter < 0 {
-			t.Fatalf("%s: goroutines not measured", r.Kind)
-		}
-	}
-	if !strings.Contains(out.String(), "abuse: honest POP3 clients polling") {
-		t.Fatalf("no abuse table:\n%s", out.String())
-	}
+	return rep, out.String()
 }
