@@ -80,7 +80,7 @@ func providerFor(t *testing.T, src string) *Provider {
 func TestPasswordFlowWithResource(t *testing.T) {
 	ts, last := formServer(t)
 	p := providerFor(t, "[u@x]\ntoken_url = "+ts.URL+"\noauth2_flow = password\noauth2_resource = https://partner.outlook.cn\nclient_id = cid\n")
-	if _, err := p.Authorize(context.Background(), "u@x", "real password", ""); err != nil {
+	if _, err := p.authorize(context.Background(), "u@x", "real password", ""); err != nil {
 		t.Fatal(err)
 	}
 	f := last.Load().(url.Values)
@@ -106,7 +106,7 @@ func TestClientCredentialsWithCertificate(t *testing.T) {
 	key, der, certPath, keyPath := writeCert(t, t.TempDir())
 	p := providerFor(t, "[u@x]\ntoken_url = "+ts.URL+"\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = cid\n"+
 		"jwt_certificate_path = "+certPath+"\njwt_key_path = "+keyPath+"\n")
-	if _, err := p.Authorize(context.Background(), "u@x", "pw", ""); err != nil {
+	if _, err := p.authorize(context.Background(), "u@x", "pw", ""); err != nil {
 		t.Fatal(err)
 	}
 	f := last.Load().(url.Values)
@@ -143,7 +143,7 @@ func TestServiceAccount(t *testing.T) {
 	os.WriteFile(keyFile, keyJSON, 0o600)
 	p := providerFor(t, "[user@domain.com]\ntoken_url = https://oauth2.googleapis.com/token\noauth2_scope = https://mail.google.com/\n"+
 		"oauth2_flow = service_account\nclient_id = file\nclient_secret = "+keyFile+"\n")
-	tok, err := p.Authorize(context.Background(), "user@domain.com", "pw", "")
+	tok, err := p.authorize(context.Background(), "user@domain.com", "pw", "")
 	if err != nil || tok != "sa-tok" {
 		t.Fatalf("%q %v", tok, err)
 	}
@@ -156,7 +156,7 @@ func TestServiceAccount(t *testing.T) {
 		t.Fatalf("claims %v", c)
 	}
 	bad := providerFor(t, "[u@x]\ntoken_url = t\noauth2_scope = s\noauth2_flow = service_account\nclient_id = other\n")
-	if _, err := bad.Authorize(context.Background(), "u@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "client_id must be file or key") {
+	if _, err := bad.authorize(context.Background(), "u@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "client_id must be file or key") {
 		t.Fatalf("bad client_id: %v", err)
 	}
 }
@@ -166,7 +166,7 @@ func TestServiceAccount(t *testing.T) {
 func TestTokenRequestsUseTheHTTPProxy(t *testing.T) {
 	p := providerFor(t, "[u@x]\ntoken_url = http://login.example.test/tenant/oauth2/v2.0/token\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = c\nclient_secret = s\n")
 	before := proxied.Load()
-	tok, err := p.Authorize(context.Background(), "u@x", "pw", "")
+	tok, err := p.authorize(context.Background(), "u@x", "pw", "")
 	if err != nil || tok != "via-proxy" || proxied.Load() != before+1 {
 		t.Fatalf("%q %v (proxied %d)", tok, err, proxied.Load()-before)
 	}

@@ -124,10 +124,10 @@ func TestAuthoriseAuthCodePasted(t *testing.T) {
 	before := up.Authority.Requests()
 	p2 := newFileProvider(t, path, Options{})
 	defer p2.Close()
-	if _, err := p2.Authorize(context.Background(), "u@x", "intruder", ""); err == nil {
+	if _, err := p2.authorize(context.Background(), "u@x", "intruder", ""); err == nil {
 		t.Fatal("another password was accepted")
 	}
-	tok, err := p2.Authorize(context.Background(), "u@x", "app-pass", "")
+	tok, err := p2.authorize(context.Background(), "u@x", "app-pass", "")
 	if err != nil || !up.Authority.Valid(tok) {
 		t.Fatalf("%q %v", tok, err)
 	}
@@ -136,8 +136,8 @@ func TestAuthoriseAuthCodePasted(t *testing.T) {
 	}
 	// When the upstream refuses the token, the refresh token gets a new
 	// one (and rotates).
-	p2.Reject("u@x", tok)
-	tok2, err := p2.Authorize(context.Background(), "u@x", "app-pass", "")
+	p2.reject("u@x", tok)
+	tok2, err := p2.authorize(context.Background(), "u@x", "app-pass", "")
 	if err != nil || tok2 == tok || !up.Authority.Valid(tok2) {
 		t.Fatalf("refresh: %q %v", tok2, err)
 	}
@@ -229,12 +229,12 @@ func TestLoginStartsInteractiveAuthorisation(t *testing.T) {
 	p := newFileProvider(t, path, Options{Interactive: &Prompt{Out: outW, LocalServer: true}})
 	defer p.Close()
 	defer outW.Close()
-	_, err := p.Authorize(context.Background(), "u@x", "pw", "")
+	_, err := p.authorize(context.Background(), "u@x", "pw", "")
 	if err == nil || !strings.Contains(err.Error(), "is being authorised") {
 		t.Fatalf("first login: %v", err)
 	}
 	// A second login meanwhile does not start a second authorisation.
-	if _, err := p.Authorize(context.Background(), "u@x", "pw", ""); err == nil {
+	if _, err := p.authorize(context.Background(), "u@x", "pw", ""); err == nil {
 		t.Fatal("second login succeeded before the authorisation")
 	}
 	s := &session{out: bufio.NewReader(outR)}
@@ -248,7 +248,7 @@ func TestLoginStartsInteractiveAuthorisation(t *testing.T) {
 	resp.Body.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		tok, err := p.Authorize(context.Background(), "u@x", "pw", "")
+		tok, err := p.authorize(context.Background(), "u@x", "pw", "")
 		if err == nil {
 			if !up.Authority.Valid(tok) {
 				t.Fatal("invalid token")

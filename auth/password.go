@@ -1,9 +1,16 @@
 package auth
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"strconv"
+	"time"
+
+	"golang.org/x/oauth2"
 )
 
 // verifier holds a keyed hash of an accepted password, never the password:
@@ -33,4 +40,147 @@ func (v verifier) sum(account, password string) []byte {
 // equal compares in constant time.
 func (v verifier) equal(stored []byte, account, password string) bool {
 	return hmac.Equal(stored, v.sum(account, password))
+}
+
+// checkPassword verifies the local password: against the in-memory
+// verifier when one exists (microseconds), else by decrypting the cached
+// tokens (one PBKDF2 per account and password per process). With nothing
+// cached, any password may try: the first that logs in becomes the
+// account's password (see Confirm).
+func (p *Provider) checkPassword(ctx context.Context, a *account, password string) *LoginError {
+	if ok, known := p.knownPassword(a, password); known {
+		if !ok {
+			return p.badPassword(a)
+		}
+		return nil
+	}
+	select { // waiting for another login's derivation ends with the login
+	case a.unlocking <- struct{}{}:
+	case <-ctx.Done():
+		return loginErr(true, ctx.Err(), "login failed for account %s: timed out waiting for the password check", a.name)
+	}
+	defer func() { <-a.unlocking }()
+	if ok, known := p.knownPassword(a, password); known { // another login got there first
+		if !ok {
+			return p.badPassword(a)
+		}
+		return nil
+	}
+	a.mu.Lock()
+	cached := make(map[string]string, len(a.cached))
+	for k, v := range a.cached {
+		cached[k] = v
+	}
+	a.mu.Unlock()
+	probe := ""
+	for _, k := range []string{"access_token", "refresh_token", "client_secret_encrypted"} {
+		if cached[k] != "" {
+			probe = cached[k]
+			break
+		}
+	}
+	if probe == "" {
+		if p.cfg.Global.EnrolledAccountsOnly {
+			return loginErr(false, nil, "account %s is not enrolled: run `emailproxy authorise %s` first (enrolled_accounts_only)", a.name, a.name)
+		}
+		return nil
+	}
+	salt, err := base64.StdEncoding.DecodeString(cached["token_salt"])
+	if err != nil || len(salt) == 0 {
+		p.log.Warn().Str("account", a.name).Msg("token_salt is not valid base64; the cached tokens cannot be used and will be replaced")
+		p.forget(a, true)
+		return nil
+	}
+	stored := LegacyIterations
+	if s := cached["token_iterations"]; s != "" {
+		if stored, err = strconv.Atoi(s); err != nil || stored <= 0 {
+			stored = LegacyIterations
+		}
+	}
+	var ring keyring
+	err = p.derive(ctx, func() (err error) { ring, err = openKeyring(password, salt, stored, p.opts.Iterations, probe); return })
+	if err != nil && !errors.Is(err, ErrDecrypt) {
+		return loginErr(true, err, "login failed for account %s: the password check did not finish in time", a.name)
+	}
+	if err != nil {
+		if p.cfg.Global.DeleteAccountTokenOnPasswordError && !a.appOnly() {
+			p.log.Warn().Str("account", a.name).Msg("password does not decrypt the cached tokens; deleting them (delete_account_token_on_password_error)")
+			p.forget(a, true)
+			return nil
+		}
+		return p.badPassword(a)
+	}
+	p.unlock(a, ring, cached, password)
+	return nil
+}
+
+// derive runs a key derivation when one of the MaxDerivations slots is
+// free, or gives up when ctx ends.
+func (p *Provider) derive(ctx context.Context, f func() error) error {
+	select {
+	case p.kdf <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-p.kdf }()
+	return f()
+}
+
+func (p *Provider) knownPassword(a *account, password string) (ok, known bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.password == nil {
+		return false, false
+	}
+	return p.verify.equal(a.password, a.name, password), true
+}
+
+func (p *Provider) badPassword(a *account) *LoginError { return p.badPasswordFor(a.name) }
+
+func (p *Provider) badPasswordFor(user string) *LoginError {
+	return loginErr(false, ErrBadPassword, "login failed - the password for account %s is incorrect", user)
+}
+
+// unlock takes the decrypted cache into memory and re-encrypts values
+// that were written with an older iteration count.
+func (p *Provider) unlock(a *account, ring keyring, cached map[string]string, password string) {
+	dec := func(k string) (string, bool) {
+		if cached[k] == "" {
+			return "", false
+		}
+		v, stale, err := ring.decrypt(cached[k])
+		if err != nil {
+			return "", false
+		}
+		return string(v), stale
+	}
+	access, s1 := dec("access_token")
+	refresh, s2 := dec("refresh_token")
+	secret, s3 := dec("client_secret_encrypted")
+	a.mu.Lock()
+	a.ring = ring
+	a.password = p.verify.sum(a.name, password)
+	if exp, err := strconv.ParseInt(cached["access_token_expiry"], 10, 64); err == nil && access != "" {
+		if t := time.Unix(exp, 0); a.tok == nil || t.After(a.tok.Expiry) {
+			a.tok = &oauth2.Token{AccessToken: access, Expiry: t, TokenType: "Bearer"}
+		}
+	}
+	// A token fetched before the key was known (at start, say) lives in
+	// memory only: save it now, or a restart would find the older one.
+	fresher := a.tok != nil && a.tok.AccessToken != access
+	if refresh != "" {
+		a.refresh = refresh
+	}
+	if secret != "" {
+		a.secret = secret
+	}
+	stale := s1 || s2 || s3
+	if stale {
+		p.log.Info().Str("account", a.name).Int("token_iterations", p.opts.Iterations).Msg("re-encrypting cached tokens with the current key")
+	}
+	p.scheduleIfIdleLocked(a)
+	a.mu.Unlock()
+	if stale || fresher {
+		p.persist(a, true)
+	}
 }

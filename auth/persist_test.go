@@ -56,11 +56,11 @@ func TestRestartUsesCachedToken(t *testing.T) {
 
 	p1 := newFileProvider(t, path, Options{})
 	p1.Start()
-	tok, err := p1.Authorize(context.Background(), "a@x", "pw", "")
+	tok, err := p1.authorize(context.Background(), "a@x", "pw", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !p1.Confirm("a@x", "pw") {
+	if !p1.confirm("a@x", "pw") {
 		t.Fatal("confirm")
 	}
 	p1.Close() // waits for the save
@@ -78,10 +78,10 @@ func TestRestartUsesCachedToken(t *testing.T) {
 	p2 := newFileProvider(t, path, Options{})
 	defer p2.Close()
 	p2.Start()
-	if _, err := p2.Authorize(context.Background(), "a@x", "other", ""); !errors.Is(err, ErrBadPassword) {
+	if _, err := p2.authorize(context.Background(), "a@x", "other", ""); !errors.Is(err, ErrBadPassword) {
 		t.Fatalf("wrong password after restart: %v", err)
 	}
-	got, err := p2.Authorize(context.Background(), "a@x", "pw", "")
+	got, err := p2.authorize(context.Background(), "a@x", "pw", "")
 	if err != nil || got != tok {
 		t.Fatalf("after restart: %q %v (want the cached %q)", got, err, tok)
 	}
@@ -106,21 +106,21 @@ func TestProviderReadsReferenceCache(t *testing.T) {
 	os.WriteFile(path, append(vec, "\n[emailproxy]\ndelete_account_token_on_password_error = True\n"...), 0o600)
 	p := newFileProvider(t, path, Options{Iterations: CurrentIterations})
 	ctx := context.Background()
-	tok, err := p.Authorize(ctx, "current@example.com", "app-local-pass-1", "")
+	tok, err := p.authorize(ctx, "current@example.com", "app-local-pass-1", "")
 	if err != nil || tok != "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.current-access-token.x" {
 		t.Fatalf("current: %q %v", tok, err)
 	}
-	tok, err = p.Authorize(ctx, "legacy870k@example.com", `p@ss w0rd "quoted" \ back`, "")
+	tok, err = p.authorize(ctx, "legacy870k@example.com", `p@ss w0rd "quoted" \ back`, "")
 	if err != nil || tok != "legacy-870k-access-token" {
 		t.Fatalf("870k: %q %v", tok, err)
 	}
-	tok, err = p.Authorize(ctx, "legacy100k@example.com", "h\u00e9llo-\u00fcn\u00efcode-\u5bc6\u7801", "")
+	tok, err = p.authorize(ctx, "legacy100k@example.com", "h\u00e9llo-\u00fcn\u00efcode-\u5bc6\u7801", "")
 	if err != nil || tok != "legacy-100k-access-token" {
 		t.Fatalf("100k: %q %v", tok, err)
 	}
 	// Once this process knows the password, a wrong one is refused and
 	// deletes nothing (no denial of service by a stranger).
-	if _, err := p.Authorize(ctx, "current@example.com", "nope", ""); !errors.Is(err, ErrBadPassword) {
+	if _, err := p.authorize(ctx, "current@example.com", "nope", ""); !errors.Is(err, ErrBadPassword) {
 		t.Fatalf("a known password mismatch must be refused, got %v", err)
 	}
 	p.Close()
@@ -147,7 +147,7 @@ func TestProviderReadsReferenceCache(t *testing.T) {
 
 	// A fresh process, wrong password first on an interactive account.
 	p2 := newFileProvider(t, path, Options{})
-	if _, err := p2.Authorize(ctx, "current@example.com", "wrong", ""); err == nil || errors.Is(err, ErrBadPassword) {
+	if _, err := p2.authorize(ctx, "current@example.com", "wrong", ""); err == nil || errors.Is(err, ErrBadPassword) {
 		t.Fatalf("want the tokens deleted and a clear error, got %v", err)
 	}
 	p2.Close()
@@ -182,7 +182,7 @@ func TestRefreshWithCachedRefreshToken(t *testing.T) {
 		"token_salt = %s\ntoken_iterations = 1000\naccess_token = %s\naccess_token_expiry = %d\nrefresh_token = %s\n",
 		ts.URL, base64.StdEncoding.EncodeToString(salt), ring.encrypt([]byte("old")), time.Now().Add(-time.Hour).Unix(), ring.encrypt([]byte("refresh-1")))), 0o600)
 	p := newFileProvider(t, path, Options{})
-	tok, err := p.Authorize(context.Background(), "r@x", "pw", "")
+	tok, err := p.authorize(context.Background(), "r@x", "pw", "")
 	if err != nil || tok != "fresh-1" {
 		t.Fatalf("%q %v", tok, err)
 	}
@@ -214,10 +214,10 @@ func TestEncryptClientSecretOnFirstUse(t *testing.T) {
 	os.WriteFile(path, []byte("[a@x]\ntoken_url = "+ts.URL+"\noauth2_scope = s1 s2\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\n"+
 		"redirect_uri = http://localhost\n[emailproxy]\nencrypt_client_secret_on_first_use = True\n"), 0o600)
 	p := newFileProvider(t, path, Options{})
-	if _, err := p.Authorize(context.Background(), "a@x", "pw", ""); err != nil {
+	if _, err := p.authorize(context.Background(), "a@x", "pw", ""); err != nil {
 		t.Fatal(err)
 	}
-	p.Confirm("a@x", "pw")
+	p.confirm("a@x", "pw")
 	p.Close()
 	b, _ := os.ReadFile(path)
 	if strings.Contains(string(b), "client_secret = sec") || !strings.Contains(string(b), "client_secret_encrypted = gAAAAA") {
@@ -229,7 +229,7 @@ func TestEncryptClientSecretOnFirstUse(t *testing.T) {
 	defer p2.Close()
 	p2.Start() // cannot fetch yet: the secret is encrypted
 	before := ts.requests.Load()
-	tok, err := p2.Authorize(context.Background(), "a@x", "pw", "")
+	tok, err := p2.authorize(context.Background(), "a@x", "pw", "")
 	if err != nil || tok == "" {
 		t.Fatalf("after restart: %v", err)
 	}
@@ -248,7 +248,7 @@ func TestEnrolledAccountsOnly(t *testing.T) {
 	os.WriteFile(path, []byte("[a@x]\ntoken_url = "+ts.URL+"\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\n"+
 		"[emailproxy]\nenrolled_accounts_only = True\n"), 0o600)
 	p := newFileProvider(t, path, Options{})
-	if _, err := p.Authorize(context.Background(), "a@x", "first", ""); err == nil || !strings.Contains(err.Error(), "not enrolled") {
+	if _, err := p.authorize(context.Background(), "a@x", "first", ""); err == nil || !strings.Contains(err.Error(), "not enrolled") {
 		t.Fatalf("unenrolled account: %v", err)
 	}
 	if err := p.Authorise(context.Background(), "a@x", "enrolled", Prompt{Out: io.Discard}); err != nil {
@@ -257,10 +257,10 @@ func TestEnrolledAccountsOnly(t *testing.T) {
 	p.Close()
 	p2 := newFileProvider(t, path, Options{})
 	defer p2.Close()
-	if _, err := p2.Authorize(context.Background(), "a@x", "first", ""); !errors.Is(err, ErrBadPassword) {
+	if _, err := p2.authorize(context.Background(), "a@x", "first", ""); !errors.Is(err, ErrBadPassword) {
 		t.Fatalf("other password: %v", err)
 	}
-	if _, err := p2.Authorize(context.Background(), "a@x", "enrolled", ""); err != nil {
+	if _, err := p2.authorize(context.Background(), "a@x", "enrolled", ""); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -292,7 +292,7 @@ func TestRefresh400Handling(t *testing.T) {
 			"token_salt = %s\ntoken_iterations = 1000\nrefresh_token = %s\n", ts.URL, base64.StdEncoding.EncodeToString(salt), keyring{k}.encrypt([]byte("rt")))), 0o600)
 		fails.Store(c.fails)
 		p := newFileProvider(t, path, Options{})
-		tok, err := p.Authorize(context.Background(), "r@x", "pw", "")
+		tok, err := p.authorize(context.Background(), "r@x", "pw", "")
 		p.Close()
 		b, _ := os.ReadFile(path)
 		if c.ok && (err != nil || tok != "fresh" || !strings.Contains(string(b), "refresh_token = ")) {
@@ -313,11 +313,11 @@ func TestCatchAllAccountPersists(t *testing.T) {
 	os.WriteFile(path, []byte("[@x]\ntoken_url = "+ts.URL+"\noauth2_scope = s1 s2\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\n"+
 		"redirect_uri = http://localhost\n[emailproxy]\nallow_catch_all_accounts = True\n"), 0o600)
 	p := newFileProvider(t, path, Options{})
-	if _, err := p.Authorize(context.Background(), "anyone@x", "pw", ""); err != nil {
+	if _, err := p.authorize(context.Background(), "anyone@x", "pw", ""); err != nil {
 		t.Fatal(err)
 	}
-	p.Confirm("anyone@x", "pw")
-	if _, err := p.Authorize(context.Background(), "someone@y", "pw", ""); err == nil {
+	p.confirm("anyone@x", "pw")
+	if _, err := p.authorize(context.Background(), "someone@y", "pw", ""); err == nil {
 		t.Fatal("another domain matched")
 	}
 	p.Close()
@@ -352,7 +352,7 @@ func TestTokenFetchedBeforeUnlockIsSaved(t *testing.T) {
 			t.Fatal("no token fetched at start")
 		}
 	}
-	tok, err := p.Authorize(context.Background(), "a@x", "pw", "")
+	tok, err := p.authorize(context.Background(), "a@x", "pw", "")
 	if err != nil || tok == "expired" {
 		t.Fatalf("%q %v", tok, err)
 	}
@@ -361,7 +361,7 @@ func TestTokenFetchedBeforeUnlockIsSaved(t *testing.T) {
 	ts.Close() // the identity provider is gone
 	p2 := newFileProvider(t, path, Options{})
 	defer p2.Close()
-	again, err := p2.Authorize(context.Background(), "a@x", "pw", "")
+	again, err := p2.authorize(context.Background(), "a@x", "pw", "")
 	if err != nil || again != tok {
 		t.Fatalf("after a restart: %q %v, want the token fetched before the first login", again, err)
 	}

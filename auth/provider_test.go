@@ -77,7 +77,7 @@ func TestConcurrentLoginsShareOneFetch(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tokens[i], errs[i] = p.Authorize(context.Background(), "a@x", "pw", "")
+			tokens[i], errs[i] = p.authorize(context.Background(), "a@x", "pw", "")
 		}()
 	}
 	wg.Wait()
@@ -109,7 +109,7 @@ func TestPrefetchAndBackgroundRefresh(t *testing.T) {
 		t.Fatalf("no background refresh: %d requests", n)
 	}
 	before := ts.requests.Load()
-	tok, err := p.Authorize(context.Background(), "a@x", "pw", "")
+	tok, err := p.authorize(context.Background(), "a@x", "pw", "")
 	if err != nil || !strings.HasPrefix(tok, "tok-") {
 		t.Fatal(tok, err)
 	}
@@ -130,7 +130,7 @@ func TestFailureBackoffAndRecovery(t *testing.T) {
 	})))
 	p := NewProvider(testConfig(t, ts.URL, ""), Options{MaxBackoff: 300 * time.Millisecond, Logger: logger})
 	defer p.Close()
-	_, err := p.Authorize(context.Background(), "a@x", "pw", "")
+	_, err := p.authorize(context.Background(), "a@x", "pw", "")
 	var le *LoginError
 	if !errors.As(err, &le) || !le.Temporary || !strings.Contains(le.Message, "HTTP 401: invalid_client: AADSTS7000215") {
 		t.Fatalf("error %v", err)
@@ -140,13 +140,13 @@ func TestFailureBackoffAndRecovery(t *testing.T) {
 	}
 	// During the backoff a login fails at once, without a new request.
 	n := ts.requests.Load()
-	if _, err := p.Authorize(context.Background(), "a@x", "pw", ""); err == nil || ts.requests.Load() != n {
+	if _, err := p.authorize(context.Background(), "a@x", "pw", ""); err == nil || ts.requests.Load() != n {
 		t.Fatalf("login during backoff: %v, requests %d -> %d", err, n, ts.requests.Load())
 	}
 	ts.fail.Store(false)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if tok, err := p.Authorize(context.Background(), "a@x", "pw", ""); err == nil {
+		if tok, err := p.authorize(context.Background(), "a@x", "pw", ""); err == nil {
 			if !strings.HasPrefix(tok, "tok-") {
 				t.Fatal(tok)
 			}
@@ -194,7 +194,7 @@ func TestTokenTimeout(t *testing.T) {
 	p := NewProvider(testConfig(t, ts.URL, ""), Options{TokenTimeout: 200 * time.Millisecond})
 	defer p.Close()
 	start := time.Now()
-	_, err := p.Authorize(context.Background(), "a@x", "pw", "")
+	_, err := p.authorize(context.Background(), "a@x", "pw", "")
 	if err == nil || !strings.Contains(err.Error(), "no answer from the token endpoint in time") {
 		t.Fatalf("err %v", err)
 	}
@@ -206,7 +206,7 @@ func TestTokenTimeout(t *testing.T) {
 	p2 := NewProvider(testConfig(t, ts2.URL, ""), Options{TokenTimeout: time.Minute})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	if _, err := p2.Authorize(ctx, "a@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "timed out waiting") {
+	if _, err := p2.authorize(ctx, "a@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "timed out waiting") {
 		t.Fatalf("err %v", err)
 	}
 	ts2.CloseClientConnections()
@@ -218,33 +218,33 @@ func TestPasswordRules(t *testing.T) {
 	p := NewProvider(testConfig(t, ts.URL, "[b@x]\ntoken_url = "+ts.URL+"\nclient_id = c\noauth2_scope = s\noauth2_flow = device\n"), Options{})
 	defer p.Close()
 	ctx := context.Background()
-	if _, err := p.Authorize(ctx, "a@x", "", ""); err == nil || !strings.Contains(err.Error(), "no password") {
+	if _, err := p.authorize(ctx, "a@x", "", ""); err == nil || !strings.Contains(err.Error(), "no password") {
 		t.Fatalf("empty password: %v", err)
 	}
-	if _, err := p.Authorize(ctx, "nobody@x", "pw", ""); !errors.Is(err, ErrBadPassword) || strings.Contains(err.Error(), "config") {
+	if _, err := p.authorize(ctx, "nobody@x", "pw", ""); !errors.Is(err, ErrBadPassword) || strings.Contains(err.Error(), "config") {
 		t.Fatalf("unknown account: %v", err)
 	}
-	if _, err := p.Authorize(ctx, "b@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "needs authorising: run `emailproxy authorise b@x`") {
+	if _, err := p.authorize(ctx, "b@x", "pw", ""); err == nil || !strings.Contains(err.Error(), "needs authorising: run `emailproxy authorise b@x`") {
 		t.Fatalf("unsupported flow: %v", err)
 	}
 	// Before any success, any password may try; the first success wins.
-	if _, err := p.Authorize(ctx, "a@x", "first", ""); err != nil {
+	if _, err := p.authorize(ctx, "a@x", "first", ""); err != nil {
 		t.Fatal(err)
 	}
-	if !p.Confirm("a@x", "first") {
+	if !p.confirm("a@x", "first") {
 		t.Fatal("first password not accepted")
 	}
-	if p.Confirm("a@x", "second") {
+	if p.confirm("a@x", "second") {
 		t.Fatal("a second password was accepted")
 	}
-	_, err := p.Authorize(ctx, "a@x", "second", "")
+	_, err := p.authorize(ctx, "a@x", "second", "")
 	if !errors.Is(err, ErrBadPassword) {
 		t.Fatalf("wrong password: %v", err)
 	}
 	if strings.Contains(err.Error(), "second") {
 		t.Fatal("password in the error text")
 	}
-	if _, err := p.Authorize(ctx, "a@x", "first", ""); err != nil {
+	if _, err := p.authorize(ctx, "a@x", "first", ""); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -254,12 +254,12 @@ func TestRejectForcesFreshToken(t *testing.T) {
 	p := NewProvider(testConfig(t, ts.URL, ""), Options{})
 	defer p.Close()
 	ctx := context.Background()
-	tok, _ := p.Authorize(ctx, "a@x", "pw", "")
-	p.Reject("a@x", "some-older-token") // not current: ignored
-	if again, _ := p.Authorize(ctx, "a@x", "pw", ""); again != tok {
+	tok, _ := p.authorize(ctx, "a@x", "pw", "")
+	p.reject("a@x", "some-older-token") // not current: ignored
+	if again, _ := p.authorize(ctx, "a@x", "pw", ""); again != tok {
 		t.Fatal("an unrelated reject dropped the token")
 	}
-	if n := p.Reject("a@x", tok); n != 1 {
+	if n := p.reject("a@x", tok); n != 1 {
 		t.Fatalf("first refusal counted as %d", n)
 	}
 	// The fresh token is fetched at once, not at the next login.
@@ -268,15 +268,15 @@ func TestRejectForcesFreshToken(t *testing.T) {
 			t.Fatal("no fetch after the refusal")
 		}
 	}
-	fresh, err := p.Authorize(ctx, "a@x", "pw", "")
+	fresh, err := p.authorize(ctx, "a@x", "pw", "")
 	if err != nil || fresh == tok {
 		t.Fatalf("fresh %q err %v", fresh, err)
 	}
-	if n := p.Reject("a@x", fresh); n != 2 {
+	if n := p.reject("a@x", fresh); n != 2 {
 		t.Fatalf("second refusal in a row counted as %d", n)
 	}
-	p.Confirm("a@x", "pw") // a success ends the streak
-	if n := p.Reject("a@x", "not-current"); n != 1 {
+	p.confirm("a@x", "pw") // a success ends the streak
+	if n := p.reject("a@x", "not-current"); n != 1 {
 		t.Fatalf("after a success: %d", n)
 	}
 }
@@ -292,12 +292,12 @@ func BenchmarkAuthorizeWarm(b *testing.B) {
 	p := NewProvider(cfg, Options{})
 	defer p.Close()
 	ctx := context.Background()
-	p.Authorize(ctx, "a@x", "pw", "")
-	p.Confirm("a@x", "pw")
+	p.authorize(ctx, "a@x", "pw", "")
+	p.confirm("a@x", "pw")
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := p.Authorize(ctx, "a@x", "pw", ""); err != nil {
+		if _, err := p.authorize(ctx, "a@x", "pw", ""); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -310,21 +310,21 @@ func TestWrongPasswordLockout(t *testing.T) {
 	p := NewProvider(testConfig(t, ts.URL, ""), Options{LockoutBase: 200 * time.Millisecond})
 	defer p.Close()
 	ctx := context.Background()
-	if _, err := p.Authorize(ctx, "a@x", "right", "10.0.0.1"); err != nil {
+	if _, err := p.authorize(ctx, "a@x", "right", "10.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
-	p.Confirm("a@x", "right")
+	p.confirm("a@x", "right")
 	for i := 0; i < 5; i++ {
-		if _, err := p.Authorize(ctx, "a@x", "wrong", "10.0.0.2"); !errors.Is(err, ErrBadPassword) {
+		if _, err := p.authorize(ctx, "a@x", "wrong", "10.0.0.2"); !errors.Is(err, ErrBadPassword) {
 			t.Fatalf("attempt %d: %v", i, err)
 		}
 	}
-	_, err := p.Authorize(ctx, "a@x", "right", "10.0.0.2")
+	_, err := p.authorize(ctx, "a@x", "right", "10.0.0.2")
 	if err == nil || !strings.Contains(err.Error(), "too many wrong passwords") {
 		t.Fatalf("locked pair: %v", err)
 	}
 	time.Sleep(250 * time.Millisecond)
-	if _, err := p.Authorize(ctx, "a@x", "right", "10.0.0.2"); err != nil {
+	if _, err := p.authorize(ctx, "a@x", "right", "10.0.0.2"); err != nil {
 		t.Fatalf("after the lock-out: %v", err)
 	}
 	// Five failures are free; then the lock-out starts and doubles.
@@ -363,21 +363,21 @@ func TestPasswordSprayDoesNotLockOutTheApp(t *testing.T) {
 	defer p.Close()
 	ctx := context.Background()
 	const app = "10.0.0.1"
-	if _, err := p.Authorize(ctx, "a@x", "right", app); err != nil {
+	if _, err := p.authorize(ctx, "a@x", "right", app); err != nil {
 		t.Fatal(err)
 	}
-	p.Confirm("a@x", "right")
+	p.confirm("a@x", "right")
 	for round := 0; round < 34; round++ {
 		for a := 0; a < 8; a++ {
-			p.Authorize(ctx, "a@x", fmt.Sprintf("guess-%d", round), fmt.Sprintf("192.0.2.%d", a))
+			p.authorize(ctx, "a@x", fmt.Sprintf("guess-%d", round), fmt.Sprintf("192.0.2.%d", a))
 		}
-		if _, err := p.Authorize(ctx, "a@x", "right", app); err != nil {
+		if _, err := p.authorize(ctx, "a@x", "right", app); err != nil {
 			t.Fatalf("the app's login %d failed during the spray: %v", round, err)
 		}
 	}
 	// Each attacker had five guesses in all, whatever the app did.
 	for a := 0; a < 8; a++ {
-		_, err := p.Authorize(ctx, "a@x", "right", fmt.Sprintf("192.0.2.%d", a))
+		_, err := p.authorize(ctx, "a@x", "right", fmt.Sprintf("192.0.2.%d", a))
 		if err == nil || !strings.Contains(err.Error(), "too many wrong passwords") {
 			t.Fatalf("attacker %d is not held back: %v", a, err)
 		}
@@ -399,12 +399,12 @@ func TestUnknownAccountsLookLikeWrongPasswords(t *testing.T) {
 	})))})
 	defer p.Close()
 	ctx := context.Background()
-	if _, err := p.Authorize(ctx, "a@x", "right", "10.0.0.9"); err != nil {
+	if _, err := p.authorize(ctx, "a@x", "right", "10.0.0.9"); err != nil {
 		t.Fatal(err)
 	}
-	p.Confirm("a@x", "right")
-	_, wrong := p.Authorize(ctx, "a@x", "wrong", "10.0.0.8")
-	_, unknown := p.Authorize(ctx, "nobody@x", "wrong", "10.0.0.8")
+	p.confirm("a@x", "right")
+	_, wrong := p.authorize(ctx, "a@x", "wrong", "10.0.0.8")
+	_, unknown := p.authorize(ctx, "nobody@x", "wrong", "10.0.0.8")
 	if wrong == nil || unknown == nil {
 		t.Fatal("accepted")
 	}
@@ -421,20 +421,20 @@ func TestUnknownAccountsLookLikeWrongPasswords(t *testing.T) {
 		t.Fatalf("the log lacks the operator's hint")
 	}
 	for i := 0; i < 4; i++ {
-		p.Authorize(ctx, "nobody@x", "wrong", "10.0.0.8")
+		p.authorize(ctx, "nobody@x", "wrong", "10.0.0.8")
 	}
-	if _, err := p.Authorize(ctx, "nobody@x", "wrong", "10.0.0.8"); err == nil || !strings.Contains(err.Error(), "too many") {
+	if _, err := p.authorize(ctx, "nobody@x", "wrong", "10.0.0.8"); err == nil || !strings.Contains(err.Error(), "too many") {
 		t.Fatalf("unknown account not counted: %v", err)
 	}
 	// 10.0.0.9 tries ten other accounts in vain: the eleventh is held
 	// back, a@x (where it logged in) is not.
 	for i := 0; i < 10; i++ {
-		p.Authorize(ctx, fmt.Sprintf("u%d@x", i), "pw", "10.0.0.9")
+		p.authorize(ctx, fmt.Sprintf("u%d@x", i), "pw", "10.0.0.9")
 	}
-	if _, err := p.Authorize(ctx, "u99@x", "pw", "10.0.0.9"); err == nil || !strings.Contains(err.Error(), "too many failed logins from this address") {
+	if _, err := p.authorize(ctx, "u99@x", "pw", "10.0.0.9"); err == nil || !strings.Contains(err.Error(), "too many failed logins from this address") {
 		t.Fatalf("a spray across accounts is not slowed down: %v", err)
 	}
-	if _, err := p.Authorize(ctx, "a@x", "right", "10.0.0.9"); err != nil {
+	if _, err := p.authorize(ctx, "a@x", "right", "10.0.0.9"); err != nil {
 		t.Fatalf("the address's own account: %v", err)
 	}
 }

@@ -211,10 +211,11 @@ func hasWord(list []string, w string) bool {
 // once; a warm connection the server has dropped meanwhile is replaced by
 // a fresh dial once.
 func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.Credentials, client string) (*loginResult, *auth.LoginError) {
-	token, err := s.provider.Authorize(ctx, creds.Username, creds.Password, client)
+	grant, err := s.provider.Login(ctx, creds.Username, creds.Password, client)
 	if err != nil {
 		return nil, auth.AsLoginError(err)
 	}
+	token := grant.Token
 	res := &loginResult{proto: l.srv.Protocol, user: creds.Username, mailbox: mailboxKey(l.srv.ServerAddress, creds.Username)}
 	if l.srv.Protocol == config.IMAP {
 		res.reuseKey = s.linger.key(l.srv.Section, creds.Username, creds.Password)
@@ -266,9 +267,9 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 		}
 		if err == nil {
 			u.conn.SetDeadline(time.Time{})
-			if !s.provider.Confirm(creds.Username, creds.Password) {
+			if lerr := grant.Accepted(); lerr != nil {
 				u.Close()
-				return nil, &auth.LoginError{Message: fmt.Sprintf("login failed - the password for account %s is incorrect", creds.Username)}
+				return nil, lerr
 			}
 			held = false
 			u.release = release
@@ -287,14 +288,7 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 			}
 			return nil, &auth.LoginError{Message: "upstream server failed during authentication: " + shortNetErr(err), Temporary: true}
 		}
-		// No second try inside this login: a refusal costs the server's
-		// failure delay, and a token refused twice would cost it twice.
-		// Reject fetches a fresh token at once for the next login.
-		if s.provider.Reject(creds.Username, token) > 1 {
-			return nil, &auth.LoginError{Message: fmt.Sprintf("the server refused the OAuth 2.0 token for account %s again, after a fresh one: %s (check the app's permissions for this mailbox)", creds.Username, rej.text)}
-		}
-		s.log.Warn().Str("account", creds.Username).Str("server", l.srv.Section).Str("reply", rej.text).
-			Msg("upstream refused the token; fetching a fresh one for the next login")
-		return nil, &auth.LoginError{Message: fmt.Sprintf("the server refused the OAuth 2.0 token for account %s: %s; a fresh token is being fetched, try again", creds.Username, rej.text), Temporary: true}
+		// No second try inside this login (see Grant.Refused).
+		return nil, grant.Refused(rej.text)
 	}
 }

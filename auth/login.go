@@ -1,0 +1,229 @@
+package auth
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/emailproxy/emailproxy/config"
+)
+
+// Grant is a login's go-ahead: the token to present upstream, and what
+// the upstream's verdict on it means for the account (Accepted or
+// Refused, called once).
+type Grant struct {
+	Token    string
+	p        *Provider
+	user     string
+	password string
+}
+
+// Login is the one call a login makes: it checks the local password
+// (limits per client address, the verifier or one key derivation) and
+// returns the account's token, waiting for a fetch only when no usable
+// token is cached, and at most until ctx ends. client is the client's
+// address (for the failed-password limits); it may be empty. The error is
+// a *LoginError, safe to show the client.
+func (p *Provider) Login(ctx context.Context, user, password, client string) (*Grant, error) {
+	tok, err := p.authorize(ctx, user, password, client)
+	if err != nil {
+		return nil, err
+	}
+	return &Grant{Token: tok, p: p, user: user, password: password}, nil
+}
+
+// Accepted records that the upstream accepted the token. The first
+// password to get here becomes the account's password (its key then
+// encrypts the cached tokens); a login with another password is refused
+// now, with the error to give the client.
+func (g *Grant) Accepted() *LoginError {
+	if !g.p.confirm(g.user, g.password) {
+		return g.p.badPasswordFor(g.user)
+	}
+	return nil
+}
+
+// Refused records that the upstream refused the token (serverReply is
+// what it said) and returns the error to give the client. The token is
+// dropped and a fresh one fetched at once for the next login; no second
+// attempt is made within this one, since each costs the server's failure
+// delay. The first refusal is temporary; a fresh token refused again is
+// rarely the token's fault, and the error says what to check.
+func (g *Grant) Refused(serverReply string) *LoginError {
+	if g.p.reject(g.user, g.Token) > 1 {
+		return loginErr(false, nil, "the server refused the OAuth 2.0 token for account %s again, after a fresh one: %s (check the app's permissions for this mailbox)", g.user, serverReply)
+	}
+	g.p.log.Warn().Str("account", g.user).Str("reply", serverReply).Msg("upstream refused the token; fetching a fresh one for the next login")
+	return loginErr(true, nil, "the server refused the OAuth 2.0 token for account %s: %s; a fresh token is being fetched, try again", g.user, serverReply)
+}
+
+// authorize is Login's work: the token, or why not.
+func (p *Provider) authorize(ctx context.Context, user, password, client string) (string, error) {
+	if password == "" {
+		return "", loginErr(false, nil, "login failed - no password provided for account %s", user)
+	}
+	now := time.Now()
+	if wait, addressWide := p.limit.blocked(user, client, now); wait > 0 {
+		retry := wait.Round(time.Second) + time.Second
+		if addressWide {
+			return "", loginErr(true, ErrBadPassword, "login failed - too many failed logins from this address; try again in %s", retry)
+		}
+		return "", loginErr(true, ErrBadPassword, "login failed - too many wrong passwords for account %s from this address; try again in %s", user, retry)
+	}
+	a, lerr := p.account(user)
+	if lerr != nil {
+		if errors.Is(lerr, config.ErrNoAccount) {
+			// Answered exactly like a wrong password, so that accounts
+			// cannot be enumerated; the hint is for the operator only.
+			p.limit.fail(user, client, now)
+			p.log.Warn().Str("account", user).Str("client", client).Msg(lerr.Message)
+			return "", p.badPasswordFor(user)
+		}
+		return "", lerr
+	}
+	if lerr := p.checkPassword(ctx, a, password); lerr != nil {
+		if errors.Is(lerr, ErrBadPassword) {
+			p.limit.fail(user, client, now)
+			p.log.Warn().Str("account", user).Str("client", client).Msg("wrong password")
+		}
+		return "", lerr
+	}
+	p.limit.succeed(user, client, now)
+	a.mu.Lock()
+	if t := a.tok; t != nil && time.Until(t.Expiry) > a.usableLeft() {
+		a.mu.Unlock()
+		return t.AccessToken, nil
+	}
+	if a.flow == "password" {
+		a.loginPassword = password
+	}
+	if a.secret == "" && p.cfg.Global.UseLoginPasswordAsClientCredentialsSecret && a.flow == "client_credentials" &&
+		a.cfg.Get("client_secret") == "" && a.cached["client_secret_encrypted"] == "" {
+		a.secret = password // emailproxy.py #271: the login password is the client secret
+	}
+	call := a.inflight
+	if call == nil {
+		if a.lastErr != nil && time.Now().Before(a.retryAt) {
+			err := a.lastErr
+			a.mu.Unlock()
+			return "", err
+		}
+		if !p.canFetchLocked(a) {
+			a.mu.Unlock()
+			if !a.unattended() && p.opts.Interactive != nil {
+				return "", p.startInteractive(a, password)
+			}
+			return "", p.cannotFetch(a)
+		}
+		call = p.startFetchLocked(a)
+	}
+	a.mu.Unlock()
+	select {
+	case <-call.done:
+		if call.err != nil {
+			return "", call.err
+		}
+		return call.tok.AccessToken, nil
+	case <-ctx.Done():
+		return "", loginErr(true, ctx.Err(), "timed out waiting for an OAuth 2.0 token for account %s", user)
+	}
+}
+
+func (p *Provider) cannotFetch(a *account) *LoginError {
+	if a.unattended() {
+		return loginErr(false, nil, "account %s: client_secret_encrypted needs the account's password; log in once to unlock it", a.name)
+	}
+	return loginErr(false, nil, "account %s (oauth2_flow %s) needs authorising: run `emailproxy authorise %s` on the proxy's host", a.name, a.flow, a.name)
+}
+
+// startInteractive begins the authorisation of an interactive account in
+// the background, with the password of the login that asked (it will
+// encrypt the tokens), and tells the client to come back.
+func (p *Provider) startInteractive(a *account, password string) *LoginError {
+	a.mu.Lock()
+	running := a.authorising
+	a.authorising = true
+	a.mu.Unlock()
+	if !running {
+		p.log.Warn().Str("account", a.name).Msg("account needs authorising: follow the instructions printed by the proxy")
+		p.goTracked(func() {
+			defer func() { a.mu.Lock(); a.authorising = false; a.mu.Unlock() }()
+			p.promptMu.Lock()
+			defer p.promptMu.Unlock()
+			ctx, cancel := context.WithTimeout(p.ctx, p.opts.InteractiveTimeout)
+			defer cancel()
+			if err := p.Authorise(ctx, a.name, password, *p.opts.Interactive); err != nil {
+				p.log.Error().Str("account", a.name).Str("error", err.Error()).Msg("authorisation failed")
+				return
+			}
+			p.log.Info().Str("account", a.name).Msg("account authorised")
+		})
+	}
+	return loginErr(true, nil, "account %s is being authorised: complete the authorisation shown by the proxy, then log in again", a.name)
+}
+
+// confirm records that password logged in successfully. The first
+// password that does so becomes the account's password; it returns false
+// if another password got there first. A newly accepted password's key
+// encrypts the account's tokens in the store.
+func (p *Provider) confirm(user, password string) bool {
+	a, lerr := p.account(user)
+	if lerr != nil {
+		return false
+	}
+	a.mu.Lock()
+	a.refused = 0
+	if a.password != nil {
+		ok := p.verify.equal(a.password, user, password)
+		a.mu.Unlock()
+		return ok
+	}
+	a.password = p.verify.sum(user, password)
+	_, inMemory := p.opts.Store.(memoryStore)
+	needKey := a.ring == nil && !inMemory
+	a.mu.Unlock()
+	if needKey {
+		// PBKDF2 in the background: the client has its answer already.
+		p.goTracked(func() {
+			salt := newSalt()
+			raw, _ := base64.StdEncoding.DecodeString(salt)
+			var k *fernetKey
+			// Not cancelled by Close, which waits for it: the key must reach the store.
+			if err := p.derive(context.Background(), func() (err error) { k, err = deriveKey(password, raw, p.opts.Iterations); return }); err != nil {
+				return
+			}
+			a.mu.Lock()
+			a.ring = keyring{k}
+			a.cached["token_salt"] = salt
+			a.cached["token_iterations"] = strconv.Itoa(p.opts.Iterations)
+			a.mu.Unlock()
+			p.persist(a, true)
+		})
+	}
+	return true
+}
+
+// reject reports that the upstream server refused token. If it is still
+// the account's current token, it is dropped and a fresh one is fetched at
+// once, so that the next login does not offer it again nor wait for the
+// scheduled refresh. It returns how many tokens in a row the server has
+// refused for the account (a success resets the count): a second refusal
+// in a row is rarely the token's fault.
+func (p *Provider) reject(user, token string) int {
+	a, lerr := p.account(user)
+	if lerr != nil {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.tok != nil && a.tok.AccessToken == token {
+		a.tok = nil
+		a.refused++
+		if p.canFetchLocked(a) {
+			p.startFetchLocked(a)
+		}
+	}
+	return max(a.refused, 1)
+}
