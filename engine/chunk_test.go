@@ -9,48 +9,16 @@ import (
 
 	"github.com/valyala/bytebufferpool"
 
-	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/engine/internal/loopback"
+	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (server, client net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan net.Conn, 1)
-	go func() { c, _ := ln.Accept(); got <- c }()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-got
-	t.Cleanup(func() { server.Close(); client.Close() })
-	return server, client
-}
+func tcpPair(tb testing.TB) (server, client net.Conn) { return loopback.TCPPair(tb) }
 
-// tlsPair is a TLS connection over loopback TCP, the client side under a
-// recordConn as dialer.dial sets it up; both ends handshaken.
+// tlsPair is a TLS connection with the client side set up as the upstream
+// side does it (one record at a time).
 func tlsPair(tb testing.TB) (server, client *tls.Conn) {
-	tb.Helper()
-	ca, err := mock.NewCA("test CA")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	leaf, err := ca.Leaf()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s, c := tcpPair(tb)
-	server = tls.Server(s, &tls.Config{Certificates: []tls.Certificate{leaf}})
-	client = tls.Client(&recordConn{Conn: c}, &tls.Config{RootCAs: ca.Pool, ServerName: "localhost"})
-	go server.Handshake()
-	if err := client.Handshake(); err != nil {
-		tb.Fatal(err)
-	}
-	return server, client
+	return loopback.TLSPair(tb, upstream.RecordReader)
 }
 
 // readAll reads n bytes through cr.

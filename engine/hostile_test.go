@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
 // offer writes chunk to c until the proxy stops taking it, and fails the
@@ -41,10 +42,10 @@ func offer(t *testing.T, c net.Conn, chunk []byte) {
 // left: what hostile clients leave behind must go when they do.
 func settled(t *testing.T, env *proxyEnv) {
 	t.Helper()
-	key := mailboxKey(env.listenerFor(env.popAddr).srv.ServerAddress, testAccount)
+	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv.ServerAddress, testAccount)
 	waitFor(t, "connections, relays and mailbox slots to return to zero", func() bool {
 		st := env.srv.Stats()
-		held, waiting := env.srv.gates.held(key)
+		held, waiting := env.srv.gates.Held(key)
 		return st.PreLogin == 0 && st.Relays == 0 && held == 0 && waiting == 0
 	})
 }

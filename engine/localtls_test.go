@@ -292,13 +292,13 @@ func popOver(t *testing.T, c net.Conn) *popClient {
 // skips the full handshake.
 func TestUpstreamTLSResumption(t *testing.T) {
 	env := startEnv(t, envOptions{})
-	d := env.srv.listeners[portOfAddr(t, env.imapAddr)].dialer
+	d := env.srv.listeners[portOfAddr(t, env.imapAddr)].up.Dialer
 	for i, want := range []bool{false, true} {
-		u, err := d.dial(t.Context())
+		u, err := d.Dial(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := u.conn.ConnectionState().DidResume
+		got := u.TLS.ConnectionState().DidResume
 		u.Close()
 		if got != want {
 			t.Fatalf("connection %d: resumed = %v", i+1, got)

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
 // relay joins an authenticated client to its upstream session. After the
@@ -22,7 +23,7 @@ import (
 // growing memory.
 type relay struct {
 	client net.Conn
-	up     *upstreamConn
+	up     *upstream.Conn
 	once   sync.Once
 
 	// toClient and toUp write each way with the send timeout; both note
@@ -33,10 +34,10 @@ type relay struct {
 	ended          atomic.Pointer[string] // why the proxy ended it, if it did
 }
 
-func (s *Server) newRelay(client net.Conn, up *upstreamConn, proto config.Protocol) *relay {
+func (s *Server) newRelay(client net.Conn, up *upstream.Conn, proto config.Protocol) *relay {
 	r := &relay{client: client, up: up, idle: s.idleTimeout(proto)}
 	r.toClient = &timedWriter{c: client, timeout: s.opts.SendTimeout, active: &r.active}
-	r.toUp = &timedWriter{c: up.conn, timeout: s.opts.SendTimeout, active: &r.active}
+	r.toUp = &timedWriter{c: up.TLS, timeout: s.opts.SendTimeout, active: &r.active}
 	r.active.Store(time.Now().UnixNano())
 	return r
 }
@@ -162,7 +163,7 @@ func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, 
 		// The upstream's answer to the login, then anything it sent after it
 		// that is already buffered, then the live stream.
 		var err error
-		fromUp, err = s.pipe(r.toClient, res.up.conn, res.reply, res.up.takeReader())
+		fromUp, err = s.pipe(r.toClient, res.up.TLS, res.reply, res.up.TakeReader())
 		r.noteEnd(err, "client")
 		wg.Wait()
 		s.endRelay(r, log, res.user, fromClient, fromUp, start, opened).Msg("connection closed")

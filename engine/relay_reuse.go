@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol/imap"
 )
 
@@ -79,7 +80,7 @@ func (rr *reuseRelay) clientSide(leftover []byte) (int64, bool) {
 				return true, rr.reset(string(tag))
 			default:
 				rr.outstanding.Add(1)
-				reusable = reusable && isReusable(name)
+				reusable = reusable && upstream.IsReusable(name)
 				idling = bytes.EqualFold(name, []byte("IDLE"))
 			}
 			lineStart = off
@@ -118,12 +119,12 @@ func (rr *reuseRelay) clientSide(leftover []byte) (int64, bool) {
 
 // reset sends the UNSELECT and tells upSide which tag to answer.
 func (rr *reuseRelay) reset(logoutTag string) bool {
-	up := rr.res.up.conn
+	up := rr.res.up.TLS
 	rr.logoutTag.Store(&logoutTag)
 	limit := time.Now().Add(resetTimeout)
 	up.SetWriteDeadline(limit)
 	rr.upReader.setHardDeadline(limit)
-	_, err := up.Write([]byte(resetTag + " UNSELECT\r\n"))
+	_, err := up.Write([]byte(upstream.ResetTag + " UNSELECT\r\n"))
 	return err == nil
 }
 
@@ -150,7 +151,7 @@ func (rr *reuseRelay) upSide() (int64, bool) {
 	}
 	// Bytes the server sent right after the login answer come first.
 	var first []byte
-	if br := rr.res.up.takeReader(); br != nil && br.Buffered() > 0 {
+	if br := rr.res.up.TakeReader(); br != nil && br.Buffered() > 0 {
 		first, _ = br.Peek(br.Buffered())
 	}
 	cr := rr.upReader
@@ -171,7 +172,7 @@ func (rr *reuseRelay) upSide() (int64, bool) {
 			}
 			logoutTag := rr.logoutTag.Load()
 			tag, _ := imap.CommandName(st.Head())
-			if logoutTag != nil && string(tag) == resetTag {
+			if logoutTag != nil && string(tag) == upstream.ResetTag {
 				if !write(chunk[:lineStart]) {
 					return total, false
 				}
@@ -200,7 +201,7 @@ func (rr *reuseRelay) upSide() (int64, bool) {
 
 // startReuseRelay runs a reusable IMAP session's relay.
 func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []byte, log zerolog.Logger, opened time.Time, r *relay) {
-	rr := &reuseRelay{s: s, r: r, res: res, upReader: newChunkReader(&s.relayBufs, res.up.conn, s.opts.RelayBuffer)}
+	rr := &reuseRelay{s: s, r: r, res: res, upReader: newChunkReader(&s.relayBufs, res.up.TLS, s.opts.RelayBuffer)}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -223,7 +224,7 @@ func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []b
 		client.Close()
 		wg.Wait()
 		if parked {
-			if _, waiting := s.gates.held(res.mailbox); waiting > 0 {
+			if _, waiting := s.gates.Held(res.mailbox); waiting > 0 {
 				// Logins of this mailbox wait for a slot: closing gives
 				// the first one this session's slot now; keeping it
 				// would hold the slot until the session's linger ends.
@@ -231,8 +232,8 @@ func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []b
 			}
 		}
 		if parked {
-			res.up.conn.SetDeadline(time.Time{})
-			s.linger.park(res.up, res.reuseKey, res.mailbox, res.loginReply)
+			res.up.TLS.SetDeadline(time.Time{})
+			s.linger.Park(res.up, res.reuseKey, res.mailbox, res.loginReply)
 		} else {
 			r.close()
 		}

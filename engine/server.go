@@ -22,6 +22,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol/imap"
 	"github.com/emailproxy/emailproxy/protocol/pop3"
 	"github.com/emailproxy/emailproxy/protocol/smtp"
@@ -164,8 +165,8 @@ type Server struct {
 	// outBufs gathers a pre-login session's answers within one event.
 	outBufs bytebufferpool.Pool
 
-	gates  *mailboxGates
-	linger *lingerStore // nil: IMAP session reuse off
+	gates  *upstream.Gates
+	linger *upstream.Linger // nil: IMAP session reuse off
 
 	relayMu sync.Mutex
 	relays  map[*relay]struct{}
@@ -174,10 +175,9 @@ type Server struct {
 
 // listener is one server section's state shared by its connections.
 type listener struct {
-	srv    *config.Server
-	dialer *dialer
-	pool   *warmPool
-	log    zerolog.Logger
+	srv *config.Server
+	up  *upstream.Side
+	log zerolog.Logger
 
 	// Local TLS (nil tlsCfg: plaintext listener on gnet).
 	certs    *certStore
@@ -219,7 +219,7 @@ func (l *listener) waitProfile(s *Server) *profile {
 
 // learn records the greeting and capabilities of a fresh upstream
 // connection, the first time one is seen.
-func (l *listener) learn(u *upstreamConn) *profile {
+func (l *listener) learn(u *upstream.Conn) *profile {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.prof == nil {
@@ -240,18 +240,19 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 		conns:     map[net.Conn]struct{}{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.gates = newMailboxGates(max(opts.MailboxLimit, 0))
+	life := upstream.Life{Ctx: s.ctx, WG: &s.wg}
+	s.gates = upstream.NewGates(max(opts.MailboxLimit, 0))
 	if opts.IMAPSessionReuse > 0 {
-		s.linger = newLingerStore(s, opts.IMAPSessionReuse)
-		s.gates.evict = s.linger.evict
+		s.linger = upstream.NewLinger(life, opts.IMAPSessionReuse)
+		s.gates.Evict = s.linger.Evict
 	}
 	for _, srv := range cfg.Servers {
-		l := &listener{
-			srv:    srv,
-			dialer: newDialer(srv, opts.RootCAs, opts.DialTimeout),
-			log:    opts.Logger.With().Str("server", srv.Section).Logger(),
-		}
-		l.pool = newWarmPool(s, l, max(opts.WarmConnections, 0), opts.WarmMaxAge)
+		l := &listener{srv: srv, log: opts.Logger.With().Str("server", srv.Section).Logger()}
+		dialer := upstream.NewDialer(srv, opts.RootCAs, opts.DialTimeout)
+		learn := func(u *upstream.Conn) { l.learn(u) }
+		l.up = &upstream.Side{Srv: srv, Dialer: dialer, Gates: s.gates, Linger: s.linger, Learn: learn,
+			POP3InitialResponse: opts.POP3InitialResponse,
+			Pool:                upstream.NewPool(life, dialer.Dial, learn, l.log, max(opts.WarmConnections, 0), opts.WarmMaxAge)}
 		s.listeners[srv.LocalPort] = l
 	}
 	return s
@@ -355,7 +356,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		c.Close()
 	}
 	s.relayMu.Unlock()
-	s.linger.closeAll()
+	s.linger.CloseAll()
 	s.wg.Wait()
 	return err
 }
@@ -401,11 +402,11 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 // capabilities, then greets the clients that were waiting.
 func (s *Server) fetchProfile(l *listener) {
 	defer s.wg.Done()
-	u, err := l.dialer.dial(s.ctx)
+	u, err := l.up.Dialer.Dial(s.ctx)
 	var prof *profile
 	if err == nil {
 		prof = l.learn(u)
-		l.pool.offer(u) // the first login can use it
+		l.up.Pool.Offer(u) // the first login can use it
 	} else {
 		l.log.Error().Err(err).Msg("upstream server unavailable")
 	}
@@ -499,7 +500,7 @@ type Stats struct {
 	PreLogin int                  // plaintext clients connected, not yet relayed
 	Relays   int                  // authenticated sessions being relayed
 	Warm     map[string]WarmStats // by server section
-	Reuse    ReuseStats           // IMAP session reuse (zero when off)
+	Reuse    upstream.ReuseStats  // IMAP session reuse (zero when off)
 }
 
 // WarmStats describes one section's warm pool.
@@ -509,7 +510,7 @@ type WarmStats struct {
 
 // Stats returns the engine's counters.
 func (s *Server) Stats() Stats {
-	st := Stats{Warm: map[string]WarmStats{}, Reuse: s.linger.snapshot()}
+	st := Stats{Warm: map[string]WarmStats{}, Reuse: s.linger.Snapshot()}
 	s.sessMu.Lock()
 	st.PreLogin = s.sessCount
 	s.sessMu.Unlock()
@@ -517,7 +518,7 @@ func (s *Server) Stats() Stats {
 	st.Relays = len(s.relays)
 	s.relayMu.Unlock()
 	for _, l := range s.listeners {
-		ps, idle := l.pool.snapshot()
+		ps, idle := l.up.Pool.Snapshot()
 		st.Warm[l.srv.Section] = WarmStats{Idle: idle, Hits: ps.Hits, Misses: ps.Misses, Expired: ps.Expired, Dialed: ps.Dialed}
 	}
 	return st

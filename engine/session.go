@@ -11,6 +11,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol"
 )
 
@@ -42,7 +43,7 @@ type pending struct {
 
 type loginResult struct {
 	proto config.Protocol
-	up    *upstreamConn
+	up    *upstream.Conn
 	reply []byte // upstream's answer to relay to the client
 	user  string
 	err   *auth.LoginError

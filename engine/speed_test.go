@@ -8,6 +8,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
 // waitFor polls cond until it holds or 10 s pass.
@@ -43,33 +44,29 @@ func (e *proxyEnv) listenerFor(addr string) *listener {
 // meanwhile is replaced by a fresh dial without the client noticing.
 func TestWarmPoolServesAndRecycles(t *testing.T) {
 	env := startEnv(t, envOptions{engine: Options{WarmMaxAge: 600 * time.Millisecond}})
-	pool := env.listenerFor(env.popAddr).pool
+	pool := env.listenerFor(env.popAddr).up.Pool
 
 	popLogin(t, env.popAddr, testAccount, testPassword).ok("QUIT")
-	waitFor(t, "a warm connection", func() bool { _, idle := pool.snapshot(); return idle == 1 })
+	waitFor(t, "a warm connection", func() bool { _, idle := pool.Snapshot(); return idle == 1 })
 	// The connection that learned the server's greeting served the first
 	// login; a refill dial the second.
-	st, _ := pool.snapshot()
+	st, _ := pool.Snapshot()
 	if st.Misses != 0 || st.Hits != 1 {
 		t.Fatalf("first login: %+v", st)
 	}
 	popLogin(t, env.popAddr, testAccount, testPassword).ok("QUIT")
-	if st, _ = pool.snapshot(); st.Hits != 2 || st.Dialed < 1 {
+	if st, _ = pool.Snapshot(); st.Hits != 2 || st.Dialed < 1 {
 		t.Fatalf("second login did not use a refilled warm connection: %+v", st)
 	}
 
 	// Recycling: connections age out and are replaced while in use.
 	waitFor(t, "warm connections to be recycled", func() bool {
-		st, idle := pool.snapshot()
+		st, idle := pool.Snapshot()
 		return st.Expired >= 2 && idle == 1
 	})
-	pool.mu.Lock()
-	for _, w := range pool.idle {
-		if age := time.Since(w.born); age >= pool.maxAge {
-			t.Errorf("idle connection %v old, max age %v", age, pool.maxAge)
-		}
+	if st, _ := pool.Snapshot(); st.OldestIdle >= 600*time.Millisecond {
+		t.Errorf("idle connection %v old, max age 600ms", st.OldestIdle)
 	}
-	pool.mu.Unlock()
 
 	// The provider drops every connection: the next login still works.
 	env.up.DropConnections()
@@ -84,13 +81,13 @@ func TestWarmPoolServesAndRecycles(t *testing.T) {
 // connection, and the token is not blamed (no new token request).
 func TestWarmConnectionTimedOutByServer(t *testing.T) {
 	env := startEnv(t, envOptions{preAuthTO: 300 * time.Millisecond, engine: Options{WarmMaxAge: 10 * time.Second}})
-	pool := env.listenerFor(env.popAddr).pool
+	pool := env.listenerFor(env.popAddr).up.Pool
 	popLogin(t, env.popAddr, testAccount, testPassword).ok("QUIT")
-	waitFor(t, "a warm connection", func() bool { _, idle := pool.snapshot(); return idle == 1 })
+	waitFor(t, "a warm connection", func() bool { _, idle := pool.Snapshot(); return idle == 1 })
 	tokens := env.up.Authority.Requests()
 	time.Sleep(600 * time.Millisecond) // the server times the warm connection out
 	popLogin(t, env.popAddr, testAccount, testPassword).ok("QUIT")
-	if st, _ := pool.snapshot(); st.Hits != 2 {
+	if st, _ := pool.Snapshot(); st.Hits != 2 {
 		t.Fatalf("the second login did not try the warm connection: %+v", st)
 	}
 	if env.up.Authority.Requests() != tokens || strings.Contains(env.logs.String(), "refused the token") {
@@ -117,19 +114,19 @@ func TestPOP3InitialResponse(t *testing.T) {
 // gets a temporary error that says why.
 func TestMailboxCapQueuesAndReleases(t *testing.T) {
 	env := startEnv(t, envOptions{mailboxCap: 2, engine: Options{MailboxLimit: 2, LoginTimeout: 3 * time.Second}})
-	key := mailboxKey(env.listenerFor(env.popAddr).srv.ServerAddress, testAccount)
+	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv.ServerAddress, testAccount)
 	a := popLogin(t, env.popAddr, testAccount, testPassword)
 	b := popLogin(t, env.popAddr, testAccount, testPassword)
 
 	c := dialPOP(t, env.popAddr)
 	c.ok("USER %s", testAccount)
 	c.send("PASS %s", testPassword)
-	waitFor(t, "the third login to queue", func() bool { held, waiting := env.srv.gates.held(key); return held == 2 && waiting == 1 })
+	waitFor(t, "the third login to queue", func() bool { held, waiting := env.srv.gates.Held(key); return held == 2 && waiting == 1 })
 	a.ok("QUIT")
 	if got := c.status(); !strings.HasPrefix(got, "+OK") {
 		t.Fatalf("queued login: %q", got)
 	}
-	if held, waiting := env.srv.gates.held(key); held != 2 || waiting != 0 {
+	if held, waiting := env.srv.gates.Held(key); held != 2 || waiting != 0 {
 		t.Fatalf("after hand-over: held %d waiting %d", held, waiting)
 	}
 
@@ -141,7 +138,7 @@ func TestMailboxCapQueuesAndReleases(t *testing.T) {
 	}
 	b.ok("QUIT")
 	c.ok("QUIT")
-	waitFor(t, "all slots free", func() bool { held, _ := env.srv.gates.held(key); return held == 0 })
+	waitFor(t, "all slots free", func() bool { held, _ := env.srv.gates.Held(key); return held == 0 })
 	if _, peak := env.up.Sessions("pop3", testAccount); peak != 2 || env.up.LimitRefusals() != 0 {
 		t.Fatalf("upstream saw peak %d sessions, %d refusals", peak, env.up.LimitRefusals())
 	}
@@ -179,7 +176,7 @@ func TestIMAPSessionReuse(t *testing.T) {
 		t.Fatalf("logout: %q", l)
 	}
 	c.expectEOF()
-	waitFor(t, "the session to be kept", func() bool { return env.srv.linger.snapshot().Parked == 1 })
+	waitFor(t, "the session to be kept", func() bool { return env.srv.linger.Snapshot().Parked == 1 })
 
 	// The other account gets its own upstream session, not the kept one.
 	o, ok := imapLogin(t, env.imapAddr, otherAccount, pw)
@@ -205,8 +202,8 @@ func TestIMAPSessionReuse(t *testing.T) {
 	// The right password gets the kept session: no new upstream login,
 	// and no mailbox selected (FETCH is refused until SELECT).
 	r, ok := imapLogin(t, env.imapAddr, testAccount, pw)
-	if !strings.HasPrefix(ok, "L1 OK") || env.up.Logins() != 2 || env.srv.linger.snapshot().Reused != 1 {
-		t.Fatalf("reuse: %q, upstream logins %d, %+v", ok, env.up.Logins(), env.srv.linger.snapshot())
+	if !strings.HasPrefix(ok, "L1 OK") || env.up.Logins() != 2 || env.srv.linger.Snapshot().Reused != 1 {
+		t.Fatalf("reuse: %q, upstream logins %d, %+v", ok, env.up.Logins(), env.srv.linger.Snapshot())
 	}
 	r.send("F1 FETCH 1 (FLAGS)\r\n")
 	if l := r.until("F1 "); !strings.HasPrefix(l[len(l)-1], "F1 BAD") && !strings.HasPrefix(l[len(l)-1], "F1 NO") {
@@ -219,7 +216,7 @@ func TestIMAPSessionReuse(t *testing.T) {
 	r.send("Q2 LOGOUT\r\n")
 	r.until("Q2 OK")
 	r.expectEOF()
-	if n := env.srv.linger.snapshot().Parked; n != 2 { // the first session and the other account's
+	if n := env.srv.linger.Snapshot().Parked; n != 2 { // the first session and the other account's
 		t.Fatalf("parked %d sessions, want 2", n)
 	}
 
@@ -240,8 +237,8 @@ func TestIMAPSessionReuse(t *testing.T) {
 	if err := ic.Logout().Wait(); err != nil {
 		t.Fatalf("logout: %v", err)
 	}
-	if env.up.Logins() != 2 || env.srv.linger.snapshot().Reused != 2 {
-		t.Fatalf("upstream logins %d (want 2: one per account), %+v", env.up.Logins(), env.srv.linger.snapshot())
+	if env.up.Logins() != 2 || env.srv.linger.Snapshot().Reused != 2 {
+		t.Fatalf("upstream logins %d (want 2: one per account), %+v", env.up.Logins(), env.srv.linger.Snapshot())
 	}
 	// Nothing secret in the logs (debug level) of all that.
 	logs := env.logs.String()
@@ -252,46 +249,6 @@ func TestIMAPSessionReuse(t *testing.T) {
 	for _, secret := range append([]string{pw, testSecret}, tokens...) {
 		if strings.Contains(logs, secret) {
 			t.Fatalf("a secret is in the logs: %q", secret)
-		}
-	}
-}
-
-// The store's keys separate accounts, passwords and server sections.
-func TestLingerKeysSeparateAccountsAndPasswords(t *testing.T) {
-	ls := newLingerStore(&Server{}, time.Second)
-	base := ls.key("IMAP-1993", "a@x", "pw")
-	for _, k := range []string{ls.key("IMAP-1993", "a@x", "pw2"), ls.key("IMAP-1993", "b@x", "pw"), ls.key("IMAP-2993", "a@x", "pw")} {
-		if k == base {
-			t.Fatal("two different logins share a key")
-		}
-	}
-	if base != ls.key("IMAP-1993", "A@X", "pw") {
-		t.Fatal("account names differ only in case: same mailbox")
-	}
-	if strings.Contains(base, "pw") && !strings.Contains("IMAP-1993\x00a@x", "pw") {
-		t.Fatal("the key holds the password")
-	}
-	other := newLingerStore(&Server{}, time.Second)
-	if other.key("IMAP-1993", "a@x", "pw") == base {
-		t.Fatal("keys are not salted per process")
-	}
-}
-
-func TestRetag(t *testing.T) {
-	got := string(retag([]byte("* CAPABILITY IMAP4rev1\r\nold OK [CAPABILITY IMAP4rev1] done\r\n"), "new7"))
-	if got != "* CAPABILITY IMAP4rev1\r\nnew7 OK [CAPABILITY IMAP4rev1] done\r\n" {
-		t.Fatalf("%q", got)
-	}
-	if got := string(retag([]byte("a OK x\r\n"), "b")); got != "b OK x\r\n" {
-		t.Fatalf("%q", got)
-	}
-}
-
-func TestIsReusable(t *testing.T) {
-	for name, want := range map[string]bool{"select": true, "Uid": true, "IDLE": true, "ENABLE": false,
-		"compress": false, "XAPPLEPUSHSERVICE": false, "": false} {
-		if got := isReusable([]byte(name)); got != want {
-			t.Errorf("%q: %v, want %v", name, got, want)
 		}
 	}
 }
@@ -319,10 +276,10 @@ func TestIMAPSessionReuseOverLocalTLS(t *testing.T) {
 		}
 		c.Close()
 		want := i + 1
-		waitFor(t, "the session to be kept", func() bool { return env.srv.linger.snapshot().Parked == want })
+		waitFor(t, "the session to be kept", func() bool { return env.srv.linger.Snapshot().Parked == want })
 	}
-	if env.up.Logins() != 1 || env.srv.linger.snapshot().Reused != 2 {
-		t.Fatalf("upstream logins %d (want 1), %+v", env.up.Logins(), env.srv.linger.snapshot())
+	if env.up.Logins() != 1 || env.srv.linger.Snapshot().Reused != 2 {
+		t.Fatalf("upstream logins %d (want 1), %+v", env.up.Logins(), env.srv.linger.Snapshot())
 	}
 }
 
@@ -337,14 +294,14 @@ func TestReuseDoesNotStarveQueuedLogins(t *testing.T) {
 	b := dialRaw(t, env.imapAddr)
 	b.line()
 	b.send("L2 LOGIN " + testAccount + " pw-starve\r\n")
-	key := mailboxKey(env.listenerFor(env.imapAddr).srv.ServerAddress, testAccount)
-	waitFor(t, "the second login to queue", func() bool { _, waiting := env.srv.gates.held(key); return waiting == 1 })
+	key := upstream.MailboxKey(env.listenerFor(env.imapAddr).srv.ServerAddress, testAccount)
+	waitFor(t, "the second login to queue", func() bool { _, waiting := env.srv.gates.Held(key); return waiting == 1 })
 	a.send("Q1 LOGOUT\r\n")
 	a.until("Q1 ")
 	if l := b.until("L2 "); !strings.HasPrefix(l[len(l)-1], "L2 OK") {
 		t.Fatalf("queued login: %q", l)
 	}
-	if n := env.srv.linger.snapshot().Parked; n != 0 {
+	if n := env.srv.linger.Snapshot().Parked; n != 0 {
 		t.Fatalf("%d sessions kept while a login waited", n)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol"
 )
 
@@ -131,7 +132,7 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 		tc := tls.Server(c, l.tlsCfg)
 		tc.SetDeadline(time.Now().Add(s.opts.DialTimeout))
 		if err := tc.Handshake(); err != nil {
-			reason = "TLS handshake failed: " + shortNetErr(err)
+			reason = "TLS handshake failed: " + upstream.ShortNetErr(err)
 			return false
 		}
 		tc.SetDeadline(time.Time{})

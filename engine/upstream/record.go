@@ -1,4 +1,4 @@
-package engine
+package upstream
 
 import (
 	"encoding/binary"
@@ -69,3 +69,7 @@ func (c *recordConn) readHeader(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// RecordReader puts c under crypto/tls the way dialled connections are:
+// reads hand it one TLS record at a time.
+func RecordReader(c net.Conn) net.Conn { return &recordConn{Conn: c} }

@@ -1,4 +1,4 @@
-package engine
+package upstream
 
 import (
 	"context"
@@ -6,17 +6,17 @@ import (
 	"sync"
 )
 
-// mailboxGates caps the authenticated upstream sessions one mailbox may
+// Gates caps the authenticated upstream sessions one mailbox may
 // hold on one upstream host. Exchange Online refuses a mailbox's 17th
 // concurrent IMAP or POP3 session; a fleet of pollers sharing one mailbox
 // would see random failures. Instead, logins over the cap wait in line
 // (first come, first served, within their login timeout) for a session
 // of that mailbox to end.
-type mailboxGates struct {
+type Gates struct {
 	limit int // 0: no cap
-	// evict, if set, closes one idle (lingering) session of key to make
+	// Evict, if set, closes one idle (lingering) session of key to make
 	// room; it reports whether it did.
-	evict func(key string) bool
+	Evict func(key string) bool
 
 	mu    sync.Mutex
 	gates map[string]*gate
@@ -27,18 +27,18 @@ type gate struct {
 	waiting []chan struct{} // closed when handed a slot
 }
 
-func newMailboxGates(limit int) *mailboxGates {
-	return &mailboxGates{limit: limit, gates: map[string]*gate{}}
+func NewGates(limit int) *Gates {
+	return &Gates{limit: limit, gates: map[string]*gate{}}
 }
 
-// mailboxKey names a mailbox on an upstream host.
-func mailboxKey(host, user string) string {
+// MailboxKey names a mailbox on an upstream host.
+func MailboxKey(host, user string) string {
 	return strings.ToLower(host) + "\x00" + strings.ToLower(user)
 }
 
-// acquire takes one of key's slots, waiting in line while all are held;
+// Acquire takes one of key's slots, waiting in line while all are held;
 // the returned release gives it back (call it once).
-func (m *mailboxGates) acquire(ctx context.Context, key string) (release func(), err error) {
+func (m *Gates) Acquire(ctx context.Context, key string) (release func(), err error) {
 	if m == nil || m.limit <= 0 {
 		return func() {}, nil
 	}
@@ -47,7 +47,7 @@ func (m *mailboxGates) acquire(ctx context.Context, key string) (release func(),
 		return release, nil
 	}
 	// Full: a lingering session of this mailbox is the cheapest to give up.
-	if m.evict != nil && m.evict(key) && m.tryTake(key) {
+	if m.Evict != nil && m.Evict(key) && m.tryTake(key) {
 		return release, nil
 	}
 	m.mu.Lock()
@@ -81,7 +81,7 @@ func (m *mailboxGates) acquire(ctx context.Context, key string) (release func(),
 }
 
 // tryTake takes a slot of key if one is free and nobody waits for it.
-func (m *mailboxGates) tryTake(key string) bool {
+func (m *Gates) tryTake(key string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	g := m.gateLocked(key)
@@ -92,7 +92,7 @@ func (m *mailboxGates) tryTake(key string) bool {
 	return false
 }
 
-func (m *mailboxGates) gateLocked(key string) *gate {
+func (m *Gates) gateLocked(key string) *gate {
 	g := m.gates[key]
 	if g == nil {
 		g = &gate{}
@@ -102,7 +102,7 @@ func (m *mailboxGates) gateLocked(key string) *gate {
 }
 
 // release hands key's slot to the first in line, or frees it.
-func (m *mailboxGates) release(key string) {
+func (m *Gates) release(key string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	g := m.gates[key]
@@ -120,8 +120,8 @@ func (m *mailboxGates) release(key string) {
 	}
 }
 
-// held reports how many slots of key are taken and how many logins wait.
-func (m *mailboxGates) held(key string) (held, waiting int) {
+// Held reports how many slots of key are taken and how many logins wait.
+func (m *Gates) Held(key string) (held, waiting int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if g := m.gates[key]; g != nil {
@@ -129,3 +129,6 @@ func (m *mailboxGates) held(key string) (held, waiting int) {
 	}
 	return 0, 0
 }
+
+// Limit is the cap (0: none).
+func (m *Gates) Limit() int { return m.limit }

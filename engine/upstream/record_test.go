@@ -1,10 +1,12 @@
-package engine
+package upstream
 
 import (
 	"bytes"
 	"io"
 	"net"
 	"testing"
+
+	"github.com/emailproxy/emailproxy/engine/internal/loopback"
 )
 
 // record builds one TLS record with payload p.
@@ -69,7 +71,7 @@ func TestRecordConnHandsOneRecordAtATime(t *testing.T) {
 
 // crypto/tls works over it: a download arrives intact.
 func TestRecordConnUnderTLS(t *testing.T) {
-	srv, cl := tlsPair(t)
+	srv, cl := loopback.TLSPair(t, RecordReader)
 	data := bytes.Repeat([]byte("0123456789abcdef"), 200000) // 3.2 MB
 	go func() {
 		for off := 0; off < len(data); {

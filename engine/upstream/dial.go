@@ -1,4 +1,4 @@
-package engine
+package upstream
 
 import (
 	"bufio"
@@ -16,40 +16,39 @@ import (
 
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/protocol/imap"
-	"github.com/emailproxy/emailproxy/protocol/pop3"
 	"github.com/emailproxy/emailproxy/protocol/smtp"
 )
 
 // maxUpstreamLine bounds one line from the upstream server before login.
 const maxUpstreamLine = 64 << 10
 
-// upstreamConn is a TLS connection to the real server that has read its
+// Conn is a TLS connection to the real server that has read its
 // greeting (and capabilities) and is ready to authenticate.
-type upstreamConn struct {
-	conn *tls.Conn
-	br   *bufio.Reader
+type Conn struct {
+	TLS *tls.Conn
+	br  *bufio.Reader
 	// greeting and caps as the server sent them.
-	greeting []byte
-	caps     []string
+	Greeting []byte
+	Caps     []string
 	// release gives back the mailbox slot an authenticated session holds.
 	release   func()
 	closeOnce sync.Once
 }
 
-// takeReader hands over the login's buffered reader: the relay drains
+// TakeReader hands over the login's buffered reader: the relay drains
 // it once and then reads the TLS connection directly, so an idle
 // session does not keep the reader's buffer.
-func (u *upstreamConn) takeReader() *bufio.Reader {
+func (u *Conn) TakeReader() *bufio.Reader {
 	br := u.br
 	u.br = nil
 	return br
 }
 
 // Close closes the connection and gives back its mailbox slot.
-func (u *upstreamConn) Close() error {
+func (u *Conn) Close() error {
 	var err error
 	u.closeOnce.Do(func() {
-		err = u.conn.Close()
+		err = u.TLS.Close()
 		if u.release != nil {
 			u.release()
 		}
@@ -57,15 +56,15 @@ func (u *upstreamConn) Close() error {
 	return err
 }
 
-// dialer opens upstream connections for one server section.
-type dialer struct {
+// Dialer opens upstream connections for one server section.
+type Dialer struct {
 	srv     *config.Server
 	tls     *tls.Config
 	timeout time.Duration // dial + handshake + greeting
 }
 
-func newDialer(srv *config.Server, roots *x509.CertPool, timeout time.Duration) *dialer {
-	return &dialer{
+func NewDialer(srv *config.Server, roots *x509.CertPool, timeout time.Duration) *Dialer {
+	return &Dialer{
 		srv: srv,
 		tls: &tls.Config{
 			ServerName:         srv.ServerAddress,
@@ -77,37 +76,37 @@ func newDialer(srv *config.Server, roots *x509.CertPool, timeout time.Duration) 
 	}
 }
 
-// upstreamError describes a failure to reach the upstream server in terms
+// Error describes a failure to reach the upstream server in terms
 // an operator can act on.
-type upstreamError struct {
+type Error struct {
 	msg   string
 	cause error
 }
 
-func (e *upstreamError) Error() string { return e.msg }
-func (e *upstreamError) Unwrap() error { return e.cause }
+func (e *Error) Error() string { return e.msg }
+func (e *Error) Unwrap() error { return e.cause }
 
-// dial connects, gets to TLS (implicit, or STARTTLS when server_starttls
+// Dial connects, gets to TLS (implicit, or STARTTLS when server_starttls
 // is set: no credential ever crosses a connection that is not yet TLS),
 // checks the certificate and host name against server_address, and reads
 // the greeting and capabilities (SMTP: the EHLO reply after TLS).
-func (d *dialer) dial(ctx context.Context) (*upstreamConn, error) {
+func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	addr := d.srv.UpstreamAddr()
 	nd := &net.Dialer{KeepAlive: 30 * time.Second}
 	raw, err := nd.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, &upstreamError{fmt.Sprintf("cannot connect to %s: %s", addr, shortNetErr(err)), err}
+		return nil, &Error{fmt.Sprintf("cannot connect to %s: %s", addr, ShortNetErr(err)), err}
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		raw.SetDeadline(dl)
 	}
-	u := &upstreamConn{br: bufio.NewReaderSize(raw, 4096)}
+	u := &Conn{br: bufio.NewReaderSize(raw, 4096)}
 	if d.srv.ServerStartTLS {
 		if err := u.startTLS(d.srv.Protocol, raw); err != nil {
 			raw.Close()
-			return nil, &upstreamError{fmt.Sprintf("STARTTLS with %s failed: %s", addr, shortNetErr(err)), err}
+			return nil, &Error{fmt.Sprintf("STARTTLS with %s failed: %s", addr, ShortNetErr(err)), err}
 		}
 	}
 	conn := tls.Client(&recordConn{Conn: raw}, d.tls)
@@ -115,15 +114,15 @@ func (d *dialer) dial(ctx context.Context) (*upstreamConn, error) {
 		raw.Close()
 		var verr *tls.CertificateVerificationError
 		if errors.As(err, &verr) {
-			return nil, &upstreamError{fmt.Sprintf("TLS certificate of %s is not trusted: %v", addr, verr.Err), err}
+			return nil, &Error{fmt.Sprintf("TLS certificate of %s is not trusted: %v", addr, verr.Err), err}
 		}
-		return nil, &upstreamError{fmt.Sprintf("TLS handshake with %s failed: %s", addr, shortNetErr(err)), err}
+		return nil, &Error{fmt.Sprintf("TLS handshake with %s failed: %s", addr, ShortNetErr(err)), err}
 	}
-	u.conn = conn
+	u.TLS = conn
 	u.br.Reset(conn)
 	if err := u.readGreeting(d.srv.Protocol, d.srv.ServerStartTLS); err != nil {
 		conn.Close()
-		return nil, &upstreamError{fmt.Sprintf("%s did not greet as an %s server: %s", addr, d.srv.Protocol, shortNetErr(err)), err}
+		return nil, &Error{fmt.Sprintf("%s did not greet as an %s server: %s", addr, d.srv.Protocol, ShortNetErr(err)), err}
 	}
 	conn.SetDeadline(time.Time{})
 	return u, nil
@@ -131,12 +130,12 @@ func (d *dialer) dial(ctx context.Context) (*upstreamConn, error) {
 
 // startTLS runs the plaintext part of a STARTTLS upstream: greeting, the
 // protocol's upgrade command and its positive answer. Nothing else is sent.
-func (u *upstreamConn) startTLS(proto config.Protocol, raw net.Conn) error {
+func (u *Conn) startTLS(proto config.Protocol, raw net.Conn) error {
 	line, err := u.readLine()
 	if err != nil {
 		return err
 	}
-	u.greeting = append([]byte{}, line...)
+	u.Greeting = append([]byte{}, line...)
 	switch proto {
 	case config.IMAP:
 		if !strings.HasPrefix(strings.ToUpper(string(line)), "* OK") {
@@ -176,7 +175,7 @@ func (u *upstreamConn) startTLS(proto config.Protocol, raw net.Conn) error {
 	return nil
 }
 
-func shortNetErr(err error) string {
+func ShortNetErr(err error) string {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Err != nil {
 		return op.Err.Error()
@@ -189,7 +188,7 @@ func shortNetErr(err error) string {
 
 // readLine returns one line without CRLF; the slice is only valid until the
 // next read.
-func (u *upstreamConn) readLine() ([]byte, error) {
+func (u *Conn) readLine() ([]byte, error) {
 	line, err := u.br.ReadSlice('\n')
 	if err == bufio.ErrBufferFull {
 		// A long line: gather it, up to the limit.
@@ -217,7 +216,7 @@ func trimCRLF(b []byte) []byte {
 	return b
 }
 
-func (u *upstreamConn) readGreeting(proto config.Protocol, afterSTARTTLS bool) error {
+func (u *Conn) readGreeting(proto config.Protocol, afterSTARTTLS bool) error {
 	if proto == config.SMTP {
 		if !afterSTARTTLS {
 			line, err := u.readLine()
@@ -228,11 +227,11 @@ func (u *upstreamConn) readGreeting(proto config.Protocol, afterSTARTTLS bool) e
 				return err
 			}
 		}
-		lines, err := u.smtpCommand(u.conn, "EHLO "+ehloName()+"\r\n", 250)
+		lines, err := u.smtpCommand(u.TLS, "EHLO "+ehloName()+"\r\n", 250)
 		if err != nil {
 			return err
 		}
-		u.caps = lines[1:]
+		u.Caps = lines[1:]
 		return nil
 	}
 	if afterSTARTTLS {
@@ -247,7 +246,7 @@ func (u *upstreamConn) readGreeting(proto config.Protocol, afterSTARTTLS bool) e
 	if err != nil {
 		return err
 	}
-	u.greeting = append([]byte{}, line...)
+	u.Greeting = append([]byte{}, line...)
 	switch proto {
 	case config.IMAP:
 		st, _, _ := imap.ParseResponse(line)
@@ -255,7 +254,7 @@ func (u *upstreamConn) readGreeting(proto config.Protocol, afterSTARTTLS bool) e
 			return fmt.Errorf("unexpected greeting %q", truncate(line))
 		}
 		if caps, ok := imap.GreetingCapabilities(line); ok {
-			u.caps = caps
+			u.Caps = caps
 			return nil
 		}
 		return u.imapCapability()
@@ -269,7 +268,7 @@ func (u *upstreamConn) readGreeting(proto config.Protocol, afterSTARTTLS bool) e
 }
 
 // expectIMAPOK sends a command and waits for its tagged OK.
-func (u *upstreamConn) expectIMAPOK(w io.Writer, cmd, tag string) error {
+func (u *Conn) expectIMAPOK(w io.Writer, cmd, tag string) error {
 	if _, err := w.Write([]byte(cmd)); err != nil {
 		return err
 	}
@@ -289,18 +288,18 @@ func (u *upstreamConn) expectIMAPOK(w io.Writer, cmd, tag string) error {
 }
 
 // smtpGreetingFrom reads the rest of a 220 greeting that starts with line.
-func (u *upstreamConn) smtpGreetingFrom(line []byte) error {
+func (u *Conn) smtpGreetingFrom(line []byte) error {
 	lines, err := u.smtpReplyFrom(line, 220)
 	if err != nil {
 		return err
 	}
-	u.greeting = []byte(lines[0])
+	u.Greeting = []byte(lines[0])
 	return nil
 }
 
 // smtpCommand sends cmd and reads a reply that must have code want; it
 // returns the text of each line.
-func (u *upstreamConn) smtpCommand(w io.Writer, cmd string, want int) ([]string, error) {
+func (u *Conn) smtpCommand(w io.Writer, cmd string, want int) ([]string, error) {
 	if _, err := w.Write([]byte(cmd)); err != nil {
 		return nil, err
 	}
@@ -312,7 +311,7 @@ func (u *upstreamConn) smtpCommand(w io.Writer, cmd string, want int) ([]string,
 }
 
 // smtpReplyFrom reads a (multi-line) reply starting with line.
-func (u *upstreamConn) smtpReplyFrom(line []byte, want int) ([]string, error) {
+func (u *Conn) smtpReplyFrom(line []byte, want int) ([]string, error) {
 	var texts []string
 	for i := 0; ; i++ {
 		code, more, text, ok := smtp.ParseReply(line)
@@ -341,9 +340,9 @@ func ehloName() string {
 	return "localhost"
 }
 
-func (u *upstreamConn) imapCapability() error {
-	u.caps = nil
-	if _, err := u.conn.Write([]byte("C0 CAPABILITY\r\n")); err != nil {
+func (u *Conn) imapCapability() error {
+	u.Caps = nil
+	if _, err := u.TLS.Write([]byte("C0 CAPABILITY\r\n")); err != nil {
 		return err
 	}
 	for {
@@ -352,7 +351,7 @@ func (u *upstreamConn) imapCapability() error {
 			return err
 		}
 		if caps, ok := imap.ParseCapabilityLine(line); ok {
-			u.caps = caps
+			u.Caps = caps
 			continue
 		}
 		if st, tag, _ := imap.ParseResponse(line); string(tag) == "C0" {
@@ -365,9 +364,9 @@ func (u *upstreamConn) imapCapability() error {
 }
 
 // popCapa reads CAPA; a server without CAPA leaves caps empty.
-func (u *upstreamConn) popCapa() error {
-	u.caps = nil
-	if _, err := u.conn.Write([]byte("CAPA\r\n")); err != nil {
+func (u *Conn) popCapa() error {
+	u.Caps = nil
+	if _, err := u.TLS.Write([]byte("CAPA\r\n")); err != nil {
 		return err
 	}
 	line, err := u.readLine()
@@ -385,7 +384,7 @@ func (u *upstreamConn) popCapa() error {
 		if string(line) == "." {
 			return nil
 		}
-		u.caps = append(u.caps, string(line))
+		u.Caps = append(u.Caps, string(line))
 	}
 }
 
@@ -394,32 +393,4 @@ func truncate(b []byte) string {
 		b = b[:120]
 	}
 	return string(b)
-}
-
-// profile is what clients are shown before login: the upstream's greeting
-// and capabilities, rewritten for the proxy.
-type profile struct {
-	imap         *imap.Profile
-	pop          *pop3.Profile
-	smtp         *smtp.Profile
-	smtpGreeting []byte
-}
-
-func profileOf(proto config.Protocol, u *upstreamConn) *profile {
-	switch proto {
-	case config.IMAP:
-		return &profile{imap: imap.NewProfile(u.greeting, u.caps)}
-	case config.POP:
-		return &profile{pop: pop3.NewProfile(u.greeting, u.caps)}
-	default:
-		// "220 mx.example.com ESMTP ..." : the first word names the server.
-		domain := "localhost"
-		if f := strings.Fields(string(u.greeting)); len(f) > 0 {
-			domain = f[0]
-		}
-		return &profile{
-			smtp:         &smtp.Profile{Domain: domain, Caps: smtp.ProxyCaps(u.caps)},
-			smtpGreeting: []byte("220 " + string(u.greeting) + "\r\n"),
-		}
-	}
 }

@@ -1,12 +1,14 @@
-package engine
+package upstream
 
 import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
-// warmPool keeps connections to one upstream server open ahead of need:
+// Pool keeps connections to one upstream server open ahead of need:
 // TCP connected, TLS done, greeting and capabilities read, not yet
 // authenticated. A login takes one and goes straight to AUTHENTICATE,
 // saving the connect, the handshake and the greeting (three or four round
@@ -18,9 +20,11 @@ import (
 // one, doubles its target each time a login finds it empty (up to max),
 // and shrinks by one each time a connection ages out unused. After
 // quietAfter without a login it stops replacing connections altogether.
-type warmPool struct {
-	s          *Server
-	l          *listener
+type Pool struct {
+	life       Life
+	dial       func(context.Context) (*Conn, error)
+	learn      func(*Conn) // sees every fresh connection (its greeting and capabilities)
+	log        zerolog.Logger
 	max        int
 	maxAge     time.Duration
 	quietAfter time.Duration
@@ -32,36 +36,39 @@ type warmPool struct {
 	lastTake  time.Time
 	reaperOn  bool
 	dialFails int // consecutive failed refills: back off
-	stats     poolStats
+	stats     PoolStats
 }
 
 type warmConn struct {
-	u    *upstreamConn
+	u    *Conn
 	born time.Time
 }
 
-// poolStats count what the pool did, for tests and the debug endpoint.
-type poolStats struct {
+// PoolStats count what the pool did, for tests and the debug endpoint.
+type PoolStats struct {
 	Hits, Misses, Expired, Dialed int
+	OldestIdle                    time.Duration // age of the oldest idle connection
 }
 
-func newWarmPool(s *Server, l *listener, max int, maxAge time.Duration) *warmPool {
-	return &warmPool{s: s, l: l, max: max, maxAge: maxAge, quietAfter: 5 * time.Minute}
+// NewPool makes a pool of at most max connections from dial, each kept
+// at most maxAge; learn sees every connection dialled.
+func NewPool(life Life, dial func(context.Context) (*Conn, error), learn func(*Conn), log zerolog.Logger, max int, maxAge time.Duration) *Pool {
+	return &Pool{life: life, dial: dial, learn: learn, log: log, max: max, maxAge: maxAge, quietAfter: 5 * time.Minute}
 }
 
-// take returns a warm connection, or nil when there is none (the caller
+// Take returns a warm connection, or nil when there is none (the caller
 // dials). Either way the pool refills in the background.
-func (p *warmPool) take() *upstreamConn {
+func (p *Pool) Take() *Conn {
 	if p == nil || p.max <= 0 {
 		return nil
 	}
 	now := time.Now()
-	var stale []*upstreamConn
+	var stale []*Conn
 	defer func() { closeAll(stale) }() // after the lock: closing writes to the network
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.lastTake = now
-	var got *upstreamConn
+	var got *Conn
 	for len(p.idle) > 0 && got == nil {
 		w := p.idle[0]
 		p.idle = p.idle[1:]
@@ -82,16 +89,16 @@ func (p *warmPool) take() *upstreamConn {
 	return got
 }
 
-// offer puts a connection dialled for another reason (learning the
+// Offer puts a connection dialled for another reason (learning the
 // server's greeting at start) into the pool instead of closing it.
-func (p *warmPool) offer(u *upstreamConn) {
+func (p *Pool) Offer(u *Conn) {
 	if p == nil || p.max <= 0 {
 		u.Close()
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.s.ctx.Err() != nil || len(p.idle) >= p.max {
+	if p.life.Ctx.Err() != nil || len(p.idle) >= p.max {
 		u.Close()
 		return
 	}
@@ -102,38 +109,38 @@ func (p *warmPool) offer(u *upstreamConn) {
 }
 
 // refillLocked starts dials until idle + dialing reaches the target.
-func (p *warmPool) refillLocked() {
+func (p *Pool) refillLocked() {
 	if !p.reaperOn {
 		p.reaperOn = true
-		p.s.wg.Add(1)
+		p.life.WG.Add(1)
 		go p.reap()
 	}
 	for len(p.idle)+p.dialing < p.target {
 		p.dialing++
-		p.s.wg.Add(1)
+		p.life.WG.Add(1)
 		go p.dialOne()
 	}
 }
 
-func (p *warmPool) dialOne() {
-	defer p.s.wg.Done()
+func (p *Pool) dialOne() {
+	defer p.life.WG.Done()
 	p.mu.Lock()
 	fails := p.dialFails
 	p.mu.Unlock()
 	if fails > 0 { // the server is failing: do not hammer it
 		select {
 		case <-time.After(min(time.Duration(fails)*time.Second, 30*time.Second)):
-		case <-p.s.ctx.Done():
+		case <-p.life.Ctx.Done():
 		}
 	}
-	u, err := p.l.dialer.dial(p.s.ctx)
+	u, err := p.dial(p.life.Ctx)
 	if err != nil {
 		p.mu.Lock()
 		p.dialing--
 		p.dialFails++
 		p.mu.Unlock()
-		if p.s.ctx.Err() == nil {
-			p.l.log.Debug().Err(err).Msg("warm pool: dial failed")
+		if p.life.Ctx.Err() == nil {
+			p.log.Debug().Err(err).Msg("warm pool: dial failed")
 		}
 		return
 	}
@@ -144,29 +151,29 @@ func (p *warmPool) dialOne() {
 
 // keep adds a freshly dialled connection to the pool if it is still
 // wanted.
-func (p *warmPool) keep(u *upstreamConn) bool {
+func (p *Pool) keep(u *Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.dialing--
 	p.dialFails = 0
 	p.stats.Dialed++
-	if p.s.ctx.Err() != nil || len(p.idle) >= p.target {
+	if p.life.Ctx.Err() != nil || len(p.idle) >= p.target {
 		return false
 	}
-	p.l.learn(u)
+	p.learn(u)
 	p.idle = append(p.idle, warmConn{u: u, born: time.Now()})
 	return true
 }
 
 // reap closes connections about to reach maxAge and replaces them while
 // the pool is in use; it ends with the server.
-func (p *warmPool) reap() {
-	defer p.s.wg.Done()
+func (p *Pool) reap() {
+	defer p.life.WG.Done()
 	tick := time.NewTicker(max(p.maxAge/8, 10*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
-		case <-p.s.ctx.Done():
+		case <-p.life.Ctx.Done():
 			p.mu.Lock()
 			all := p.idle
 			p.idle = nil
@@ -176,7 +183,7 @@ func (p *warmPool) reap() {
 			}
 			return
 		case now := <-tick.C:
-			var stale []*upstreamConn
+			var stale []*Conn
 			p.mu.Lock()
 			// Leave a margin of one tick so a connection taken is never
 			// one the server is about to drop.
@@ -196,28 +203,19 @@ func (p *warmPool) reap() {
 	}
 }
 
-func closeAll(conns []*upstreamConn) {
+func closeAll(conns []*Conn) {
 	for _, u := range conns {
 		u.Close()
 	}
 }
 
-// snapshot returns the counters and the number of idle connections.
-func (p *warmPool) snapshot() (poolStats, int) {
+// Snapshot returns the counters and the number of idle connections.
+func (p *Pool) Snapshot() (PoolStats, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.stats, len(p.idle)
-}
-
-// upstreamFor returns a connection ready to authenticate: a warm one if
-// the pool has it (pooled reports that), else a fresh dial.
-func (s *Server) upstreamFor(ctx context.Context, l *listener) (u *upstreamConn, pooled bool, err error) {
-	if u := l.pool.take(); u != nil {
-		return u, true, nil
+	st := p.stats
+	if len(p.idle) > 0 {
+		st.OldestIdle = time.Since(p.idle[0].born)
 	}
-	u, err = l.dialer.dial(ctx)
-	if err == nil {
-		l.learn(u)
-	}
-	return u, false, err
+	return st, len(p.idle)
 }

@@ -1,4 +1,4 @@
-package engine
+package upstream
 
 import (
 	"bytes"
@@ -41,9 +41,9 @@ var reusableCommands = map[string]bool{
 	"LISTRIGHTS": true, "GETMETADATA": true, "LOGOUT": true,
 }
 
-// isReusable looks name up in reusableCommands, ignoring case, without
+// IsReusable looks name up in reusableCommands, ignoring case, without
 // allocating (it runs for every command of a reusable session).
-func isReusable(name []byte) bool {
+func IsReusable(name []byte) bool {
 	var buf [16]byte
 	if len(name) > len(buf) {
 		return false
@@ -57,13 +57,13 @@ func isReusable(name []byte) bool {
 	return reusableCommands[string(buf[:len(name)])]
 }
 
-// resetTag tags the UNSELECT the proxy sends; clients' tags are echoed
+// ResetTag tags the UNSELECT the proxy sends; clients' tags are echoed
 // only for their own commands, so the proxy recognises its answer.
-const resetTag = "EPXRESET"
+const ResetTag = "EPXRESET"
 
-// lingerStore holds authenticated IMAP upstream sessions between logins.
-type lingerStore struct {
-	s    *Server
+// Linger holds authenticated IMAP upstream sessions between logins.
+type Linger struct {
+	life Life
 	ttl  time.Duration
 	salt [32]byte // keys hold a salted hash of the password, never the password
 
@@ -79,26 +79,26 @@ type ReuseStats struct {
 }
 
 type lingering struct {
-	u       *upstreamConn
+	u       *Conn
 	reply   []byte // the upstream's login answer; its last line is tagged
 	key     string
-	mailbox string // mailboxKey, for eviction by the mailbox cap
+	mailbox string // MailboxKey, for eviction by the mailbox cap
 	timer   *time.Timer
 	watched chan struct{} // closed when the watcher has stopped reading
 	dead    atomic.Bool   // the server spoke or hung up while idle
 }
 
-func newLingerStore(s *Server, ttl time.Duration) *lingerStore {
-	ls := &lingerStore{s: s, ttl: ttl, byKey: map[string][]*lingering{}}
+func NewLinger(life Life, ttl time.Duration) *Linger {
+	ls := &Linger{life: life, ttl: ttl, byKey: map[string][]*lingering{}}
 	if _, err := rand.Read(ls.salt[:]); err != nil {
 		panic(err) // crypto/rand does not fail on supported systems
 	}
 	return ls
 }
 
-// key names the sessions one login may take: same server section, same
+// Key names the sessions one login may take: same server section, same
 // account, same password.
-func (ls *lingerStore) key(section, user, password string) string {
+func (ls *Linger) Key(section, user, password string) string {
 	if ls == nil {
 		return ""
 	}
@@ -108,11 +108,11 @@ func (ls *lingerStore) key(section, user, password string) string {
 	return section + "\x00" + strings.ToLower(user) + "\x00" + hex.EncodeToString(h.Sum(nil))
 }
 
-// park keeps u for the next login under key.
-func (ls *lingerStore) park(u *upstreamConn, key, mailbox string, reply []byte) {
+// Park keeps u for the next login under key.
+func (ls *Linger) Park(u *Conn, key, mailbox string, reply []byte) {
 	lg := &lingering{u: u, reply: reply, key: key, mailbox: mailbox, watched: make(chan struct{})}
 	ls.mu.Lock()
-	if ls.s.ctx.Err() != nil {
+	if ls.life.Ctx.Err() != nil {
 		ls.mu.Unlock()
 		u.Close()
 		return
@@ -128,12 +128,12 @@ func (ls *lingerStore) park(u *upstreamConn, key, mailbox string, reply []byte) 
 	ls.mu.Unlock()
 	// The watcher notices a server that logs the session out (BYE, or
 	// just closing) while it waits; take interrupts it with a deadline.
-	ls.s.wg.Add(1)
+	ls.life.WG.Add(1)
 	go func() {
-		defer ls.s.wg.Done()
+		defer ls.life.WG.Done()
 		defer close(lg.watched)
 		var b [1]byte
-		n, err := u.conn.Read(b[:])
+		n, err := u.TLS.Read(b[:])
 		var ne net.Error
 		if n > 0 || !(errors.As(err, &ne) && ne.Timeout()) {
 			lg.dead.Store(true)
@@ -146,14 +146,14 @@ func (ls *lingerStore) park(u *upstreamConn, key, mailbox string, reply []byte) 
 	}()
 }
 
-func (ls *lingerStore) count(f func(*ReuseStats)) {
+func (ls *Linger) count(f func(*ReuseStats)) {
 	ls.mu.Lock()
 	f(&ls.stats)
 	ls.mu.Unlock()
 }
 
 // remove takes lg out of the store; false if someone else already did.
-func (ls *lingerStore) remove(lg *lingering) bool {
+func (ls *Linger) remove(lg *lingering) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	list := ls.byKey[lg.key]
@@ -171,8 +171,8 @@ func (ls *lingerStore) remove(lg *lingering) bool {
 	return false
 }
 
-// take returns a live lingering session for key, or nil.
-func (ls *lingerStore) take(key string) *lingering {
+// Take returns a live lingering session for key, or nil.
+func (ls *Linger) Take(key string) *lingering {
 	if ls == nil || key == "" {
 		return nil
 	}
@@ -189,21 +189,21 @@ func (ls *lingerStore) take(key string) *lingering {
 			continue
 		}
 		lg.timer.Stop()
-		lg.u.conn.SetReadDeadline(time.Now())
+		lg.u.TLS.SetReadDeadline(time.Now())
 		<-lg.watched
 		if lg.dead.Load() {
 			lg.u.Close()
 			continue
 		}
-		lg.u.conn.SetReadDeadline(time.Time{})
+		lg.u.TLS.SetReadDeadline(time.Time{})
 		ls.count(func(st *ReuseStats) { st.Reused++ })
 		return lg
 	}
 }
 
-// evict closes one lingering session of mailbox; it reports whether
+// Evict closes one lingering session of mailbox; it reports whether
 // there was one.
-func (ls *lingerStore) evict(mailbox string) bool {
+func (ls *Linger) Evict(mailbox string) bool {
 	if ls == nil {
 		return false
 	}
@@ -229,8 +229,8 @@ func (ls *lingerStore) evict(mailbox string) bool {
 	return true
 }
 
-// closeAll ends every lingering session (the server is stopping).
-func (ls *lingerStore) closeAll() {
+// CloseAll ends every lingering session (the server is stopping).
+func (ls *Linger) CloseAll() {
 	if ls == nil {
 		return
 	}
@@ -247,7 +247,8 @@ func (ls *lingerStore) closeAll() {
 	}
 }
 
-func (ls *lingerStore) snapshot() ReuseStats {
+// Snapshot returns the counters.
+func (ls *Linger) Snapshot() ReuseStats {
 	if ls == nil {
 		return ReuseStats{}
 	}
@@ -256,8 +257,8 @@ func (ls *lingerStore) snapshot() ReuseStats {
 	return ls.stats
 }
 
-// retag turns a stored login answer into the answer to a login tagged tag.
-func retag(reply []byte, tag string) []byte {
+// Retag turns a stored login answer into the answer to a login tagged tag.
+func Retag(reply []byte, tag string) []byte {
 	body := bytes.TrimSuffix(reply, []byte("\r\n"))
 	last := bytes.LastIndex(body, []byte("\r\n"))
 	head, line := []byte(nil), body
@@ -275,11 +276,11 @@ func retag(reply []byte, tag string) []byte {
 	return append(out, "\r\n"...)
 }
 
-// canReuse reports whether sessions on this upstream may be reused.
-func canReuse(srv *config.Server, u *upstreamConn, reply []byte) bool {
+// CanReuse reports whether sessions on this upstream may be reused.
+func CanReuse(srv *config.Server, u *Conn, reply []byte) bool {
 	if srv.Protocol != config.IMAP {
 		return false
 	}
-	return imap.HasCapability(u.caps, "UNSELECT") || imap.HasCapability(u.caps, "IMAP4rev2") ||
+	return imap.HasCapability(u.Caps, "UNSELECT") || imap.HasCapability(u.Caps, "IMAP4rev2") ||
 		bytes.Contains(bytes.ToUpper(reply), []byte("UNSELECT"))
 }

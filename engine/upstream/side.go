@@ -1,0 +1,121 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/emailproxy/emailproxy/config"
+)
+
+// Side is the upstream side of one server section: where its logins get
+// an authenticated session.
+type Side struct {
+	Srv    *config.Server
+	Dialer *Dialer
+	Pool   *Pool   // warm connections (nil or empty: every login dials)
+	Gates  *Gates  // per-mailbox caps, shared by every section
+	Linger *Linger // kept IMAP sessions, shared; nil: reuse is off
+	// Learn sees every freshly dialled connection (its greeting and
+	// capabilities, for what clients are shown).
+	Learn func(*Conn)
+	// POP3InitialResponse sends AUTH XOAUTH2 with the response on the
+	// same line.
+	POP3InitialResponse bool
+}
+
+// Request is the upstream half of one login.
+type Request struct {
+	Tag   string // the client's IMAP tag, used upstream so answers need no rewriting
+	User  string
+	Token string
+	// ReuseKey names the kept sessions this login may take, and under
+	// which its own session may be kept after LOGOUT ("": neither).
+	ReuseKey string
+}
+
+// Session is an authenticated upstream session, holding one of its
+// mailbox's slots until Conn is closed.
+type Session struct {
+	Conn       *Conn
+	Reply      []byte // the answer to relay to the client
+	LoginReply []byte // the server's own login answer, to answer later logins that reuse the session
+	Mailbox    string // MailboxKey of the account on this server
+	ReuseKey   string // "" when the session may not be kept after LOGOUT
+	Reused     bool   // a kept session was taken
+}
+
+// Failure is a login the upstream side could not serve for a reason
+// other than the token: the server is down, the mailbox's slots are all
+// taken. It is temporary, and its text is safe to show the client.
+type Failure struct{ Text string }
+
+func (f *Failure) Error() string { return f.Text }
+
+// Open returns an authenticated session for req: a kept one of the same
+// account and password if session reuse has one, else a warm or fresh
+// connection authenticated with req.Token once the mailbox has a free
+// slot. A warm connection the server has dropped meanwhile is replaced by
+// a fresh dial once. A token the server refuses is a *RefusedError; any
+// other failure a *Failure.
+func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
+	sess := &Session{Mailbox: MailboxKey(s.Srv.ServerAddress, req.User), ReuseKey: req.ReuseKey}
+	if lg := s.Linger.Take(req.ReuseKey); lg != nil {
+		if reply := Retag(lg.reply, req.Tag); reply != nil {
+			sess.Conn, sess.Reply, sess.LoginReply, sess.Reused = lg.u, reply, lg.reply, true
+			return sess, nil
+		}
+		lg.u.Close()
+	}
+	release, err := s.Gates.Acquire(ctx, sess.Mailbox)
+	if err != nil {
+		return nil, &Failure{fmt.Sprintf("too many sessions of mailbox %s are open upstream (limit %d); waited for one to end until the login timed out",
+			req.User, s.Gates.Limit())}
+	}
+	held := true
+	defer func() {
+		if held {
+			release()
+		}
+	}()
+	freshDial := false
+	for {
+		var u *Conn
+		pooled := false
+		if !freshDial {
+			u = s.Pool.Take()
+			pooled = u != nil
+		}
+		if u == nil {
+			if u, err = s.Dialer.Dial(ctx); err != nil {
+				return nil, &Failure{"upstream server unavailable: " + err.Error()}
+			}
+			s.Learn(u)
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			u.TLS.SetDeadline(dl)
+		}
+		reply, err := u.Authenticate(s.Srv, req.Tag, req.User, req.Token, s.POP3InitialResponse)
+		if err == nil {
+			u.TLS.SetDeadline(time.Time{})
+			held = false
+			u.release = release
+			sess.Conn, sess.Reply, sess.LoginReply = u, reply, reply
+			if !CanReuse(s.Srv, u, reply) {
+				sess.ReuseKey = ""
+			}
+			return sess, nil
+		}
+		u.Close()
+		var rej *RefusedError
+		if errors.As(err, &rej) {
+			return nil, err
+		}
+		if pooled && ctx.Err() == nil {
+			freshDial = true // the server dropped the warm connection: once more, fresh
+			continue
+		}
+		return nil, &Failure{"upstream server failed during authentication: " + ShortNetErr(err)}
+	}
+}
