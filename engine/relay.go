@@ -35,7 +35,7 @@ type relay struct {
 }
 
 func (s *Server) newRelay(client net.Conn, up *upstream.Conn, proto config.Protocol) *relay {
-	r := &relay{client: client, up: up, idle: s.idleTimeout(proto)}
+	r := &relay{client: client, up: up, idle: dialectOf(proto).idleTimeout(&s.opts)}
 	r.toClient = &timedWriter{c: client, timeout: s.opts.SendTimeout, active: &r.active}
 	r.toUp = &timedWriter{c: up.TLS, timeout: s.opts.SendTimeout, active: &r.active}
 	r.active.Store(time.Now().UnixNano())
@@ -74,17 +74,6 @@ func (w *timedWriter) Write(b []byte) (int, error) {
 }
 
 var errSendTimeout = errors.New("send timeout: the peer accepted no data")
-
-// idleTimeout is how long an authenticated session of proto may be silent.
-func (s *Server) idleTimeout(proto config.Protocol) time.Duration {
-	switch proto {
-	case config.IMAP:
-		return s.opts.IMAPIdleTimeout
-	case config.POP:
-		return s.opts.POP3IdleTimeout
-	}
-	return s.opts.SMTPIdleTimeout
-}
 
 // sweepIdleRelays closes authenticated sessions with no traffic either
 // way for longer than their protocol's idle timeout.

@@ -106,17 +106,6 @@ func newSession(s *Server, l *listener, c gnet.Conn) *session {
 	return sess
 }
 
-// idleBye is sent to a client disconnected for silence before login.
-func idleBye(proto config.Protocol) []byte {
-	switch proto {
-	case config.IMAP:
-		return []byte("* BYE Autologout; idle for too long\r\n")
-	case config.POP:
-		return []byte("-ERR Idle for too long, closing\r\n")
-	}
-	return []byte("421 4.4.2 Idle for too long, closing connection\r\n")
-}
-
 // logger is the listener's logger with the client's address.
 func (s *session) logger() zerolog.Logger {
 	return s.l.log.With().Str("client", s.remote).Logger()
@@ -132,7 +121,7 @@ func (s *session) logOpen() {
 func (s *session) greet(p *profile) []byte {
 	s.prof = p
 	s.phase = phPreLogin
-	return greeting(s.l.srv.Protocol, p, false, false)
+	return s.l.d.greeting(p, false, false)
 }
 
 // post hands a result to the loop from another goroutine.
@@ -167,7 +156,7 @@ func (s *session) onTraffic() gnet.Action {
 				return gnet.Close
 			}
 		case p.unavailable:
-			s.c.Write(unavailableBye(s.l.srv.Protocol))
+			s.c.Write(s.l.d.unavailableBye)
 			return gnet.Close
 		}
 	}
@@ -244,18 +233,6 @@ func (s *session) poll(now time.Time) {
 	time.AfterFunc(d, func() { s.post(func(p *pending) { p.poll = true }) })
 }
 
-// unavailableBye is sent instead of a greeting when the upstream cannot be
-// reached.
-func unavailableBye(proto config.Protocol) []byte {
-	switch proto {
-	case config.IMAP:
-		return []byte("* BYE [UNAVAILABLE] emailproxy: upstream server unavailable, try again later\r\n")
-	case config.POP:
-		return []byte("-ERR [SYS/TEMP] emailproxy: upstream server unavailable, try again later\r\n")
-	}
-	return []byte("421 4.3.2 emailproxy: upstream server unavailable, try again later\r\n")
-}
-
 // flushAt is how much output process gathers before writing it: answers
 // to pipelined commands go out in one write instead of one each.
 const flushAt = 16 << 10
@@ -272,7 +249,7 @@ func (s *session) process() gnet.Action {
 		return gnet.None
 	}
 	if s.m == nil {
-		s.m = s.srv.newMachine(s.l.srv.Protocol, s.prof, false, false)
+		s.m = s.l.d.newMachine(s.prof, false, false, &s.srv.opts)
 	}
 	out := s.srv.outBufs.Get()
 	defer s.srv.outBufs.Put(out)

@@ -159,12 +159,12 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 	}
 	prof := l.waitProfile(s)
 	if prof == nil {
-		send(unavailableBye(l.srv.Protocol))
+		send(l.d.unavailableBye)
 		reason = "upstream unavailable"
 		return
 	}
-	m := s.newMachine(l.srv.Protocol, prof, l.startTLS, active)
-	if err := send(greeting(l.srv.Protocol, prof, l.startTLS, active)); err != nil {
+	m := l.d.newMachine(prof, l.startTLS, active, &s.opts)
+	if err := send(l.d.greeting(prof, l.startTLS, active)); err != nil {
 		return
 	}
 	buf := make([]byte, 0, 1024)
@@ -220,7 +220,7 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 		if err != nil && n == 0 {
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
 				c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-				c.Write(idleBye(l.srv.Protocol)) // best effort: the client is silent
+				c.Write(l.d.idleBye) // best effort: the client is silent
 				reason = "idle before login"
 			}
 			return

@@ -7,16 +7,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/emailproxy/emailproxy/config"
-	"github.com/emailproxy/emailproxy/protocol/imap"
-	"github.com/emailproxy/emailproxy/protocol/smtp"
 )
 
 // maxUpstreamLine bounds one line from the upstream server before login.
@@ -104,7 +99,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 	}
 	u := &Conn{br: bufio.NewReaderSize(raw, 4096)}
 	if d.srv.ServerStartTLS {
-		if err := u.startTLS(d.srv.Protocol, raw); err != nil {
+		if err := u.startTLS(dialectOf(d.srv.Protocol), raw); err != nil {
 			raw.Close()
 			return nil, &Error{fmt.Sprintf("STARTTLS with %s failed: %s", addr, ShortNetErr(err)), err}
 		}
@@ -120,7 +115,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 	}
 	u.TLS = conn
 	u.br.Reset(conn)
-	if err := u.readGreeting(d.srv.Protocol, d.srv.ServerStartTLS); err != nil {
+	if err := dialectOf(d.srv.Protocol).greet(u, d.srv.ServerStartTLS); err != nil {
 		conn.Close()
 		return nil, &Error{fmt.Sprintf("%s did not greet as an %s server: %s", addr, d.srv.Protocol, ShortNetErr(err)), err}
 	}
@@ -130,43 +125,14 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 
 // startTLS runs the plaintext part of a STARTTLS upstream: greeting, the
 // protocol's upgrade command and its positive answer. Nothing else is sent.
-func (u *Conn) startTLS(proto config.Protocol, raw net.Conn) error {
+func (u *Conn) startTLS(d dialect, raw net.Conn) error {
 	line, err := u.readLine()
 	if err != nil {
 		return err
 	}
 	u.Greeting = append([]byte{}, line...)
-	switch proto {
-	case config.IMAP:
-		if !strings.HasPrefix(strings.ToUpper(string(line)), "* OK") {
-			return fmt.Errorf("unexpected greeting %q", truncate(line))
-		}
-		if err := u.expectIMAPOK(raw, "S0 STARTTLS\r\n", "S0"); err != nil {
-			return err
-		}
-	case config.POP:
-		if !strings.HasPrefix(string(line), "+OK") {
-			return fmt.Errorf("unexpected greeting %q", truncate(line))
-		}
-		if _, err := raw.Write([]byte("STLS\r\n")); err != nil {
-			return err
-		}
-		if line, err = u.readLine(); err != nil {
-			return err
-		}
-		if !strings.HasPrefix(string(line), "+OK") {
-			return fmt.Errorf("STLS refused: %q", truncate(line))
-		}
-	default:
-		if err := u.smtpGreetingFrom(line); err != nil {
-			return err
-		}
-		if _, err := u.smtpCommand(raw, "EHLO "+ehloName()+"\r\n", 250); err != nil {
-			return err
-		}
-		if _, err := u.smtpCommand(raw, "STARTTLS\r\n", 220); err != nil {
-			return err
-		}
+	if err := d.upgrade(u, raw, line); err != nil {
+		return err
 	}
 	if u.br.Buffered() > 0 {
 		// Bytes after the upgrade answer could be injected plaintext.
@@ -175,6 +141,8 @@ func (u *Conn) startTLS(proto config.Protocol, raw net.Conn) error {
 	return nil
 }
 
+// ShortNetErr says what went wrong with a connection in a few words
+// (the system's reason, or "timed out").
 func ShortNetErr(err error) string {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Err != nil {
@@ -214,178 +182,6 @@ func trimCRLF(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
-}
-
-func (u *Conn) readGreeting(proto config.Protocol, afterSTARTTLS bool) error {
-	if proto == config.SMTP {
-		if !afterSTARTTLS {
-			line, err := u.readLine()
-			if err != nil {
-				return err
-			}
-			if err := u.smtpGreetingFrom(line); err != nil {
-				return err
-			}
-		}
-		lines, err := u.smtpCommand(u.TLS, "EHLO "+ehloName()+"\r\n", 250)
-		if err != nil {
-			return err
-		}
-		u.Caps = lines[1:]
-		return nil
-	}
-	if afterSTARTTLS {
-		// IMAP and POP3 send no new greeting after TLS; ask again for the
-		// capabilities, which may have changed.
-		if proto == config.IMAP {
-			return u.imapCapability()
-		}
-		return u.popCapa()
-	}
-	line, err := u.readLine()
-	if err != nil {
-		return err
-	}
-	u.Greeting = append([]byte{}, line...)
-	switch proto {
-	case config.IMAP:
-		st, _, _ := imap.ParseResponse(line)
-		if st != imap.Untagged || !strings.HasPrefix(strings.ToUpper(string(line)), "* OK") {
-			return fmt.Errorf("unexpected greeting %q", truncate(line))
-		}
-		if caps, ok := imap.GreetingCapabilities(line); ok {
-			u.Caps = caps
-			return nil
-		}
-		return u.imapCapability()
-	case config.POP:
-		if !strings.HasPrefix(string(line), "+OK") {
-			return fmt.Errorf("unexpected greeting %q", truncate(line))
-		}
-		return u.popCapa()
-	}
-	return fmt.Errorf("protocol %s is not supported", proto)
-}
-
-// expectIMAPOK sends a command and waits for its tagged OK.
-func (u *Conn) expectIMAPOK(w io.Writer, cmd, tag string) error {
-	if _, err := w.Write([]byte(cmd)); err != nil {
-		return err
-	}
-	for i := 0; i < maxAuthLines; i++ {
-		line, err := u.readLine()
-		if err != nil {
-			return err
-		}
-		if st, t, _ := imap.ParseResponse(line); string(t) == tag {
-			if st != imap.OK {
-				return fmt.Errorf("%s refused: %q", strings.Fields(cmd)[1], truncate(line))
-			}
-			return nil
-		}
-	}
-	return errors.New("no answer")
-}
-
-// smtpGreetingFrom reads the rest of a 220 greeting that starts with line.
-func (u *Conn) smtpGreetingFrom(line []byte) error {
-	lines, err := u.smtpReplyFrom(line, 220)
-	if err != nil {
-		return err
-	}
-	u.Greeting = []byte(lines[0])
-	return nil
-}
-
-// smtpCommand sends cmd and reads a reply that must have code want; it
-// returns the text of each line.
-func (u *Conn) smtpCommand(w io.Writer, cmd string, want int) ([]string, error) {
-	if _, err := w.Write([]byte(cmd)); err != nil {
-		return nil, err
-	}
-	line, err := u.readLine()
-	if err != nil {
-		return nil, err
-	}
-	return u.smtpReplyFrom(line, want)
-}
-
-// smtpReplyFrom reads a (multi-line) reply starting with line.
-func (u *Conn) smtpReplyFrom(line []byte, want int) ([]string, error) {
-	var texts []string
-	for i := 0; ; i++ {
-		code, more, text, ok := smtp.ParseReply(line)
-		if !ok || code != want {
-			return nil, fmt.Errorf("unexpected reply %q", truncate(line))
-		}
-		texts = append(texts, text)
-		if !more {
-			return texts, nil
-		}
-		if i > maxAuthLines {
-			return nil, errors.New("reply too long")
-		}
-		var err error
-		if line, err = u.readLine(); err != nil {
-			return nil, err
-		}
-	}
-}
-
-// ehloName is the name the proxy gives itself in EHLO.
-func ehloName() string {
-	if h, err := os.Hostname(); err == nil && h != "" && !strings.ContainsAny(h, " \r\n") {
-		return h
-	}
-	return "localhost"
-}
-
-func (u *Conn) imapCapability() error {
-	u.Caps = nil
-	if _, err := u.TLS.Write([]byte("C0 CAPABILITY\r\n")); err != nil {
-		return err
-	}
-	for {
-		line, err := u.readLine()
-		if err != nil {
-			return err
-		}
-		if caps, ok := imap.ParseCapabilityLine(line); ok {
-			u.Caps = caps
-			continue
-		}
-		if st, tag, _ := imap.ParseResponse(line); string(tag) == "C0" {
-			if st != imap.OK {
-				return fmt.Errorf("CAPABILITY failed: %q", truncate(line))
-			}
-			return nil
-		}
-	}
-}
-
-// popCapa reads CAPA; a server without CAPA leaves caps empty.
-func (u *Conn) popCapa() error {
-	u.Caps = nil
-	if _, err := u.TLS.Write([]byte("CAPA\r\n")); err != nil {
-		return err
-	}
-	line, err := u.readLine()
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(string(line), "+OK") {
-		return nil
-	}
-	for {
-		line, err := u.readLine()
-		if err != nil {
-			return err
-		}
-		if string(line) == "." {
-			return nil
-		}
-		u.Caps = append(u.Caps, string(line))
-	}
 }
 
 func truncate(b []byte) string {

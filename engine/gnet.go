@@ -1,0 +1,131 @@
+package engine
+
+// The event-loop front end: gnet's callbacks for the plaintext
+// listeners. Each connection is a session (session.go) driven on its
+// loop; the idle sweep runs off the loops and uses only gnet's
+// goroutine-safe calls.
+
+import (
+	"net"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/rs/zerolog"
+)
+
+// OnBoot implements gnet.EventHandler.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	close(s.booted)
+	return gnet.None
+}
+
+// OnOpen implements gnet.EventHandler: greet at once if the upstream's
+// greeting is known, else fetch it off the loop.
+func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	port := 0
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		port = a.Port
+	}
+	l := s.listeners[port]
+	if l == nil {
+		return nil, gnet.Close
+	}
+	sess := newSession(s, l, c)
+	c.SetContext(sess)
+	s.addSession(sess)
+	sess.logOpen()
+	prof := l.profileOr(s, func(p *profile) {
+		sess.post(func(ps *pending) {
+			if p != nil {
+				ps.profile = p
+			} else {
+				ps.unavailable = true
+			}
+		})
+	})
+	if prof == nil {
+		return nil, gnet.None // greeted from OnTraffic once the profile is known
+	}
+	return sess.greet(prof), gnet.None
+}
+
+// OnTraffic implements gnet.EventHandler.
+func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
+	sess, ok := c.Context().(*session)
+	if !ok {
+		return gnet.Close
+	}
+	return sess.onTraffic()
+}
+
+// OnClose implements gnet.EventHandler.
+func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
+	if sess, ok := c.Context().(*session); ok {
+		s.removeSession(sess)
+		sess.onClose(err)
+	}
+	return gnet.None
+}
+
+// OnTick implements gnet.EventHandler: it disconnects clients that stayed
+// silent before login for longer than IdleTimeout (a login in progress has
+// its own timeout). It runs off the event loops, so it only reads atomics
+// and uses gnet's thread-safe calls.
+func (s *Server) OnTick() (time.Duration, gnet.Action) {
+	now := time.Now().UnixNano()
+	limit := s.opts.IdleTimeout.Nanoseconds()
+	var idle []*session
+	s.sessMu.Lock()
+	for sess := s.sessHead; sess != nil; sess = sess.next {
+		if sess.idleCheck.Load() && now-sess.lastSeen.Load() > limit {
+			sess.idleCheck.Store(false)
+			idle = append(idle, sess)
+		}
+	}
+	s.sessMu.Unlock()
+	for _, sess := range idle {
+		sess.c.AsyncWrite(sess.l.d.idleBye, nil)
+		sess.c.Close()
+	}
+	return min(s.opts.IdleTimeout/4, 10*time.Second), gnet.None
+}
+
+func (s *Server) addSession(sess *session) {
+	s.sessMu.Lock()
+	sess.next = s.sessHead
+	if s.sessHead != nil {
+		s.sessHead.prev = sess
+	}
+	s.sessHead = sess
+	s.sessCount++
+	s.sessMu.Unlock()
+}
+
+func (s *Server) removeSession(sess *session) {
+	s.sessMu.Lock()
+	if sess.prev != nil {
+		sess.prev.next = sess.next
+	} else if s.sessHead == sess {
+		s.sessHead = sess.next
+	}
+	if sess.next != nil {
+		sess.next.prev = sess.prev
+	}
+	sess.prev, sess.next = nil, nil
+	s.sessCount--
+	s.sessMu.Unlock()
+}
+
+// gnetLogger sends gnet's own messages to zerolog.
+type gnetLogger struct{ l zerolog.Logger }
+
+func (g gnetLogger) Debugf(f string, a ...any) { g.l.Debug().Msgf("gnet: "+f, a...) }
+
+func (g gnetLogger) Infof(f string, a ...any) { g.l.Debug().Msgf("gnet: "+f, a...) }
+
+func (g gnetLogger) Warnf(f string, a ...any) { g.l.Warn().Msgf("gnet: "+f, a...) }
+
+func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error().Msgf("gnet: "+f, a...) }
+
+func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error().Msgf("gnet: "+f, a...) }

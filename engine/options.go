@@ -1,0 +1,116 @@
+package engine
+
+import (
+	"crypto/x509"
+	"runtime"
+	"time"
+
+	"github.com/emailproxy/emailproxy/protocol/imap"
+	"github.com/emailproxy/emailproxy/protocol/pop3"
+	"github.com/emailproxy/emailproxy/protocol/smtp"
+	"github.com/rs/zerolog"
+)
+
+// Options tune the engine; zero values take the defaults shown.
+type Options struct {
+	EventLoops   int           // gnet event loops (default: number of CPUs)
+	LoginTimeout time.Duration // token + dial + TLS + XOAUTH2 for one login (default 30 s)
+	DialTimeout  time.Duration // TCP + TLS + greeting upstream (default 10 s)
+	RelayBuffer  int           // bytes per relay direction (default 16 KiB)
+	TCPKeepAlive time.Duration // client and upstream keepalive period (default 60 s)
+	IdleTimeout  time.Duration // a client silent this long before login is disconnected (default 10 min)
+	// SendTimeout ends a session whose peer accepts no bytes for this long
+	// (a client that stops reading mid-download; default 60 s, nginx's
+	// send_timeout). It measures time without progress, not total time.
+	SendTimeout time.Duration
+	// Authenticated sessions with no traffic either way for this long are
+	// closed; the defaults are the RFC minimums for a server's autologout:
+	// IMAP 30 min (RFC 9051 §5.4), POP3 10 min (RFC 1939 §3), SMTP 5 min
+	// per command (RFC 5321 §4.5.3.2).
+	IMAPIdleTimeout, POP3IdleTimeout, SMTPIdleTimeout time.Duration
+	// PendingLimit bounds what a client connection on the event loop may
+	// hold before login: unsent output (above it, its input waits) and
+	// input that must wait (above it, the client is disconnected: gnet
+	// cannot stop reading one connection). Default 64 KiB.
+	PendingLimit int
+	// WarmConnections caps the pre-connected upstream connections kept per
+	// server section; the pool grows towards it only while logins find it
+	// empty (default 64; negative: none).
+	WarmConnections int
+	// WarmMaxAge recycles a warm connection this old, well before servers
+	// drop unauthenticated connections (default 40 s; Exchange: 60 s).
+	WarmMaxAge time.Duration
+	// MailboxLimit caps one mailbox's concurrent authenticated sessions on
+	// one upstream host; logins over it queue (default 16, Exchange
+	// Online's limit; negative: no cap).
+	MailboxLimit int
+	// POP3InitialResponse sends the XOAUTH2 response on the AUTH line
+	// (RFC 5034 allows it) instead of after the server's "+" (default:
+	// two steps, as Exchange Online documents).
+	POP3InitialResponse bool
+	// IMAPSessionReuse keeps an IMAP upstream session this long after its
+	// client's LOGOUT for the next login of the same account and password
+	// (default 0: off).
+	IMAPSessionReuse time.Duration
+	IMAPLimits       imap.Limits // default imap.DefaultLimits
+	POPLimits        pop3.Limits // default pop3.DefaultLimits
+	SMTPLimits       smtp.Limits // default smtp.DefaultLimits
+	// RootCAs verifies upstream certificates; nil means the system roots
+	// (which honour SSL_CERT_FILE).
+	RootCAs *x509.CertPool
+	Logger  zerolog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.EventLoops <= 0 {
+		o.EventLoops = runtime.NumCPU()
+	}
+	if o.LoginTimeout <= 0 {
+		o.LoginTimeout = 30 * time.Second
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	if o.RelayBuffer <= 0 {
+		o.RelayBuffer = 16 << 10
+	}
+	if o.TCPKeepAlive <= 0 {
+		o.TCPKeepAlive = 60 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 10 * time.Minute
+	}
+	if o.SendTimeout <= 0 {
+		o.SendTimeout = 60 * time.Second
+	}
+	if o.IMAPIdleTimeout <= 0 {
+		o.IMAPIdleTimeout = 30 * time.Minute
+	}
+	if o.POP3IdleTimeout <= 0 {
+		o.POP3IdleTimeout = 10 * time.Minute
+	}
+	if o.SMTPIdleTimeout <= 0 {
+		o.SMTPIdleTimeout = 5 * time.Minute
+	}
+	if o.PendingLimit <= 0 {
+		o.PendingLimit = 64 << 10
+	}
+	if o.WarmConnections == 0 {
+		o.WarmConnections = 64
+	}
+	if o.WarmMaxAge <= 0 {
+		o.WarmMaxAge = 40 * time.Second
+	}
+	if o.MailboxLimit == 0 {
+		o.MailboxLimit = 16
+	}
+	if o.IMAPLimits == (imap.Limits{}) {
+		o.IMAPLimits = imap.DefaultLimits
+	}
+	if o.POPLimits == (pop3.Limits{}) {
+		o.POPLimits = pop3.DefaultLimits
+	}
+	if o.SMTPLimits == (smtp.Limits{}) {
+		o.SMTPLimits = smtp.DefaultLimits
+	}
+}

@@ -1,0 +1,32 @@
+package engine
+
+import "github.com/emailproxy/emailproxy/engine/upstream"
+
+// Stats is a snapshot of the engine's counters.
+type Stats struct {
+	PreLogin int                  // plaintext clients connected, not yet relayed
+	Relays   int                  // authenticated sessions being relayed
+	Warm     map[string]WarmStats // by server section
+	Reuse    upstream.ReuseStats  // IMAP session reuse (zero when off)
+}
+
+// WarmStats describes one section's warm pool.
+type WarmStats struct {
+	Idle, Hits, Misses, Expired, Dialed int
+}
+
+// Stats returns the engine's counters.
+func (s *Server) Stats() Stats {
+	st := Stats{Warm: map[string]WarmStats{}, Reuse: s.linger.Snapshot()}
+	s.sessMu.Lock()
+	st.PreLogin = s.sessCount
+	s.sessMu.Unlock()
+	s.relayMu.Lock()
+	st.Relays = len(s.relays)
+	s.relayMu.Unlock()
+	for _, l := range s.listeners {
+		ps, idle := l.up.Pool.Snapshot()
+		st.Warm[l.srv.Section] = WarmStats{Idle: idle, Hits: ps.Hits, Misses: ps.Misses, Expired: ps.Expired, Dialed: ps.Dialed}
+	}
+	return st
+}

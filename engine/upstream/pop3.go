@@ -1,0 +1,123 @@
+package upstream
+
+// POP3's upstream side: greeting, STLS, CAPA, and AUTH XOAUTH2.
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/protocol/sasl"
+)
+
+// popCapa reads CAPA; a server without CAPA leaves caps empty.
+func (u *Conn) popCapa() error {
+	u.Caps = nil
+	if _, err := u.TLS.Write([]byte("CAPA\r\n")); err != nil {
+		return err
+	}
+	line, err := u.readLine()
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(string(line), "+OK") {
+		return nil
+	}
+	for {
+		line, err := u.readLine()
+		if err != nil {
+			return err
+		}
+		if string(line) == "." {
+			return nil
+		}
+		u.Caps = append(u.Caps, string(line))
+	}
+}
+
+// authPOP sends AUTH XOAUTH2 and returns the +OK line to relay: in two
+// steps (RFC 5034), the form Exchange Online documents, or with the
+// response on the AUTH line (initialResponse), which saves a round trip
+// on servers that take it.
+func (u *Conn) authPOP(user, token string, initialResponse bool) ([]byte, error) {
+	cmd := []byte("AUTH XOAUTH2\r\n")
+	if initialResponse {
+		cmd = append(append([]byte("AUTH XOAUTH2 "), sasl.XOAUTH2(user, token)...), '\r', '\n')
+	}
+	if _, err := u.TLS.Write(cmd); err != nil {
+		return nil, err
+	}
+	sent := initialResponse
+	for i := 0; i < maxAuthLines; i++ {
+		line, err := u.readLine()
+		if err != nil {
+			return nil, err
+		}
+		s := string(line)
+		switch {
+		case strings.HasPrefix(s, "+OK"):
+			return append(append([]byte{}, line...), '\r', '\n'), nil
+		case strings.HasPrefix(s, "-ERR") && !sent:
+			// Refused before the token was sent (a warm connection the
+			// server timed out, say): not a verdict on the token.
+			return nil, fmt.Errorf("server refused AUTH: %q", truncate(line))
+		case strings.HasPrefix(s, "-ERR"):
+			return nil, &RefusedError{Text: strings.TrimSpace(s[4:])}
+		case strings.HasPrefix(s, "+") && !sent:
+			sent = true
+			if _, err := u.TLS.Write(append(sasl.XOAUTH2(user, token), '\r', '\n')); err != nil {
+				return nil, err
+			}
+		case strings.HasPrefix(s, "+"):
+			// A SASL error challenge: cancel (RFC 5034 §4), which every
+			// server must answer with -ERR at once; some wait for more
+			// than an empty line.
+			if _, err := u.TLS.Write([]byte("*\r\n")); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("unexpected response %q", truncate(line))
+		}
+	}
+	return nil, errors.New("too many lines while authenticating")
+}
+
+type popDialect struct{}
+
+func (popDialect) upgrade(u *Conn, raw net.Conn, greeting []byte) error {
+	if !strings.HasPrefix(string(greeting), "+OK") {
+		return fmt.Errorf("unexpected greeting %q", truncate(greeting))
+	}
+	if _, err := raw.Write([]byte("STLS\r\n")); err != nil {
+		return err
+	}
+	line, err := u.readLine()
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(string(line), "+OK") {
+		return fmt.Errorf("STLS refused: %q", truncate(line))
+	}
+	return nil
+}
+
+func (popDialect) greet(u *Conn, afterSTARTTLS bool) error {
+	if afterSTARTTLS {
+		return u.popCapa() // no new greeting after TLS
+	}
+	line, err := u.readLine()
+	if err != nil {
+		return err
+	}
+	u.Greeting = append([]byte{}, line...)
+	if !strings.HasPrefix(string(line), "+OK") {
+		return fmt.Errorf("unexpected greeting %q", truncate(line))
+	}
+	return u.popCapa()
+}
+
+func (popDialect) authenticate(u *Conn, _ *config.Server, _, user, token string, initialResponse bool) ([]byte, error) {
+	return u.authPOP(user, token, initialResponse)
+}
