@@ -3,6 +3,7 @@ package imap
 import (
 	"testing"
 
+	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/internal/machinetest"
 )
 
@@ -19,7 +20,7 @@ func TestParsingDoesNotAllocate(t *testing.T) {
 	in := make([]byte, len(login))
 	if n := testing.AllocsPerRun(100, func() {
 		copy(in, login) // quoted strings are unescaped in place
-		if act := machinetest.Drain(m, in); act.Kind != Login || act.Creds.Password != `pa"ss` {
+		if act := machinetest.Drain(m, in); act.Kind != protocol.Login || act.Creds.Password != `pa"ss` {
 			t.Fatalf("%+v", act)
 		}
 		m.LoginFailed("a3", "x", false)

@@ -15,20 +15,6 @@ import (
 	"github.com/emailproxy/emailproxy/protocol/textline"
 )
 
-// Kind and Action are shared by every protocol machine.
-type (
-	Kind   = protocol.Kind
-	Action = protocol.Action
-)
-
-const (
-	NeedMore = protocol.NeedMore
-	Reply    = protocol.Reply
-	Login    = protocol.Login
-	Close    = protocol.Close
-	StartTLS = protocol.StartTLS
-)
-
 // Limits bound what an unauthenticated client may send.
 type Limits struct {
 	MaxLine    int // bytes in one command line
@@ -108,13 +94,14 @@ func (m *Machine) TLSStarted() {
 }
 
 // Next consumes input and returns how many bytes it used and what to do.
-// Call it until it returns NeedMore (or Login or Close).
-func (m *Machine) Next(in []byte) (int, Action) {
+// Call it until it returns protocol.NeedMore (or protocol.Login or
+// protocol.Close).
+func (m *Machine) Next(in []byte) (int, protocol.Action) {
 	m.out = m.out[:0]
 	return protocol.Run(in, m.step)
 }
 
-func (m *Machine) step(in []byte) (int, Action) {
+func (m *Machine) step(in []byte) (int, protocol.Action) {
 	switch m.st {
 	case stCommand, stContinue:
 		return m.readLine(in)
@@ -127,12 +114,12 @@ func (m *Machine) step(in []byte) (int, Action) {
 		if m.litLeft == 0 {
 			m.st = stContinue
 		}
-		return n, Action{}
+		return n, protocol.Action{}
 	case stSASL:
 		line, n, ev := m.lines.Next(in, m.lim.MaxLine)
 		switch ev {
 		case textline.Wait:
-			return n, Action{}
+			return n, protocol.Action{}
 		case textline.Flood:
 			return n, m.bye("Line too long")
 		case textline.Overlong:
@@ -141,14 +128,14 @@ func (m *Machine) step(in []byte) (int, Action) {
 		}
 		return n, m.saslResponse(line)
 	}
-	return 0, Action{}
+	return 0, protocol.Action{}
 }
 
-func (m *Machine) readLine(in []byte) (int, Action) {
+func (m *Machine) readLine(in []byte) (int, protocol.Action) {
 	line, n, ev := m.lines.Next(in, m.lim.MaxLine)
 	switch ev {
 	case textline.Wait:
-		return n, Action{}
+		return n, protocol.Action{}
 	case textline.Flood:
 		m.resetCommand()
 		return n, m.bye("Line too long")
@@ -190,10 +177,10 @@ func (m *Machine) readLine(in []byte) (int, Action) {
 		m.st = stContinue
 	}
 	if nonSync {
-		return n, Action{}
+		return n, protocol.Action{}
 	}
 	m.out = append(m.out, "+ Ready for literal data\r\n"...)
-	return n, Action{Kind: Reply, Out: m.out}
+	return n, protocol.Action{Kind: protocol.Reply, Out: m.out}
 }
 
 func (m *Machine) extendLiteral(start int) {
@@ -244,7 +231,7 @@ func (m *Machine) clearCommand() {
 }
 
 // dispatch runs a complete command; the handlers set the next state.
-func (m *Machine) dispatch() Action {
+func (m *Machine) dispatch() protocol.Action {
 	m.st = stCommand
 	defer m.clearCommand()
 	first := m.parts[0]
@@ -269,7 +256,7 @@ func (m *Machine) dispatch() Action {
 		m.out = append(m.out, "* BYE Logging out\r\n"...)
 		m.ok(t, "LOGOUT completed")
 		m.st = stClosed
-		return Action{Kind: Close, Out: m.out}
+		return protocol.Action{Kind: protocol.Close, Out: m.out}
 	case textline.EqualFold(cmd, "ID"):
 		m.out = append(m.out, "* ID NIL\r\n"...)
 		return m.ok(t, "ID completed")
@@ -286,7 +273,7 @@ func (m *Machine) dispatch() Action {
 			return m.bad(t, "STARTTLS is not available")
 		}
 		m.ok(t, "Begin TLS negotiation now")
-		return Action{Kind: StartTLS, Out: m.out}
+		return protocol.Action{Kind: protocol.StartTLS, Out: m.out}
 	case textline.EqualFold(cmd, "ENABLE"):
 		return m.bad(t, "ENABLE is valid only after login")
 	}
@@ -295,7 +282,7 @@ func (m *Machine) dispatch() Action {
 
 // login parses "LOGIN userid password" (each an astring) from the first
 // part's args and any following literal parts.
-func (m *Machine) login(tag, args []byte) Action {
+func (m *Machine) login(tag, args []byte) protocol.Action {
 	toks := m.tokens(args)
 	if toks == nil || len(toks) != 2 {
 		return m.bad(tag, "LOGIN expects a user name and a password")
@@ -309,11 +296,11 @@ func (m *Machine) login(tag, args []byte) Action {
 	all := b.String()
 	u := len(tag) + len(toks[0])
 	m.st = stPending
-	return Action{Kind: Login, Out: m.out, Tag: all[:len(tag)],
+	return protocol.Action{Kind: protocol.Login, Out: m.out, Tag: all[:len(tag)],
 		Creds: sasl.Credentials{Username: all[len(tag):u], Password: all[u:]}}
 }
 
-func (m *Machine) authenticate(tag, args []byte) Action {
+func (m *Machine) authenticate(tag, args []byte) protocol.Action {
 	mech, ir := textline.Word(args)
 	if len(m.parts) > 1 {
 		return m.bad(tag, "Unexpected literal in AUTHENTICATE")
@@ -336,16 +323,16 @@ func (m *Machine) authenticate(tag, args []byte) Action {
 	}
 	m.tag = append(m.tag[:0], tag...)
 	m.st = stSASL
-	return Action{Kind: Reply, Out: m.out}
+	return protocol.Action{Kind: protocol.Reply, Out: m.out}
 }
 
-func (m *Machine) saslResponse(line []byte) Action {
+func (m *Machine) saslResponse(line []byte) protocol.Action {
 	m.st = stCommand
 	return m.saslAnswer(m.tag, line)
 }
 
 // saslAnswer handles one client response inside AUTHENTICATE.
-func (m *Machine) saslAnswer(tag, resp []byte) Action {
+func (m *Machine) saslAnswer(tag, resp []byte) protocol.Action {
 	switch m.sasl {
 	case saslPlain:
 		creds, err := sasl.DecodePlain(resp)
@@ -367,7 +354,7 @@ func (m *Machine) saslAnswer(tag, resp []byte) Action {
 		m.tag = append(m.tag[:0], tag...)
 		m.st = stSASL
 		m.out = append(m.out, "+ UGFzc3dvcmQ6\r\n"...)
-		return Action{Kind: Reply, Out: m.out}
+		return protocol.Action{Kind: protocol.Reply, Out: m.out}
 	default:
 		pass, err := sasl.DecodeBase64(resp)
 		user := m.user
@@ -381,9 +368,9 @@ func (m *Machine) saslAnswer(tag, resp []byte) Action {
 	}
 }
 
-func (m *Machine) startLogin(tag []byte, creds sasl.Credentials) Action {
+func (m *Machine) startLogin(tag []byte, creds sasl.Credentials) protocol.Action {
 	m.st = stPending
-	return Action{Kind: Login, Out: m.out, Creds: creds, Tag: string(tag)}
+	return protocol.Action{Kind: protocol.Login, Out: m.out, Creds: creds, Tag: string(tag)}
 }
 
 // LoginFailed ends a login that did not succeed; the client may try again.
@@ -401,15 +388,15 @@ func (m *Machine) LoginFailed(tag, msg string, temporary bool) []byte {
 	return m.out
 }
 
-func (m *Machine) ok(tag []byte, text string) Action {
+func (m *Machine) ok(tag []byte, text string) protocol.Action {
 	m.out = append(m.out, tag...)
 	m.out = append(m.out, " OK "...)
 	m.out = append(m.out, text...)
 	m.out = append(m.out, "\r\n"...)
-	return Action{Kind: Reply, Out: m.out}
+	return protocol.Action{Kind: protocol.Reply, Out: m.out}
 }
 
-func (m *Machine) no(tag []byte, code, text string) Action {
+func (m *Machine) no(tag []byte, code, text string) protocol.Action {
 	m.out = append(m.out, tag...)
 	m.out = append(m.out, " NO "...)
 	if code != "" {
@@ -419,10 +406,10 @@ func (m *Machine) no(tag []byte, code, text string) Action {
 	}
 	m.out = append(m.out, text...)
 	m.out = append(m.out, "\r\n"...)
-	return Action{Kind: Reply, Out: m.out}
+	return protocol.Action{Kind: protocol.Reply, Out: m.out}
 }
 
-func (m *Machine) bad(tag []byte, text string) Action {
+func (m *Machine) bad(tag []byte, text string) protocol.Action {
 	m.errors++
 	if m.errors > m.lim.MaxErrors {
 		return m.bye("Too many bad commands")
@@ -431,15 +418,15 @@ func (m *Machine) bad(tag []byte, text string) Action {
 	m.out = append(m.out, " BAD "...)
 	m.out = append(m.out, text...)
 	m.out = append(m.out, "\r\n"...)
-	return Action{Kind: Reply, Out: m.out}
+	return protocol.Action{Kind: protocol.Reply, Out: m.out}
 }
 
-func (m *Machine) bye(text string) Action {
+func (m *Machine) bye(text string) protocol.Action {
 	m.st = stClosed
 	m.out = append(m.out, "* BYE "...)
 	m.out = append(m.out, text...)
 	m.out = append(m.out, "\r\n"...)
-	return Action{Kind: Close, Out: m.out}
+	return protocol.Action{Kind: protocol.Close, Out: m.out}
 }
 
 // star is the tag of untagged answers.

@@ -14,8 +14,8 @@ var (
 )
 
 // step is what the engine does: feed everything, collect replies, stop at
-// Login or Close. It returns the transcript and the final action.
-func run(m *Machine, input string) (string, Action, string) {
+// protocol.Login or protocol.Close. It returns the transcript and the final action.
+func run(m *Machine, input string) (string, protocol.Action, string) {
 	var out strings.Builder
 	in := []byte(input)
 	for {
@@ -23,9 +23,9 @@ func run(m *Machine, input string) (string, Action, string) {
 		in = in[n:]
 		out.Write(act.Out)
 		switch act.Kind {
-		case Reply:
+		case protocol.Reply:
 			continue
-		case NeedMore:
+		case protocol.NeedMore:
 			return out.String(), act, string(in)
 		default:
 			return out.String(), act, string(in)
@@ -59,7 +59,7 @@ func TestLoginForms(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m := New(testProf, TLS{}, DefaultLimits)
 			out, act, rest := run(m, tc.input)
-			if act.Kind != Login {
+			if act.Kind != protocol.Login {
 				t.Fatalf("kind = %v, out %q", act.Kind, out)
 			}
 			if act.Creds.Username != tc.user || act.Creds.Password != tc.pass || act.Tag != tc.tag {
@@ -83,23 +83,23 @@ func TestLoginSplitAcrossReads(t *testing.T) {
 			m := New(testProf, TLS{}, DefaultLimits)
 			var out strings.Builder
 			var buf []byte
-			var final Action
+			var final protocol.Action
 			for _, chunk := range []string{input[:cut], input[cut:cut2], input[cut2:]} {
 				buf = append(buf, chunk...)
 				for {
 					n, act := m.Next(buf)
 					buf = buf[n:]
 					out.Write(act.Out)
-					if act.Kind != Reply {
+					if act.Kind != protocol.Reply {
 						final = act
 						break
 					}
 				}
-				if final.Kind == Login {
+				if final.Kind == protocol.Login {
 					break
 				}
 			}
-			if final.Kind != Login || final.Creds.Username != "u@x" || final.Creds.Password != "pa\r\n\"s" {
+			if final.Kind != protocol.Login || final.Creds.Username != "u@x" || final.Creds.Password != "pa\r\n\"s" {
 				t.Fatalf("cuts %d,%d: %+v", cut, cut2, final)
 			}
 			if out.String() != "+ Ready for literal data\r\n" {
@@ -112,33 +112,33 @@ func TestLoginSplitAcrossReads(t *testing.T) {
 func TestPreLoginCommands(t *testing.T) {
 	tests := []struct {
 		name, input, want string
-		kind              Kind
+		kind              protocol.Kind
 	}{
-		{"capability", "c1 CAPABILITY\r\n", string(testCaps) + "c1 OK CAPABILITY completed\r\n", NeedMore},
-		{"noop", "c2 noop\r\n", "c2 OK NOOP completed\r\n", NeedMore},
-		{"id", `c3 ID ("name" "app")` + "\r\n", "* ID NIL\r\nc3 OK ID completed\r\n", NeedMore},
-		{"id with literal", "c3 ID ({4+}\r\nname \"x\")\r\n", "* ID NIL\r\nc3 OK ID completed\r\n", NeedMore},
-		{"logout", "c4 LOGOUT\r\n", "* BYE Logging out\r\nc4 OK LOGOUT completed\r\n", Close},
-		{"enable", "c5 ENABLE UTF8=ACCEPT\r\n", "c5 BAD ENABLE is valid only after login\r\n", NeedMore},
-		{"starttls", "c6 STARTTLS\r\n", "c6 BAD STARTTLS is not available\r\n", NeedMore},
-		{"select before login", "c7 SELECT INBOX\r\n", "c7 BAD Unknown command or command not valid before login\r\n", NeedMore},
-		{"unknown", "c8 FROB\r\n", "c8 BAD Unknown command or command not valid before login\r\n", NeedMore},
-		{"empty line", "\r\n", "* BAD Empty command\r\n", NeedMore},
-		{"bad tag", "a+b NOOP\r\n", "* BAD Invalid tag or missing command\r\n", NeedMore},
-		{"tag only", "a1\r\n", "* BAD Invalid tag or missing command\r\n", NeedMore},
-		{"login one arg", "d1 LOGIN user\r\n", "d1 BAD LOGIN expects a user name and a password\r\n", NeedMore},
-		{"login three args", "d1 LOGIN a b c\r\n", "d1 BAD LOGIN expects a user name and a password\r\n", NeedMore},
-		{"login unterminated quote", "d2 LOGIN \"u p\r\n", "d2 BAD LOGIN expects a user name and a password\r\n", NeedMore},
-		{"login bad escape", `d3 LOGIN "u\x" p` + "\r\n", "d3 BAD LOGIN expects a user name and a password\r\n", NeedMore},
-		{"auth unknown mech", "d4 AUTHENTICATE CRAM-MD5\r\n", "d4 NO Unsupported authentication mechanism (use PLAIN or LOGIN)\r\n", NeedMore},
-		{"auth plain cancel", "d5 AUTHENTICATE PLAIN\r\n*\r\n", "+ \r\nd5 BAD AUTHENTICATE cancelled\r\n", NeedMore},
-		{"auth plain bad base64", "d6 AUTHENTICATE PLAIN !!!\r\n", "d6 BAD Invalid SASL PLAIN response\r\n", NeedMore},
-		{"auth plain two fields", "d7 AUTHENTICATE PLAIN dXNlcgBwYXNz\r\n", "d7 BAD Invalid SASL PLAIN response\r\n", NeedMore},
-		{"auth plain foreign authzid", "d8 AUTHENTICATE PLAIN YWRtaW4AdUB4AHBhc3M=\r\n", "d8 BAD Invalid SASL PLAIN response\r\n", NeedMore},
-		{"auth plain empty response", "d9 AUTHENTICATE PLAIN\r\n=\r\n", "+ \r\nd9 BAD Invalid SASL PLAIN response\r\n", NeedMore},
-		{"auth login cancel", "e1 AUTHENTICATE LOGIN\r\n*\r\n", "+ VXNlcm5hbWU6\r\ne1 BAD AUTHENTICATE cancelled\r\n", NeedMore},
-		{"sync literal too large", "e2 LOGIN {100000}\r\n", "e2 BAD Literal too large\r\n", NeedMore},
-		{"non-sync literal too large", "e3 LOGIN {100000+}\r\n", "* BYE Literal too large\r\n", Close},
+		{"capability", "c1 CAPABILITY\r\n", string(testCaps) + "c1 OK CAPABILITY completed\r\n", protocol.NeedMore},
+		{"noop", "c2 noop\r\n", "c2 OK NOOP completed\r\n", protocol.NeedMore},
+		{"id", `c3 ID ("name" "app")` + "\r\n", "* ID NIL\r\nc3 OK ID completed\r\n", protocol.NeedMore},
+		{"id with literal", "c3 ID ({4+}\r\nname \"x\")\r\n", "* ID NIL\r\nc3 OK ID completed\r\n", protocol.NeedMore},
+		{"logout", "c4 LOGOUT\r\n", "* BYE Logging out\r\nc4 OK LOGOUT completed\r\n", protocol.Close},
+		{"enable", "c5 ENABLE UTF8=ACCEPT\r\n", "c5 BAD ENABLE is valid only after login\r\n", protocol.NeedMore},
+		{"starttls", "c6 STARTTLS\r\n", "c6 BAD STARTTLS is not available\r\n", protocol.NeedMore},
+		{"select before login", "c7 SELECT INBOX\r\n", "c7 BAD Unknown command or command not valid before login\r\n", protocol.NeedMore},
+		{"unknown", "c8 FROB\r\n", "c8 BAD Unknown command or command not valid before login\r\n", protocol.NeedMore},
+		{"empty line", "\r\n", "* BAD Empty command\r\n", protocol.NeedMore},
+		{"bad tag", "a+b NOOP\r\n", "* BAD Invalid tag or missing command\r\n", protocol.NeedMore},
+		{"tag only", "a1\r\n", "* BAD Invalid tag or missing command\r\n", protocol.NeedMore},
+		{"login one arg", "d1 LOGIN user\r\n", "d1 BAD LOGIN expects a user name and a password\r\n", protocol.NeedMore},
+		{"login three args", "d1 LOGIN a b c\r\n", "d1 BAD LOGIN expects a user name and a password\r\n", protocol.NeedMore},
+		{"login unterminated quote", "d2 LOGIN \"u p\r\n", "d2 BAD LOGIN expects a user name and a password\r\n", protocol.NeedMore},
+		{"login bad escape", `d3 LOGIN "u\x" p` + "\r\n", "d3 BAD LOGIN expects a user name and a password\r\n", protocol.NeedMore},
+		{"auth unknown mech", "d4 AUTHENTICATE CRAM-MD5\r\n", "d4 NO Unsupported authentication mechanism (use PLAIN or LOGIN)\r\n", protocol.NeedMore},
+		{"auth plain cancel", "d5 AUTHENTICATE PLAIN\r\n*\r\n", "+ \r\nd5 BAD AUTHENTICATE cancelled\r\n", protocol.NeedMore},
+		{"auth plain bad base64", "d6 AUTHENTICATE PLAIN !!!\r\n", "d6 BAD Invalid SASL PLAIN response\r\n", protocol.NeedMore},
+		{"auth plain two fields", "d7 AUTHENTICATE PLAIN dXNlcgBwYXNz\r\n", "d7 BAD Invalid SASL PLAIN response\r\n", protocol.NeedMore},
+		{"auth plain foreign authzid", "d8 AUTHENTICATE PLAIN YWRtaW4AdUB4AHBhc3M=\r\n", "d8 BAD Invalid SASL PLAIN response\r\n", protocol.NeedMore},
+		{"auth plain empty response", "d9 AUTHENTICATE PLAIN\r\n=\r\n", "+ \r\nd9 BAD Invalid SASL PLAIN response\r\n", protocol.NeedMore},
+		{"auth login cancel", "e1 AUTHENTICATE LOGIN\r\n*\r\n", "+ VXNlcm5hbWU6\r\ne1 BAD AUTHENTICATE cancelled\r\n", protocol.NeedMore},
+		{"sync literal too large", "e2 LOGIN {100000}\r\n", "e2 BAD Literal too large\r\n", protocol.NeedMore},
+		{"non-sync literal too large", "e3 LOGIN {100000+}\r\n", "* BYE Literal too large\r\n", protocol.Close},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -161,13 +161,13 @@ func TestStartTLS(t *testing.T) {
 	out, act, rest := run(m, "a CAPABILITY\r\nb LOGIN u@x pw\r\nc STARTTLS\r\nd LOGIN injected pw\r\n")
 	want := "* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\na OK CAPABILITY completed\r\n" +
 		"b NO [PRIVACYREQUIRED] Use STARTTLS first\r\nc OK Begin TLS negotiation now\r\n"
-	if out != want || act.Kind != StartTLS || rest != "d LOGIN injected pw\r\n" {
+	if out != want || act.Kind != protocol.StartTLS || rest != "d LOGIN injected pw\r\n" {
 		t.Fatalf("out %q kind %v rest %q", out, act.Kind, rest)
 	}
 	m.TLSStarted()
 	out, act, _ = run(m, "e CAPABILITY\r\nf STARTTLS\r\ng LOGIN u@x pw\r\n")
 	want = string(testCaps) + "e OK CAPABILITY completed\r\nf BAD STARTTLS is not available\r\n"
-	if out != want || act.Kind != Login || act.Tag != "g" {
+	if out != want || act.Kind != protocol.Login || act.Tag != "g" {
 		t.Fatalf("after TLS: out %q act %+v", out, act)
 	}
 	// A greeting with a CAPABILITY code follows the TLS state too.
@@ -186,14 +186,14 @@ func TestPipelining(t *testing.T) {
 	if want := string(testCaps) + "1 OK CAPABILITY completed\r\n2 OK NOOP completed\r\n"; out != want {
 		t.Fatalf("out %q", out)
 	}
-	if act.Kind != Login || act.Tag != "3" {
+	if act.Kind != protocol.Login || act.Tag != "3" {
 		t.Fatalf("act %+v", act)
 	}
 	if rest != "4 SELECT INBOX\r\n" {
 		t.Fatalf("rest %q", rest)
 	}
 	// While the login runs, nothing more is consumed.
-	if n, a := m.Next([]byte(rest)); n != 0 || a.Kind != NeedMore {
+	if n, a := m.Next([]byte(rest)); n != 0 || a.Kind != protocol.NeedMore {
 		t.Fatalf("consumed during login: %d %+v", n, a)
 	}
 	// A failed login answers with the client's tag and reads on.
@@ -214,7 +214,7 @@ func TestOverlongLines(t *testing.T) {
 	m := New(testProf, TLS{}, lim)
 	long := "a1 LOGIN " + strings.Repeat("x", 100) + " pw\r\n"
 	out, act, _ := run(m, long+"a2 NOOP\r\n")
-	if out != "* BAD Command line too long\r\na2 OK NOOP completed\r\n" || act.Kind != NeedMore {
+	if out != "* BAD Command line too long\r\na2 OK NOOP completed\r\n" || act.Kind != protocol.NeedMore {
 		t.Fatalf("got %q %v", out, act.Kind)
 	}
 	// A client that keeps sending without a line end is cut off.
@@ -226,14 +226,14 @@ func TestOverlongLines(t *testing.T) {
 		for len(buf) > 0 {
 			n, act := m.Next(buf)
 			buf = buf[n:]
-			if act.Kind == Close {
+			if act.Kind == protocol.Close {
 				closed = true
 				if !strings.HasPrefix(string(act.Out), "* BYE") {
 					t.Fatalf("close without BYE: %q", act.Out)
 				}
 				break
 			}
-			if n == 0 && act.Kind == NeedMore {
+			if n == 0 && act.Kind == protocol.NeedMore {
 				break
 			}
 		}
@@ -244,7 +244,7 @@ func TestOverlongLines(t *testing.T) {
 	// Repeated bad commands end in a BYE too.
 	m = New(testProf, TLS{}, lim)
 	out, act, _ = run(m, "a X\r\nb X\r\nc X\r\nd X\r\n")
-	if act.Kind != Close || !strings.HasSuffix(out, "* BYE Too many bad commands\r\n") {
+	if act.Kind != protocol.Close || !strings.HasSuffix(out, "* BYE Too many bad commands\r\n") {
 		t.Fatalf("got %q %v", out, act.Kind)
 	}
 }
@@ -275,7 +275,7 @@ func BenchmarkLogin(b *testing.B) {
 	b.SetBytes(int64(len(in)))
 	for i := 0; i < b.N; i++ {
 		_, act := m.Next(in)
-		if act.Kind != Login {
+		if act.Kind != protocol.Login {
 			b.Fatal(act.Kind)
 		}
 		m.LoginFailed("a1", "x", false)

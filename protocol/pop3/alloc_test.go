@@ -3,6 +3,7 @@ package pop3
 import (
 	"testing"
 
+	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/internal/machinetest"
 )
 
@@ -17,7 +18,7 @@ func TestParsingDoesNotAllocate(t *testing.T) {
 	}
 	pass := []byte("PASS pass word\r\n")
 	if n := testing.AllocsPerRun(100, func() {
-		if act := machinetest.Drain(m, pass); act.Kind != Login || act.Creds.Username != "someone@example.com" || act.Creds.Password != "pass word" {
+		if act := machinetest.Drain(m, pass); act.Kind != protocol.Login || act.Creds.Username != "someone@example.com" || act.Creds.Password != "pass word" {
 			t.Fatalf("%+v", act)
 		}
 		m.LoginFailed("x", false)

@@ -14,20 +14,6 @@ import (
 	"github.com/emailproxy/emailproxy/protocol/textline"
 )
 
-// Kind and Action are shared by every protocol machine.
-type (
-	Kind   = protocol.Kind
-	Action = protocol.Action
-)
-
-const (
-	NeedMore = protocol.NeedMore
-	Reply    = protocol.Reply
-	Login    = protocol.Login
-	Close    = protocol.Close
-	StartTLS = protocol.StartTLS
-)
-
 // Limits bound what an unauthenticated client may send.
 type Limits struct {
 	MaxLine   int // bytes in one command line (AUTH PLAIN responses need more than RFC 2449's 255)
@@ -109,20 +95,21 @@ func (m *Machine) TLSStarted() {
 	m.st = stAuthorization
 }
 
-// Next consumes input; call it until it returns NeedMore, Login or Close.
-func (m *Machine) Next(in []byte) (int, Action) {
+// Next consumes input; call it until it returns protocol.NeedMore,
+// protocol.Login or protocol.Close.
+func (m *Machine) Next(in []byte) (int, protocol.Action) {
 	m.out = m.out[:0]
 	return protocol.Run(in, m.step)
 }
 
-func (m *Machine) step(in []byte) (int, Action) {
+func (m *Machine) step(in []byte) (int, protocol.Action) {
 	if m.st == stPending || m.st == stClosed {
-		return 0, Action{}
+		return 0, protocol.Action{}
 	}
 	line, n, ev := m.lines.Next(in, m.lim.MaxLine)
 	switch ev {
 	case textline.Wait:
-		return n, Action{}
+		return n, protocol.Action{}
 	case textline.Flood:
 		return n, m.closeWith("-ERR Line too long, closing\r\n")
 	case textline.Overlong:
@@ -142,18 +129,18 @@ func (m *Machine) step(in []byte) (int, Action) {
 	return n, m.command(line)
 }
 
-func (m *Machine) command(line []byte) Action {
+func (m *Machine) command(line []byte) protocol.Action {
 	cmd, arg := textline.Word(line)
 	switch {
 	case textline.EqualFold(cmd, "CAPA"):
 		m.out = append(m.out, m.prof.Capa(m.tls)...)
-		return Action{Kind: Reply, Out: m.out}
+		return protocol.Action{Kind: protocol.Reply, Out: m.out}
 	case textline.EqualFold(cmd, "STLS"):
 		if !m.tls.preTLS() {
 			return m.err("STLS is not available")
 		}
 		m.out = append(m.out, "+OK Begin TLS negotiation\r\n"...)
-		return Action{Kind: StartTLS, Out: m.out}
+		return protocol.Action{Kind: protocol.StartTLS, Out: m.out}
 	case m.tls.preTLS() && (textline.EqualFold(cmd, "USER") || textline.EqualFold(cmd, "PASS") || textline.EqualFold(cmd, "AUTH")):
 		return m.err("Use STLS first")
 	case textline.EqualFold(cmd, "USER"):
@@ -162,7 +149,7 @@ func (m *Machine) command(line []byte) Action {
 		}
 		m.user, m.haveUser = append(m.user[:0], arg...), true
 		m.out = append(m.out, "+OK Send your password\r\n"...)
-		return Action{Kind: Reply, Out: m.out}
+		return protocol.Action{Kind: protocol.Reply, Out: m.out}
 	case textline.EqualFold(cmd, "PASS"):
 		if !m.haveUser {
 			return m.err("Send USER first")
@@ -183,10 +170,10 @@ func (m *Machine) command(line []byte) Action {
 	return m.err("Unknown command or command not valid before login")
 }
 
-func (m *Machine) auth(arg []byte) Action {
+func (m *Machine) auth(arg []byte) protocol.Action {
 	if len(arg) == 0 {
 		m.out = append(m.out, "+OK Supported mechanisms follow\r\nPLAIN\r\n.\r\n"...)
-		return Action{Kind: Reply, Out: m.out}
+		return protocol.Action{Kind: protocol.Reply, Out: m.out}
 	}
 	mech, ir := textline.Word(arg)
 	if !textline.EqualFold(mech, "PLAIN") {
@@ -195,7 +182,7 @@ func (m *Machine) auth(arg []byte) Action {
 	if ir == nil {
 		m.st = stSASL
 		m.out = append(m.out, "+ \r\n"...)
-		return Action{Kind: Reply, Out: m.out}
+		return protocol.Action{Kind: protocol.Reply, Out: m.out}
 	}
 	creds, err := sasl.DecodePlain(ir)
 	if err == sasl.ErrCancelled {
@@ -206,9 +193,9 @@ func (m *Machine) auth(arg []byte) Action {
 	return m.startLogin(creds)
 }
 
-func (m *Machine) startLogin(creds sasl.Credentials) Action {
+func (m *Machine) startLogin(creds sasl.Credentials) protocol.Action {
 	m.st = stPending
-	return Action{Kind: Login, Out: m.out, Creds: creds}
+	return protocol.Action{Kind: protocol.Login, Out: m.out, Creds: creds}
 }
 
 // LoginFailed ends a login that did not succeed; the client may retry.
@@ -228,7 +215,7 @@ func (m *Machine) LoginFailed(msg string, temporary bool) []byte {
 	return m.out
 }
 
-func (m *Machine) err(text string) Action {
+func (m *Machine) err(text string) protocol.Action {
 	m.errors++
 	if m.errors > m.lim.MaxErrors {
 		return m.closeWith("-ERR Too many bad commands, closing\r\n")
@@ -236,13 +223,13 @@ func (m *Machine) err(text string) Action {
 	m.out = append(m.out, "-ERR "...)
 	m.out = append(m.out, text...)
 	m.out = append(m.out, "\r\n"...)
-	return Action{Kind: Reply, Out: m.out}
+	return protocol.Action{Kind: protocol.Reply, Out: m.out}
 }
 
-func (m *Machine) closeWith(text string) Action {
+func (m *Machine) closeWith(text string) protocol.Action {
 	m.st = stClosed
 	m.out = append(m.out, text...)
-	return Action{Kind: Close, Out: m.out}
+	return protocol.Action{Kind: protocol.Close, Out: m.out}
 }
 
 // ProxyCapa turns the upstream's CAPA lines (without "+OK" and ".") into

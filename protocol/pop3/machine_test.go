@@ -13,14 +13,14 @@ var (
 	testCapa = testProf.Capa(TLS{})
 )
 
-func run(m *Machine, input string) (string, Action, string) {
+func run(m *Machine, input string) (string, protocol.Action, string) {
 	var out strings.Builder
 	in := []byte(input)
 	for {
 		n, act := m.Next(in)
 		in = in[n:]
 		out.Write(act.Out)
-		if act.Kind != Reply {
+		if act.Kind != protocol.Reply {
 			return out.String(), act, string(in)
 		}
 	}
@@ -37,7 +37,7 @@ func TestLogins(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			out, act, rest := run(New(testProf, TLS{}, DefaultLimits), tc.input)
-			if act.Kind != Login || act.Creds.Username != tc.user || act.Creds.Password != tc.pass {
+			if act.Kind != protocol.Login || act.Creds.Username != tc.user || act.Creds.Password != tc.pass {
 				t.Fatalf("act %+v out %q", act, out)
 			}
 			if out != tc.out || rest != "" {
@@ -50,19 +50,19 @@ func TestLogins(t *testing.T) {
 func TestPreLoginAnswers(t *testing.T) {
 	tests := []struct {
 		name, input, want string
-		kind              Kind
+		kind              protocol.Kind
 	}{
-		{"quit", "QUIT\r\n", "+OK Bye\r\n", Close},
-		{"pass first", "PASS x\r\n", "-ERR Send USER first\r\n", NeedMore},
-		{"user without name", "USER\r\n", "-ERR USER needs a user name\r\n", NeedMore},
-		{"stls", "STLS\r\n", "-ERR STLS is not available\r\n", NeedMore},
-		{"apop", "APOP u 0123\r\n", "-ERR APOP is not supported: use USER/PASS or AUTH PLAIN\r\n", NeedMore},
-		{"stat before login", "STAT\r\n", "-ERR Unknown command or command not valid before login\r\n", NeedMore},
-		{"auth other mechanism", "AUTH LOGIN\r\n", "-ERR Unsupported SASL mechanism (use PLAIN)\r\n", NeedMore},
-		{"auth cancel", "AUTH PLAIN\r\n*\r\n", "+ \r\n-ERR Authentication cancelled\r\n", NeedMore},
-		{"auth malformed", "AUTH PLAIN ###\r\n", "-ERR Invalid SASL PLAIN response\r\n", NeedMore},
-		{"auth malformed second step", "AUTH PLAIN\r\nAAAA\r\n", "+ \r\n-ERR Invalid SASL PLAIN response\r\n", NeedMore},
-		{"user then quit", "USER u\r\nQUIT\r\n", "+OK Send your password\r\n+OK Bye\r\n", Close},
+		{"quit", "QUIT\r\n", "+OK Bye\r\n", protocol.Close},
+		{"pass first", "PASS x\r\n", "-ERR Send USER first\r\n", protocol.NeedMore},
+		{"user without name", "USER\r\n", "-ERR USER needs a user name\r\n", protocol.NeedMore},
+		{"stls", "STLS\r\n", "-ERR STLS is not available\r\n", protocol.NeedMore},
+		{"apop", "APOP u 0123\r\n", "-ERR APOP is not supported: use USER/PASS or AUTH PLAIN\r\n", protocol.NeedMore},
+		{"stat before login", "STAT\r\n", "-ERR Unknown command or command not valid before login\r\n", protocol.NeedMore},
+		{"auth other mechanism", "AUTH LOGIN\r\n", "-ERR Unsupported SASL mechanism (use PLAIN)\r\n", protocol.NeedMore},
+		{"auth cancel", "AUTH PLAIN\r\n*\r\n", "+ \r\n-ERR Authentication cancelled\r\n", protocol.NeedMore},
+		{"auth malformed", "AUTH PLAIN ###\r\n", "-ERR Invalid SASL PLAIN response\r\n", protocol.NeedMore},
+		{"auth malformed second step", "AUTH PLAIN\r\nAAAA\r\n", "+ \r\n-ERR Invalid SASL PLAIN response\r\n", protocol.NeedMore},
+		{"user then quit", "USER u\r\nQUIT\r\n", "+OK Send your password\r\n+OK Bye\r\n", protocol.Close},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -79,7 +79,7 @@ func TestPreLoginAnswers(t *testing.T) {
 func TestPipelinedLogin(t *testing.T) {
 	m := New(testProf, TLS{}, DefaultLimits)
 	out, act, rest := run(m, "USER u@x\r\nPASS pw\r\nSTAT\r\nLIST\r\n")
-	if out != "+OK Send your password\r\n" || act.Kind != Login || rest != "STAT\r\nLIST\r\n" {
+	if out != "+OK Send your password\r\n" || act.Kind != protocol.Login || rest != "STAT\r\nLIST\r\n" {
 		t.Fatalf("out %q act %+v rest %q", out, act, rest)
 	}
 	if got := string(m.LoginFailed("bad", false)); got != "-ERR [AUTH] bad\r\n" {
@@ -98,12 +98,12 @@ func TestSTLS(t *testing.T) {
 	m := New(testProf, TLS{Offered: true}, DefaultLimits)
 	out, act, rest := run(m, "CAPA\r\nUSER u@x\r\nSTLS\r\nPASS injected\r\n")
 	want := "+OK Capability list follows\r\nTOP\r\nUIDL\r\nPIPELINING\r\nSTLS\r\n.\r\n-ERR Use STLS first\r\n+OK Begin TLS negotiation\r\n"
-	if out != want || act.Kind != StartTLS || rest != "PASS injected\r\n" {
+	if out != want || act.Kind != protocol.StartTLS || rest != "PASS injected\r\n" {
 		t.Fatalf("out %q kind %v rest %q", out, act.Kind, rest)
 	}
 	m.TLSStarted()
 	out, act, _ = run(m, "STLS\r\nUSER u@x\r\nPASS pw\r\n")
-	if out != "-ERR STLS is not available\r\n+OK Send your password\r\n" || act.Kind != Login {
+	if out != "-ERR STLS is not available\r\n+OK Send your password\r\n" || act.Kind != protocol.Login {
 		t.Fatalf("after TLS: %q %+v", out, act)
 	}
 }
@@ -111,7 +111,7 @@ func TestSTLS(t *testing.T) {
 func TestOverlong(t *testing.T) {
 	m := New(testProf, TLS{}, Limits{MaxLine: 32, MaxErrors: 3})
 	out, act, _ := run(m, "USER "+strings.Repeat("a", 100)+"\r\nNOOP\r\n")
-	if act.Kind != NeedMore || !strings.HasPrefix(out, "-ERR Line too long\r\n") {
+	if act.Kind != protocol.NeedMore || !strings.HasPrefix(out, "-ERR Line too long\r\n") {
 		t.Fatalf("got %q %v", out, act.Kind)
 	}
 	m = New(testProf, TLS{}, Limits{MaxLine: 32, MaxErrors: 3})
@@ -120,11 +120,11 @@ func TestOverlong(t *testing.T) {
 	for len(big) > 0 {
 		n, act := m.Next(big)
 		big = big[n:]
-		if act.Kind == Close {
+		if act.Kind == protocol.Close {
 			closed = true
 			break
 		}
-		if n == 0 && act.Kind == NeedMore {
+		if n == 0 && act.Kind == protocol.NeedMore {
 			break
 		}
 	}
@@ -171,7 +171,7 @@ func BenchmarkUserPass(b *testing.B) {
 		for {
 			n, act := m.Next(buf)
 			buf = buf[n:]
-			if act.Kind == Login {
+			if act.Kind == protocol.Login {
 				m.LoginFailed("x", false)
 				break
 			}

@@ -3,6 +3,7 @@ package smtp
 import (
 	"testing"
 
+	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/internal/machinetest"
 )
 
@@ -17,7 +18,7 @@ func TestParsingDoesNotAllocate(t *testing.T) {
 	}
 	auth := []byte("AUTH PLAIN AHVAeABwIHc=\r\n")
 	if n := testing.AllocsPerRun(100, func() {
-		if act := machinetest.Drain(m, auth); act.Kind != Login || act.Creds.Username != "u@x" || act.Creds.Password != "p w" {
+		if act := machinetest.Drain(m, auth); act.Kind != protocol.Login || act.Creds.Username != "u@x" || act.Creds.Password != "p w" {
 			t.Fatalf("%+v", act)
 		}
 		m.LoginFailed("x", false)

@@ -15,20 +15,6 @@ import (
 	"github.com/emailproxy/emailproxy/protocol/textline"
 )
 
-// Kind and Action are shared by every protocol machine.
-type (
-	Kind   = protocol.Kind
-	Action = protocol.Action
-)
-
-const (
-	NeedMore = protocol.NeedMore
-	Reply    = protocol.Reply
-	Login    = protocol.Login
-	Close    = protocol.Close
-	StartTLS = protocol.StartTLS
-)
-
 // Limits bound what an unauthenticated client may send.
 type Limits struct {
 	MaxLine   int // bytes in one command line (RFC 5321 says 512; AUTH responses need more)
@@ -80,21 +66,21 @@ func New(prof *Profile, tls TLS, lim Limits) *Machine {
 	return &Machine{prof: prof, tls: tls, lim: lim}
 }
 
-// Next consumes input; call it until it returns NeedMore, Login, StartTLS
-// or Close.
-func (m *Machine) Next(in []byte) (int, Action) {
+// Next consumes input; call it until it returns protocol.NeedMore,
+// protocol.Login, protocol.StartTLS or protocol.Close.
+func (m *Machine) Next(in []byte) (int, protocol.Action) {
 	m.out = m.out[:0]
 	return protocol.Run(in, m.step)
 }
 
-func (m *Machine) step(in []byte) (int, Action) {
+func (m *Machine) step(in []byte) (int, protocol.Action) {
 	if m.st == stPending || m.st == stClosed {
-		return 0, Action{}
+		return 0, protocol.Action{}
 	}
 	line, n, ev := m.lines.Next(in, m.lim.MaxLine)
 	switch ev {
 	case textline.Wait:
-		return n, Action{}
+		return n, protocol.Action{}
 	case textline.Flood:
 		return n, m.closeWith("500 5.5.6 Line too long, closing connection\r\n")
 	case textline.Overlong:
@@ -129,17 +115,17 @@ func (m *Machine) step(in []byte) (int, Action) {
 	return n, m.command(line)
 }
 
-func (m *Machine) saslError(err error) (Action, bool) {
+func (m *Machine) saslError(err error) (protocol.Action, bool) {
 	switch err {
 	case nil:
-		return Action{}, false
+		return protocol.Action{}, false
 	case sasl.ErrCancelled:
 		return m.fail("501 5.7.0 Authentication cancelled"), true
 	}
 	return m.fail("501 5.5.2 Cannot decode the SASL response"), true
 }
 
-func (m *Machine) command(line []byte) Action {
+func (m *Machine) command(line []byte) protocol.Action {
 	verb, arg := textline.Word(line)
 	switch {
 	case textline.EqualFold(verb, "EHLO"), textline.EqualFold(verb, "HELO"):
@@ -151,7 +137,7 @@ func (m *Machine) command(line []byte) Action {
 			return m.reply("250 " + m.prof.Domain + "\r\n")
 		}
 		m.out = m.appendEHLO(m.out)
-		return Action{Kind: Reply, Out: m.out}
+		return protocol.Action{Kind: protocol.Reply, Out: m.out}
 	case textline.EqualFold(verb, "STARTTLS"):
 		if !m.tls.Offered || m.tls.Active {
 			return m.fail("502 5.5.1 STARTTLS is not available")
@@ -160,7 +146,7 @@ func (m *Machine) command(line []byte) Action {
 			return m.fail("501 5.5.4 STARTTLS takes no argument")
 		}
 		m.out = append(m.out, "220 2.0.0 Ready to start TLS\r\n"...)
-		return Action{Kind: StartTLS, Out: m.out}
+		return protocol.Action{Kind: protocol.StartTLS, Out: m.out}
 	case textline.EqualFold(verb, "AUTH"):
 		return m.auth(arg)
 	case textline.EqualFold(verb, "NOOP"), textline.EqualFold(verb, "RSET"):
@@ -177,7 +163,7 @@ func (m *Machine) command(line []byte) Action {
 	return m.fail("502 5.5.2 Command not recognized")
 }
 
-func (m *Machine) auth(arg []byte) Action {
+func (m *Machine) auth(arg []byte) protocol.Action {
 	if !m.greeted {
 		return m.fail("503 5.5.1 Send EHLO first")
 	}
@@ -245,9 +231,9 @@ func (m *Machine) TLSStarted() {
 	m.st = stCommand
 }
 
-func (m *Machine) startLogin(creds sasl.Credentials) Action {
+func (m *Machine) startLogin(creds sasl.Credentials) protocol.Action {
 	m.st = stPending
-	return Action{Kind: Login, Out: m.out, Creds: creds}
+	return protocol.Action{Kind: protocol.Login, Out: m.out, Creds: creds}
 }
 
 // LoginFailed ends a login that did not succeed; the client may retry.
@@ -264,12 +250,12 @@ func (m *Machine) LoginFailed(msg string, temporary bool) []byte {
 	return m.out
 }
 
-func (m *Machine) reply(s string) Action {
+func (m *Machine) reply(s string) protocol.Action {
 	m.out = append(m.out, s...)
-	return Action{Kind: Reply, Out: m.out}
+	return protocol.Action{Kind: protocol.Reply, Out: m.out}
 }
 
-func (m *Machine) fail(s string) Action {
+func (m *Machine) fail(s string) protocol.Action {
 	m.errors++
 	if m.errors > m.lim.MaxErrors {
 		return m.closeWith("421 4.7.0 Too many errors, closing connection\r\n")
@@ -277,10 +263,10 @@ func (m *Machine) fail(s string) Action {
 	return m.reply(s + "\r\n")
 }
 
-func (m *Machine) closeWith(s string) Action {
+func (m *Machine) closeWith(s string) protocol.Action {
 	m.st = stClosed
 	m.out = append(m.out, s...)
-	return Action{Kind: Close, Out: m.out}
+	return protocol.Action{Kind: protocol.Close, Out: m.out}
 }
 
 // ProxyCaps turns the keywords of an upstream EHLO response (without the

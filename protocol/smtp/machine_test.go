@@ -10,14 +10,14 @@ import (
 
 var testProf = &Profile{Domain: "mx.example.com", Caps: ProxyCaps([]string{"SIZE 35882577", "8BITMIME", "AUTH LOGIN XOAUTH2", "AUTH=LOGIN", "STARTTLS", "PIPELINING", "SMTPUTF8", "CHUNKING", "ENHANCEDSTATUSCODES"})}
 
-func run(m *Machine, input string) (string, Action, string) {
+func run(m *Machine, input string) (string, protocol.Action, string) {
 	var out strings.Builder
 	in := []byte(input)
 	for {
 		n, act := m.Next(in)
 		in = in[n:]
 		out.Write(act.Out)
-		if act.Kind != Reply {
+		if act.Kind != protocol.Reply {
 			return out.String(), act, string(in)
 		}
 	}
@@ -41,7 +41,7 @@ func TestEHLORewriting(t *testing.T) {
 	}
 	m := New(testProf, TLS{Offered: true, Required: true}, DefaultLimits)
 	out, act, rest := run(m, "EHLO c\r\nSTARTTLS\r\nAUTH PLAIN AHVAeABw\r\n")
-	if act.Kind != StartTLS || !strings.HasSuffix(out, "220 2.0.0 Ready to start TLS\r\n") || rest != "AUTH PLAIN AHVAeABw\r\n" {
+	if act.Kind != protocol.StartTLS || !strings.HasSuffix(out, "220 2.0.0 Ready to start TLS\r\n") || rest != "AUTH PLAIN AHVAeABw\r\n" {
 		t.Fatalf("STARTTLS: %q %v %q", out, act.Kind, rest)
 	}
 	m.TLSStarted()
@@ -67,7 +67,7 @@ func TestAuthForms(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			out, act, rest := run(New(testProf, TLS{}, DefaultLimits), tc.input)
-			if act.Kind != Login || act.Creds.Username != tc.user || act.Creds.Password != tc.pass || out != tc.out || rest != "" {
+			if act.Kind != protocol.Login || act.Creds.Username != tc.user || act.Creds.Password != tc.pass || out != tc.out || rest != "" {
 				t.Fatalf("out %q act %+v rest %q", out, act, rest)
 			}
 		})
@@ -77,20 +77,20 @@ func TestAuthForms(t *testing.T) {
 func TestErrors(t *testing.T) {
 	tests := []struct {
 		name, input, want string
-		kind              Kind
+		kind              protocol.Kind
 	}{
-		{"auth before ehlo", "AUTH PLAIN AHVAeABw\r\n", "503 5.5.1 Send EHLO first\r\n", NeedMore},
-		{"pipelined auth before ehlo", "AUTH PLAIN AHVAeABw\r\nEHLO c\r\n", "503 5.5.1 Send EHLO first\r\n" + ehloPlain, NeedMore},
-		{"mail before auth", "EHLO c\r\nMAIL FROM:<a@b>\r\n", ehloPlain + "530 5.7.0 Authentication required\r\n", NeedMore},
-		{"auth tls required", "EHLO c\r\nAUTH PLAIN AHVAeABw\r\n", "", NeedMore},
-		{"unknown mech", "EHLO c\r\nAUTH CRAM-MD5\r\n", ehloPlain + "504 5.5.4 Unrecognized authentication type (use PLAIN or LOGIN)\r\n", NeedMore},
-		{"cancel", "EHLO c\r\nAUTH PLAIN\r\n*\r\n", ehloPlain + "334 \r\n501 5.7.0 Authentication cancelled\r\n", NeedMore},
-		{"bad base64", "EHLO c\r\nAUTH LOGIN\r\n!!\r\n", ehloPlain + "334 VXNlcm5hbWU6\r\n501 5.5.2 Cannot decode the SASL response\r\n", NeedMore},
-		{"ehlo without name", "EHLO\r\n", "501 5.5.4 Syntax: EHLO hostname\r\n", NeedMore},
-		{"starttls not offered", "STARTTLS\r\n", "502 5.5.1 STARTTLS is not available\r\n", NeedMore},
-		{"noop rset quit", "NOOP\r\nRSET\r\nQUIT\r\n", "250 2.0.0 OK\r\n250 2.0.0 OK\r\n221 2.0.0 Bye\r\n", Close},
-		{"unknown", "FROB\r\n", "502 5.5.2 Command not recognized\r\n", NeedMore},
-		{"too long", "EHLO " + strings.Repeat("x", 9000) + "\r\nNOOP\r\n", "500 5.5.6 Line too long\r\n250 2.0.0 OK\r\n", NeedMore},
+		{"auth before ehlo", "AUTH PLAIN AHVAeABw\r\n", "503 5.5.1 Send EHLO first\r\n", protocol.NeedMore},
+		{"pipelined auth before ehlo", "AUTH PLAIN AHVAeABw\r\nEHLO c\r\n", "503 5.5.1 Send EHLO first\r\n" + ehloPlain, protocol.NeedMore},
+		{"mail before auth", "EHLO c\r\nMAIL FROM:<a@b>\r\n", ehloPlain + "530 5.7.0 Authentication required\r\n", protocol.NeedMore},
+		{"auth tls required", "EHLO c\r\nAUTH PLAIN AHVAeABw\r\n", "", protocol.NeedMore},
+		{"unknown mech", "EHLO c\r\nAUTH CRAM-MD5\r\n", ehloPlain + "504 5.5.4 Unrecognized authentication type (use PLAIN or LOGIN)\r\n", protocol.NeedMore},
+		{"cancel", "EHLO c\r\nAUTH PLAIN\r\n*\r\n", ehloPlain + "334 \r\n501 5.7.0 Authentication cancelled\r\n", protocol.NeedMore},
+		{"bad base64", "EHLO c\r\nAUTH LOGIN\r\n!!\r\n", ehloPlain + "334 VXNlcm5hbWU6\r\n501 5.5.2 Cannot decode the SASL response\r\n", protocol.NeedMore},
+		{"ehlo without name", "EHLO\r\n", "501 5.5.4 Syntax: EHLO hostname\r\n", protocol.NeedMore},
+		{"starttls not offered", "STARTTLS\r\n", "502 5.5.1 STARTTLS is not available\r\n", protocol.NeedMore},
+		{"noop rset quit", "NOOP\r\nRSET\r\nQUIT\r\n", "250 2.0.0 OK\r\n250 2.0.0 OK\r\n221 2.0.0 Bye\r\n", protocol.Close},
+		{"unknown", "FROB\r\n", "502 5.5.2 Command not recognized\r\n", protocol.NeedMore},
+		{"too long", "EHLO " + strings.Repeat("x", 9000) + "\r\nNOOP\r\n", "500 5.5.6 Line too long\r\n250 2.0.0 OK\r\n", protocol.NeedMore},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -116,7 +116,7 @@ func TestErrors(t *testing.T) {
 func TestLoginFailedAndPipelining(t *testing.T) {
 	m := New(testProf, TLS{}, DefaultLimits)
 	_, act, rest := run(m, "EHLO c\r\nAUTH PLAIN AHVAeABw\r\nMAIL FROM:<u@x>\r\nRCPT TO:<v@y>\r\n")
-	if act.Kind != Login || rest != "MAIL FROM:<u@x>\r\nRCPT TO:<v@y>\r\n" {
+	if act.Kind != protocol.Login || rest != "MAIL FROM:<u@x>\r\nRCPT TO:<v@y>\r\n" {
 		t.Fatalf("act %+v rest %q", act, rest)
 	}
 	if got := string(m.LoginFailed("bad password", false)); got != "535 5.7.8 Authentication credentials invalid: bad password\r\n" {
@@ -162,7 +162,7 @@ func BenchmarkEHLOAuth(b *testing.B) {
 		for {
 			n, act := m.Next(buf)
 			buf = buf[n:]
-			if act.Kind == Login {
+			if act.Kind == protocol.Login {
 				m.LoginFailed("x", false)
 				break
 			}
