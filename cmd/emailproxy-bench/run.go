@@ -3,21 +3,16 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
-
-	"github.com/mattn/go-isatty"
 
 	"github.com/emailproxy/emailproxy/bench/load"
 	"github.com/emailproxy/emailproxy/bench/mock"
@@ -93,11 +88,6 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-func isTTY(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && isatty.IsTerminal(f.Fd())
 }
 
 // bench is one run of the harness.
@@ -287,85 +277,6 @@ func (b *bench) phase(ctx context.Context, sc load.Scenario, mode load.Mode) (*r
 	return m, nil
 }
 
-// idle holds pre-login clients, then authenticated IDLE sessions, and
-// measures what each costs the proxy.
-func (b *bench) idle(ctx context.Context) *report.Idle {
-	res := &report.Idle{PreLoginGoKB: -1, SessionGoKB: -1, StalledGoKB: -1}
-	measure := func(what string, n int, hold func(*load.Progress) (*load.Held, error)) (rssKB, goKB float64, held int) {
-		b.mark("idle " + what)
-		base, _ := load.ReadProc(b.pid)
-		baseGo, goErr := load.ReadGoMem(b.statsAddr)
-		var prog load.Progress
-		stop := b.showCount("idle      "+what, n, &prog)
-		h, err := hold(&prog)
-		stop()
-		defer h.Close()
-		if err != nil {
-			res.Errors += int(prog.Errors.Load())
-			res.ErrorSamples = append(res.ErrorSamples, err.Error())
-		}
-		held = h.Len()
-		if held == 0 {
-			return 0, -1, 0
-		}
-		time.Sleep(500 * time.Millisecond) // let the proxy settle (handshakes, buffers)
-		now, _ := load.ReadProc(b.pid)
-		rssKB = float64(now.RSS-base.RSS) / 1024 / float64(held)
-		goKB = -1
-		if goErr == nil {
-			g, err := load.ReadGoMem(b.statsAddr)
-			goErr = err
-			if err == nil {
-				goKB = float64((g.HeapInuse+g.StackInuse)-(baseGo.HeapInuse+baseGo.StackInuse)) / 1024 / float64(held)
-			}
-		}
-		if goErr != nil && b.statsAddr != "" {
-			res.ErrorSamples = append(res.ErrorSamples, "reading the proxy's Go memory: "+goErr.Error())
-		}
-		return rssKB, goKB, held
-	}
-	if b.f.idleClients > 0 {
-		res.PreLoginRSSKB, res.PreLoginGoKB, res.PreLogin = measure("pre-login", b.f.idleClients, func(p *load.Progress) (*load.Held, error) {
-			return b.target.HoldPreLogin(ctx, b.f.idleClients, p)
-		})
-		time.Sleep(time.Second) // closed connections leave the proxy
-	}
-	if b.f.idleSessions > 0 {
-		// One login per account first: the proxy's first login of an
-		// account checks its password (PBKDF2) and fetches a token.
-		b.target.Warm(ctx, load.IMAP, load.Proxy, 0)
-		res.SessionRSSKB, res.SessionGoKB, res.Sessions = measure("sessions", b.f.idleSessions, func(p *load.Progress) (*load.Held, error) {
-			return b.target.HoldIdling(ctx, load.Proxy, b.f.idleSessions, p)
-		})
-	}
-	if b.f.stalled > 0 && b.f.mock.bigSize > 0 {
-		// Each large mailbox takes at most --mailbox-limit sessions.
-		if lim := b.f.mock.mailboxLimit; lim > 0 && b.f.stalled > lim*b.f.mock.bigBoxes {
-			fmt.Fprintf(b.errw, "stalled sessions: %d, not %d: %d mailboxes hold the large message, %d sessions each at most (raise --big-mailboxes)\n",
-				lim*b.f.mock.bigBoxes, b.f.stalled, b.f.mock.bigBoxes, lim)
-			b.f.stalled = lim * b.f.mock.bigBoxes
-		}
-		time.Sleep(time.Second)
-		b.target.Warm(ctx, load.POP3, load.Proxy, b.f.mock.bigBoxes)
-		res.StalledRSSKB, res.StalledGoKB, res.Stalled = measure("stalled", b.f.stalled, func(p *load.Progress) (*load.Held, error) {
-			return b.target.HoldStalled(ctx, load.Proxy, b.f.stalled, b.f.mock.bigBoxes, p)
-		})
-	}
-	round := func(v float64) float64 { return float64(int(v*100)) / 100 }
-	res.PreLoginRSSKB, res.SessionRSSKB = round(res.PreLoginRSSKB), round(res.SessionRSSKB)
-	if res.PreLoginGoKB >= 0 {
-		res.PreLoginGoKB = round(res.PreLoginGoKB)
-	}
-	if res.SessionGoKB >= 0 {
-		res.SessionGoKB = round(res.SessionGoKB)
-	}
-	res.StalledRSSKB = round(res.StalledRSSKB)
-	if res.StalledGoKB >= 0 {
-		res.StalledGoKB = round(res.StalledGoKB)
-	}
-	return res
-}
-
 func (b *bench) mark(label string) {
 	if b.sampler != nil {
 		b.rep.Marks = append(b.rep.Marks, report.Mark{At: b.sampler.Since().Seconds(), Label: label})
@@ -378,74 +289,6 @@ func (b *bench) peakRSS() float64 {
 		return 0
 	}
 	return float64(ps.RSS) / (1 << 20)
-}
-
-// startProxy starts the proxy under test and waits for its listeners.
-func (b *bench) startProxy(cfgPath, caPath, workdir string, ports []int) error {
-	if b.f.proxyAddr != "" {
-		b.pid = b.f.proxyPid
-		fmt.Fprintf(b.errw, "using the proxy at %s; its configuration: %s (CA %s)\n", b.f.proxyAddr, cfgPath, caPath)
-		return waitPorts(b.f.proxyAddr, ports, 2*time.Minute, nil)
-	}
-	logf, err := os.Create(filepath.Join(workdir, "proxy.log"))
-	if err != nil {
-		return err
-	}
-	var cmd *exec.Cmd
-	if b.f.proxyCmd != "" {
-		line := strings.NewReplacer("{config}", cfgPath, "{ca}", caPath).Replace(b.f.proxyCmd)
-		cmd = exec.Command("sh", "-c", "exec "+line)
-	} else {
-		self, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		sp, err := freePorts(1)
-		if err != nil {
-			return err
-		}
-		b.statsAddr = "127.0.0.1:" + strconv.Itoa(sp[0])
-		args := []string{"proxy", "--no-gui", "--config-file", cfgPath, "--stats-addr", b.statsAddr}
-		if b.abuseRuns && !strings.Contains(b.f.proxyArg, "send-timeout") {
-			// Stalled downloads end after the send timeout: a short one
-			// keeps the run short (the default is 60 s).
-			args = append(args, "--send-timeout", "5s")
-		}
-		args = append(args, strings.Fields(b.f.proxyArg)...)
-		cmd = exec.Command(self, args...)
-	}
-	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	ownProcessGroup(cmd)
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("starting the proxy: %w", err)
-	}
-	logf.Close()
-	b.proxy, b.pid = cmd, cmd.Process.Pid
-	b.exited = make(chan struct{})
-	go func() { cmd.Wait(); close(b.exited) }()
-	fmt.Fprintf(b.errw, "proxy started (pid %d): %s\n", b.pid, strings.Join(cmd.Args, " "))
-	if err := waitPorts("127.0.0.1", ports, time.Minute, b.exited); err != nil {
-		b.stopProxy()
-		tail, _ := os.ReadFile(filepath.Join(workdir, "proxy.log"))
-		return fmt.Errorf("%w; proxy log:\n%s", err, lastLines(tail, 20))
-	}
-	return nil
-}
-
-func (b *bench) stopProxy() {
-	if b.proxy == nil {
-		return
-	}
-	terminate(b.proxy)
-	select {
-	case <-b.exited:
-	case <-time.After(10 * time.Second):
-		b.proxy.Process.Kill()
-		<-b.exited
-	}
-	b.proxy = nil
 }
 
 func (b *bench) settings() map[string]string {
@@ -467,53 +310,6 @@ func (b *bench) settings() map[string]string {
 		}
 	}
 	return s
-}
-
-// showProgress draws a progress bar for a timed phase on a terminal.
-func (b *bench) showProgress(label string, d time.Duration, p *load.Progress) (stop func()) {
-	start := time.Now()
-	return b.ticker(func(final bool) string {
-		el := time.Since(start)
-		if final {
-			el = d
-		}
-		frac := min(float64(el)/float64(d), 1)
-		bar := strings.Repeat("█", int(frac*30)) + strings.Repeat("░", 30-int(frac*30))
-		return fmt.Sprintf("%s %s %5.1fs  %d cycles  %d errors", label, bar, el.Seconds(), p.Cycles.Load(), p.Errors.Load())
-	})
-}
-
-// showCount draws progress towards n connections.
-func (b *bench) showCount(label string, n int, p *load.Progress) (stop func()) {
-	return b.ticker(func(bool) string {
-		done := int(p.Cycles.Load())
-		frac := min(float64(done)/float64(max(n, 1)), 1)
-		bar := strings.Repeat("█", int(frac*30)) + strings.Repeat("░", 30-int(frac*30))
-		return fmt.Sprintf("%s %s %d/%d  %d errors", label, bar, done, n, p.Errors.Load())
-	})
-}
-
-func (b *bench) ticker(line func(final bool) string) (stop func()) {
-	var stopped atomic.Bool
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for !stopped.Load() {
-			if b.progress {
-				fmt.Fprintf(b.errw, "\r%s\033[K", line(false))
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}()
-	return func() {
-		stopped.Store(true)
-		<-done
-		if b.progress {
-			fmt.Fprintf(b.errw, "\r%s\033[K\n", line(true))
-		} else {
-			fmt.Fprintln(b.errw, line(true))
-		}
-	}
 }
 
 func hostileNames() string {
@@ -542,59 +338,9 @@ func hasMode(list []load.Mode, m load.Mode) bool {
 	return false
 }
 
-// freePorts returns n distinct free ports on 127.0.0.1.
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
-// waitPorts waits until host accepts connections on every port, or the
-// proxy process ends (exited, if not nil).
-func waitPorts(host string, ports []int, limit time.Duration, exited <-chan struct{}) error {
-	deadline := time.Now().Add(limit)
-	for _, p := range ports {
-		addr := net.JoinHostPort(host, strconv.Itoa(p))
-		for {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
-				c.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("the proxy does not listen on %s", addr)
-			}
-			select {
-			case <-exited:
-				return errors.New("the proxy exited at start")
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}
-	return nil
-}
-
 func firstLine(s string) string {
 	first, _, _ := strings.Cut(s, "\n")
 	return first
-}
-
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // machine describes this computer for the report.

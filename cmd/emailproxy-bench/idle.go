@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/emailproxy/emailproxy/bench/load"
+	"github.com/emailproxy/emailproxy/bench/report"
+)
+
+// idle holds pre-login clients, then authenticated IDLE sessions, and
+// measures what each costs the proxy.
+func (b *bench) idle(ctx context.Context) *report.Idle {
+	res := &report.Idle{PreLoginGoKB: -1, SessionGoKB: -1, StalledGoKB: -1}
+	measure := func(what string, n int, hold func(*load.Progress) (*load.Held, error)) (rssKB, goKB float64, held int) {
+		b.mark("idle " + what)
+		base, _ := load.ReadProc(b.pid)
+		baseGo, goErr := load.ReadGoMem(b.statsAddr)
+		var prog load.Progress
+		stop := b.showCount("idle      "+what, n, &prog)
+		h, err := hold(&prog)
+		stop()
+		defer h.Close()
+		if err != nil {
+			res.Errors += int(prog.Errors.Load())
+			res.ErrorSamples = append(res.ErrorSamples, err.Error())
+		}
+		held = h.Len()
+		if held == 0 {
+			return 0, -1, 0
+		}
+		time.Sleep(500 * time.Millisecond) // let the proxy settle (handshakes, buffers)
+		now, _ := load.ReadProc(b.pid)
+		rssKB = float64(now.RSS-base.RSS) / 1024 / float64(held)
+		goKB = -1
+		if goErr == nil {
+			g, err := load.ReadGoMem(b.statsAddr)
+			goErr = err
+			if err == nil {
+				goKB = float64((g.HeapInuse+g.StackInuse)-(baseGo.HeapInuse+baseGo.StackInuse)) / 1024 / float64(held)
+			}
+		}
+		if goErr != nil && b.statsAddr != "" {
+			res.ErrorSamples = append(res.ErrorSamples, "reading the proxy's Go memory: "+goErr.Error())
+		}
+		return rssKB, goKB, held
+	}
+	if b.f.idleClients > 0 {
+		res.PreLoginRSSKB, res.PreLoginGoKB, res.PreLogin = measure("pre-login", b.f.idleClients, func(p *load.Progress) (*load.Held, error) {
+			return b.target.HoldPreLogin(ctx, b.f.idleClients, p)
+		})
+		time.Sleep(time.Second) // closed connections leave the proxy
+	}
+	if b.f.idleSessions > 0 {
+		// One login per account first: the proxy's first login of an
+		// account checks its password (PBKDF2) and fetches a token.
+		b.target.Warm(ctx, load.IMAP, load.Proxy, 0)
+		res.SessionRSSKB, res.SessionGoKB, res.Sessions = measure("sessions", b.f.idleSessions, func(p *load.Progress) (*load.Held, error) {
+			return b.target.HoldIdling(ctx, load.Proxy, b.f.idleSessions, p)
+		})
+	}
+	if b.f.stalled > 0 && b.f.mock.bigSize > 0 {
+		// Each large mailbox takes at most --mailbox-limit sessions.
+		if lim := b.f.mock.mailboxLimit; lim > 0 && b.f.stalled > lim*b.f.mock.bigBoxes {
+			fmt.Fprintf(b.errw, "stalled sessions: %d, not %d: %d mailboxes hold the large message, %d sessions each at most (raise --big-mailboxes)\n",
+				lim*b.f.mock.bigBoxes, b.f.stalled, b.f.mock.bigBoxes, lim)
+			b.f.stalled = lim * b.f.mock.bigBoxes
+		}
+		time.Sleep(time.Second)
+		b.target.Warm(ctx, load.POP3, load.Proxy, b.f.mock.bigBoxes)
+		res.StalledRSSKB, res.StalledGoKB, res.Stalled = measure("stalled", b.f.stalled, func(p *load.Progress) (*load.Held, error) {
+			return b.target.HoldStalled(ctx, load.Proxy, b.f.stalled, b.f.mock.bigBoxes, p)
+		})
+	}
+	round := func(v float64) float64 { return float64(int(v*100)) / 100 }
+	res.PreLoginRSSKB, res.SessionRSSKB = round(res.PreLoginRSSKB), round(res.SessionRSSKB)
+	if res.PreLoginGoKB >= 0 {
+		res.PreLoginGoKB = round(res.PreLoginGoKB)
+	}
+	if res.SessionGoKB >= 0 {
+		res.SessionGoKB = round(res.SessionGoKB)
+	}
+	res.StalledRSSKB = round(res.StalledRSSKB)
+	if res.StalledGoKB >= 0 {
+		res.StalledGoKB = round(res.StalledGoKB)
+	}
+	return res
+}
