@@ -55,9 +55,11 @@ func mailboxWithBig() (map[string][]mock.Message, []byte) {
 // or use a literal.
 const testPassword = `local pa"ss\word`
 
-func TestIMAPEndToEnd(t *testing.T) {
+func TestIMAPEndToEnd(t *testing.T) { eachFrontEnd(t, testIMAPEndToEnd) }
+
+func testIMAPEndToEnd(t *testing.T, fe string) {
 	boxes, big := mailboxWithBig()
-	env := startEnv(t, envOptions{mailboxes: boxes})
+	env := startEnv(t, envOptions{mailboxes: boxes, engine: Options{FrontEnd: fe}})
 
 	notified := make(chan uint32, 4)
 	c, err := imapclient.DialInsecure(env.imapAddr, &imapclient.Options{
@@ -161,9 +163,11 @@ func TestIMAPEndToEnd(t *testing.T) {
 	}
 }
 
-func TestPOP3EndToEnd(t *testing.T) {
+func TestPOP3EndToEnd(t *testing.T) { eachFrontEnd(t, testPOP3EndToEnd) }
+
+func testPOP3EndToEnd(t *testing.T, fe string) {
 	boxes, big := mailboxWithBig()
-	env := startEnv(t, envOptions{mailboxes: boxes})
+	env := startEnv(t, envOptions{mailboxes: boxes, engine: Options{FrontEnd: fe}})
 
 	p := dialPOP(t, env.popAddr)
 	capa := p.ok("CAPA")
@@ -235,8 +239,10 @@ func TestPOP3EndToEnd(t *testing.T) {
 
 // A password with CRLF and quotes can only travel in a literal; the proxy
 // reads it by byte count.
-func TestIMAPLiteralLoginAndPipelining(t *testing.T) {
-	env := startEnv(t, envOptions{})
+func TestIMAPLiteralLoginAndPipelining(t *testing.T) { eachFrontEnd(t, testIMAPLiteralLoginAndPipelining) }
+
+func testIMAPLiteralLoginAndPipelining(t *testing.T, fe string) {
+	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe}})
 	pass := "line1\r\nline2 \"q\" {3}\r\n"
 	r := dialRaw(t, env.imapAddr)
 	if g := r.line(); !strings.HasPrefix(g, "* OK") || !strings.Contains(g, "AUTH=PLAIN") {

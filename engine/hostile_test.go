@@ -18,13 +18,21 @@ import (
 	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
+// eachFrontEnd runs test once per front end: the same bounds, timeouts
+// and answers are expected of both.
+func eachFrontEnd(t *testing.T, test func(t *testing.T, fe string)) {
+	for _, fe := range []string{FrontEndGnet, FrontEndGoroutines} {
+		t.Run(fe, func(t *testing.T) { test(t, fe) })
+	}
+}
+
 // offer writes chunk to c until the proxy stops taking it, and fails the
 // test if it took 64 MiB: what a proxy that bounds its buffers takes from
 // a client is what the two kernels' socket buffers hold plus the bounds,
 // nowhere near what is offered.
 func offer(t *testing.T, c net.Conn, chunk []byte) {
 	t.Helper()
-	c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	sent := 0
 	for sent < 256<<20 {
 		n, err := c.Write(chunk)
@@ -53,8 +61,10 @@ func settled(t *testing.T, env *proxyEnv) {
 // Clients that send a login and hang up (FIN or RST) at every moment of
 // the login, many at once, must not crash the proxy (a goroutine once read
 // the released gnet connection's address) nor leave anything behind.
-func TestLoginAndHangUpStorm(t *testing.T) {
-	env := startEnv(t, envOptions{})
+func TestLoginAndHangUpStorm(t *testing.T) { eachFrontEnd(t, testLoginAndHangUpStorm) }
+
+func testLoginAndHangUpStorm(t *testing.T, fe string) {
+	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe}})
 	stillServes(t, env) // the account's password is now known
 	var wg sync.WaitGroup
 	for i := range 400 {
@@ -88,12 +98,15 @@ func TestLoginAndHangUpStorm(t *testing.T) {
 	p.ok("QUIT")
 }
 
-// A client that pipelines commands and never reads makes the proxy stop
-// parsing its input once its unsent output passes the bound, and the
-// connection is closed when its unparsed input passes it too: the proxy
-// does not buffer what the client does not read.
-func TestNonReadingPipelinerIsBounded(t *testing.T) {
-	env := startEnv(t, envOptions{engine: Options{PendingLimit: 16 << 10}})
+// A client that pipelines commands and never reads is cut off without the
+// proxy buffering what it does not read: on the event loop, parsing stops
+// once its unsent output passes the bound and the connection is closed
+// when its unparsed input passes it too; on goroutines, reading stops
+// with the blocked write, which fails after the send timeout.
+func TestNonReadingPipelinerIsBounded(t *testing.T) { eachFrontEnd(t, testNonReadingPipelinerIsBounded) }
+
+func testNonReadingPipelinerIsBounded(t *testing.T, fe string) {
+	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe, PendingLimit: 16 << 10, SendTimeout: 500 * time.Millisecond}})
 	c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -101,17 +114,18 @@ func TestNonReadingPipelinerIsBounded(t *testing.T) {
 	defer c.Close()
 	c.(*net.TCPConn).SetReadBuffer(4096)
 	offer(t, c, bytes.Repeat([]byte("a CAPABILITY\r\n"), 4096))
-	if !strings.Contains(env.logs.String(), "client sent too much without waiting for answers") {
-		t.Fatalf("no log line says why the client was disconnected")
-	}
+	why := map[string]string{FrontEndGnet: "client sent too much without waiting for answers", FrontEndGoroutines: "send timeout: the client stopped reading"}[fe]
+	waitFor(t, "a log line that says why the client was disconnected", func() bool { return strings.Contains(env.logs.String(), why) })
 	settled(t, env)
 	stillServes(t, env)
 }
 
 // A client that pipelines more than the bound and reads slowly gets every
 // answer, in order: reading pauses and resumes, nothing is dropped.
-func TestSlowReadingPipelinerGetsEveryAnswer(t *testing.T) {
-	env := startEnv(t, envOptions{engine: Options{PendingLimit: 8 << 10}})
+func TestSlowReadingPipelinerGetsEveryAnswer(t *testing.T) { eachFrontEnd(t, testSlowReadingPipelinerGetsEveryAnswer) }
+
+func testSlowReadingPipelinerGetsEveryAnswer(t *testing.T, fe string) {
+	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe, PendingLimit: 8 << 10}})
 	c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -173,8 +187,10 @@ func readLinesSlowly(t *testing.T, c net.Conn, last func(string) bool) []string 
 
 // Answers gnet still holds for a slow reader when its login completes
 // reach it before the login's answer and anything relayed after it.
-func TestHandOffKeepsOrderForSlowReader(t *testing.T) {
-	env := startEnv(t, envOptions{engine: Options{PendingLimit: 16 << 20}})
+func TestHandOffKeepsOrderForSlowReader(t *testing.T) { eachFrontEnd(t, testHandOffKeepsOrderForSlowReader) }
+
+func testHandOffKeepsOrderForSlowReader(t *testing.T, fe string) {
+	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe, PendingLimit: 16 << 20}})
 	c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -213,7 +229,9 @@ func TestHandOffKeepsOrderForSlowReader(t *testing.T) {
 
 // Input sent while a login is in flight waits in the proxy only up to the
 // bound; a client that floods meanwhile is disconnected.
-func TestInputFloodDuringLoginIsBounded(t *testing.T) {
+func TestInputFloodDuringLoginIsBounded(t *testing.T) { eachFrontEnd(t, testInputFloodDuringLoginIsBounded) }
+
+func testInputFloodDuringLoginIsBounded(t *testing.T, fe string) {
 	release := make(chan struct{})
 	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -224,8 +242,10 @@ func TestInputFloodDuringLoginIsBounded(t *testing.T) {
 	}))
 	defer hang.Close()
 	defer close(release)
+	// The goroutine front end reads nothing while the login runs: the
+	// flood stops in the kernel's buffers until the login times out.
 	env := startEnv(t, envOptions{tokenURL: hang.URL, tokenTO: 20 * time.Second,
-		engine: Options{PendingLimit: 16 << 10, LoginTimeout: 20 * time.Second}})
+		engine: Options{FrontEnd: fe, PendingLimit: 16 << 10, LoginTimeout: 2 * time.Second}})
 	r := dialRaw(t, env.imapAddr)
 	r.line()
 	r.send("a LOGIN " + testAccount + " pw\r\n")
@@ -236,11 +256,13 @@ func TestInputFloodDuringLoginIsBounded(t *testing.T) {
 // A client that stops reading in the middle of a download loses its
 // session after the send timeout: the upstream session, its goroutines and
 // its mailbox slot are freed, and the log says why.
-func TestSendTimeoutFreesStalledDownload(t *testing.T) {
+func TestSendTimeoutFreesStalledDownload(t *testing.T) { eachFrontEnd(t, testSendTimeoutFreesStalledDownload) }
+
+func testSendTimeoutFreesStalledDownload(t *testing.T, fe string) {
 	// Larger than what the kernel buffers of both sockets can hold.
 	boxes := map[string][]mock.Message{testAccount: {{UID: "huge", Body: bigMessage(24 << 20)}}}
 	env := startEnv(t, envOptions{mailboxes: boxes, mailboxCap: 1,
-		engine: Options{MailboxLimit: 1, SendTimeout: 300 * time.Millisecond, LoginTimeout: 10 * time.Second}})
+		engine: Options{FrontEnd: fe, MailboxLimit: 1, SendTimeout: 300 * time.Millisecond, LoginTimeout: 10 * time.Second}})
 	p := popLogin(t, env.popAddr, testAccount, "pw")
 	p.c.(*net.TCPConn).SetReadBuffer(4096)
 	p.send("RETR 1") // never read

@@ -13,6 +13,13 @@ import (
 
 // Options tune the engine; zero values take the defaults shown.
 type Options struct {
+	// FrontEnd serves the plaintext listeners: FrontEndGnet (an event
+	// loop; the default) or FrontEndGoroutines (a goroutine per
+	// connection, as local-TLS listeners always are; the default on
+	// Windows, where gnet is for development only and sockets cannot be
+	// handed from it to the relay). Both drive the same state machines
+	// with the same bounds and timeouts.
+	FrontEnd     string
 	EventLoops   int           // gnet event loops (default: number of CPUs)
 	LoginTimeout time.Duration // token + dial + TLS + XOAUTH2 for one login (default 30 s)
 	DialTimeout  time.Duration // TCP + TLS + greeting upstream (default 10 s)
@@ -61,7 +68,19 @@ type Options struct {
 	Logger  zerolog.Logger
 }
 
+// The front ends (Options.FrontEnd).
+const (
+	FrontEndGnet       = "gnet"
+	FrontEndGoroutines = "goroutines"
+)
+
 func (o *Options) defaults() {
+	if o.FrontEnd == "" {
+		o.FrontEnd = FrontEndGnet
+		if runtime.GOOS == "windows" {
+			o.FrontEnd = FrontEndGoroutines
+		}
+	}
 	if o.EventLoops <= 0 {
 		o.EventLoops = runtime.NumCPU()
 	}

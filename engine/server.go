@@ -70,7 +70,7 @@ type listener struct {
 	up  *upstream.Side
 	log zerolog.Logger
 
-	// Local TLS (nil tlsCfg: plaintext listener on gnet).
+	// Local TLS (nil tlsCfg: plaintext; served by Options.FrontEnd).
 	certs    *certStore
 	tlsCfg   *tls.Config
 	startTLS bool // STARTTLS / STLS offered (and required before login)
@@ -162,7 +162,7 @@ func (s *Server) Start() error {
 			s.closeTLSListeners()
 			return err
 		}
-		if l.tlsCfg == nil {
+		if l.tlsCfg == nil && s.opts.FrontEnd == FrontEndGnet {
 			addrs = append(addrs, "tcp://"+srv.ListenAddr())
 			continue
 		}
@@ -173,7 +173,7 @@ func (s *Server) Start() error {
 		}
 		s.tlsLns = append(s.tlsLns, ln)
 		s.wg.Add(1)
-		go s.acceptTLS(l, ln)
+		go s.accept(l, ln)
 	}
 	if len(addrs) > 0 {
 		go func() {

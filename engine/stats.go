@@ -22,6 +22,7 @@ func (s *Server) Stats() Stats {
 	st.PreLogin = s.sessCount
 	s.sessMu.Unlock()
 	s.relayMu.Lock()
+	st.PreLogin += len(s.conns) // the goroutine front end's
 	st.Relays = len(s.relays)
 	s.relayMu.Unlock()
 	for _, l := range s.listeners {

@@ -30,6 +30,7 @@ type flags struct {
 	refreshMargin, idleTimeout                  time.Duration
 	sendTimeout, imapIdle, pop3Idle, smtpIdle   time.Duration
 	pendingLimit                                int
+	frontEnd                                    string
 	warmConns, mailboxLimit                     int
 	warmMaxAge, imapReuse                       time.Duration
 	statsAddr                                   string
@@ -50,6 +51,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.BoolVar(&f.demo, "demo", false, "start a mock mail provider and a proxy in front of it, and print how to try it")
 	fs.StringVar(&f.logFormat, "log-format", "console", "log format: console or json")
+	fs.StringVar(&f.frontEnd, "front-end", "", "what serves the plaintext listeners: gnet (an event loop) or goroutines (one per connection) (default: gnet; goroutines on Windows)")
 	fs.IntVar(&f.eventLoops, "event-loops", 0, "gnet event loops (default: one per CPU)")
 	fs.IntVar(&f.maxLine, "max-line", 8192, "longest command line (and IMAP login literal) a client may send before login, in bytes")
 	fs.IntVar(&f.maxErrors, "max-errors", 10, "bad commands before login after which a client is disconnected")
@@ -102,6 +104,10 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 			fmt.Fprintf(stderr, "emailproxy: --%s must not be negative\n", name)
 			return nil, errors.New("negative flag")
 		}
+	}
+	if f.frontEnd != "" && f.frontEnd != "gnet" && f.frontEnd != "goroutines" {
+		fmt.Fprintf(stderr, "emailproxy: --front-end must be gnet or goroutines\n")
+		return nil, errors.New("bad --front-end")
 	}
 	if f.logFormat != "console" && f.logFormat != "json" {
 		fmt.Fprintf(stderr, "emailproxy: --log-format must be console or json\n")

@@ -95,6 +95,7 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	provider.Start()
 	defer provider.Close()
 
+	eopts.FrontEnd = fl.frontEnd
 	eopts.EventLoops = fl.eventLoops
 	eopts.LoginTimeout = fl.loginTimeout
 	eopts.DialTimeout = fl.dialTimeout

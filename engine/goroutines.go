@@ -3,73 +3,24 @@ package engine
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"net"
-	"sync/atomic"
 	"time"
 
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol"
 )
 
-// gnet has no TLS, so listeners with a local certificate (implicit TLS, or
-// STARTTLS / STLS offered) run on goroutines with crypto/tls. They drive the
-// same protocol state machines as the event loop; plaintext listeners stay
-// on gnet.
+// The goroutine front end: a goroutine per connection with blocking reads
+// and writes. It serves the listeners with a local certificate (gnet has
+// no TLS: implicit TLS, or STARTTLS / STLS offered, with crypto/tls) and,
+// with FrontEndGoroutines, the plaintext ones. It drives the same state
+// machines as the event loop, under the same bounds: a login in flight
+// reads nothing (TCP backpressure), a write that makes no progress for
+// SendTimeout fails, and the idle timeout runs from the last whole
+// command.
 
-// certStore holds a listener's certificate; Reload swaps it without
-// touching connections that already did their handshake.
-type certStore struct {
-	certPath, keyPath string
-	cur               atomic.Pointer[tls.Certificate]
-}
-
-func (c *certStore) load() error {
-	cert, err := tls.LoadX509KeyPair(c.certPath, c.keyPath)
-	if err != nil {
-		return fmt.Errorf("cannot load local_certificate_path %s / local_key_path %s: %w", c.certPath, c.keyPath, err)
-	}
-	c.cur.Store(&cert)
-	return nil
-}
-
-func (c *certStore) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.cur.Load(), nil }
-
-// setupTLS prepares a listener's local TLS; nothing to do for plaintext.
-func (l *listener) setupTLS() error {
-	if l.srv.LocalCertPath == "" || l.srv.LocalKeyPath == "" {
-		return nil
-	}
-	l.certs = &certStore{certPath: l.srv.LocalCertPath, keyPath: l.srv.LocalKeyPath}
-	if err := l.certs.load(); err != nil {
-		return fmt.Errorf("[%s]: %w", l.srv.Section, err)
-	}
-	l.tlsCfg = &tls.Config{GetCertificate: l.certs.get, MinVersion: tls.VersionTLS12}
-	l.startTLS = l.srv.LocalStartTLS
-	return nil
-}
-
-// ReloadCertificates re-reads every local certificate and key (SIGHUP). A
-// listener whose files fail to load keeps its current certificate.
-func (s *Server) ReloadCertificates() error {
-	var first error
-	for _, l := range s.listeners {
-		if l.certs == nil {
-			continue
-		}
-		if err := l.certs.load(); err != nil {
-			l.log.Error().Err(err).Msg("certificate reload failed; keeping the current certificate")
-			if first == nil {
-				first = err
-			}
-			continue
-		}
-		l.log.Info().Msg("certificate reloaded")
-	}
-	return first
-}
-
-func (s *Server) acceptTLS(l *listener, ln net.Listener) {
+// accept serves ln's connections until the server stops.
+func (s *Server) accept(l *listener, ln net.Listener) {
 	defer s.wg.Done()
 	for {
 		c, err := ln.Accept()
@@ -89,7 +40,7 @@ func (s *Server) acceptTLS(l *listener, ln net.Listener) {
 			return
 		}
 		s.wg.Add(1)
-		go s.serveTLSConn(l, c)
+		go s.serveConn(l, c)
 	}
 }
 
@@ -110,14 +61,16 @@ func (s *Server) untrack(c net.Conn) {
 	s.relayMu.Unlock()
 }
 
-// serveTLSConn runs one client of a TLS-capable listener up to its login,
-// then hands it to a relay.
-func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
+// serveConn runs one client of a goroutine-served listener (local TLS,
+// or plaintext with FrontEndGoroutines) up to its login, then hands it to
+// a relay.
+func (s *Server) serveConn(l *listener, raw net.Conn) {
 	defer s.wg.Done()
 	remote := raw.RemoteAddr().String()
 	log := l.log.With().Str("client", remote).Logger()
 	opened := time.Now()
-	log.Info().Str("proto", string(l.srv.Protocol)).Bool("tls", !l.startTLS).Msg("connection opened")
+	implicitTLS := l.tlsCfg != nil && !l.startTLS
+	log.Info().Str("proto", string(l.srv.Protocol)).Bool("tls", implicitTLS).Msg("connection opened")
 	var c net.Conn = raw
 	handedOff := false
 	reason := "closed"
@@ -140,7 +93,7 @@ func (s *Server) serveTLSConn(l *listener, raw net.Conn) {
 		return true
 	}
 	active := false
-	if !l.startTLS {
+	if implicitTLS {
 		if !handshake() {
 			return
 		}

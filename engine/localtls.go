@@ -1,0 +1,62 @@
+package engine
+
+// Local TLS: listeners with local_certificate_path and local_key_path,
+// served by the goroutine front end (goroutines.go).
+
+import (
+	"crypto/tls"
+	"fmt"
+	"sync/atomic"
+)
+
+// certStore holds a listener's certificate; Reload swaps it without
+// touching connections that already did their handshake.
+type certStore struct {
+	certPath, keyPath string
+	cur               atomic.Pointer[tls.Certificate]
+}
+
+func (c *certStore) load() error {
+	cert, err := tls.LoadX509KeyPair(c.certPath, c.keyPath)
+	if err != nil {
+		return fmt.Errorf("cannot load local_certificate_path %s / local_key_path %s: %w", c.certPath, c.keyPath, err)
+	}
+	c.cur.Store(&cert)
+	return nil
+}
+
+func (c *certStore) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.cur.Load(), nil }
+
+// setupTLS prepares a listener's local TLS; nothing to do for plaintext.
+func (l *listener) setupTLS() error {
+	if l.srv.LocalCertPath == "" || l.srv.LocalKeyPath == "" {
+		return nil
+	}
+	l.certs = &certStore{certPath: l.srv.LocalCertPath, keyPath: l.srv.LocalKeyPath}
+	if err := l.certs.load(); err != nil {
+		return fmt.Errorf("[%s]: %w", l.srv.Section, err)
+	}
+	l.tlsCfg = &tls.Config{GetCertificate: l.certs.get, MinVersion: tls.VersionTLS12}
+	l.startTLS = l.srv.LocalStartTLS
+	return nil
+}
+
+// ReloadCertificates re-reads every local certificate and key (SIGHUP). A
+// listener whose files fail to load keeps its current certificate.
+func (s *Server) ReloadCertificates() error {
+	var first error
+	for _, l := range s.listeners {
+		if l.certs == nil {
+			continue
+		}
+		if err := l.certs.load(); err != nil {
+			l.log.Error().Err(err).Msg("certificate reload failed; keeping the current certificate")
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		l.log.Info().Msg("certificate reloaded")
+	}
+	return first
+}
