@@ -239,7 +239,9 @@ func testPOP3EndToEnd(t *testing.T, fe string) {
 
 // A password with CRLF and quotes can only travel in a literal; the proxy
 // reads it by byte count.
-func TestIMAPLiteralLoginAndPipelining(t *testing.T) { eachFrontEnd(t, testIMAPLiteralLoginAndPipelining) }
+func TestIMAPLiteralLoginAndPipelining(t *testing.T) {
+	eachFrontEnd(t, testIMAPLiteralLoginAndPipelining)
+}
 
 func testIMAPLiteralLoginAndPipelining(t *testing.T, fe string) {
 	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe}})

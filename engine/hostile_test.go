@@ -103,7 +103,9 @@ func testLoginAndHangUpStorm(t *testing.T, fe string) {
 // once its unsent output passes the bound and the connection is closed
 // when its unparsed input passes it too; on goroutines, reading stops
 // with the blocked write, which fails after the send timeout.
-func TestNonReadingPipelinerIsBounded(t *testing.T) { eachFrontEnd(t, testNonReadingPipelinerIsBounded) }
+func TestNonReadingPipelinerIsBounded(t *testing.T) {
+	eachFrontEnd(t, testNonReadingPipelinerIsBounded)
+}
 
 func testNonReadingPipelinerIsBounded(t *testing.T, fe string) {
 	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe, PendingLimit: 16 << 10, SendTimeout: 500 * time.Millisecond}})
@@ -122,7 +124,9 @@ func testNonReadingPipelinerIsBounded(t *testing.T, fe string) {
 
 // A client that pipelines more than the bound and reads slowly gets every
 // answer, in order: reading pauses and resumes, nothing is dropped.
-func TestSlowReadingPipelinerGetsEveryAnswer(t *testing.T) { eachFrontEnd(t, testSlowReadingPipelinerGetsEveryAnswer) }
+func TestSlowReadingPipelinerGetsEveryAnswer(t *testing.T) {
+	eachFrontEnd(t, testSlowReadingPipelinerGetsEveryAnswer)
+}
 
 func testSlowReadingPipelinerGetsEveryAnswer(t *testing.T, fe string) {
 	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe, PendingLimit: 8 << 10}})
@@ -187,7 +191,9 @@ func readLinesSlowly(t *testing.T, c net.Conn, last func(string) bool) []string 
 
 // Answers gnet still holds for a slow reader when its login completes
 // reach it before the login's answer and anything relayed after it.
-func TestHandOffKeepsOrderForSlowReader(t *testing.T) { eachFrontEnd(t, testHandOffKeepsOrderForSlowReader) }
+func TestHandOffKeepsOrderForSlowReader(t *testing.T) {
+	eachFrontEnd(t, testHandOffKeepsOrderForSlowReader)
+}
 
 func testHandOffKeepsOrderForSlowReader(t *testing.T, fe string) {
 	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe, PendingLimit: 16 << 20}})
@@ -229,7 +235,9 @@ func testHandOffKeepsOrderForSlowReader(t *testing.T, fe string) {
 
 // Input sent while a login is in flight waits in the proxy only up to the
 // bound; a client that floods meanwhile is disconnected.
-func TestInputFloodDuringLoginIsBounded(t *testing.T) { eachFrontEnd(t, testInputFloodDuringLoginIsBounded) }
+func TestInputFloodDuringLoginIsBounded(t *testing.T) {
+	eachFrontEnd(t, testInputFloodDuringLoginIsBounded)
+}
 
 func testInputFloodDuringLoginIsBounded(t *testing.T, fe string) {
 	release := make(chan struct{})
@@ -256,7 +264,9 @@ func testInputFloodDuringLoginIsBounded(t *testing.T, fe string) {
 // A client that stops reading in the middle of a download loses its
 // session after the send timeout: the upstream session, its goroutines and
 // its mailbox slot are freed, and the log says why.
-func TestSendTimeoutFreesStalledDownload(t *testing.T) { eachFrontEnd(t, testSendTimeoutFreesStalledDownload) }
+func TestSendTimeoutFreesStalledDownload(t *testing.T) {
+	eachFrontEnd(t, testSendTimeoutFreesStalledDownload)
+}
 
 func testSendTimeoutFreesStalledDownload(t *testing.T, fe string) {
 	// Larger than what the kernel buffers of both sockets can hold.
