@@ -143,9 +143,7 @@ func (a *Authority) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b := make([]byte, 24)
 		rand.Read(b)
 		tok := "mock-" + hex.EncodeToString(b)
-		a.mu.Lock()
-		a.tokens[tok] = time.Now().Add(a.Lifetime)
-		a.mu.Unlock()
+		a.record(tok)
 		// expires_in as a string, as some providers send it (reference #237).
 		json.NewEncoder(w).Encode(map[string]any{"access_token": tok, "token_type": "Bearer",
 			"expires_in": json.Number(itoa(int(a.Lifetime / time.Second)))})
@@ -155,4 +153,20 @@ func (a *Authority) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func itoa(n int) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// record keeps a new token, forgetting the expired ones now and then so
+// that a long-running demo does not grow.
+func (a *Authority) record(tok string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	if len(a.tokens) >= 1024 {
+		for t, exp := range a.tokens {
+			if now.After(exp) {
+				delete(a.tokens, t)
+			}
+		}
+	}
+	a.tokens[tok] = now.Add(a.Lifetime)
 }

@@ -84,6 +84,9 @@ func errorChallenge() []byte {
 	return b
 }
 
+// maxRecorded bounds the XOAUTH2 responses kept for XOAUTH2Received.
+const maxRecorded = 1000
+
 // errResetLogin: the fault ResetLogin applies.
 var errResetLogin = errors.New("connection reset (fault)")
 
@@ -91,6 +94,9 @@ var errResetLogin = errors.New("connection reset (fault)")
 func (up *Upstream) checkXOAUTH2(raw []byte) (string, error) {
 	user, token, err := psasl.ParseXOAUTH2(raw)
 	up.mu.Lock()
+	if len(up.xoauth2) >= maxRecorded { // the demo runs for days: keep the latest only
+		up.xoauth2 = append(up.xoauth2[:0], up.xoauth2[len(up.xoauth2)-maxRecorded/2:]...)
+	}
 	up.xoauth2 = append(up.xoauth2, string(raw))
 	_, known := up.imapUsers[user]
 	reject := up.rejectTokens

@@ -15,6 +15,10 @@ import (
 	psasl "github.com/emailproxy/emailproxy/protocol/sasl"
 )
 
+// popIdleTimeout ends an authenticated session silent this long (RFC
+// 1939's minimum).
+const popIdleTimeout = 10 * time.Minute
+
 // servePOP3 runs one POP3 session (RFC 1939, CAPA, AUTH XOAUTH2); with
 // stls the connection starts in plaintext and requires STLS (RFC 2595)
 // before AUTH.
@@ -33,7 +37,10 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 	}
 	readLine := func() (string, bool) {
 		w.Flush()
-		l, err := br.ReadString('\n')
+		if user != "" {
+			c.SetReadDeadline(time.Now().Add(popIdleTimeout))
+		}
+		l, err := br.ReadSlice('\n') // at most the reader's 4 KiB: longer lines end the session
 		if ne, ok := err.(net.Error); ok && ne.Timeout() && user == "" {
 			say("-ERR [SYS/TEMP] Timed out waiting for authentication") // as a real server does
 			w.Flush()
@@ -41,7 +48,7 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 		if err != nil {
 			return "", false
 		}
-		return strings.TrimRight(l, "\r\n"), true
+		return strings.TrimRight(string(l), "\r\n"), true
 	}
 	for {
 		line, ok := readLine()
