@@ -32,9 +32,10 @@ type Options struct {
 	// CurrentIterations, emailproxy.py's); caches written with other counts
 	// are read and re-encrypted with it. Tests lower it.
 	Iterations int
-	// MaxDerivations caps the PBKDF2 runs at once (default: the number of
-	// CPUs), so that a restart with hundreds of accounts or a flood of
-	// wrong passwords cannot take every CPU from the logins.
+	// MaxDerivations caps the PBKDF2 runs at once (default: one less than
+	// the number of CPUs, at least one), so that a restart with hundreds
+	// of accounts or a flood of wrong passwords always leaves a CPU to the
+	// event loops, the relays and the logins that need no derivation.
 	MaxDerivations int
 	// LockoutBase is the first lock-out after repeated wrong passwords; it
 	// doubles with each further failure (default 1 s, at most 5 min).
@@ -129,7 +130,7 @@ func NewProvider(cfg *config.Config, opts Options) *Provider {
 		opts.Iterations = CurrentIterations
 	}
 	if opts.MaxDerivations <= 0 {
-		opts.MaxDerivations = runtime.NumCPU()
+		opts.MaxDerivations = max(1, runtime.NumCPU()-1)
 	}
 	if opts.InteractiveTimeout <= 0 {
 		opts.InteractiveTimeout = 10 * time.Minute
