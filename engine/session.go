@@ -15,7 +15,7 @@ import (
 	"github.com/emailproxy/emailproxy/protocol"
 )
 
-type phase int
+type phase uint8
 
 const (
 	phGreeting phase = iota // waiting for the upstream's greeting to be known
@@ -36,8 +36,8 @@ const (
 // pending is what goroutines hand back to the loop; guarded by session.mu.
 type pending struct {
 	profile     *profile
-	unavailable bool
 	login       *loginResult
+	unavailable bool
 	poll        bool // a poll timer fired
 }
 
@@ -68,40 +68,43 @@ type session struct {
 	srv    *Server
 	l      *listener
 	c      gnet.Conn
-	remote string // the client's address, copied at accept: goroutines use it, never c
-	phase  phase
-	start  time.Time
+	remote string        // the client's address, copied at accept: goroutines use it, never c
+	start  int64         // UnixNano of the accept
 	prof   *profile      // the upstream's profile, once greeted
 	m      clientMachine // built at the first input after the greeting
 	tag    string        // IMAP tag of the login in progress
 
 	// Output backpressure (event loop only). held: the client has more
-	// unsent output than the bound, so its input waits unparsed; stuck is
-	// when the unsent output last shrank, stuckOut how much there was.
-	held     bool
-	polling  bool
-	stuck    time.Time
-	stuckOut int
-	handoff  *loginResult // phHandoff: the login waiting for the flush
+	// unsent output than the bound, so its input waits unparsed; stuck
+	// (UnixNano) is when the unsent output last shrank, stuckOut how much
+	// there was.
+	stuck   int64
+	handoff *loginResult // phHandoff: the login waiting for the flush
 
 	prev, next *session // Server's list of gnet sessions (sessMu)
 
 	// Read by the idle sweep off the loop.
-	lastSeen  atomic.Int64 // UnixNano of the last complete client command (or open)
-	idleCheck atomic.Bool  // true while waiting for client commands before login
+	lastSeen atomic.Int64 // UnixNano of the last complete client command (or open)
 
 	mu     sync.Mutex
 	pend   pending
-	closed bool
 	cancel context.CancelFunc
+
+	// The small fields last, packed: a fleet keeps thousands of these.
+	stuckOut  int32
+	idleCheck atomic.Bool // true while waiting for client commands before login
+	phase     phase
+	held      bool
+	polling   bool
+	closed    bool // guarded by mu
 }
 
 func newSession(s *Server, l *listener, c gnet.Conn) *session {
-	sess := &session{srv: s, l: l, c: c, start: time.Now()}
+	sess := &session{srv: s, l: l, c: c, start: time.Now().UnixNano()}
 	if a := c.RemoteAddr(); a != nil {
 		sess.remote = a.String()
 	}
-	sess.lastSeen.Store(sess.start.UnixNano())
+	sess.lastSeen.Store(sess.start)
 	sess.idleCheck.Store(true)
 	return sess
 }
@@ -206,12 +209,12 @@ func (s *session) outputStalled() (bool, gnet.Action) {
 // it: it polls again shortly, and disconnects a client that has read
 // nothing for SendTimeout.
 func (s *session) awaitDrain(out int) gnet.Action {
-	now := time.Now()
-	if !s.held || out < s.stuckOut {
+	now := time.Now().UnixNano()
+	if !s.held || out < int(s.stuckOut) {
 		s.stuck = now // progress, or a new wait
 	}
-	s.held, s.stuckOut = true, out
-	if now.Sub(s.stuck) > s.srv.opts.SendTimeout {
+	s.held, s.stuckOut = true, int32(min(out, 1<<30))
+	if time.Duration(now-s.stuck) > s.srv.opts.SendTimeout {
 		s.l.log.Warn().Str("client", s.remote).Int("unsent", out).Str("send_timeout", s.srv.opts.SendTimeout.String()).
 			Msg("client stopped reading; disconnecting")
 		return gnet.Close
@@ -221,13 +224,13 @@ func (s *session) awaitDrain(out int) gnet.Action {
 }
 
 // poll wakes the session shortly, to look at its output again.
-func (s *session) poll(now time.Time) {
+func (s *session) poll(now int64) {
 	if s.polling {
 		return
 	}
 	s.polling = true
 	d := pollFast
-	if now.Sub(s.stuck) > time.Second {
+	if time.Duration(now-s.stuck) > time.Second {
 		d = pollSlow
 	}
 	time.AfterFunc(d, func() { s.post(func(p *pending) { p.poll = true }) })
@@ -386,7 +389,7 @@ func (s *session) tryHandoff() gnet.Action {
 		res.up.Close()
 		return gnet.Close
 	}
-	s.srv.startRelay(client, res, leftover, s.logger(), s.start)
+	s.srv.startRelay(client, res, leftover, s.logger(), time.Unix(0, s.start))
 	return gnet.Close
 }
 
@@ -418,5 +421,5 @@ func (s *session) onClose(err error) {
 	if err != nil {
 		ev = ev.Str("error", err.Error())
 	}
-	ev.Str("client", s.remote).Dur("duration", time.Since(s.start)).Msg("connection closed")
+	ev.Str("client", s.remote).Dur("duration", time.Duration(time.Now().UnixNano()-s.start)).Msg("connection closed")
 }
