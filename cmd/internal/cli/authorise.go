@@ -23,7 +23,7 @@ import (
 func authorise(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("emailproxy authorise", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configFile := fs.String("config-file", "emailproxy.config", "configuration file")
+	configFile := fs.String("config-file", defaultConfigFile(), "configuration file")
 	cacheStore := fs.String("cache-store", "", "token cache file, if not the configuration file")
 	localServer := fs.Bool("local-server-auth", false, "receive the browser's redirect on redirect_uri (or redirect_listen_address) instead of pasting it")
 	fs.Bool("external-auth", true, "paste the redirected address into the terminal (the default)")

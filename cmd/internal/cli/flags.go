@@ -44,7 +44,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.BoolVar(&f.noGUI, "no-gui", false, "run without a GUI (accepted for compatibility: there is no GUI)")
 	fs.BoolVar(&f.externalAuth, "external-auth", false, "a login to an account that needs authorising prints the URL; paste the redirected address on this terminal")
 	fs.BoolVar(&f.localServerAuth, "local-server-auth", false, "a login to an account that needs authorising prints the URL; the redirect is received on redirect_uri / redirect_listen_address")
-	fs.StringVar(&f.configFile, "config-file", "emailproxy.config", "configuration file")
+	fs.StringVar(&f.configFile, "config-file", defaultConfigFile(), "configuration file")
 	fs.StringVar(&f.cacheStore, "cache-store", "", "keep cached tokens in this INI file instead of the configuration file")
 	fs.StringVar(&f.logFile, "log-file", "", "log to this file, rotated at 32 MiB with 10 backups (default: stderr)")
 	fs.BoolVar(&f.debug, "debug", false, "debug logging (SIGUSR1 toggles it); secrets are never logged")

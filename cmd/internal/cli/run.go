@@ -28,6 +28,9 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	if len(args) > 0 && (args[0] == "authorise" || args[0] == "authorize") {
 		return authorise(args[1:], os.Stdin, stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "service" {
+		return service(args[1:], stdout, stderr)
+	}
 	fl, err := parseFlags(args, stderr)
 	if err != nil {
 		if err == errHelp {
@@ -149,6 +152,9 @@ loop:
 				log.Info().Str("signal", sig.String()).Msg("shutting down")
 				break loop
 			}
+		case <-reloads: // the Windows service's parameter-change control
+			log.Info().Msg("reload requested: reloading local certificates (other configuration changes need a restart)")
+			srv.ReloadCertificates()
 		case <-stop:
 			break loop
 		case err := <-srv.Done():

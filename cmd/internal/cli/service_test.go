@@ -1,0 +1,43 @@
+package cli
+
+import (
+	"bytes"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// The service runs with the flags given at install; file paths become
+// absolute (a service starts in System32) and a log file next to the
+// executable is added unless one was given.
+func TestServiceArgs(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	got := serviceArgs([]string{"--config-file", "emailproxy.config", "--cache-store=aws:my-secret", "--debug", "--idle-timeout", "5m"}, "/opt/ep")
+	want := []string{"--config-file", filepath.Join(dir, "emailproxy.config"), "--cache-store", "aws:my-secret", "--debug", "--idle-timeout", "5m",
+		"--log-file", filepath.Join("/opt/ep", "emailproxy.log")}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %q\nwant %q", got, want)
+	}
+	got = serviceArgs([]string{"-log-file=logs/ep.log"}, "/opt/ep")
+	if want := []string{"--log-file", filepath.Join(dir, "logs", "ep.log")}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}
+
+// Elsewhere than on Windows the service command says where to look.
+func TestServiceElsewhere(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		return // the Windows command is exercised under Wine (scripts/wine-test.sh)
+	}
+	var out, errOut bytes.Buffer
+	if code := Run([]string{"service", "install"}, &out, &errOut, nil); code != 2 || !strings.Contains(errOut.String(), "systemd") {
+		t.Fatalf("exit %d: %q", code, errOut.String())
+	}
+	out.Reset()
+	if code := Run([]string{"service", "--help"}, &out, &errOut, nil); code != 0 || !strings.Contains(out.String(), "uninstall") {
+		t.Fatalf("help: exit %d: %q", code, out.String())
+	}
+}
