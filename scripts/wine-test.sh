@@ -32,6 +32,7 @@ trap cleanup EXIT
 
 echo "wine-test: building emailproxy.exe and the ProcessPrng shim"
 GOOS=windows GOARCH=amd64 CGO_ENABLED=0 go build -o "$work/emailproxy.exe" ./cmd/emailproxy
+GOOS=windows GOARCH=amd64 CGO_ENABLED=0 go build -o "$work/emailproxy-bench.exe" ./cmd/emailproxy-bench
 go build -o "$work/emailproxy-bench" ./cmd/emailproxy-bench
 cat > "$work/prng.c" <<'C'
 #include <windows.h>
@@ -110,6 +111,28 @@ sleep 1
 
 echo "wine-test: authorise"
 printf 'another-password\n' | wine "$work/emailproxy.exe" authorise --config-file "$cfg_win" box002@bench.example
+
+echo "wine-test: --demo"
+(cd "$work" && wine "$work/emailproxy.exe" --demo > "$work/demo.log" 2>&1) &
+pids+=($!)
+for _ in $(seq 100); do grep -q "POP3 on" "$work/demo.log" 2>/dev/null && break; sleep 0.3; done
+python3 - <<'PY'
+import imaplib, poplib
+m = imaplib.IMAP4("127.0.0.1", 1993, timeout=30); m.login("demo@example.com", "any"); m.select("INBOX"); m.logout()
+p = poplib.POP3("127.0.0.1", 1995, timeout=30); p.user("demo@example.com"); p.pass_("any"); p.stat(); p.quit()
+print("wine-test: --demo: ok")
+PY
+kill "${pids[-1]}" 2>/dev/null || true
+wineserver -k 2>/dev/null || true
+sleep 1
+
+echo "wine-test: the bench harness (its proxy a child process, trusting the mock CA through SSL_CERT_FILE)"
+(cd "$work" && wine "$work/emailproxy-bench.exe" run --scenarios pop3,imap --duration 2s --concurrency 2 \
+  --mailboxes 2 --big-size 0 --rtt 1ms --token-delay 0) > "$work/bench.log" 2>&1 || { cat "$work/bench.log"; exit 1; }
+grep -q "imap: cycle p50" "$work/bench.log" || { cat "$work/bench.log"; exit 1; }
+echo "wine-test: bench harness: ok"
+wineserver -k 2>/dev/null || true
+sleep 1
 
 echo "wine-test: the proxy as a Windows service"
 exe_win=$(winepath -w "$work/emailproxy.exe")

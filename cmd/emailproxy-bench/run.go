@@ -280,14 +280,14 @@ func (b *bench) phase(ctx context.Context, sc load.Scenario, mode load.Mode) (*r
 	return m, nil
 }
 
-// settle waits (up to 15 s) until the proxy is quiet: the first login of
+// settle waits (up to a minute) until the proxy is quiet: the first login of
 // each account leaves work behind (a key derivation for the token cache)
 // that belongs to warming up, not to the measured phase.
 func (b *bench) settle() {
 	if b.pid <= 0 {
 		return
 	}
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
 		p0, err := load.ReadProc(b.pid)
 		time.Sleep(250 * time.Millisecond)
 		p1, err1 := load.ReadProc(b.pid)

@@ -14,7 +14,8 @@ import (
 	"gopkg.in/natefinch/lumberjack.v2"
 )
 
-const version = "0.1.0"
+// version is stamped by scripts/release.sh (-ldflags "-X ...cli.version=").
+var version = "0.1.0-dev"
 
 var errHelp = errors.New("help")
 

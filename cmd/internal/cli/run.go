@@ -7,10 +7,12 @@ package cli
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -50,6 +52,12 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	defer closeLog()
 
 	var eopts engine.Options
+	if pool, err := extraRoots(); err != nil {
+		fmt.Fprintln(stderr, "emailproxy:", err)
+		return 1
+	} else if pool != nil {
+		eopts.RootCAs = pool
+	}
 	if fl.demo {
 		d, err := startDemo(fl, stdout)
 		if err != nil {
@@ -187,4 +195,23 @@ func toggleDebug(log zerolog.Logger) {
 		zerolog.SetGlobalLevel(zerolog.DebugLevel)
 	}
 	log.Info().Str("level", zerolog.GlobalLevel().String()).Msg("SIGUSR1: log level changed")
+}
+
+// extraRoots honours SSL_CERT_FILE where Go's own TLS does not (Windows,
+// where the system store is used): the certificates in it are then the
+// ones trusted upstream, as on Linux and macOS.
+func extraRoots() (*x509.CertPool, error) {
+	path := os.Getenv("SSL_CERT_FILE")
+	if path == "" || runtime.GOOS != "windows" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("SSL_CERT_FILE: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("SSL_CERT_FILE %s holds no PEM certificate", path)
+	}
+	return pool, nil
 }
