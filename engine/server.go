@@ -163,13 +163,21 @@ func (s *Server) Start() error {
 			return err
 		}
 		if l.tlsCfg == nil && s.opts.FrontEnd == FrontEndGnet {
+			// gnet reports a busy port as a bad file descriptor, for all
+			// its addresses at once: try each here first, for a clear reason.
+			probe, err := net.Listen("tcp", srv.ListenAddr())
+			if err != nil {
+				s.closeTLSListeners()
+				return fmt.Errorf("cannot listen on %s for [%s] (is the proxy already running?): %s", srv.ListenAddr(), srv.Section, upstream.ShortNetErr(err))
+			}
+			probe.Close()
 			addrs = append(addrs, "tcp://"+srv.ListenAddr())
 			continue
 		}
 		ln, err := net.Listen("tcp", srv.ListenAddr())
 		if err != nil {
 			s.closeTLSListeners()
-			return fmt.Errorf("cannot listen on %s for [%s] (is the proxy already running?): %w", srv.ListenAddr(), srv.Section, err)
+			return fmt.Errorf("cannot listen on %s for [%s] (is the proxy already running?): %s", srv.ListenAddr(), srv.Section, upstream.ShortNetErr(err))
 		}
 		s.tlsLns = append(s.tlsLns, ln)
 		s.wg.Add(1)

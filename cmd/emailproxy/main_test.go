@@ -365,7 +365,7 @@ func TestAuthoriseSubcommand(t *testing.T) {
 	if strings.Contains(string(b), "enrolled-pass") {
 		t.Fatal("password written to the config")
 	}
-	if out, code := runBinary(t, nil, "authorise", "--config-file", path); code != 2 || !strings.Contains(out, "Usage") {
+	if out, code := runBinary(t, nil, "authorise", "--config-file", path); code != 2 || !strings.Contains(out, "which account?") {
 		t.Fatalf("no account: %d %s", code, out)
 	}
 }

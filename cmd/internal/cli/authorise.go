@@ -22,24 +22,26 @@ import (
 // mail app will use. Afterwards that password, and only it, logs in.
 func authorise(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("emailproxy authorise", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	configFile := fs.String("config-file", defaultConfigFile(), "configuration file")
 	cacheStore := fs.String("cache-store", "", "token cache file, if not the configuration file")
 	localServer := fs.Bool("local-server-auth", false, "receive the browser's redirect on redirect_uri (or redirect_listen_address) instead of pasting it")
 	fs.Bool("external-auth", true, "paste the redirected address into the terminal (the default)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how long to wait for the authorisation")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: emailproxy authorise [--config-file F] [--local-server-auth] ACCOUNT\n\n"+
+	usage := func(w io.Writer) {
+		fmt.Fprint(w, "Usage: emailproxy authorise [options] ACCOUNT\n\n"+
 			"Authorises ACCOUNT now and stores its tokens encrypted with the password you enter\n"+
 			"(the one the mail app will use). The password is read from the terminal, or from the\n"+
-			"first line of standard input.\n\n")
-		fs.PrintDefaults()
+			"first line of standard input.\n\nOptions:\n")
+		printFlags(w, fs, func(string) bool { return true })
 	}
 	// Flags may come before or after the account.
 	var account string
 	rest := args
 	for {
-		if err := fs.Parse(rest); err != nil {
+		if err := parseArgs(fs, rest, stdout, stderr, usage); err != nil {
+			if err == errHelp {
+				return 0
+			}
 			return 2
 		}
 		if fs.NArg() == 0 {
@@ -52,7 +54,7 @@ func authorise(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		account, rest = fs.Arg(0), fs.Args()[1:]
 	}
 	if account == "" {
-		fs.Usage()
+		fmt.Fprintln(stderr, "emailproxy authorise: which account? Run 'emailproxy authorise --help' for the options.")
 		return 2
 	}
 	cfg, err := config.Load(*configFile)

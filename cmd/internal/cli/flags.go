@@ -38,10 +38,9 @@ type flags struct {
 	pop3IR                                      bool
 }
 
-func parseFlags(args []string, stderr io.Writer) (*flags, error) {
+func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 	f := &flags{}
 	fs := flag.NewFlagSet("emailproxy", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.BoolVar(&f.noGUI, "no-gui", false, "run without a GUI (accepted for compatibility: there is no GUI)")
 	fs.BoolVar(&f.externalAuth, "external-auth", false, "a login to an account that needs authorising prints the URL; paste the redirected address on this terminal")
 	fs.BoolVar(&f.localServerAuth, "local-server-auth", false, "a login to an account that needs authorising prints the URL; the redirect is received on redirect_uri / redirect_listen_address")
@@ -73,31 +72,30 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.imapReuse, "imap-session-reuse", 0, "keep an IMAP upstream session this long after the client's LOGOUT, for the next login of the same account and password (0: off)")
 	fs.BoolVar(&f.pop3IR, "pop3-initial-response", false, "send POP3 AUTH XOAUTH2 with the response on the same line, saving a round trip per login (servers must accept RFC 5034 initial responses; Exchange Online documents the two-step form)")
 	fs.StringVar(&f.statsAddr, "stats-addr", "", "serve runtime and proxy statistics as JSON on http://ADDR/debug/vars (e.g. 127.0.0.1:9090; off by default)")
-	fs.Usage = func() {
-		w := fs.Output()
-		fmt.Fprintf(w, "Usage: emailproxy [flags]\n\nAn OAuth 2.0 + TLS proxy for IMAP4, POP3 and SMTP clients that only speak plaintext and passwords.\n\nFlags:\n")
-		fs.VisitAll(func(f *flag.Flag) {
-			kind, usage := flag.UnquoteUsage(f)
-			fmt.Fprintf(w, "  --%s", f.Name)
-			if kind != "" {
-				fmt.Fprintf(w, " %s", kind)
-			}
-			fmt.Fprintf(w, "\n      %s", usage)
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
-				fmt.Fprintf(w, " (default %s)", f.DefValue)
-			}
-			fmt.Fprintln(w)
-		})
+	usage := func(w io.Writer) {
+		fmt.Fprint(w, `Usage: emailproxy [options]
+       emailproxy authorise [options] ACCOUNT
+       emailproxy service install|uninstall|start|stop|status [options]   (Windows)
+
+An OAuth 2.0 + TLS proxy for IMAP4, POP3 and SMTP clients that only speak plaintext and
+passwords. It reads emailproxy.py's emailproxy.config; a unique prefix of an option names
+it (--config for --config-file).
+
+Commands:
+  authorise ACCOUNT   authorise an account now and store its tokens (emailproxy authorise --help)
+  service ...         run as a Windows service (emailproxy service --help)
+
+Options (emailproxy.py's):
+`)
+		printFlags(w, fs, func(n string) bool { return referenceFlags[n] })
+		fmt.Fprint(w, "\nOptions (tuning and extras):\n")
+		printFlags(w, fs, func(n string) bool { return !referenceFlags[n] })
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, errHelp
-		}
+	if err := parseArgs(fs, args, stdout, stderr, usage); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "emailproxy: unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
+		fmt.Fprintf(stderr, "emailproxy: unexpected argument %q\nRun 'emailproxy --help' for the options.\n", fs.Arg(0))
 		return nil, errors.New("unexpected argument")
 	}
 	for name, v := range map[string]int{"warm-connections": f.warmConns, "mailbox-limit": f.mailboxLimit} {
@@ -121,6 +119,13 @@ func newLogger(f *flags, stderr io.Writer) (zerolog.Logger, func(), error) {
 	var out io.Writer = stderr
 	closer := func() {}
 	if f.logFile != "" {
+		// Fail now rather than lose every line later: the rotating writer
+		// would create missing folders and drop what it cannot write.
+		fh, err := os.OpenFile(f.logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return zerolog.Logger{}, nil, fmt.Errorf("cannot write the log file: %w", err)
+		}
+		fh.Close()
 		lj := &lumberjack.Logger{Filename: f.logFile, MaxSize: 32, MaxBackups: 10}
 		out, closer = lj, func() { lj.Close() }
 	}

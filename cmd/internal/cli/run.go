@@ -33,7 +33,7 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	if len(args) > 0 && args[0] == "service" {
 		return service(args[1:], stdout, stderr)
 	}
-	fl, err := parseFlags(args, stderr)
+	fl, err := parseFlags(args, stdout, stderr)
 	if err != nil {
 		if err == errHelp {
 			return 0

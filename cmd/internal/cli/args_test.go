@@ -1,0 +1,94 @@
+package cli
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(args ...string) (code int, stdout, stderr string) {
+	var out, errOut bytes.Buffer
+	code = Run(args, &out, &errOut, nil)
+	return code, out.String(), errOut.String()
+}
+
+// --help goes to stdout with status 0, emailproxy.py's options apart from
+// the tuning ones, and the subcommands listed.
+func TestHelp(t *testing.T) {
+	code, out, errOut := run("--help")
+	if code != 0 || errOut != "" {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+	ref := strings.Index(out, "Options (emailproxy.py's):")
+	tuning := strings.Index(out, "Options (tuning and extras):")
+	if ref < 0 || tuning < ref || !strings.Contains(out, "authorise ACCOUNT") || !strings.Contains(out, "service ...") {
+		t.Fatalf("help:\n%s", out)
+	}
+	if section := out[ref:tuning]; !strings.Contains(section, "--config-file") || strings.Contains(section, "--warm-connections") {
+		t.Fatalf("emailproxy.py's options:\n%s", section)
+	}
+	if code, out, _ := run("authorise", "--help"); code != 0 || !strings.Contains(out, "Usage: emailproxy authorise") {
+		t.Fatalf("authorise --help: %d %q", code, out)
+	}
+}
+
+// A mistake is one line and a hint, not the whole usage.
+func TestUnknownOption(t *testing.T) {
+	code, out, errOut := run("--no-such-option")
+	if code != 2 || out != "" || strings.Count(errOut, "\n") != 2 || !strings.Contains(errOut, "unknown option --no-such-option") ||
+		!strings.Contains(errOut, "--help") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if code, _, errOut := run("--lo", "x"); code != 2 || !strings.Contains(errOut, "ambiguous option --lo: could be --") {
+		t.Fatalf("ambiguous: %d %q", code, errOut)
+	}
+}
+
+// As with argparse, a unique prefix names an option: scripts and service
+// definitions written for emailproxy.py keep working.
+func TestOptionPrefixes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.config")
+	os.WriteFile(path, []byte("[emailproxy]\n"), 0o600)
+	for _, args := range [][]string{{"--config", path}, {"--config=" + path}, {"--conf", path, "--no-gui"}} {
+		code, _, errOut := run(append(args, "--check-config-does-not-exist-yet")...)
+		if code != 2 || !strings.Contains(errOut, "unknown option --check-config-does-not-exist-yet") {
+			t.Fatalf("%q: %d %q", args, code, errOut)
+		}
+	}
+	// The config named by the prefix is the one loaded.
+	code, _, errOut := run("--config", filepath.Join(t.TempDir(), "missing.config"))
+	if code != 1 || !strings.Contains(errOut, "missing.config") {
+		t.Fatalf("exit %d: %q", code, errOut)
+	}
+}
+
+// Start-up errors say what failed and stop the proxy: a log file that
+// cannot be written (nothing would be logged), a port in use (named, with
+// the system's reason).
+func TestStartupErrors(t *testing.T) {
+	dir := t.TempDir()
+	code, _, errOut := run("--log-file", filepath.Join(dir, "missing", "ep.log"))
+	if code != 1 || !strings.Contains(errOut, "cannot write the log file") {
+		t.Fatalf("log file: %d %q", code, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("a folder was created for the log file")
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port := busy.Addr().(*net.TCPAddr).Port
+	path := filepath.Join(dir, "busy.config")
+	os.WriteFile(path, []byte(fmt.Sprintf("[IMAP-%d]\nserver_address = localhost\nserver_port = 993\nlocal_address = 127.0.0.1\n", port)), 0o600)
+	code, _, errOut = run("--config-file", path)
+	want := fmt.Sprintf("127.0.0.1:%d", port)
+	if code != 1 || !strings.Contains(errOut, want) || !strings.Contains(errOut, "address already in use") || strings.Contains(errOut, "bad file descriptor") {
+		t.Fatalf("busy port: %d %q", code, errOut)
+	}
+}
