@@ -209,23 +209,10 @@ func (p *Provider) account(name string) (*account, *LoginError) {
 	if err != nil {
 		return nil, loginErr(false, err, "%s", err.Error()) // wraps config.ErrNoAccount
 	}
-	var missing []string
-	for _, k := range []string{"token_url", "oauth2_scope", "client_id"} {
-		if acct.Get(k) == "" && !(k == "oauth2_scope" && acct.Flow() == "password" && acct.Get("oauth2_resource") != "") {
-			missing = append(missing, k)
-		}
-	}
-	if len(missing) > 0 {
-		return nil, loginErr(false, nil, "incomplete config file entry for account %s: set %s", name, strings.Join(missing, ", "))
+	if err := acct.Validate(); err != nil {
+		return nil, loginErr(false, err, "%s", err.Error())
 	}
 	flow := acct.Flow()
-	switch flow {
-	case "client_credentials", "authorization_code", "device", "password", "service_account":
-	case "":
-		return nil, loginErr(false, nil, "incomplete config file entry for account %s: set oauth2_flow (or permission_url for an interactive flow)", name)
-	default:
-		return nil, loginErr(false, nil, "account %s: oauth2_flow %q is not supported by this version", name, flow)
-	}
 	a := &account{name: name, cfg: acct, flow: flow, cached: map[string]string{}, unlocking: make(chan struct{}, 1)}
 	for k, v := range p.cache[name] {
 		a.cached[k] = v

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -72,4 +73,28 @@ func (a *Account) Flow() string {
 		return "authorization_code"
 	}
 	return flow
+}
+
+// Flows are the oauth2_flow values this proxy supports.
+var Flows = []string{"client_credentials", "authorization_code", "device", "password", "service_account"}
+
+// Validate reports what keeps the account from logging in: missing keys,
+// or a flow that is missing or not supported (naming the valid ones).
+func (a *Account) Validate() error {
+	var missing []string
+	for _, k := range []string{"token_url", "oauth2_scope", "client_id"} {
+		if a.Get(k) == "" && !(k == "oauth2_scope" && a.Flow() == "password" && a.Get("oauth2_resource") != "") {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("incomplete config file entry for account %s: set %s", a.Username, strings.Join(missing, ", "))
+	}
+	switch flow := a.Flow(); {
+	case flow == "":
+		return fmt.Errorf("incomplete config file entry for account %s: set oauth2_flow (or permission_url for an interactive flow)", a.Username)
+	case !slices.Contains(Flows, flow):
+		return fmt.Errorf("account %s: oauth2_flow %q is not supported; use one of %s", a.Username, flow, strings.Join(Flows, ", "))
+	}
+	return nil
 }

@@ -54,8 +54,8 @@ func TestOptionPrefixes(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "p.config")
 	os.WriteFile(path, []byte("[emailproxy]\n"), 0o600)
 	for _, args := range [][]string{{"--config", path}, {"--config=" + path}, {"--conf", path, "--no-gui"}} {
-		code, _, errOut := run(append(args, "--check-config-does-not-exist-yet")...)
-		if code != 2 || !strings.Contains(errOut, "unknown option --check-config-does-not-exist-yet") {
+		code, _, errOut := run(append(args, "--no-such-option")...)
+		if code != 2 || !strings.Contains(errOut, "unknown option --no-such-option") {
 			t.Fatalf("%q: %d %q", args, code, errOut)
 		}
 	}
@@ -90,5 +90,26 @@ func TestStartupErrors(t *testing.T) {
 	want := fmt.Sprintf("127.0.0.1:%d", port)
 	if code != 1 || !strings.Contains(errOut, want) || !strings.Contains(errOut, "address already in use") || strings.Contains(errOut, "bad file descriptor") {
 		t.Fatalf("busy port: %d %q", code, errOut)
+	}
+}
+
+// --check-config prints what the file holds and what is wrong, and exits
+// 0 or 1 without starting anything.
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.config")
+	os.WriteFile(good, []byte("[IMAP-1993]\nserver_address = outlook.office365.com\nserver_port = 993\n\n"+
+		"[a@x]\ntoken_url = https://t\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = c\n"), 0o600)
+	code, out, _ := run("--check-config", "--config-file", good)
+	if code != 0 || !strings.Contains(out, "1 server sections, 1 accounts") || !strings.Contains(out, "a@x: client_credentials") ||
+		!strings.Contains(out, "configuration OK") {
+		t.Fatalf("good: %d\n%s", code, out)
+	}
+	bad := filepath.Join(dir, "bad.config")
+	os.WriteFile(bad, []byte("[Imap-1993]\nserver_address = x\n\n[a@x]\noauth2_flow = magic\n"), 0o600)
+	code, out, _ = run("--check", "--config", bad) // prefixes, as scripts write them
+	if code != 1 || !strings.Contains(out, "[Imap-1993] looks like a server section") || !strings.Contains(out, "no server sections") ||
+		!strings.Contains(out, "errors") {
+		t.Fatalf("bad: %d\n%s", code, out)
 	}
 }

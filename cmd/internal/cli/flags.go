@@ -24,7 +24,7 @@ type flags struct {
 	noGUI, externalAuth, localServerAuth, debug, version bool
 	configFile, cacheStore, logFile                      string
 	// Ours.
-	demo                                        bool
+	demo, checkConfig                           bool
 	logFormat                                   string
 	eventLoops, maxLine, maxErrors, relayBuffer int
 	loginTimeout, dialTimeout, tokenTimeout     time.Duration
@@ -49,6 +49,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.logFile, "log-file", "", "log to this file, rotated at 32 MiB with 10 backups (default: stderr)")
 	fs.BoolVar(&f.debug, "debug", false, "debug logging (SIGUSR1 toggles it); secrets are never logged")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
+	fs.BoolVar(&f.checkConfig, "check-config", false, "check the configuration file (sections, ports, accounts and flows, certificate and key files), print what it holds, and exit: 0 if it is usable, else 1")
 	fs.BoolVar(&f.demo, "demo", false, "start a mock mail provider and a proxy in front of it, and print how to try it")
 	fs.StringVar(&f.logFormat, "log-format", "console", "log format: console or json")
 	fs.StringVar(&f.frontEnd, "front-end", "", "what serves the plaintext listeners: gnet (an event loop) or goroutines (one per connection) (default: gnet; goroutines on Windows)")

@@ -44,6 +44,9 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 		fmt.Fprintln(stdout, "Email OAuth 2.0 Proxy (Go)", version)
 		return 0
 	}
+	if fl.checkConfig {
+		return checkConfig(fl.configFile, stdout)
+	}
 	log, closeLog, err := newLogger(fl, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "emailproxy:", err)
@@ -214,4 +217,30 @@ func extraRoots() (*x509.CertPool, error) {
 		return nil, fmt.Errorf("SSL_CERT_FILE %s holds no PEM certificate", path)
 	}
 	return pool, nil
+}
+
+// checkConfig is --check-config: parse and validate the configuration,
+// print what it holds and what is wrong, and exit 0 (usable) or 1.
+func checkConfig(path string, stdout io.Writer) int {
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stdout, "error:", err)
+		return 1
+	}
+	r := config.Check(cfg)
+	fmt.Fprintf(stdout, "%s: %d server sections, %d accounts\n", cfg.Path, len(r.Servers), len(r.Accounts))
+	for _, part := range []struct {
+		title string
+		lines []string
+	}{{"servers", r.Servers}, {"accounts", r.Accounts}, {"warnings", r.Warnings}, {"errors", r.Errors}} {
+		if len(part.lines) > 0 {
+			fmt.Fprintf(stdout, "%s:\n  %s\n", part.title, strings.Join(part.lines, "\n  "))
+		}
+	}
+	if len(r.Errors) > 0 {
+		fmt.Fprintf(stdout, "%d errors\n", len(r.Errors))
+		return 1
+	}
+	fmt.Fprintln(stdout, "configuration OK")
+	return 0
 }
