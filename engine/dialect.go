@@ -26,8 +26,9 @@ type dialect struct {
 	greeting   func(p *profile, offered, active bool) []byte
 	newMachine func(p *profile, offered, active bool, o *Options) clientMachine
 	// idleBye goes to a client disconnected for silence before login;
-	// unavailableBye instead of a greeting when the upstream is down.
-	idleBye, unavailableBye []byte
+	// unavailableBye instead of a greeting when the upstream is down;
+	// shutdownBye to clients before login when the proxy stops.
+	idleBye, unavailableBye, shutdownBye []byte
 	idleTimeout             func(o *Options) time.Duration // authenticated sessions
 }
 
@@ -68,6 +69,7 @@ var imapDialect = &dialect{
 	},
 	idleBye:        []byte("* BYE Autologout; idle for too long\r\n"),
 	unavailableBye: []byte("* BYE [UNAVAILABLE] emailproxy: upstream server unavailable, try again later\r\n"),
+	shutdownBye:    []byte("* BYE [UNAVAILABLE] emailproxy is shutting down, try again later\r\n"),
 	idleTimeout:    func(o *Options) time.Duration { return o.IMAPIdleTimeout },
 }
 
@@ -86,6 +88,7 @@ var popDialect = &dialect{
 	},
 	idleBye:        []byte("-ERR Idle for too long, closing\r\n"),
 	unavailableBye: []byte("-ERR [SYS/TEMP] emailproxy: upstream server unavailable, try again later\r\n"),
+	shutdownBye:    []byte("-ERR [SYS/TEMP] emailproxy is shutting down, try again later\r\n"),
 	idleTimeout:    func(o *Options) time.Duration { return o.POP3IdleTimeout },
 }
 
@@ -112,6 +115,7 @@ var smtpDialect = &dialect{
 	},
 	idleBye:        []byte("421 4.4.2 Idle for too long, closing connection\r\n"),
 	unavailableBye: []byte("421 4.3.2 emailproxy: upstream server unavailable, try again later\r\n"),
+	shutdownBye:    []byte("421 4.3.2 emailproxy is shutting down, try again later\r\n"),
 	idleTimeout:    func(o *Options) time.Duration { return o.SMTPIdleTimeout },
 }
 

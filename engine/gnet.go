@@ -31,6 +31,9 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if l == nil {
 		return nil, gnet.Close
 	}
+	if s.draining.Load() {
+		return l.d.shutdownBye, gnet.Close
+	}
 	sess := newSession(s, l, c)
 	c.SetContext(sess)
 	s.addSession(sess)

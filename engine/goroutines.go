@@ -35,7 +35,7 @@ func (s *Server) accept(l *listener, ln net.Listener) {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		if !s.track(c) {
+		if !s.track(c, l) {
 			c.Close()
 			return
 		}
@@ -45,13 +45,13 @@ func (s *Server) accept(l *listener, ln net.Listener) {
 }
 
 // track remembers a pre-login connection so Stop can close it.
-func (s *Server) track(c net.Conn) bool {
+func (s *Server) track(c net.Conn, l *listener) bool {
 	s.relayMu.Lock()
 	defer s.relayMu.Unlock()
-	if s.ctx.Err() != nil {
+	if s.ctx.Err() != nil || s.draining.Load() {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = l
 	return true
 }
 

@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -388,4 +390,56 @@ func TestNonReadingPipelinerOverTLS(t *testing.T) {
 		return strings.Contains(env.logs.String(), "send timeout: the client stopped reading")
 	})
 	stillServes(t, env)
+}
+
+// A graceful stop: clients before login get a goodbye, new clients are
+// turned away with one, authenticated sessions go on until they end or
+// the drain's time is up; then IMAP clients are told BYE.
+func TestDrain(t *testing.T) { eachFrontEnd(t, testDrain) }
+
+func testDrain(t *testing.T, fe string) {
+	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe}})
+	pre := dialRaw(t, env.imapAddr)
+	pre.line()
+	pop := popLogin(t, env.popAddr, testAccount, "pw")
+	imapSess, l := imapLogin(t, env.imapAddr, testAccount, "pw")
+	if !strings.HasPrefix(l, "L1 OK") {
+		t.Fatal(l)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	drained := make(chan struct{})
+	go func() { env.srv.Drain(ctx); close(drained) }()
+
+	if got := pre.line(); got != "* BYE [UNAVAILABLE] emailproxy is shutting down, try again later" {
+		t.Fatalf("client before login: %q", got)
+	}
+	pre.expectEOF()
+	// A new client is refused (the goroutine front end closes its
+	// listeners) or, where the event loop cannot close its listener,
+	// turned away with a goodbye.
+	if late, err := net.DialTimeout("tcp", env.popAddr, 5*time.Second); err == nil {
+		defer late.Close()
+		late.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, _ := bufio.NewReader(late).ReadString('\n')
+		if !strings.HasPrefix(got, "-ERR [SYS/TEMP] emailproxy is shutting down") {
+			t.Fatalf("new client: %q", got)
+		}
+	}
+	pop.ok("NOOP") // authenticated sessions go on
+	pop.ok("QUIT")
+	select {
+	case <-drained:
+		t.Fatal("the drain ended while an IMAP session was still open")
+	case <-time.After(300 * time.Millisecond):
+	}
+	lines := imapSess.until("* BYE")
+	if got := lines[len(lines)-1]; got != "* BYE [UNAVAILABLE] emailproxy is shutting down" {
+		t.Fatalf("IMAP session at the end of the drain: %q", lines)
+	}
+	imapSess.expectEOF()
+	<-drained
+	if st := env.srv.Stats(); st.Relays != 0 || st.PreLogin != 0 {
+		t.Fatalf("after the drain: %+v", st)
+	}
 }

@@ -32,10 +32,38 @@ type relay struct {
 	active         atomic.Int64 // UnixNano
 	idle           time.Duration
 	ended          atomic.Pointer[string] // why the proxy ended it, if it did
+	// bye, if set by byeAndClose, is written to the client once the
+	// upstream stops (IMAP's BYE when the proxy shuts down).
+	proto config.Protocol
+	bye   atomic.Bool
 }
 
+// byeAndClose ends the session for a shutdown: the upstream side is
+// closed first, so that nothing else is being written to the client when
+// an IMAP client is told BYE.
+func (r *relay) byeAndClose() {
+	r.ended.CompareAndSwap(nil, ptr("the proxy is shutting down"))
+	if r.proto == config.IMAP {
+		r.bye.Store(true)
+		r.up.Close()
+		return
+	}
+	r.close()
+}
+
+// sayBye writes the shutdown BYE if byeAndClose asked for it; call it
+// from the goroutine that writes to the client, once that has stopped.
+func (r *relay) sayBye() {
+	if r.bye.Load() {
+		r.client.SetWriteDeadline(time.Now().Add(time.Second))
+		r.client.Write([]byte("* BYE [UNAVAILABLE] emailproxy is shutting down\r\n"))
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
 func (s *Server) newRelay(client net.Conn, up *upstream.Conn, proto config.Protocol) *relay {
-	r := &relay{client: client, up: up, idle: dialectOf(proto).idleTimeout(&s.opts)}
+	r := &relay{client: client, up: up, idle: dialectOf(proto).idleTimeout(&s.opts), proto: proto}
 	r.toClient = &timedWriter{c: client, timeout: s.opts.SendTimeout, active: &r.active}
 	r.toUp = &timedWriter{c: up.TLS, timeout: s.opts.SendTimeout, active: &r.active}
 	r.active.Store(time.Now().UnixNano())
@@ -153,6 +181,7 @@ func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, 
 		// that is already buffered, then the live stream.
 		var err error
 		fromUp, err = s.pipe(r.toClient, res.up.TLS, res.reply, res.up.TakeReader())
+		r.sayBye()
 		r.noteEnd(err, "client")
 		wg.Wait()
 		s.endRelay(r, log, res.user, fromClient, fromUp, start, opened).Msg("connection closed")

@@ -218,6 +218,10 @@ func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []b
 			}
 		}()
 		fromUp, parked := rr.upSide()
+		if r.bye.Load() {
+			r.sayBye()
+			parked = false
+		}
 		if errors.Is(rr.upErr, errSendTimeout) {
 			r.endFor("send timeout: the client stopped reading")
 		}

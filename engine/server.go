@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"github.com/panjf2000/gnet/v2"
 	"github.com/rs/zerolog"
@@ -60,7 +61,9 @@ type Server struct {
 
 	relayMu sync.Mutex
 	relays  map[*relay]struct{}
-	conns   map[net.Conn]struct{} // pre-login connections of TLS listeners
+	conns   map[net.Conn]*listener // pre-login connections of the goroutine front end
+
+	draining atomic.Bool // Drain has begun: new clients are turned away
 }
 
 // listener is one server section's state shared by its connections.
@@ -128,7 +131,7 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 		booted:    make(chan struct{}),
 		done:      make(chan error, 1),
 		relays:    map[*relay]struct{}{},
-		conns:     map[net.Conn]struct{}{},
+		conns:     map[net.Conn]*listener{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	life := upstream.Life{Ctx: s.ctx, WG: &s.wg}

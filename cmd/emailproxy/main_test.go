@@ -233,7 +233,7 @@ encrypt_client_secret_on_first_use = False
 		t.Fatal("did not stop on SIGTERM")
 	}
 	out := logs.String()
-	for _, want := range []string{`"message":"listening"`, `"server":"SMTP-`, `"message":"login"`, `"ok":true`, `"message":"shutting down"`} {
+	for _, want := range []string{`"message":"listening"`, `"server":"SMTP-`, `"message":"login"`, `"ok":true`, `"message":"shutting down: no new clients; sessions may finish (a second signal stops at once)"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %s:\n%s", want, out)
 		}

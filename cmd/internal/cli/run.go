@@ -148,6 +148,21 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	signal.Notify(sigs, append([]os.Signal{syscall.SIGINT, syscall.SIGTERM}, extraSignals...)...)
 	defer signal.Stop(sigs)
 	code := 0
+	var drained chan struct{} // closed when a drain has finished; nil: none begun
+	drain := func(why string) {
+		if drained != nil {
+			return
+		}
+		log.Info().Str("reason", why).Str("drain_timeout", fl.drainTimeout.String()).
+			Msg("shutting down: no new clients; sessions may finish (a second signal stops at once)")
+		drained = make(chan struct{})
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), fl.drainTimeout)
+			defer cancel()
+			srv.Drain(ctx)
+			close(drained)
+		}()
+	}
 loop:
 	for {
 		select {
@@ -159,14 +174,19 @@ loop:
 				// Certificates are reloaded in place; sessions are kept.
 				log.Info().Msg("SIGHUP: reloading local certificates (other configuration changes need a restart)")
 				srv.ReloadCertificates()
-			default:
-				log.Info().Str("signal", sig.String()).Msg("shutting down")
+			case drained != nil:
+				log.Info().Str("signal", sig.String()).Msg("second signal: stopping at once")
 				break loop
+			default:
+				drain(sig.String())
 			}
 		case <-reloads: // the Windows service's parameter-change control
 			log.Info().Msg("reload requested: reloading local certificates (other configuration changes need a restart)")
 			srv.ReloadCertificates()
 		case <-stop:
+			drain("stop requested")
+			stop = nil
+		case <-drained: // nil until a drain begins
 			break loop
 		case err := <-srv.Done():
 			if err != nil {
