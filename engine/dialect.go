@@ -29,7 +29,7 @@ type dialect struct {
 	// unavailableBye instead of a greeting when the upstream is down;
 	// shutdownBye to clients before login when the proxy stops.
 	idleBye, unavailableBye, shutdownBye []byte
-	idleTimeout             func(o *Options) time.Duration // authenticated sessions
+	idleTimeout                          func(o *Options) time.Duration // authenticated sessions
 }
 
 // profile is what clients are shown before login: the upstream's greeting
