@@ -28,6 +28,11 @@ type Options struct {
 	// MaxBackoff caps the wait between retries after a failed fetch
 	// (default 60 s; the first retry is after 1 s).
 	MaxBackoff time.Duration
+	// ConfigErrorBackoff is the first wait after the identity provider
+	// refused the client itself (invalid_client, unauthorized_client: a
+	// configuration error); it doubles up to eight times that (default 1
+	// min).
+	ConfigErrorBackoff time.Duration
 	// Iterations is the PBKDF2 count of new keys (default
 	// CurrentIterations, emailproxy.py's); caches written with other counts
 	// are read and re-encrypted with it. Tests lower it.
@@ -115,6 +120,9 @@ func NewProvider(cfg *config.Config, opts Options) *Provider {
 	}
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = 60 * time.Second
+	}
+	if opts.ConfigErrorBackoff <= 0 {
+		opts.ConfigErrorBackoff = time.Minute
 	}
 	if opts.HTTPClient == nil {
 		// Its own transport, so Close can drop its idle connections.

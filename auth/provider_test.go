@@ -128,11 +128,14 @@ func TestFailureBackoffAndRecovery(t *testing.T) {
 		defer mu.Unlock()
 		return logs.Write(b)
 	})))
-	p := NewProvider(testConfig(t, ts.URL, ""), Options{MaxBackoff: 300 * time.Millisecond, Logger: logger})
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{ConfigErrorBackoff: 300 * time.Millisecond, Logger: logger})
 	defer p.Close()
 	_, err := p.authorize(context.Background(), "a@x", "pw", "")
 	var le *LoginError
-	if !errors.As(err, &le) || !le.Temporary || !strings.Contains(le.Message, "HTTP 401: invalid_client: AADSTS7000215") {
+	// invalid_client is a configuration error: not temporary, and it says
+	// which keys to check.
+	if !errors.As(err, &le) || le.Temporary || !strings.Contains(le.Message, "HTTP 401: invalid_client: AADSTS7000215") ||
+		!strings.Contains(le.Message, "check client_id, client_secret") {
 		t.Fatalf("error %v", err)
 	}
 	if strings.Contains(le.Message, "Trace ID") {

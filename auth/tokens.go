@@ -185,12 +185,20 @@ func (p *Provider) runFetch(a *account, call *fetchCall) {
 			close(call.done)
 			return
 		}
-		a.backoff = min(max(2*a.backoff, time.Second), p.opts.MaxBackoff)
-		a.retryAt = time.Now().Add(a.backoff)
 		detail := describeTokenError(err)
-		a.lastErr = loginErr(true, err, "could not get an OAuth 2.0 token for account %s (%s)", a.name, detail)
+		if isClientRefused(err) {
+			// The identity provider does not know this client or its
+			// secret: a configuration error, not an outage. Say which keys
+			// to check, and do not ask again for minutes.
+			a.backoff = min(max(2*a.backoff, p.opts.ConfigErrorBackoff), 8*p.opts.ConfigErrorBackoff)
+			a.lastErr = loginErr(false, err, "the identity provider refused the client of account %s (%s): check client_id, client_secret (or client_secret_encrypted, jwt_certificate_path / jwt_key_path) and token_url in its section", a.name, detail)
+		} else {
+			a.backoff = min(max(2*a.backoff, time.Second), p.opts.MaxBackoff)
+			a.lastErr = loginErr(true, err, "could not get an OAuth 2.0 token for account %s (%s)", a.name, detail)
+		}
+		a.retryAt = time.Now().Add(a.backoff)
 		call.err = a.lastErr
-		p.log.Error().Str("account", a.name).Str("error", detail).Dur("retry_in", a.backoff).
+		p.log.Error().Str("account", a.name).Str("error", detail).Dur("retry_in_ms", a.backoff).
 			Msg("token request failed; check token_url, client_id, client_secret and oauth2_scope")
 		p.scheduleLocked(a, a.backoff)
 		a.mu.Unlock()
@@ -208,11 +216,18 @@ func (p *Provider) runFetch(a *account, call *fetchCall) {
 	lifetime := time.Until(tok.Expiry)
 	a.usable = usableFor(lifetime)
 	p.log.Info().Str("account", a.name).Int64("expires_in_s", int64(lifetime/time.Second)).
-		Dur("took", time.Since(start)).Msg("access token obtained")
+		Dur("took_ms", time.Since(start)).Msg("access token obtained")
 	p.scheduleLocked(a, refreshDelay(lifetime, p.opts.RefreshMargin))
 	a.mu.Unlock()
 	close(call.done)
 	p.persist(a, false)
+}
+
+// isClientRefused reports an answer that says the client (its ID, secret
+// or certificate) is wrong, which retrying will not fix.
+func isClientRefused(err error) bool {
+	var re *oauth2.RetrieveError
+	return errors.As(err, &re) && (re.ErrorCode == "invalid_client" || re.ErrorCode == "unauthorized_client")
 }
 
 func isHTTP400(err error) bool {

@@ -78,7 +78,7 @@ func (s *Server) serveConn(l *listener, raw net.Conn) {
 		s.untrack(raw)
 		if !handedOff {
 			c.Close()
-			log.Info().Str("reason", reason).Dur("duration", time.Since(opened)).Msg("connection closed")
+			log.Info().Str("reason", reason).Dur("duration_ms", time.Since(opened)).Msg("connection closed")
 		}
 	}()
 	handshake := func() bool {

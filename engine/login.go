@@ -28,7 +28,7 @@ func (s *Server) runLogin(ctx context.Context, l *listener, log zerolog.Logger, 
 		res = &loginResult{user: act.Creds.Username, err: lerr}
 	}
 	ev.Str("proto", string(l.srv.Protocol)).Str("account", act.Creds.Username).Bool("ok", lerr == nil).
-		Bool("reused", res.reused).Dur("took", time.Since(start)).Msg("login")
+		Bool("reused", res.reused).Dur("took_ms", time.Since(start)).Msg("login")
 	return res
 }
 

@@ -209,7 +209,7 @@ func (s *Server) endRelay(r *relay, log zerolog.Logger, user string, fromClient,
 		ev = log.Warn().Str("ended_by", *why)
 	}
 	return ev.Str("account", user).Int64("bytes_from_client", fromClient).
-		Int64("bytes_to_client", fromUp).Dur("session", time.Since(start)).Dur("duration", time.Since(opened))
+		Int64("bytes_to_client", fromUp).Dur("session_ms", time.Since(start)).Dur("duration_ms", time.Since(opened))
 }
 
 // pipe writes first, then what br holds buffered, then copies src to dst

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -418,8 +420,8 @@ func (s *session) onClose(err error) {
 	if !ev.Enabled() {
 		return
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, io.EOF) { // EOF: the client hung up, as clients do
 		ev = ev.Str("error", err.Error())
 	}
-	ev.Str("client", s.remote).Dur("duration", time.Duration(time.Now().UnixNano()-s.start)).Msg("connection closed")
+	ev.Str("client", s.remote).Dur("duration_ms", time.Duration(time.Now().UnixNano()-s.start)).Msg("connection closed")
 }
