@@ -26,6 +26,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -113,11 +114,20 @@ func upstream(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int
 	fs.SetOutput(stderr)
 	var mf mockFlags
 	mf.register(fs, 10)
-	configOut := fs.String("config-out", "bench.config", "write an emailproxy.config for this provider here")
-	caOut := fs.String("ca-out", "bench-ca.pem", "write the provider's CA certificate here (use it as SSL_CERT_FILE)")
+	// Outside the working directory by default: a run from the repository
+	// must not leave files in it.
+	tmp := filepath.Join(os.TempDir(), "emailproxy-bench")
+	configOut := fs.String("config-out", filepath.Join(tmp, "bench.config"), "write an emailproxy.config for this provider here")
+	caOut := fs.String("ca-out", filepath.Join(tmp, "bench-ca.pem"), "write the provider's CA certificate here (use it as SSL_CERT_FILE)")
 	proxyPort := fs.Int("proxy-port-base", 19930, "local ports of the generated config: base (IMAP), +1 (POP3), +2 (SMTP)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	for _, p := range []string{*configOut, *caOut} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			fmt.Fprintln(stderr, "emailproxy-bench:", err)
+			return 1
+		}
 	}
 	up, err := mf.start()
 	if err != nil {
