@@ -29,6 +29,17 @@ func loginErr(temporary bool, cause error, format string, args ...any) *LoginErr
 // ErrBadPassword is the cause of a login refused for a wrong local password.
 var ErrBadPassword = errors.New("wrong password")
 
+// ErrUnknownAccount and ErrLockedOut are kinds of ErrBadPassword (the
+// client is told the same), told apart for the operator's metrics.
+var (
+	ErrUnknownAccount = fmt.Errorf("unknown account: %w", ErrBadPassword)
+	ErrLockedOut      = fmt.Errorf("locked out: %w", ErrBadPassword)
+)
+
+// ErrTokenRefused is the cause of a login the upstream server refused
+// the token of.
+var ErrTokenRefused = errors.New("the server refused the token")
+
 // AsLoginError converts any error into a LoginError, hiding details that
 // were not written for the client.
 func AsLoginError(err error) *LoginError {
@@ -38,3 +49,7 @@ func AsLoginError(err error) *LoginError {
 	}
 	return loginErr(true, err, "login failed, please retry")
 }
+
+// Unavailable is a temporary failure outside auth (the upstream server),
+// whose message is safe to show the client; errors.As finds err in it.
+func Unavailable(err error) *LoginError { return loginErr(true, err, "%s", err.Error()) }

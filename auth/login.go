@@ -53,10 +53,10 @@ func (g *Grant) Accepted() *LoginError {
 // rarely the token's fault, and the error says what to check.
 func (g *Grant) Refused(serverReply string) *LoginError {
 	if g.p.reject(g.user, g.Token) > 1 {
-		return loginErr(false, nil, "the server refused the OAuth 2.0 token for account %s again, after a fresh one: %s (check the app's permissions for this mailbox)", g.user, serverReply)
+		return loginErr(false, ErrTokenRefused, "the server refused the OAuth 2.0 token for account %s again, after a fresh one: %s (check the app's permissions for this mailbox)", g.user, serverReply)
 	}
 	g.p.log.Warn().Str("account", g.user).Str("reply", serverReply).Msg("upstream refused the token; fetching a fresh one for the next login")
-	return loginErr(true, nil, "the server refused the OAuth 2.0 token for account %s: %s; a fresh token is being fetched, try again", g.user, serverReply)
+	return loginErr(true, ErrTokenRefused, "the server refused the OAuth 2.0 token for account %s: %s; a fresh token is being fetched, try again", g.user, serverReply)
 }
 
 // authorize is Login's work: the token, or why not.
@@ -68,9 +68,9 @@ func (p *Provider) authorize(ctx context.Context, user, password, client string)
 	if wait, addressWide := p.limit.blocked(user, client, now); wait > 0 {
 		retry := wait.Round(time.Second) + time.Second
 		if addressWide {
-			return "", loginErr(true, ErrBadPassword, "login failed - too many failed logins from this address; try again in %s", retry)
+			return "", loginErr(true, ErrLockedOut, "login failed - too many failed logins from this address; try again in %s", retry)
 		}
-		return "", loginErr(true, ErrBadPassword, "login failed - too many wrong passwords for account %s from this address; try again in %s", user, retry)
+		return "", loginErr(true, ErrLockedOut, "login failed - too many wrong passwords for account %s from this address; try again in %s", user, retry)
 	}
 	a, lerr := p.account(user)
 	if lerr != nil {
@@ -79,7 +79,7 @@ func (p *Provider) authorize(ctx context.Context, user, password, client string)
 			// cannot be enumerated; the hint is for the operator only.
 			p.limit.fail(user, client, now)
 			p.log.Warn().Str("account", user).Str("client", client).Msg(lerr.Message)
-			return "", p.badPasswordFor(user)
+			return "", loginErr(false, ErrUnknownAccount, "%s", p.badPasswordFor(user).Message)
 		}
 		return "", lerr
 	}

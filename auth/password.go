@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/emailproxy/emailproxy/telemetry"
 	"golang.org/x/oauth2"
 )
 
@@ -123,6 +124,7 @@ func (p *Provider) derive(ctx context.Context, f func() error) error {
 		return ctx.Err()
 	}
 	defer func() { <-p.kdf }()
+	telemetry.KeyDerivations.Inc()
 	return f()
 }
 

@@ -2,8 +2,10 @@ package auth
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 // Options tune the provider; zero values take the defaults shown.
@@ -235,6 +238,14 @@ func (p *Provider) account(name string) (*account, *LoginError) {
 		}
 	}
 	p.accounts[name] = a
+	telemetry.Gauge(fmt.Sprintf(`emailproxy_token_expiry_seconds{account=%q}`, name), func() float64 {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.tok == nil {
+			return 0
+		}
+		return max(time.Until(a.tok.Expiry).Seconds(), 0)
+	})
 	return a, nil
 }
 
@@ -258,4 +269,33 @@ func (p *Provider) goTracked(f func()) {
 	p.wg.Add(1)
 	p.mu.Unlock()
 	go func() { defer p.wg.Done(); f() }()
+}
+
+// NotReady lists the accounts whose logins cannot be served now, and why:
+// no usable token (in memory, or cached and still valid) and a last fetch
+// that failed, or no way to get one without the user. Empty: ready.
+func (p *Provider) NotReady() []string {
+	p.mu.Lock()
+	accts := make([]*account, 0, len(p.accounts))
+	for _, a := range p.accounts {
+		accts = append(accts, a)
+	}
+	p.mu.Unlock()
+	var out []string
+	for _, a := range accts {
+		a.mu.Lock()
+		usable := a.tok != nil && time.Until(a.tok.Expiry) > a.usableLeft() || p.cachedTokenValidLocked(a)
+		switch {
+		case usable:
+		case a.lastErr != nil:
+			out = append(out, a.lastErr.Message)
+		case a.inflight != nil:
+			out = append(out, fmt.Sprintf("account %s: fetching a token", a.name))
+		case !p.canFetchLocked(a):
+			out = append(out, p.cannotFetch(a).Message)
+		}
+		a.mu.Unlock()
+	}
+	sort.Strings(out)
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emailproxy/emailproxy/telemetry"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 )
@@ -175,6 +176,11 @@ func (p *Provider) runFetch(a *account, call *fetchCall) {
 		err = errors.New("the token endpoint returned no access_token")
 	}
 
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	telemetry.TokenFetch(a.name, result)
 	a.mu.Lock()
 	a.inflight = nil
 	if err != nil {

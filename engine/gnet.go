@@ -9,6 +9,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/emailproxy/emailproxy/telemetry"
 	"github.com/panjf2000/gnet/v2"
 	"github.com/rs/zerolog"
 )
@@ -35,6 +36,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return l.d.shutdownBye, gnet.Close
 	}
 	sess := newSession(s, l, c)
+	l.preLogin.Add(1)
 	c.SetContext(sess)
 	s.addSession(sess)
 	sess.logOpen()
@@ -65,6 +67,7 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 // OnClose implements gnet.EventHandler.
 func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 	if sess, ok := c.Context().(*session); ok {
+		sess.l.preLogin.Add(-1)
 		s.removeSession(sess)
 		sess.onClose(err)
 	}
@@ -88,6 +91,7 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	}
 	s.sessMu.Unlock()
 	for _, sess := range idle {
+		telemetry.Ended("idle_before_login")
 		sess.c.AsyncWrite(sess.l.d.idleBye, nil)
 		sess.c.Close()
 	}

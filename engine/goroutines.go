@@ -8,6 +8,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol"
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 // The goroutine front end: a goroutine per connection with blocking reads
@@ -52,12 +53,16 @@ func (s *Server) track(c net.Conn, l *listener) bool {
 		return false
 	}
 	s.conns[c] = l
+	l.preLogin.Add(1)
 	return true
 }
 
 func (s *Server) untrack(c net.Conn) {
 	s.relayMu.Lock()
-	delete(s.conns, c)
+	if l, ok := s.conns[c]; ok {
+		l.preLogin.Add(-1)
+		delete(s.conns, c)
+	}
 	s.relayMu.Unlock()
 }
 
@@ -107,6 +112,7 @@ func (s *Server) serveConn(l *listener, raw net.Conn) {
 		_, err := c.Write(b)
 		if isTimeout(err) {
 			reason = "send timeout: the client stopped reading"
+			telemetry.Ended("send_timeout")
 		}
 		return err
 	}
@@ -175,6 +181,7 @@ func (s *Server) serveConn(l *listener, raw net.Conn) {
 				c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 				c.Write(l.d.idleBye) // best effort: the client is silent
 				reason = "idle before login"
+				telemetry.Ended("idle_before_login")
 			}
 			return
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/sasl"
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 // runLogin runs one login and logs its outcome.
@@ -27,9 +28,33 @@ func (s *Server) runLogin(ctx context.Context, l *listener, log zerolog.Logger, 
 	if lerr != nil {
 		res = &loginResult{user: act.Creds.Username, err: lerr}
 	}
+	took := time.Since(start)
+	l.m.Login(loginResultKind(lerr), took)
 	ev.Str("proto", string(l.srv.Protocol)).Str("account", act.Creds.Username).Bool("ok", lerr == nil).
-		Bool("reused", res.reused).Dur("took_ms", time.Since(start)).Msg("login")
+		Bool("reused", res.reused).Dur("took_ms", took).Msg("login")
 	return res
+}
+
+// loginResultKind names what became of a login, for the metrics.
+func loginResultKind(lerr *auth.LoginError) string {
+	var failure *upstream.Failure
+	switch {
+	case lerr == nil:
+		return telemetry.OK
+	case errors.Is(lerr, auth.ErrUnknownAccount):
+		return telemetry.UnknownAccount
+	case errors.Is(lerr, auth.ErrLockedOut):
+		return telemetry.LockedOut
+	case errors.Is(lerr, auth.ErrBadPassword):
+		return telemetry.WrongPassword
+	case errors.Is(lerr, auth.ErrTokenRefused):
+		return telemetry.UpstreamRefused
+	case errors.As(lerr, &failure):
+		return telemetry.UpstreamUnavailable
+	case lerr.Temporary:
+		return telemetry.TokenUnavailable
+	}
+	return telemetry.Other
 }
 
 // hostOf is the address part of a client's remote address.
@@ -58,7 +83,7 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 	case errors.As(err, &refused):
 		return nil, grant.Refused(refused.Text)
 	case err != nil:
-		return nil, &auth.LoginError{Message: err.Error(), Temporary: true}
+		return nil, auth.Unavailable(err)
 	}
 	if !sess.Reused {
 		if lerr := grant.Accepted(); lerr != nil {
@@ -66,6 +91,6 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 			return nil, lerr
 		}
 	}
-	return &loginResult{proto: l.srv.Protocol, user: creds.Username, up: sess.Conn, reply: sess.Reply, loginReply: sess.LoginReply,
+	return &loginResult{l: l, proto: l.srv.Protocol, user: creds.Username, up: sess.Conn, reply: sess.Reply, loginReply: sess.LoginReply,
 		mailbox: sess.Mailbox, reuseKey: sess.ReuseKey, reused: sess.Reused}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/upstream"
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 // relay joins an authenticated client to its upstream session. After the
@@ -36,6 +38,7 @@ type relay struct {
 	// upstream stops (IMAP's BYE when the proxy shuts down).
 	proto config.Protocol
 	bye   atomic.Bool
+	l     *listener // the section, for the metrics
 }
 
 // byeAndClose ends the session for a shutdown: the upstream side is
@@ -62,8 +65,12 @@ func (r *relay) sayBye() {
 
 func ptr[T any](v T) *T { return &v }
 
-func (s *Server) newRelay(client net.Conn, up *upstream.Conn, proto config.Protocol) *relay {
+func (s *Server) newRelay(client net.Conn, up *upstream.Conn, proto config.Protocol, l *listener) *relay {
 	r := &relay{client: client, up: up, idle: dialectOf(proto).idleTimeout(&s.opts), proto: proto}
+	if l != nil {
+		r.l = l
+		l.sessions.Add(1)
+	}
 	r.toClient = &timedWriter{c: client, timeout: s.opts.SendTimeout, active: &r.active}
 	r.toUp = &timedWriter{c: up.TLS, timeout: s.opts.SendTimeout, active: &r.active}
 	r.active.Store(time.Now().UnixNano())
@@ -72,7 +79,14 @@ func (s *Server) newRelay(client net.Conn, up *upstream.Conn, proto config.Proto
 
 // endFor closes the relay and records why (for its closing log line).
 func (r *relay) endFor(reason string) {
-	r.ended.CompareAndSwap(nil, &reason)
+	if r.ended.CompareAndSwap(nil, &reason) {
+		switch {
+		case strings.HasPrefix(reason, "send timeout"):
+			telemetry.Ended("send_timeout")
+		case reason == "idle timeout":
+			telemetry.Ended("idle_timeout")
+		}
+	}
 	r.close()
 }
 
@@ -156,7 +170,7 @@ func fileConn(fd int, keepAlive time.Duration) (net.Conn, error) {
 // startRelay joins an authenticated client to its upstream session:
 // first the upstream's answer to the login, then both directions.
 func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, log zerolog.Logger, opened time.Time) {
-	r := s.newRelay(client, res.up, res.proto)
+	r := s.newRelay(client, res.up, res.proto, res.l)
 	s.relayMu.Lock()
 	s.relays[r] = struct{}{}
 	s.relayMu.Unlock()
@@ -204,6 +218,11 @@ func (s *Server) endRelay(r *relay, log zerolog.Logger, user string, fromClient,
 	s.relayMu.Lock()
 	delete(s.relays, r)
 	s.relayMu.Unlock()
+	if r.l != nil {
+		r.l.sessions.Add(-1)
+	}
+	telemetry.BytesFromClients.Add(int(fromClient))
+	telemetry.BytesToClients.Add(int(fromUp))
 	ev := log.Info()
 	if why := r.ended.Load(); why != nil {
 		ev = log.Warn().Str("ended_by", *why)

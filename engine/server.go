@@ -21,6 +21,7 @@ import (
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/upstream"
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 // Server is the running proxy.
@@ -72,6 +73,10 @@ type listener struct {
 	d   *dialect
 	up  *upstream.Side
 	log zerolog.Logger
+	m   *telemetry.Server
+
+	// Connections of this section, for the metrics.
+	preLogin, sessions atomic.Int64
 
 	// Local TLS (nil tlsCfg: plaintext; served by Options.FrontEnd).
 	certs    *certStore
@@ -141,7 +146,9 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 		s.gates.Evict = s.linger.Evict
 	}
 	for _, srv := range cfg.Servers {
-		l := &listener{srv: srv, d: dialectOf(srv.Protocol), log: opts.Logger.With().Str("server", srv.Section).Logger()}
+		l := &listener{srv: srv, d: dialectOf(srv.Protocol), log: opts.Logger.With().Str("server", srv.Section).Logger(),
+			m: telemetry.ForServer(string(srv.Protocol), srv.Section)}
+		s.gauges(l)
 		dialer := upstream.NewDialer(srv, opts.RootCAs, opts.DialTimeout)
 		learn := func(u *upstream.Conn) { l.learn(u) }
 		l.up = &upstream.Side{Srv: srv, Dialer: dialer, Gates: s.gates, Linger: s.linger, Learn: learn,
@@ -211,6 +218,8 @@ func (s *Server) Start() error {
 			return fmt.Errorf("cannot listen on %v (is the proxy already running?): %w", addrs, err)
 		}
 	}
+	telemetry.Gauge(`emailproxy_session_reuse_hits_total`, func() float64 { return float64(s.linger.Snapshot().Reused) })
+	telemetry.Gauge(`emailproxy_mailbox_queue_length`, func() float64 { return float64(s.gates.Waiting()) })
 	s.wg.Add(1)
 	go s.sweepIdleRelays()
 	for _, srv := range s.cfg.Servers {
@@ -282,4 +291,17 @@ func (s *Server) fetchProfile(l *listener) {
 	for _, f := range waiting {
 		f(prof)
 	}
+}
+
+// gauges registers what the metrics read of a section at each scrape.
+func (s *Server) gauges(l *listener) {
+	name := func(metric string) string { return fmt.Sprintf(`%s{server=%q}`, metric, l.srv.Section) }
+	telemetry.Gauge(name("emailproxy_prelogin_connections"), func() float64 { return float64(l.preLogin.Load()) })
+	telemetry.Gauge(name("emailproxy_open_sessions"), func() float64 { return float64(l.sessions.Load()) })
+	pool := func(f func(upstream.PoolStats) int) func() float64 {
+		return func() float64 { st, _ := l.up.Pool.Snapshot(); return float64(f(st)) }
+	}
+	telemetry.Gauge(name("emailproxy_warm_pool_hits_total"), pool(func(st upstream.PoolStats) int { return st.Hits }))
+	telemetry.Gauge(name("emailproxy_warm_pool_misses_total"), pool(func(st upstream.PoolStats) int { return st.Misses }))
+	telemetry.Gauge(name("emailproxy_warm_pool_idle"), func() float64 { _, idle := l.up.Pool.Snapshot(); return float64(idle) })
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol"
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 type phase uint8
@@ -44,6 +45,7 @@ type pending struct {
 }
 
 type loginResult struct {
+	l     *listener
 	proto config.Protocol
 	up    *upstream.Conn
 	reply []byte // upstream's answer to relay to the client
@@ -189,6 +191,7 @@ func (s *session) checkInbound() gnet.Action {
 	if n := s.c.InboundBuffered(); n > s.srv.opts.PendingLimit {
 		s.l.log.Warn().Str("client", s.remote).Int("bytes", n).Int("limit", s.srv.opts.PendingLimit).
 			Msg("client sent too much without waiting for answers; disconnecting")
+		telemetry.Ended("pending_limit")
 		return gnet.Close
 	}
 	return gnet.None
@@ -219,6 +222,7 @@ func (s *session) awaitDrain(out int) gnet.Action {
 	if time.Duration(now-s.stuck) > s.srv.opts.SendTimeout {
 		s.l.log.Warn().Str("client", s.remote).Int("unsent", out).Str("send_timeout", s.srv.opts.SendTimeout.String()).
 			Msg("client stopped reading; disconnecting")
+		telemetry.Ended("send_timeout")
 		return gnet.Close
 	}
 	s.poll(now)

@@ -132,3 +132,17 @@ func (m *Gates) Held(key string) (held, waiting int) {
 
 // Limit is the cap (0: none).
 func (m *Gates) Limit() int { return m.limit }
+
+// Waiting counts the logins waiting for a slot, over every mailbox.
+func (m *Gates) Waiting() int {
+	if m == nil {
+		return 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, g := range m.gates {
+		n += len(g.waiting)
+	}
+	return n
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 // Side is the upstream side of one server section: where its logins get
@@ -68,7 +69,9 @@ func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
 		}
 		lg.u.Close()
 	}
+	queued := time.Now()
 	release, err := s.Gates.Acquire(ctx, sess.Mailbox)
+	telemetry.MailboxWait.UpdateDuration(queued)
 	if err != nil {
 		return nil, &Failure{fmt.Sprintf("too many sessions of mailbox %s are open upstream (limit %d); waited for one to end until the login timed out",
 			req.User, s.Gates.Limit())}

@@ -132,6 +132,19 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 		return 1
 	}
 	log.Info().Str("version", version).Str("config", cfg.Path).Msg("emailproxy started")
+	if fl.metricsAddr != "" {
+		// Bound after the listeners: /readyz needs no check of its own
+		// that they are.
+		stop, err := serveMetrics(fl.metricsAddr, provider)
+		if err != nil {
+			log.Error().Err(err).Msg("cannot serve metrics")
+			fmt.Fprintln(stderr, "emailproxy:", err)
+			srv.Stop(context.Background())
+			return 1
+		}
+		defer stop()
+		log.Info().Str("url", "http://"+fl.metricsAddr+"/metrics").Msg("serving metrics, /healthz and /readyz")
+	}
 	if fl.statsAddr != "" {
 		stop, err := serveStats(fl.statsAddr, srv)
 		if err != nil {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -32,12 +31,12 @@ func TestServiceElsewhere(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		return // the Windows command is exercised under Wine (scripts/wine-test.sh)
 	}
-	var out, errOut bytes.Buffer
+	var out, errOut lockedBuffer
 	if code := Run([]string{"service", "install"}, &out, &errOut, nil); code != 2 || !strings.Contains(errOut.String(), "systemd") {
 		t.Fatalf("exit %d: %q", code, errOut.String())
 	}
-	out.Reset()
-	if code := Run([]string{"service", "--help"}, &out, &errOut, nil); code != 0 || !strings.Contains(out.String(), "uninstall") {
-		t.Fatalf("help: exit %d: %q", code, out.String())
+	var help lockedBuffer
+	if code := Run([]string{"service", "--help"}, &help, &errOut, nil); code != 0 || !strings.Contains(help.String(), "uninstall") {
+		t.Fatalf("help: exit %d: %q", code, help.String())
 	}
 }

@@ -9,11 +9,14 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/engine"
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 var publishOnce sync.Once
@@ -63,3 +66,34 @@ func serveStats(addr string, srv *engine.Server) (stop func(), err error) {
 // current is the server the published expvar reports on (expvar names
 // are process-wide and cannot be published twice).
 var current atomic.Pointer[engine.Server]
+
+// serveMetrics serves /metrics (Prometheus text format), /healthz (the
+// process answers: 200) and /readyz (200 when the listeners are bound and
+// every account can be served; else 503 and why, one reason a line).
+func serveMetrics(addr string, provider *auth.Provider) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		telemetry.Write(w)
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if problems := provider.NotReady(); len(problems) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, strings.Join(problems, "\n"))
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go hs.Serve(ln)
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		hs.Shutdown(ctx)
+	}, nil
+}

@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emailproxy/emailproxy/bench/mock"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// --metrics-addr: /healthz answers, /readyz says which account cannot be
+// served, and /metrics counts logins by protocol, section and result,
+// with no client address in any label.
+func TestMetricsAndHealth(t *testing.T) {
+	up, err := mock.Start(mock.Options{ClientID: "cid", ClientSecret: "sec", Scope: "s",
+		Mailboxes: map[string][]mock.Message{"a@x": {{UID: "1", Body: []byte("Subject: hi\r\n\r\nhi\r\n")}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	imapAddr, metricsAddr, deadAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	_, imapPort, _ := net.SplitHostPort(imapAddr)
+	_, upPort, _ := net.SplitHostPort(up.IMAPAddr)
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	os.WriteFile(ca, up.CA.PEM, 0o600)
+	t.Setenv("SSL_CERT_FILE", ca)
+	cfg := filepath.Join(dir, "emailproxy.config")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`[IMAP-%s]
+server_address = localhost
+server_port = %s
+local_address = 127.0.0.1
+
+[a@x]
+token_url = %s
+oauth2_scope = s
+oauth2_flow = client_credentials
+client_id = cid
+client_secret = sec
+
+[broken@x]
+token_url = http://%s/token
+oauth2_scope = s
+oauth2_flow = client_credentials
+client_id = cid
+client_secret = sec
+`, imapPort, upPort, up.TokenURL, deadAddr)), 0o600)
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		done <- Run([]string{"--config-file", cfg, "--metrics-addr", metricsAddr, "--drain-timeout", "1s"}, io.Discard, io.Discard, stop)
+	}()
+	defer func() { close(stop); <-done }()
+	base := "http://" + metricsAddr
+	waitUntil := func(what string, ok func() bool) {
+		t.Helper()
+		for end := time.Now().Add(10 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	waitUntil("/healthz", func() bool { code, _ := get(t, base+"/healthz"); return code == 200 })
+	waitUntil("the token fetches", func() bool {
+		code, body := get(t, base+"/readyz")
+		return code == 503 && strings.Contains(body, "broken@x") && !strings.Contains(body, "a@x") && !strings.Contains(body, "fetching")
+	})
+
+	login := func(pw string) string {
+		c, err := net.Dial("tcp", imapAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		br.ReadString('\n')
+		fmt.Fprintf(c, "L LOGIN a@x %s\r\n", pw)
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil || strings.HasPrefix(l, "L ") {
+				fmt.Fprint(c, "Q LOGOUT\r\n")
+				return l
+			}
+		}
+	}
+	if l := login("right"); !strings.HasPrefix(l, "L OK") {
+		t.Fatal(l)
+	}
+	login("wrong")
+	_, body := get(t, base+"/metrics")
+	for _, want := range []string{
+		fmt.Sprintf(`emailproxy_logins_total{proto="IMAP",server="IMAP-%s",result="ok"} 1`, imapPort),
+		fmt.Sprintf(`emailproxy_logins_total{proto="IMAP",server="IMAP-%s",result="wrong_password"} 1`, imapPort),
+		`emailproxy_token_fetches_total{account="broken@x",result="error"}`,
+		`emailproxy_token_expiry_seconds{account="a@x"}`,
+		`emailproxy_login_duration_seconds_bucket`,
+		fmt.Sprintf(`emailproxy_warm_pool_hits_total{server="IMAP-%s"}`, imapPort),
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(body, "127.0.0.1") {
+		t.Error("a client address is in the metrics")
+	}
+	if t.Failed() {
+		t.Log(body)
+	}
+}
