@@ -46,6 +46,8 @@ type profile struct {
 type clientMachine interface {
 	Next(in []byte) (int, protocol.Action)
 	TLSStarted()
+	// Confidential: the next input holds credentials (the trace hides it).
+	Confidential() bool
 	loginFailed(tag, msg string, temporary bool) []byte
 }
 

@@ -3,6 +3,7 @@ package engine
 import (
 	"crypto/tls"
 	"encoding/base64"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -281,10 +282,36 @@ func TestNoSecretsInLogs(t *testing.T) {
 	imapLogin(t, env.imapAddr, testAccount, pass+"-wrong")
 	p := dialPOP(t, env.popAddr)
 	p.ok("AUTH PLAIN %s", base64.StdEncoding.EncodeToString([]byte("\x00"+testAccount+"\x00"+pass)))
+	// The password as an IMAP literal (synchronising and not), and as a
+	// SASL response after a continuation.
+	lit := dialRaw(t, env.imapAddr)
+	lit.line()
+	lit.send(fmt.Sprintf("A LOGIN %s {%d}\r\n", testAccount, len(pass)))
+	lit.line()
+	lit.send(pass + "\r\n")
+	lit.until("A ")
+	plus := dialRaw(t, env.imapAddr)
+	plus.line()
+	plus.send("C LOGIN " + testAccount + fmt.Sprintf(" {%d+}\r\n", len(pass)) + pass + "\r\n")
+	plus.until("C ")
+	sasl := dialRaw(t, env.imapAddr)
+	sasl.line()
+	sasl.send("S AUTHENTICATE PLAIN\r\n")
+	sasl.line()
+	sasl.send(base64.StdEncoding.EncodeToString([]byte("\x00"+testAccount+"\x00"+pass)) + "\r\n")
+	sasl.until("S ")
 	env.up.SetRejectTokens(true)
 	imapLogin(t, env.imapAddr, testAccount, pass)
 
 	logs := env.logs.String()
+	// The --debug protocol trace is there, with the secrets redacted.
+	for _, want := range []string{`"dir":"client->proxy","line":"L1 LOGIN [redacted]"`, `"line":"A LOGIN [redacted]"`,
+		`"line":"[credentials redacted]"`, `"line":"S AUTHENTICATE PLAIN"`, `"line":"C LOGIN [redacted]"`, `"line":"[literal redacted]"`, `"dir":"proxy->server","line":"L1 AUTHENTICATE XOAUTH2 [redacted]"`,
+		`"dir":"server->proxy"`, `"dir":"proxy->client"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the trace lacks %s", want)
+		}
+	}
 	if !strings.Contains(logs, `"level":"debug"`) && !strings.Contains(logs, "login") {
 		t.Fatal("no log output captured")
 	}

@@ -130,7 +130,14 @@ func (s *Server) serveConn(l *listener, raw net.Conn) {
 	rbuf := make([]byte, 4096)
 	for {
 		for len(buf) > 0 {
+			confidential := m.Confidential()
 			n, act := m.Next(buf)
+			if n > 0 {
+				l.traceClient(remote, buf[:n], confidential)
+			}
+			if len(act.Out) > 0 {
+				l.traceProxy(remote, act.Out)
+			}
 			buf = buf[n:]
 			if len(act.Out) > 0 {
 				if err := send(act.Out); err != nil {

@@ -150,6 +150,7 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 			m: telemetry.ForServer(string(srv.Protocol), srv.Section)}
 		s.gauges(l)
 		dialer := upstream.NewDialer(srv, opts.RootCAs, opts.DialTimeout)
+		dialer.Trace = l.traceUpstream
 		learn := func(u *upstream.Conn) { l.learn(u) }
 		l.up = &upstream.Side{Srv: srv, Dialer: dialer, Gates: s.gates, Linger: s.linger, Learn: learn,
 			POP3InitialResponse: opts.POP3InitialResponse,

@@ -277,7 +277,14 @@ func (s *session) process() gnet.Action {
 		return err
 	}
 	for {
+		confidential := s.m.Confidential()
 		n, act := s.m.Next(buf[used:])
+		if n > 0 {
+			s.l.traceClient(s.remote, buf[used:used+n], confidential)
+		}
+		if len(act.Out) > 0 {
+			s.l.traceProxy(s.remote, act.Out)
+		}
 		used += n
 		if act.Kind != protocol.NeedMore {
 			// Only a whole command counts as activity: a client that

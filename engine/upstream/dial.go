@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -26,7 +27,10 @@ type Conn struct {
 	Greeting []byte
 	Caps     []string
 	// release gives back the mailbox slot an authenticated session holds.
-	release   func()
+	release func()
+	// trace, if set, sees every line of the exchange before the relay
+	// (dir "proxy->server" or "server->proxy"), secrets already redacted.
+	trace     func(dir, line string)
 	closeOnce sync.Once
 }
 
@@ -53,6 +57,8 @@ func (u *Conn) Close() error {
 
 // Dialer opens upstream connections for one server section.
 type Dialer struct {
+	// Trace, if set, is given to every connection (see Conn.trace).
+	Trace   func(dir, line string)
 	srv     *config.Server
 	tls     *tls.Config
 	timeout time.Duration // dial + handshake + greeting
@@ -97,7 +103,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		raw.SetDeadline(dl)
 	}
-	u := &Conn{br: bufio.NewReaderSize(raw, 4096)}
+	u := &Conn{br: bufio.NewReaderSize(raw, 4096), trace: d.Trace}
 	if d.srv.ServerStartTLS {
 		if err := u.startTLS(dialectOf(d.srv.Protocol), raw); err != nil {
 			raw.Close()
@@ -173,7 +179,33 @@ func (u *Conn) readLine() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return trimCRLF(line), nil
+	line = trimCRLF(line)
+	if u.trace != nil {
+		u.trace("server->proxy", string(line))
+	}
+	return line, nil
+}
+
+// send writes b to w (the TLS connection, or the socket before STARTTLS)
+// and traces it; a secret from byte secretAt on (-1: none) is redacted in
+// the trace.
+func (u *Conn) send(w io.Writer, b []byte, secretAt int) error {
+	_, err := w.Write(b)
+	if u.trace != nil {
+		line := string(trimCRLFString(b))
+		if secretAt >= 0 && secretAt <= len(line) {
+			line = line[:secretAt] + "[redacted]"
+		}
+		u.trace("proxy->server", line)
+	}
+	return err
+}
+
+func trimCRLFString(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
 }
 
 func trimCRLF(b []byte) []byte {

@@ -17,7 +17,7 @@ import (
 
 // expectIMAPOK sends a command and waits for its tagged OK.
 func (u *Conn) expectIMAPOK(w io.Writer, cmd, tag string) error {
-	if _, err := w.Write([]byte(cmd)); err != nil {
+	if err := u.send(w, []byte(cmd), -1); err != nil {
 		return err
 	}
 	for i := 0; i < maxAuthLines; i++ {
@@ -37,7 +37,7 @@ func (u *Conn) expectIMAPOK(w io.Writer, cmd, tag string) error {
 
 func (u *Conn) imapCapability() error {
 	u.Caps = nil
-	if _, err := u.TLS.Write([]byte("C0 CAPABILITY\r\n")); err != nil {
+	if err := u.send(u.TLS, []byte("C0 CAPABILITY\r\n"), -1); err != nil {
 		return err
 	}
 	for {
@@ -71,7 +71,11 @@ func (u *Conn) authIMAP(tag, user, token string, saslIR bool) ([]byte, error) {
 		cmd = append(cmd, ir...)
 	}
 	cmd = append(cmd, "\r\n"...)
-	if _, err := u.TLS.Write(cmd); err != nil {
+	secretAt := -1
+	if saslIR {
+		secretAt = len(tag) + len(" AUTHENTICATE XOAUTH2 ")
+	}
+	if err := u.send(u.TLS, cmd, secretAt); err != nil {
 		return nil, err
 	}
 	sentIR := saslIR
@@ -85,13 +89,13 @@ func (u *Conn) authIMAP(tag, user, token string, saslIR bool) ([]byte, error) {
 		switch {
 		case st == imap.Continuation && !sentIR:
 			sentIR = true
-			if _, err := u.TLS.Write(append(ir, '\r', '\n')); err != nil {
+			if err := u.send(u.TLS, append(ir, '\r', '\n'), 0); err != nil {
 				return nil, err
 			}
 		case st == imap.Continuation:
 			// A SASL error challenge (base64 JSON, as Gmail and Exchange send):
 			// answer with an empty response to get the final result.
-			if _, err := u.TLS.Write([]byte("\r\n")); err != nil {
+			if err := u.send(u.TLS, []byte("\r\n"), -1); err != nil {
 				return nil, err
 			}
 		case st == imap.Untagged && len(line) >= 5 && strings.EqualFold(string(line[:5]), "* BYE"):

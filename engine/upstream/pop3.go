@@ -15,7 +15,7 @@ import (
 // popCapa reads CAPA; a server without CAPA leaves caps empty.
 func (u *Conn) popCapa() error {
 	u.Caps = nil
-	if _, err := u.TLS.Write([]byte("CAPA\r\n")); err != nil {
+	if err := u.send(u.TLS, []byte("CAPA\r\n"), -1); err != nil {
 		return err
 	}
 	line, err := u.readLine()
@@ -46,7 +46,11 @@ func (u *Conn) authPOP(user, token string, initialResponse bool) ([]byte, error)
 	if initialResponse {
 		cmd = append(append([]byte("AUTH XOAUTH2 "), sasl.XOAUTH2(user, token)...), '\r', '\n')
 	}
-	if _, err := u.TLS.Write(cmd); err != nil {
+	secretAt := -1
+	if initialResponse {
+		secretAt = len("AUTH XOAUTH2 ")
+	}
+	if err := u.send(u.TLS, cmd, secretAt); err != nil {
 		return nil, err
 	}
 	sent := initialResponse
@@ -67,14 +71,14 @@ func (u *Conn) authPOP(user, token string, initialResponse bool) ([]byte, error)
 			return nil, &RefusedError{Text: strings.TrimSpace(s[4:])}
 		case strings.HasPrefix(s, "+") && !sent:
 			sent = true
-			if _, err := u.TLS.Write(append(sasl.XOAUTH2(user, token), '\r', '\n')); err != nil {
+			if err := u.send(u.TLS, append(sasl.XOAUTH2(user, token), '\r', '\n'), 0); err != nil {
 				return nil, err
 			}
 		case strings.HasPrefix(s, "+"):
 			// A SASL error challenge: cancel (RFC 5034 §4), which every
 			// server must answer with -ERR at once; some wait for more
 			// than an empty line.
-			if _, err := u.TLS.Write([]byte("*\r\n")); err != nil {
+			if err := u.send(u.TLS, []byte("*\r\n"), -1); err != nil {
 				return nil, err
 			}
 		default:
@@ -90,7 +94,7 @@ func (popDialect) upgrade(u *Conn, raw net.Conn, greeting []byte) error {
 	if !strings.HasPrefix(string(greeting), "+OK") {
 		return fmt.Errorf("unexpected greeting %q", truncate(greeting))
 	}
-	if _, err := raw.Write([]byte("STLS\r\n")); err != nil {
+	if err := u.send(raw, []byte("STLS\r\n"), -1); err != nil {
 		return err
 	}
 	line, err := u.readLine()

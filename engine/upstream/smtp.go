@@ -4,6 +4,7 @@ package upstream
 // OAUTHBEARER.
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -29,7 +30,7 @@ func (u *Conn) smtpGreetingFrom(line []byte) error {
 // smtpCommand sends cmd and reads a reply that must have code want; it
 // returns the text of each line.
 func (u *Conn) smtpCommand(w io.Writer, cmd string, want int) ([]string, error) {
-	if _, err := w.Write([]byte(cmd)); err != nil {
+	if err := u.send(w, []byte(cmd), -1); err != nil {
 		return nil, err
 	}
 	line, err := u.readLine()
@@ -83,7 +84,7 @@ func (u *Conn) authSMTP(host string, port int, user, token string) ([]byte, erro
 		cmd = append([]byte("AUTH OAUTHBEARER "), sasl.OAUTHBEARER(user, host, port, token)...)
 		cancel = "AQ==\r\n" // RFC 7628: a lone %x01 ends a failed exchange
 	}
-	if _, err := u.TLS.Write(append(cmd, '\r', '\n')); err != nil {
+	if err := u.send(u.TLS, append(cmd, '\r', '\n'), bytes.IndexByte(cmd[len("AUTH "):], ' ')+len("AUTH ")+1); err != nil {
 		return nil, err
 	}
 	for i := 0; i < maxAuthLines; i++ {
@@ -97,7 +98,7 @@ func (u *Conn) authSMTP(host string, port int, user, token string) ([]byte, erro
 			return nil, fmt.Errorf("unexpected reply %q", truncate(line))
 		case code == 334:
 			// A SASL error challenge: answer it to get the final reply.
-			if _, err := u.TLS.Write([]byte(cancel)); err != nil {
+			if err := u.send(u.TLS, []byte(cancel), -1); err != nil {
 				return nil, err
 			}
 		case code == 235:

@@ -292,3 +292,10 @@ func (m *Machine) bye(text string) protocol.Action {
 
 // star is the tag of untagged answers.
 var star = []byte("*")
+
+// Confidential reports whether the next input holds credentials (a login
+// literal, the rest of its command line, or a SASL response): a trace
+// must not show it.
+func (m *Machine) Confidential() bool {
+	return m.st == stLiteral || m.st == stContinue || m.st == stSASL
+}

@@ -290,3 +290,7 @@ func ProxyGreeting(greeting []byte) []byte {
 	}
 	return append(append([]byte{}, g...), "\r\n"...)
 }
+
+// Confidential reports whether the next input is a SASL response (it
+// holds credentials): a trace must not show it.
+func (m *Machine) Confidential() bool { return m.st == stSASL }

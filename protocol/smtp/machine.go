@@ -323,3 +323,9 @@ func AuthMechanisms(caps []string) []string {
 	}
 	return mechs
 }
+
+// Confidential reports whether the next input answers an AUTH challenge
+// (it holds credentials): a trace must not show it.
+func (m *Machine) Confidential() bool {
+	return m.st == stAuthPlain || m.st == stAuthUser || m.st == stAuthPass
+}

@@ -48,7 +48,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.configFile, "config-file", defaultConfigFile(), "configuration file")
 	fs.StringVar(&f.cacheStore, "cache-store", "", "keep cached tokens in this INI file instead of the configuration file")
 	fs.StringVar(&f.logFile, "log-file", "", "log to this file, rotated at 32 MiB with 10 backups (default: stderr)")
-	fs.BoolVar(&f.debug, "debug", false, "debug logging (SIGUSR1 toggles it); secrets are never logged")
+	fs.BoolVar(&f.debug, "debug", false, "debug logging, with a protocol trace of every line before the relay on both sides (passwords, tokens and SASL data redacted); SIGUSR1 toggles it")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.BoolVar(&f.checkConfig, "check-config", false, "check the configuration file (sections, ports, accounts and flows, certificate and key files), print what it holds, and exit: 0 if it is usable, else 1")
 	fs.BoolVar(&f.demo, "demo", false, "start a mock mail provider and a proxy in front of it, and print how to try it")
