@@ -89,21 +89,13 @@ func installService(flags []string) error {
 
 func uninstallService() error {
 	stopService() // not running is fine
-	m, err := mgr.Connect()
-	if err != nil {
-		return err
-	}
-	defer m.Disconnect()
-	s, err := m.OpenService(serviceName)
-	if err != nil {
-		return errors.New("not installed")
-	}
-	defer s.Close()
-	if err := s.Delete(); err != nil {
-		return err
-	}
-	eventlog.Remove(serviceName)
-	return nil
+	return controlService(func(s *mgr.Service) error {
+		if err := s.Delete(); err != nil {
+			return err
+		}
+		eventlog.Remove(serviceName)
+		return nil
+	})
 }
 
 func controlService(f func(*mgr.Service) error) error {

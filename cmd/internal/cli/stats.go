@@ -54,13 +54,7 @@ func serveStats(addr string, srv *engine.Server) (stop func(), err error) {
 		json.NewEncoder(w).Encode(map[string]any{"heap_inuse": m.HeapInuse, "stack_inuse": m.StackInuse,
 			"goroutines": runtime.NumGoroutine()})
 	})
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go hs.Serve(ln)
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		hs.Shutdown(ctx)
-	}, nil
+	return serveHTTP(ln, mux), nil
 }
 
 // current is the server the published expvar reports on (expvar names
@@ -89,11 +83,16 @@ func serveMetrics(addr string, provider *auth.Provider) (stop func(), err error)
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	return serveHTTP(ln, mux), nil
+}
+
+// serveHTTP serves mux on ln until the returned stop is called.
+func serveHTTP(ln net.Listener, mux *http.ServeMux) (stop func()) {
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go hs.Serve(ln)
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		hs.Shutdown(ctx)
-	}, nil
+	}
 }
