@@ -49,7 +49,7 @@ func (p *Provider) Authorise(ctx context.Context, user, password string, pr Prom
 		tok, err = p.deviceFlow(ctx, a, pr)
 	default:
 		a.mu.Lock()
-		if p.cfg.Global.UseLoginPasswordAsClientCredentialsSecret && a.cfg.Get("client_secret") == "" {
+		if p.config().Global.UseLoginPasswordAsClientCredentialsSecret && a.cfg.Get("client_secret") == "" {
 			a.secret = password
 		}
 		a.mu.Unlock()

@@ -99,7 +99,7 @@ func (p *Provider) authorize(ctx context.Context, user, password, client string)
 	if a.flow == "password" {
 		a.loginPassword = password
 	}
-	if a.secret == "" && p.cfg.Global.UseLoginPasswordAsClientCredentialsSecret && a.flow == "client_credentials" &&
+	if a.secret == "" && p.config().Global.UseLoginPasswordAsClientCredentialsSecret && a.flow == "client_credentials" &&
 		a.cfg.Get("client_secret") == "" && a.cached["client_secret_encrypted"] == "" {
 		a.secret = password // emailproxy.py #271: the login password is the client secret
 	}

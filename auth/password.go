@@ -81,7 +81,7 @@ func (p *Provider) checkPassword(ctx context.Context, a *account, password strin
 		}
 	}
 	if probe == "" {
-		if p.cfg.Global.EnrolledAccountsOnly {
+		if p.config().Global.EnrolledAccountsOnly {
 			return loginErr(false, nil, "account %s is not enrolled: run `emailproxy authorise %s` first (enrolled_accounts_only)", a.name, a.name)
 		}
 		return nil
@@ -104,7 +104,7 @@ func (p *Provider) checkPassword(ctx context.Context, a *account, password strin
 		return loginErr(true, err, "login failed for account %s: the password check did not finish in time", a.name)
 	}
 	if err != nil {
-		if p.cfg.Global.DeleteAccountTokenOnPasswordError && !a.appOnly() {
+		if p.config().Global.DeleteAccountTokenOnPasswordError && !a.appOnly() {
 			p.log.Warn().Str("account", a.name).Msg("password does not decrypt the cached tokens; deleting them (delete_account_token_on_password_error)")
 			p.forget(a, true)
 			return nil

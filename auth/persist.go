@@ -25,10 +25,10 @@ func (p *Provider) persist(a *account, withKeys bool) {
 	switch {
 	case a.secret != "" && a.cached["client_secret_encrypted"] != "":
 		set["client_secret_encrypted"] = a.ring.encrypt([]byte(a.secret))
-	case plainSecret != "" && p.cfg.Global.EncryptClientSecretOnFirstUse && a.unattended():
+	case plainSecret != "" && p.config().Global.EncryptClientSecretOnFirstUse && a.unattended():
 		set["client_secret_encrypted"] = a.ring.encrypt([]byte(plainSecret))
 		a.secret = plainSecret
-		if _, own := p.cfg.File.Section(a.name).Get("client_secret"); own && p.opts.StoreIsConfig {
+		if _, own := p.config().File.Section(a.name).Get("client_secret"); own && p.opts.StoreIsConfig {
 			// encrypt_client_secret_on_first_use: the plaintext leaves the
 			// account's own section (an inherited one stays; see README).
 			del = append(del, "client_secret")

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -65,7 +66,7 @@ type Options struct {
 
 // Provider hands out access tokens for logins and keeps them fresh.
 type Provider struct {
-	cfg    *config.Config
+	cfg    atomic.Pointer[config.Config] // swapped by Reload
 	opts   Options
 	log    zerolog.Logger
 	verify verifier
@@ -146,8 +147,9 @@ func NewProvider(cfg *config.Config, opts Options) *Provider {
 	if opts.InteractiveTimeout <= 0 {
 		opts.InteractiveTimeout = 10 * time.Minute
 	}
-	p := &Provider{cfg: cfg, opts: opts, log: opts.Logger, verify: newVerifier(), accounts: map[string]*account{},
+	p := &Provider{opts: opts, log: opts.Logger, verify: newVerifier(), accounts: map[string]*account{},
 		limit: newLimiter(opts.LockoutBase), kdf: make(chan struct{}, opts.MaxDerivations)}
+	p.cfg.Store(cfg)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	cache, err := opts.Store.Load()
 	if err != nil {
@@ -161,11 +163,11 @@ func NewProvider(cfg *config.Config, opts Options) *Provider {
 // and has no usable cached token, so that the first login does not wait
 // for the identity provider.
 func (p *Provider) Start() {
-	for _, s := range p.cfg.File.Sections {
+	for _, s := range p.config().File.Sections {
 		if !strings.Contains(s.Name, "@") || strings.HasPrefix(s.Name, "@") {
 			continue
 		}
-		acct, err := p.cfg.Account(s.Name)
+		acct, err := p.config().Account(s.Name)
 		if err != nil {
 			continue
 		}
@@ -180,7 +182,8 @@ func (p *Provider) Start() {
 			continue
 		}
 		a.mu.Lock()
-		if p.canFetchLocked(a) && !p.cachedTokenValidLocked(a) {
+		held := a.tok != nil && time.Until(a.tok.Expiry) > a.usableLeft() // after a reload
+		if p.canFetchLocked(a) && !p.cachedTokenValidLocked(a) && !held {
 			p.startFetchLocked(a)
 		}
 		a.mu.Unlock()
@@ -216,7 +219,7 @@ func (p *Provider) account(name string) (*account, *LoginError) {
 	if a, ok := p.accounts[name]; ok {
 		return a, nil
 	}
-	acct, err := p.cfg.Account(name)
+	acct, err := p.config().Account(name)
 	if err != nil {
 		return nil, loginErr(false, err, "%s", err.Error()) // wraps config.ErrNoAccount
 	}
@@ -239,6 +242,12 @@ func (p *Provider) account(name string) (*account, *LoginError) {
 	}
 	p.accounts[name] = a
 	telemetry.Gauge(fmt.Sprintf(`emailproxy_token_expiry_seconds{account=%q}`, name), func() float64 {
+		p.mu.Lock()
+		a := p.accounts[name] // the current state: a reload may replace it
+		p.mu.Unlock()
+		if a == nil {
+			return 0
+		}
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		if a.tok == nil {
@@ -298,4 +307,51 @@ func (p *Provider) NotReady() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// config is the configuration in force.
+func (p *Provider) config() *config.Config { return p.cfg.Load() }
+
+// tokenKeys are the keys whose change makes an account's tokens another
+// account's: the tokens in memory are dropped when one changes.
+var tokenKeys = []string{"token_url", "oauth2_scope", "oauth2_flow", "permission_url", "client_id", "client_secret",
+	"client_secret_encrypted", "redirect_uri", "oauth2_resource", "jwt_certificate_path", "jwt_key_path"}
+
+// Reload takes a new configuration (SIGHUP). Accounts added apply from
+// the next login (and those that need no user are fetched now); removed
+// ones are forgotten; changed ones start again from the token store (what
+// is held in memory is dropped, what the store holds is read again);
+// unchanged ones keep their tokens.
+func (p *Provider) Reload(cfg *config.Config) {
+	cache, err := p.opts.Store.Load()
+	if err != nil {
+		p.log.Error().Err(err).Msg("cannot read the token cache; keeping the one read before")
+	}
+	p.mu.Lock()
+	p.cfg.Store(cfg)
+	if err == nil {
+		p.cache = cache
+	}
+	for name, a := range p.accounts {
+		next, err := cfg.Account(name)
+		same := err == nil
+		for _, k := range tokenKeys {
+			if same && a.cfg.Get(k) != next.Get(k) {
+				same = false
+			}
+		}
+		a.mu.Lock()
+		if same {
+			a.cfg = next
+		} else if a.timer != nil {
+			a.timer.Stop()
+		}
+		a.mu.Unlock()
+		if !same {
+			delete(p.accounts, name)
+			p.log.Info().Str("account", name).Msg("account changed or removed by the reload: its tokens in memory are dropped")
+		}
+	}
+	p.mu.Unlock()
+	p.Start()
 }

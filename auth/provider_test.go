@@ -441,3 +441,50 @@ func TestUnknownAccountsLookLikeWrongPasswords(t *testing.T) {
 		t.Fatalf("the address's own account: %v", err)
 	}
 }
+
+// A reload keeps the tokens of unchanged accounts, drops those of changed
+// ones (fetched again), forgets removed ones and fetches added ones.
+func TestReload(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	section := func(name, scope string) string {
+		return fmt.Sprintf("[%s]\ntoken_url = %s\noauth2_scope = %s\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\n", name, ts.URL, scope)
+	}
+	parse := func(text string) *config.Config {
+		f, err := config.Parse(strings.NewReader(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.FromFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	p := NewProvider(parse(section("keep@x", "s")+section("change@x", "s")+section("drop@x", "s")), Options{})
+	defer p.Close()
+	ctx := context.Background()
+	kept, _ := p.authorize(ctx, "keep@x", "pw", "")
+	changed, _ := p.authorize(ctx, "change@x", "pw", "")
+	if _, err := p.authorize(ctx, "drop@x", "pw", ""); err != nil {
+		t.Fatal(err)
+	}
+	before := ts.requests.Load()
+	p.Reload(parse(section("keep@x", "s") + section("change@x", "s2") + section("new@x", "s")))
+	for deadline := time.Now().Add(5 * time.Second); ts.requests.Load() < before+1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the added account was not fetched at the reload")
+		}
+	}
+	if tok, err := p.authorize(ctx, "keep@x", "pw", ""); err != nil || tok != kept {
+		t.Fatalf("unchanged account: %q %v (had %q)", tok, err, kept)
+	}
+	if tok, err := p.authorize(ctx, "change@x", "pw", ""); err != nil || tok == changed {
+		t.Fatalf("changed account kept its token: %q %v", tok, err)
+	}
+	if _, err := p.authorize(ctx, "drop@x", "pw", ""); !errors.Is(err, ErrUnknownAccount) {
+		t.Fatalf("removed account: %v", err)
+	}
+	if _, err := p.authorize(ctx, "new@x", "pw", ""); err != nil {
+		t.Fatalf("added account: %v", err)
+	}
+}

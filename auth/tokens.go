@@ -61,7 +61,7 @@ func (p *Provider) canFetchLocked(a *account) bool {
 	}
 	// A public client needs no secret, unless the secret is encrypted or
 	// is the login password.
-	return a.cached["client_secret_encrypted"] == "" && !p.cfg.Global.UseLoginPasswordAsClientCredentialsSecret
+	return a.cached["client_secret_encrypted"] == "" && !p.config().Global.UseLoginPasswordAsClientCredentialsSecret
 }
 
 func (p *Provider) cachedTokenValidLocked(a *account) bool {

@@ -28,11 +28,11 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
 		port = a.Port
 	}
-	l := s.listeners[port]
+	l := s.listener(port)
 	if l == nil {
 		return nil, gnet.Close
 	}
-	if s.draining.Load() {
+	if s.draining.Load() || l.removed.Load() {
 		return l.d.shutdownBye, gnet.Close
 	}
 	sess := newSession(s, l, c)

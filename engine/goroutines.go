@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"time"
 
@@ -20,25 +21,30 @@ import (
 // SendTimeout fails, and the idle timeout runs from the last whole
 // command.
 
-// accept serves ln's connections until the server stops.
-func (s *Server) accept(l *listener, ln net.Listener) {
+// accept serves ln's connections until the server stops (or a reload
+// removes its section); each goes to the section on port now.
+func (s *Server) accept(port int, ln net.Listener) {
 	defer s.wg.Done()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if s.ctx.Err() != nil {
-				return
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return // stopping, draining, or the section was removed
 			}
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
 				continue
 			}
-			l.log.Error().Err(err).Msg("accept failed")
+			s.log.Error().Err(err).Int("port", port).Msg("accept failed")
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		if !s.track(c, l) {
+		l := s.listener(port)
+		if l == nil || l.removed.Load() || !s.track(c, l) {
 			c.Close()
-			return
+			if s.ctx.Err() != nil {
+				return
+			}
+			continue
 		}
 		s.wg.Add(1)
 		go s.serveConn(l, c)

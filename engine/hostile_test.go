@@ -11,12 +11,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
@@ -441,5 +443,52 @@ func testDrain(t *testing.T, fe string) {
 	<-drained
 	if st := env.srv.Stats(); st.Relays != 0 || st.PreLogin != 0 {
 		t.Fatalf("after the drain: %+v", st)
+	}
+}
+
+// A reload: a removed section stops serving, an added one starts, an
+// unchanged one goes on, and sessions already relayed are not touched.
+func TestReloadServerSections(t *testing.T) { eachFrontEnd(t, testReloadServerSections) }
+
+func testReloadServerSections(t *testing.T, fe string) {
+	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe}})
+	pop := popLogin(t, env.popAddr, testAccount, "pw")
+	text, err := os.ReadFile(env.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPort := portOfAddr(t, env.imapAddr)
+	newPort := freePort(t)
+	moved := strings.Replace(string(text), fmt.Sprintf("[IMAP-%d]", oldPort), fmt.Sprintf("[IMAP-%d]", newPort), 1)
+	os.WriteFile(env.cfg.Path, []byte(moved), 0o600)
+	cfg, err := config.Load(env.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.srv.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	// The removed section: refused, or (on gnet) turned away.
+	if c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second); err == nil {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if !strings.HasPrefix(got, "* BYE") {
+			t.Fatalf("removed section: %q", got)
+		}
+	}
+	// The added one serves.
+	r, l := imapLogin(t, fmt.Sprintf("127.0.0.1:%d", newPort), testAccount, "pw")
+	if !strings.HasPrefix(l, "L1 OK") {
+		t.Fatalf("added section: %q", l)
+	}
+	r.send("Q LOGOUT\r\n")
+	r.until("Q ")
+	// The unchanged one, and its session, go on.
+	pop.ok("NOOP")
+	pop.ok("QUIT")
+	popLogin(t, env.popAddr, testAccount, "pw").ok("QUIT")
+	if err := env.srv.Reload(&config.Config{File: cfg.File}); err == nil {
+		t.Fatal("a configuration without servers was taken")
 	}
 }

@@ -45,7 +45,7 @@ func (l *listener) setupTLS() error {
 // listener whose files fail to load keeps its current certificate.
 func (s *Server) ReloadCertificates() error {
 	var first error
-	for _, l := range s.listeners {
+	for _, l := range s.listenerList() {
 		if l.certs == nil {
 			continue
 		}

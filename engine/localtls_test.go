@@ -292,7 +292,7 @@ func popOver(t *testing.T, c net.Conn) *popClient {
 // skips the full handshake.
 func TestUpstreamTLSResumption(t *testing.T) {
 	env := startEnv(t, envOptions{})
-	d := env.srv.listeners[portOfAddr(t, env.imapAddr)].up.Dialer
+	d := env.srv.listener(portOfAddr(t, env.imapAddr)).up.Dialer
 	for i, want := range []bool{false, true} {
 		u, err := d.Dial(t.Context())
 		if err != nil {

@@ -33,7 +33,8 @@ type Server struct {
 	opts     Options
 	log      zerolog.Logger
 
-	listeners map[int]*listener // by local port (unique across sections)
+	lsn  atomic.Pointer[map[int]*listener] // by local port (unique across sections); replaced whole by Reload
+	life upstream.Life
 
 	eng    gnet.Engine
 	booted chan struct{}
@@ -44,7 +45,8 @@ type Server struct {
 	wg     sync.WaitGroup // login, profile and relay goroutines
 
 	gnetStarted bool
-	tlsLns      []net.Listener
+	lnMu        sync.Mutex
+	tlsLns      []net.Listener // the goroutine front end's listeners
 	// gnet clients, for the idle sweep: an intrusive list, so that
 	// tracking a connection allocates nothing.
 	sessMu    sync.Mutex
@@ -77,6 +79,11 @@ type listener struct {
 
 	// Connections of this section, for the metrics.
 	preLogin, sessions atomic.Int64
+	// ln is the section's listener on the goroutine front end (nil: on
+	// gnet); removed: a reload took the section away (gnet cannot stop
+	// listening on one port, so newcomers there are turned away).
+	ln      net.Listener
+	removed atomic.Bool
 
 	// Local TLS (nil tlsCfg: plaintext; served by Options.FrontEnd).
 	certs    *certStore
@@ -127,16 +134,42 @@ func (l *listener) learn(u *upstream.Conn) *profile {
 	return l.prof
 }
 
+// newListener prepares a server section: its dialect, its upstream side
+// and its metrics.
+func (s *Server) newListener(srv *config.Server) *listener {
+	l := &listener{srv: srv, d: dialectOf(srv.Protocol), log: s.opts.Logger.With().Str("server", srv.Section).Logger(),
+		m: telemetry.ForServer(string(srv.Protocol), srv.Section)}
+	s.gauges(srv.LocalPort, srv.Section)
+	dialer := upstream.NewDialer(srv, s.opts.RootCAs, s.opts.DialTimeout)
+	dialer.Trace = l.traceUpstream
+	learn := func(u *upstream.Conn) { l.learn(u) }
+	l.up = &upstream.Side{Srv: srv, Dialer: dialer, Gates: s.gates, Linger: s.linger, Learn: learn,
+		POP3InitialResponse: s.opts.POP3InitialResponse,
+		Pool:                upstream.NewPool(s.life, dialer.Dial, learn, l.log, max(s.opts.WarmConnections, 0), s.opts.WarmMaxAge)}
+	return l
+}
+
+// listener is the section served on port now (nil: none).
+func (s *Server) listener(port int) *listener { return (*s.lsn.Load())[port] }
+
+// listenerList is every section served now.
+func (s *Server) listenerList() []*listener {
+	var out []*listener
+	for _, l := range *s.lsn.Load() {
+		out = append(out, l)
+	}
+	return out
+}
+
 // New prepares a proxy for cfg's servers; Start binds them.
 func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 	opts.defaults()
 	s := &Server{
 		cfg: cfg, provider: provider, opts: opts, log: opts.Logger,
-		listeners: map[int]*listener{},
-		booted:    make(chan struct{}),
-		done:      make(chan error, 1),
-		relays:    map[*relay]struct{}{},
-		conns:     map[net.Conn]*listener{},
+		booted: make(chan struct{}),
+		done:   make(chan error, 1),
+		relays: map[*relay]struct{}{},
+		conns:  map[net.Conn]*listener{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	life := upstream.Life{Ctx: s.ctx, WG: &s.wg}
@@ -145,30 +178,24 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 		s.linger = upstream.NewLinger(life, opts.IMAPSessionReuse)
 		s.gates.Evict = s.linger.Evict
 	}
+	s.life = life
+	m := map[int]*listener{}
 	for _, srv := range cfg.Servers {
-		l := &listener{srv: srv, d: dialectOf(srv.Protocol), log: opts.Logger.With().Str("server", srv.Section).Logger(),
-			m: telemetry.ForServer(string(srv.Protocol), srv.Section)}
-		s.gauges(l)
-		dialer := upstream.NewDialer(srv, opts.RootCAs, opts.DialTimeout)
-		dialer.Trace = l.traceUpstream
-		learn := func(u *upstream.Conn) { l.learn(u) }
-		l.up = &upstream.Side{Srv: srv, Dialer: dialer, Gates: s.gates, Linger: s.linger, Learn: learn,
-			POP3InitialResponse: opts.POP3InitialResponse,
-			Pool:                upstream.NewPool(life, dialer.Dial, learn, l.log, max(opts.WarmConnections, 0), opts.WarmMaxAge)}
-		s.listeners[srv.LocalPort] = l
+		m[srv.LocalPort] = s.newListener(srv)
 	}
+	s.lsn.Store(&m)
 	return s
 }
 
 // Start binds every listener and returns once they accept connections, or
 // with the first error (a certificate that does not load, a port in use).
 func (s *Server) Start() error {
-	if len(s.listeners) == 0 {
+	if len(*s.lsn.Load()) == 0 {
 		return errors.New("no server sections to serve: add an [IMAP-port], [POP-port] or [SMTP-port] section")
 	}
 	var addrs []string
 	for _, srv := range s.cfg.Servers {
-		l := s.listeners[srv.LocalPort]
+		l := s.listener(srv.LocalPort)
 		if err := l.setupTLS(); err != nil {
 			s.closeTLSListeners()
 			return err
@@ -190,9 +217,7 @@ func (s *Server) Start() error {
 			s.closeTLSListeners()
 			return fmt.Errorf("cannot listen on %s for [%s] (is the proxy already running?): %s", srv.ListenAddr(), srv.Section, upstream.ShortNetErr(err))
 		}
-		s.tlsLns = append(s.tlsLns, ln)
-		s.wg.Add(1)
-		go s.accept(l, ln)
+		s.serveOnGoroutines(l, ln)
 	}
 	if len(addrs) > 0 {
 		go func() {
@@ -224,7 +249,7 @@ func (s *Server) Start() error {
 	s.wg.Add(1)
 	go s.sweepIdleRelays()
 	for _, srv := range s.cfg.Servers {
-		l := s.listeners[srv.LocalPort]
+		l := s.listener(srv.LocalPort)
 		mode := "plaintext"
 		switch {
 		case l.tlsCfg != nil && l.startTLS:
@@ -243,9 +268,22 @@ func (s *Server) Start() error {
 }
 
 func (s *Server) closeTLSListeners() {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
 	for _, ln := range s.tlsLns {
 		ln.Close()
 	}
+}
+
+// serveOnGoroutines accepts l's connections from ln on the goroutine
+// front end.
+func (s *Server) serveOnGoroutines(l *listener, ln net.Listener) {
+	s.lnMu.Lock()
+	s.tlsLns = append(s.tlsLns, ln)
+	s.lnMu.Unlock()
+	l.ln = ln
+	s.wg.Add(1)
+	go s.accept(l.srv.LocalPort, ln)
 }
 
 // Done reports the event loop's end (after Stop, or on a fatal error).
@@ -294,15 +332,24 @@ func (s *Server) fetchProfile(l *listener) {
 	}
 }
 
-// gauges registers what the metrics read of a section at each scrape.
-func (s *Server) gauges(l *listener) {
-	name := func(metric string) string { return fmt.Sprintf(`%s{server=%q}`, metric, l.srv.Section) }
-	telemetry.Gauge(name("emailproxy_prelogin_connections"), func() float64 { return float64(l.preLogin.Load()) })
-	telemetry.Gauge(name("emailproxy_open_sessions"), func() float64 { return float64(l.sessions.Load()) })
-	pool := func(f func(upstream.PoolStats) int) func() float64 {
-		return func() float64 { st, _ := l.up.Pool.Snapshot(); return float64(f(st)) }
+// gauges registers what the metrics read of a section at each scrape;
+// they look the section up by port, as a reload may replace it.
+func (s *Server) gauges(port int, section string) {
+	name := func(metric string) string { return fmt.Sprintf(`%s{server=%q}`, metric, section) }
+	read := func(f func(l *listener) float64) func() float64 {
+		return func() float64 {
+			if l := s.listener(port); l != nil {
+				return f(l)
+			}
+			return 0
+		}
 	}
-	telemetry.Gauge(name("emailproxy_warm_pool_hits_total"), pool(func(st upstream.PoolStats) int { return st.Hits }))
-	telemetry.Gauge(name("emailproxy_warm_pool_misses_total"), pool(func(st upstream.PoolStats) int { return st.Misses }))
-	telemetry.Gauge(name("emailproxy_warm_pool_idle"), func() float64 { _, idle := l.up.Pool.Snapshot(); return float64(idle) })
+	telemetry.Gauge(name("emailproxy_prelogin_connections"), read(func(l *listener) float64 { return float64(l.preLogin.Load()) }))
+	telemetry.Gauge(name("emailproxy_open_sessions"), read(func(l *listener) float64 { return float64(l.sessions.Load()) }))
+	pool := func(f func(upstream.PoolStats, int) int) func() float64 {
+		return read(func(l *listener) float64 { st, idle := l.up.Pool.Snapshot(); return float64(f(st, idle)) })
+	}
+	telemetry.Gauge(name("emailproxy_warm_pool_hits_total"), pool(func(st upstream.PoolStats, _ int) int { return st.Hits }))
+	telemetry.Gauge(name("emailproxy_warm_pool_misses_total"), pool(func(st upstream.PoolStats, _ int) int { return st.Misses }))
+	telemetry.Gauge(name("emailproxy_warm_pool_idle"), pool(func(_ upstream.PoolStats, idle int) int { return idle }))
 }

@@ -30,7 +30,7 @@ func popLogin(t *testing.T, addr, user, pass string) *popClient {
 }
 
 func (e *proxyEnv) listenerFor(addr string) *listener {
-	for _, l := range e.srv.listeners {
+	for _, l := range e.srv.listenerList() {
 		if l.srv.ListenAddr() == addr {
 			return l
 		}

@@ -25,7 +25,7 @@ func (s *Server) Stats() Stats {
 	st.PreLogin += len(s.conns) // the goroutine front end's
 	st.Relays = len(s.relays)
 	s.relayMu.Unlock()
-	for _, l := range s.listeners {
+	for _, l := range s.listenerList() {
 		ps, idle := l.up.Pool.Snapshot()
 		st.Warm[l.srv.Section] = WarmStats{Idle: idle, Hits: ps.Hits, Misses: ps.Misses, Expired: ps.Expired, Dialed: ps.Dialed}
 	}

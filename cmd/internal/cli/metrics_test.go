@@ -9,11 +9,29 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
 )
+
+// Go reads SSL_CERT_FILE once per process: every mock of these tests
+// signs with the same CA.
+var (
+	caOnce   sync.Once
+	sharedCA *mock.CA
+)
+
+func testCA(t *testing.T) *mock.CA {
+	caOnce.Do(func() {
+		var err error
+		if sharedCA, err = mock.NewCA("cli test CA"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	return sharedCA
+}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -40,7 +58,7 @@ func get(t *testing.T, url string) (int, string) {
 // served, and /metrics counts logins by protocol, section and result,
 // with no client address in any label.
 func TestMetricsAndHealth(t *testing.T) {
-	up, err := mock.Start(mock.Options{ClientID: "cid", ClientSecret: "sec", Scope: "s",
+	up, err := mock.Start(mock.Options{ClientID: "cid", ClientSecret: "sec", Scope: "s", CA: testCA(t),
 		Mailboxes: map[string][]mock.Message{"a@x": {{UID: "1", Body: []byte("Subject: hi\r\n\r\nhi\r\n")}}}})
 	if err != nil {
 		t.Fatal(err)
@@ -135,4 +153,72 @@ client_secret = sec
 	if t.Failed() {
 		t.Log(body)
 	}
+}
+
+// A reload request applies a changed file, and a file that does not
+// parse leaves the running configuration in place, with the line in the
+// log.
+func TestReloadKeepsRunningOnABadFile(t *testing.T) {
+	up, err := mock.Start(mock.Options{ClientID: "cid", ClientSecret: "sec", Scope: "s", CA: testCA(t),
+		Mailboxes: map[string][]mock.Message{"a@x": {{UID: "1", Body: []byte("Subject: hi\r\n\r\nhi\r\n")}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	os.WriteFile(ca, up.CA.PEM, 0o600)
+	t.Setenv("SSL_CERT_FILE", ca)
+	_, upPort, _ := net.SplitHostPort(up.POPAddr)
+	section := func(addr string) string {
+		_, port, _ := net.SplitHostPort(addr)
+		return fmt.Sprintf("[POP-%s]\nserver_address = localhost\nserver_port = %s\nlocal_address = 127.0.0.1\n\n", port, upPort)
+	}
+	account := fmt.Sprintf("[a@x]\ntoken_url = %s\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = cid\nclient_secret = sec\n", up.TokenURL)
+	first, second := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "emailproxy.config")
+	os.WriteFile(cfg, []byte(section(first)+account), 0o600)
+	var logs lockedBuffer
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() { done <- Run([]string{"--config-file", cfg, "--drain-timeout", "1s"}, io.Discard, &logs, stop) }()
+	defer func() { close(stop); <-done }()
+	pop := func(addr string) error {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		br.ReadString('\n')
+		fmt.Fprint(c, "USER a@x\r\nPASS pw\r\n")
+		br.ReadString('\n')
+		l, _ := br.ReadString('\n')
+		if !strings.HasPrefix(l, "+OK") {
+			return fmt.Errorf("login: %q", l)
+		}
+		return nil
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for end := time.Now().Add(10 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("timed out waiting for %s\n%s", what, logs.String())
+			}
+		}
+	}
+	waitFor("the first section", func() bool { return pop(first) == nil })
+	os.WriteFile(cfg, []byte("this is not INI\n"), 0o600)
+	reloads <- struct{}{}
+	waitFor("the failed reload's log line", func() bool { return strings.Contains(logs.String(), "reload failed") })
+	if !strings.Contains(logs.String(), "line 1") {
+		t.Fatalf("the log does not name the line:\n%s", logs.String())
+	}
+	if err := pop(first); err != nil {
+		t.Fatalf("after a bad file: %v", err)
+	}
+	os.WriteFile(cfg, []byte(section(second)+account), 0o600)
+	reloads <- struct{}{}
+	waitFor("the added section", func() bool { return pop(second) == nil })
 }

@@ -161,6 +161,22 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	signal.Notify(sigs, append([]os.Signal{syscall.SIGINT, syscall.SIGTERM}, extraSignals...)...)
 	defer signal.Stop(sigs)
 	code := 0
+	// reload applies the whole configuration file again: servers and
+	// accounts added, changed or removed; a file that does not load
+	// leaves the running configuration in place.
+	reload := func(why string) {
+		next, err := config.Load(fl.configFile)
+		if err == nil {
+			err = srv.Reload(next)
+		}
+		if err != nil {
+			log.Error().Str("error", err.Error()).Str("reason", why).Msg("reload failed; the running configuration stays in place")
+			return
+		}
+		provider.Reload(next)
+		srv.ReloadCertificates()
+		log.Info().Str("reason", why).Int("servers", len(next.Servers)).Msg("configuration reloaded")
+	}
 	var drained chan struct{} // closed when a drain has finished; nil: none begun
 	drain := func(why string) {
 		if drained != nil {
@@ -184,9 +200,7 @@ loop:
 			case sig == debugSignal:
 				toggleDebug(log)
 			case sig == reloadSignal:
-				// Certificates are reloaded in place; sessions are kept.
-				log.Info().Msg("SIGHUP: reloading local certificates (other configuration changes need a restart)")
-				srv.ReloadCertificates()
+				reload(sig.String())
 			case drained != nil:
 				log.Info().Str("signal", sig.String()).Msg("second signal: stopping at once")
 				break loop
@@ -194,8 +208,7 @@ loop:
 				drain(sig.String())
 			}
 		case <-reloads: // the Windows service's parameter-change control
-			log.Info().Msg("reload requested: reloading local certificates (other configuration changes need a restart)")
-			srv.ReloadCertificates()
+			reload("parameter change")
 		case <-stop:
 			drain("stop requested")
 			stop = nil

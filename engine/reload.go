@@ -1,0 +1,82 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/engine/upstream"
+)
+
+// Reload applies a new configuration's server sections (SIGHUP): sections
+// that did not change go on as they are, with their sessions; a changed
+// section serves its new settings to the next clients (sessions already
+// relayed go on); an added section starts listening (on the goroutine
+// front end: a running gnet engine cannot take a new port); a removed
+// one stops (on gnet, where a port cannot be closed alone, newcomers are
+// turned away with a goodbye). On an error nothing changes.
+func (s *Server) Reload(cfg *config.Config) error {
+	if len(cfg.Servers) == 0 {
+		return errors.New("the new configuration has no server sections; keeping the running one")
+	}
+	old := *s.lsn.Load()
+	next := map[int]*listener{}
+	var added []*listener
+	for _, srv := range cfg.Servers {
+		ol := old[srv.LocalPort]
+		if ol != nil && !ol.removed.Load() && *ol.srv == *srv {
+			next[srv.LocalPort] = ol
+			continue
+		}
+		nl := s.newListener(srv)
+		if err := nl.setupTLS(); err != nil {
+			s.closeAll(added)
+			return err
+		}
+		switch {
+		case ol != nil && ol.ln != nil: // on goroutines: its accept loop serves the new one
+			nl.ln = ol.ln
+		case ol != nil && nl.tlsCfg != nil:
+			s.closeAll(added)
+			return fmt.Errorf("[%s]: moving a port from plaintext to local TLS needs a restart", srv.Section)
+		case ol != nil: // on gnet: the loop looks the port's section up for each client
+		default:
+			ln, err := net.Listen("tcp", srv.ListenAddr())
+			if err != nil {
+				s.closeAll(added)
+				return fmt.Errorf("cannot listen on %s for [%s]: %s", srv.ListenAddr(), srv.Section, upstream.ShortNetErr(err))
+			}
+			nl.ln = ln
+			added = append(added, nl)
+		}
+		next[srv.LocalPort] = nl
+	}
+	var closing []net.Listener
+	for port, ol := range old {
+		if _, kept := next[port]; kept {
+			continue
+		}
+		ol.removed.Store(true)
+		if ol.ln != nil {
+			closing = append(closing, ol.ln)
+		} else {
+			next[port] = ol // gnet keeps the port: turn newcomers away
+		}
+	}
+	s.lsn.Store(&next)
+	for _, l := range added {
+		s.serveOnGoroutines(l, l.ln)
+		l.log.Info().Str("listen", l.srv.ListenAddr()).Msg("listening (added by a reload)")
+	}
+	for _, ln := range closing {
+		ln.Close()
+	}
+	return nil
+}
+
+func (s *Server) closeAll(ls []*listener) {
+	for _, l := range ls {
+		l.ln.Close()
+	}
+}
