@@ -60,7 +60,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 	fs.IntVar(&f.relayBuffer, "relay-buffer", 16<<10, "buffer per direction of an authenticated session, in bytes")
 	fs.DurationVar(&f.loginTimeout, "login-timeout", 30*time.Second, "longest time one login may take (token, upstream connection, XOAUTH2)")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", 10*time.Second, "longest time to connect, do TLS and read the greeting upstream")
-	fs.DurationVar(&f.idleTimeout, "idle-timeout", 10*time.Minute, "disconnect a client that sends nothing for this long before logging in")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", 10*time.Minute, "disconnect a client that completes no command for this long before logging in")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM (or a service stop), how long authenticated sessions may go on before they are closed; a second signal stops at once")
 	fs.DurationVar(&f.sendTimeout, "send-timeout", 60*time.Second, "end a session whose client (or server) accepts no data for this long, e.g. a client that stops reading mid-download")
 	fs.DurationVar(&f.imapIdle, "imap-idle-timeout", 30*time.Minute, "close an authenticated IMAP session with no traffic either way for this long (RFC 9051's minimum: 30m)")
