@@ -492,3 +492,21 @@ func testReloadServerSections(t *testing.T, fe string) {
 		t.Fatal("a configuration without servers was taken")
 	}
 }
+
+// A client that hangs up while the server sits on its login frees the
+// mailbox slot at once: the next login of the mailbox does not wait for
+// the first one's timeout.
+func TestHangUpDuringStalledLoginFreesTheSlot(t *testing.T) {
+	env := startEnv(t, envOptions{mailboxCap: 1, engine: Options{MailboxLimit: 1, LoginTimeout: time.Minute, WarmConnections: -1}})
+	env.up.SetUserFault(testAccount, mock.StallLogin)
+	c := dialPOP(t, env.popAddr)
+	c.ok("USER %s", testAccount)
+	c.send("PASS pw")
+	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv.ServerAddress, testAccount)
+	waitFor(t, "the stalled login to hold the slot", func() bool { held, _ := env.srv.gates.Held(key); return held == 1 })
+	c.c.Close()
+	env.up.SetUserFault(testAccount, mock.NoFault)
+	waitFor(t, "the slot to be free", func() bool { held, _ := env.srv.gates.Held(key); return held == 0 })
+	p := popLogin(t, env.popAddr, testAccount, "pw") // well within the one-minute login timeout
+	p.ok("QUIT")
+}

@@ -87,8 +87,11 @@ func errorChallenge() []byte {
 // maxRecorded bounds the XOAUTH2 responses kept for XOAUTH2Received.
 const maxRecorded = 1000
 
-// errResetLogin: the fault ResetLogin applies.
-var errResetLogin = errors.New("connection reset (fault)")
+// errResetLogin, errStallLogin: the faults ResetLogin and StallLogin apply.
+var (
+	errResetLogin = errors.New("connection reset (fault)")
+	errStallLogin = errors.New("stalled (fault)")
+)
 
 // checkXOAUTH2 validates a decoded XOAUTH2 response and records it.
 func (up *Upstream) checkXOAUTH2(raw []byte) (string, error) {
@@ -105,8 +108,11 @@ func (up *Upstream) checkXOAUTH2(raw []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if fault == ResetLogin {
+	switch fault {
+	case ResetLogin:
 		return "", errResetLogin
+	case StallLogin:
+		return "", errStallLogin
 	}
 	if reject || fault == RefuseToken || !known || !up.Authority.Valid(token) {
 		return "", errors.New("invalid token or mailbox")

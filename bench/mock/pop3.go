@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -110,6 +111,11 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 				}
 				if errors.Is(err, errResetLogin) {
 					resetConn(c)
+					return
+				}
+				if errors.Is(err, errStallLogin) {
+					c.SetReadDeadline(time.Time{})
+					io.Copy(io.Discard, c) // until the proxy gives up on it
 					return
 				}
 				if err != nil {

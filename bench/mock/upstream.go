@@ -280,6 +280,7 @@ const (
 	NoFault     Fault = iota
 	RefuseToken       // every token is refused
 	ResetLogin        // POP3: the connection is reset when the token arrives (IMAP, SMTP: refused)
+	StallLogin        // POP3: no answer to the token until the connection closes (IMAP, SMTP: refused)
 )
 
 // SetUserFault makes the servers treat user's logins with f.

@@ -99,7 +99,14 @@ func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
 		if dl, ok := ctx.Deadline(); ok {
 			u.TLS.SetDeadline(dl)
 		}
+		// A login whose client has gone (or the proxy stopping) ends its
+		// exchange at once rather than waiting for the server's answer,
+		// and gives its mailbox slot back.
+		unhook := context.AfterFunc(ctx, func() { u.TLS.SetDeadline(time.Now()) })
 		reply, err := u.Authenticate(s.Srv, req.Tag, req.User, req.Token, s.POP3InitialResponse)
+		if !unhook() && err == nil {
+			err = ctx.Err() // cancelled just as the answer came: the client is gone
+		}
 		if err == nil {
 			u.TLS.SetDeadline(time.Time{})
 			held = false
