@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
 	"strconv"
@@ -28,8 +29,14 @@ type Server struct {
 	ServerPort     int
 	ServerStartTLS bool
 	LocalStartTLS  bool
-	LocalCertPath  string
-	LocalKeyPath   string
+	// ProxyProtocol: clients come through a TCP balancer that sends a
+	// PROXY protocol header first (proxy_protocol), accepted only from
+	// ProxyFrom (proxy_protocol_from: addresses or networks, comma
+	// separated; default the loopback ones).
+	ProxyProtocol bool
+	ProxyFrom     string
+	LocalCertPath string
+	LocalKeyPath  string
 }
 
 // ListenAddr is the host:port the local listener binds.
@@ -166,6 +173,16 @@ func parseServer(f *File, name string, proto Protocol, portText string) (*Server
 	if srv.LocalStartTLS, err = boolKey(f, name, "local_starttls", false); err != nil {
 		return nil, err
 	}
+	if srv.ProxyProtocol, err = boolKey(f, name, "proxy_protocol", false); err != nil {
+		return nil, err
+	}
+	srv.ProxyFrom = "127.0.0.0/8, ::1/128"
+	if v, ok := f.Lookup(name, "proxy_protocol_from"); ok && strings.TrimSpace(v) != "" {
+		srv.ProxyFrom = v
+	}
+	if _, err := srv.ProxySources(); err != nil {
+		return nil, fmt.Errorf("[%s]: proxy_protocol_from: %w", name, err)
+	}
 	srv.LocalCertPath, _ = f.Lookup(name, "local_certificate_path")
 	srv.LocalKeyPath, _ = f.Lookup(name, "local_key_path")
 	if srv.LocalStartTLS && (srv.LocalCertPath == "" || srv.LocalKeyPath == "") {
@@ -195,4 +212,41 @@ func boolKey(f *File, section, key string, def bool) (bool, error) {
 		return false, fmt.Errorf("[%s] %s: %w", section, key, err)
 	}
 	return b, nil
+}
+
+// ProxySources are the networks a PROXY protocol header is accepted from.
+func (s *Server) ProxySources() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, part := range strings.Split(s.ProxyFrom, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if !strings.Contains(part, "/") {
+			a, err := netip.ParseAddr(part)
+			if err != nil {
+				return nil, fmt.Errorf("%q is neither an address nor a network", part)
+			}
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(part)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither an address nor a network", part)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// ProxyAllowed reports whether a PROXY protocol header may come from addr.
+func (s *Server) ProxyAllowed(addr netip.Addr) bool {
+	nets, _ := s.ProxySources()
+	addr = addr.Unmap()
+	for _, n := range nets {
+		if n.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }

@@ -35,12 +35,29 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if s.draining.Load() || l.removed.Load() {
 		return l.d.shutdownBye, gnet.Close
 	}
+	if l.srv.ProxyProtocol {
+		if a, ok := c.RemoteAddr().(*net.TCPAddr); !ok || !l.srv.ProxyAllowed(a.AddrPort().Addr()) {
+			l.log.Warn().Str("peer", c.RemoteAddr().String()).Msg("PROXY protocol header refused: not from proxy_protocol_from; closing without a greeting")
+			return nil, gnet.Close
+		}
+	}
 	sess := newSession(s, l, c)
 	l.preLogin.Add(1)
 	c.SetContext(sess)
 	s.addSession(sess)
+	if l.srv.ProxyProtocol {
+		sess.phase = phProxy // greeted once the header has told the client's address
+		return nil, gnet.None
+	}
 	sess.logOpen()
-	prof := l.profileOr(s, func(p *profile) {
+	return sess.startGreeting(), gnet.None
+}
+
+// startGreeting returns the greeting if the upstream's profile is known;
+// else it asks for the profile and the session is greeted from OnTraffic.
+func (sess *session) startGreeting() []byte {
+	sess.phase = phGreeting
+	prof := sess.l.profileOr(sess.srv, func(p *profile) {
 		sess.post(func(ps *pending) {
 			if p != nil {
 				ps.profile = p
@@ -50,9 +67,9 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		})
 	})
 	if prof == nil {
-		return nil, gnet.None // greeted from OnTraffic once the profile is known
+		return nil
 	}
-	return sess.greet(prof), gnet.None
+	return sess.greet(prof)
 }
 
 // OnTraffic implements gnet.EventHandler.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol"
+	"github.com/emailproxy/emailproxy/protocol/proxyproto"
 	"github.com/emailproxy/emailproxy/telemetry"
 )
 
@@ -77,7 +78,16 @@ func (s *Server) untrack(c net.Conn) {
 // a relay.
 func (s *Server) serveConn(l *listener, raw net.Conn) {
 	defer s.wg.Done()
+	tracked := raw // as accept tracked it, for Stop and Drain
 	remote := raw.RemoteAddr().String()
+	if l.srv.ProxyProtocol {
+		var ok bool
+		if raw, remote, ok = s.readProxyHeader(l, raw); !ok {
+			s.untrack(tracked)
+			raw.Close()
+			return
+		}
+	}
 	log := l.log.With().Str("client", remote).Logger()
 	opened := time.Now()
 	implicitTLS := l.tlsCfg != nil && !l.startTLS
@@ -86,7 +96,7 @@ func (s *Server) serveConn(l *listener, raw net.Conn) {
 	handedOff := false
 	reason := "closed"
 	defer func() {
-		s.untrack(raw)
+		s.untrack(tracked)
 		if !handedOff {
 			c.Close()
 			log.Info().Str("reason", reason).Dur("duration_ms", time.Since(opened)).Msg("connection closed")
@@ -199,4 +209,55 @@ func (s *Server) serveConn(l *listener, raw net.Conn) {
 			return
 		}
 	}
+}
+
+// readProxyHeader reads the PROXY protocol header a balancer sends before
+// anything else (and before TLS) on a goroutine-served connection, within
+// the dial timeout. It returns the connection to go on with (holding what
+// came after the header) and the client's address.
+func (s *Server) readProxyHeader(l *listener, raw net.Conn) (net.Conn, string, bool) {
+	peer := raw.RemoteAddr().String()
+	if a, ok := raw.RemoteAddr().(*net.TCPAddr); !ok || !l.srv.ProxyAllowed(a.AddrPort().Addr()) {
+		l.log.Warn().Str("peer", peer).Msg("PROXY protocol header refused: not from proxy_protocol_from; closing without a greeting")
+		return raw, peer, false
+	}
+	raw.SetReadDeadline(time.Now().Add(s.opts.DialTimeout))
+	defer raw.SetReadDeadline(time.Time{})
+	buf := make([]byte, 0, 256)
+	chunk := make([]byte, 256)
+	for len(buf) <= proxyproto.MaxHeader {
+		n, src, done, err := proxyproto.Parse(buf)
+		if err != nil {
+			break
+		}
+		if done {
+			remote := peer
+			if src.IsValid() {
+				remote = src.String()
+			}
+			return &prefixConn{Conn: raw, pre: buf[n:]}, remote, true
+		}
+		m, rerr := raw.Read(chunk)
+		buf = append(buf, chunk[:m]...)
+		if rerr != nil && m == 0 {
+			break
+		}
+	}
+	l.log.Warn().Str("peer", peer).Msg("no valid PROXY protocol header; closing without a greeting")
+	return raw, peer, false
+}
+
+// prefixConn is a connection whose first bytes were already read.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
 }

@@ -510,3 +510,73 @@ func TestHangUpDuringStalledLoginFreesTheSlot(t *testing.T) {
 	p := popLogin(t, env.popAddr, testAccount, "pw") // well within the one-minute login timeout
 	p.ok("QUIT")
 }
+
+// proxyClient connects through a pretend balancer: header, then POP3.
+func proxyClient(t *testing.T, addr string, header []byte) (*popClient, string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write(header)
+	p := &popClient{t: t, c: c, br: bufio.NewReader(c)}
+	g, err := p.br.ReadString('\n')
+	if err != nil {
+		return p, ""
+	}
+	return p, g
+}
+
+// Behind a TCP balancer: the PROXY protocol header names the client, for
+// the logs and the per-address limits; a connection without a valid header
+// or from elsewhere than proxy_protocol_from is closed without a greeting.
+func TestProxyProtocol(t *testing.T) { eachFrontEnd(t, testProxyProtocol) }
+
+func testProxyProtocol(t *testing.T, fe string) {
+	pop := func(up *mock.Upstream) string { return up.POPAddr }
+	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe}, servers: []serverSpec{
+		{name: "pp", proto: "POP", upstream: pop, keys: "proxy_protocol = True"},
+		{name: "elsewhere", proto: "POP", upstream: pop, keys: "proxy_protocol = True\nproxy_protocol_from = 10.0.0.0/8"}}})
+	v1 := func(src string) []byte { return []byte("PROXY TCP4 " + src + " 127.0.0.1 40000 995\r\n") }
+	p, g := proxyClient(t, env.addrs["pp"], v1("203.0.113.7"))
+	if !strings.HasPrefix(g, "+OK") {
+		t.Fatalf("greeting after a v1 header: %q", g)
+	}
+	p.ok("USER %s", testAccount)
+	p.ok("PASS pw")
+	p.ok("STAT")
+	p.ok("QUIT")
+	if !strings.Contains(env.logs.String(), `"client":"203.0.113.7:40000"`) {
+		t.Fatal("the log does not name the client the header gave")
+	}
+	v2 := append([]byte("\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c"), 198, 51, 100, 9, 127, 0, 0, 1, 0x9c, 0x40, 0x03, 0xe3)
+	if p, g := proxyClient(t, env.addrs["pp"], v2); !strings.HasPrefix(g, "+OK") {
+		t.Fatalf("greeting after a v2 header: %q", g)
+	} else {
+		p.ok("QUIT")
+	}
+	// The limits count the header's address: five wrong passwords lock
+	// 203.0.113.7 out, not 198.51.100.9 (the balancer's own address is
+	// the same for both).
+	for range 5 {
+		p, _ := proxyClient(t, env.addrs["pp"], v1("203.0.113.7"))
+		p.ok("USER %s", testAccount)
+		p.cmd("PASS wrong")
+	}
+	p, _ = proxyClient(t, env.addrs["pp"], v1("203.0.113.7"))
+	p.ok("USER %s", testAccount)
+	if got := p.cmd("PASS pw"); !strings.Contains(got, "too many") {
+		t.Fatalf("the header's address is not held back: %q", got)
+	}
+	p, _ = proxyClient(t, env.addrs["pp"], v2)
+	p.ok("USER %s", testAccount)
+	p.ok("PASS pw")
+	if _, g := proxyClient(t, env.addrs["pp"], []byte("USER x\r\n")); g != "" {
+		t.Fatalf("no header: greeted %q", g)
+	}
+	if _, g := proxyClient(t, env.addrs["elsewhere"], v1("203.0.113.7")); g != "" {
+		t.Fatalf("a header from outside proxy_protocol_from: greeted %q", g)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol"
+	"github.com/emailproxy/emailproxy/protocol/proxyproto"
 	"github.com/emailproxy/emailproxy/telemetry"
 )
 
@@ -22,6 +23,7 @@ type phase uint8
 
 const (
 	phGreeting phase = iota // waiting for the upstream's greeting to be known
+	phProxy                 // waiting for the PROXY protocol header
 	phPreLogin              // the state machine reads client commands
 	phLogin                 // a login runs off the loop
 	phHandoff               // logged in; waiting for gnet to send what it holds for the client
@@ -155,6 +157,11 @@ func (s *session) onTraffic() gnet.Action {
 	p := s.take()
 	if p.poll {
 		s.polling = false
+	}
+	if s.phase == phProxy {
+		if act, done := s.readProxyHeader(); done {
+			return act
+		}
 	}
 	if s.phase == phGreeting {
 		switch {
@@ -435,4 +442,33 @@ func (s *session) onClose(err error) {
 		ev = ev.Str("error", err.Error())
 	}
 	ev.Str("client", s.remote).Dur("duration_ms", time.Duration(time.Now().UnixNano()-s.start)).Msg("connection closed")
+}
+
+// readProxyHeader reads the PROXY protocol header a balancer sends first;
+// once it is whole the client's address is the one it names, and the
+// client is greeted. done: act is what to return.
+func (s *session) readProxyHeader() (act gnet.Action, done bool) {
+	buf, _ := s.c.Peek(-1)
+	n, src, whole, err := proxyproto.Parse(buf)
+	switch {
+	case err != nil:
+		s.l.log.Warn().Str("peer", s.remote).Msg("no valid PROXY protocol header; closing without a greeting")
+		return gnet.Close, true
+	case !whole:
+		if len(buf) > proxyproto.MaxHeader {
+			return gnet.Close, true
+		}
+		return gnet.None, true
+	}
+	s.c.Discard(n)
+	if src.IsValid() {
+		s.remote = src.String()
+	}
+	s.logOpen()
+	if g := s.startGreeting(); g != nil {
+		if _, err := s.c.Write(g); err != nil {
+			return gnet.Close, true
+		}
+	}
+	return gnet.None, false
 }
