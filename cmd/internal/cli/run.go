@@ -78,12 +78,22 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 		fmt.Fprintln(stderr, "emailproxy:", err)
 		return 1
 	}
-	store, storeIsConfig := &auth.FileStore{Path: cfg.Path}, true
-	if fl.cacheStore != "" {
-		if strings.HasPrefix(fl.cacheStore, "aws:") {
-			fmt.Fprintln(stderr, "emailproxy: --cache-store aws:... (AWS Secrets Manager) is not supported by this version; use a file path")
+	var store auth.Store = &auth.FileStore{Path: cfg.Path}
+	storeIsConfig := true
+	switch {
+	case fl.cacheStore == "":
+	case strings.HasPrefix(fl.cacheStore, "aws:"):
+		fmt.Fprintln(stderr, "emailproxy: --cache-store aws:... (AWS Secrets Manager) is not supported by this version; use a file path or redis://")
+		return 1
+	case strings.HasPrefix(fl.cacheStore, "redis://") || strings.HasPrefix(fl.cacheStore, "rediss://"):
+		rs, err := auth.NewRedisStore(fl.cacheStore)
+		if err != nil {
+			fmt.Fprintln(stderr, "emailproxy:", err)
 			return 1
 		}
+		defer rs.Close()
+		store, storeIsConfig = rs, false
+	default:
 		store, storeIsConfig = &auth.FileStore{Path: fl.cacheStore}, false
 	}
 	// A login to an interactive account without tokens can start its

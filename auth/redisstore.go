@@ -1,0 +1,101 @@
+package auth
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisStore keeps the cached keys in Redis (--cache-store redis://... or
+// rediss://... for TLS), one hash per account, the values encrypted
+// exactly as in the file: what Redis holds is no more usable than the
+// file would be. Every call is bounded by a short timeout, so a Redis that
+// is down or slow costs a login at most that; the provider then goes on
+// with what it holds in memory.
+type RedisStore struct {
+	client  *redis.Client
+	prefix  string
+	timeout time.Duration
+	where   string // the URL without its password, for messages
+}
+
+// NewRedisStore connects lazily to the Redis at rawURL
+// (redis://[user:pass@]host:port/db).
+func NewRedisStore(rawURL string) (*RedisStore, error) {
+	opt, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("--cache-store: %s", redactURL(rawURL))
+	}
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = time.Second, time.Second, time.Second
+	opt.MaxRetries = 1
+	return &RedisStore{client: redis.NewClient(opt), prefix: "emailproxy:account:", timeout: 2 * time.Second,
+		where: redactURL(rawURL)}, nil
+}
+
+// redactURL is u without a password.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(an unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// Load reads every account's cached keys.
+func (s *RedisStore) Load() (map[string]map[string]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	out := map[string]map[string]string{}
+	iter := s.client.Scan(ctx, 0, s.prefix+"*", 100).Iterator()
+	for iter.Next(ctx) {
+		key := iter.Val()
+		vals, err := s.client.HGetAll(ctx, key).Result()
+		if err != nil {
+			return nil, s.fail(err)
+		}
+		kept := map[string]string{}
+		for _, k := range CachedKeys {
+			if v, ok := vals[k]; ok {
+				kept[k] = v
+			}
+		}
+		if len(kept) > 0 {
+			out[strings.TrimPrefix(key, s.prefix)] = kept
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return nil, s.fail(err)
+	}
+	return out, nil
+}
+
+// Save sets and deletes some cached keys of one account, at once.
+func (s *RedisStore) Save(account string, set map[string]string, del []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	key := s.prefix + account
+	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		if len(set) > 0 {
+			p.HSet(ctx, key, set)
+		}
+		if len(del) > 0 {
+			p.HDel(ctx, key, del...)
+		}
+		return nil
+	})
+	if err != nil {
+		return s.fail(err)
+	}
+	return nil
+}
+
+// Close ends the connections.
+func (s *RedisStore) Close() error { return s.client.Close() }
+
+func (s *RedisStore) fail(err error) error {
+	return fmt.Errorf("token cache in Redis at %s: %v", s.where, err)
+}
