@@ -219,7 +219,7 @@ func (p *Provider) reject(user, token string) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.tok != nil && a.tok.AccessToken == token {
-		a.tok = nil
+		a.tok, a.refusedToken = nil, token
 		a.refused++
 		if p.canFetchLocked(a) {
 			p.startFetchLocked(a)

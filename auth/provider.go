@@ -111,6 +111,9 @@ type account struct {
 	// authorising: an interactive authorisation started by a login runs.
 	authorising bool
 	refused     int // tokens the upstream refused in a row (see Reject)
+	// refusedToken is the last token the upstream refused: never taken
+	// back from a shared store.
+	refusedToken string
 }
 
 // NewProvider builds a provider for cfg's accounts and loads cached tokens

@@ -93,6 +93,47 @@ func (s *RedisStore) Save(account string, set map[string]string, del []string) e
 	return nil
 }
 
+// LoadAccount reads one account's cached keys.
+func (s *RedisStore) LoadAccount(account string) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	vals, err := s.client.HGetAll(ctx, s.prefix+account).Result()
+	if err != nil {
+		return nil, s.fail(err)
+	}
+	return vals, nil
+}
+
+// unlockScript deletes the lock only if it still holds this proxy's
+// value: a lock that expired and was taken by another proxy stays its.
+var unlockScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`)
+
+// LockFetch takes the account's fetch lock (SET NX with an expiry),
+// trying again every 50 ms until ctx ends.
+func (s *RedisStore) LockFetch(ctx context.Context, account string, ttl time.Duration) (func(), error) {
+	key, value := "emailproxy:fetch-lock:"+account, newSalt()
+	for {
+		try, cancel := context.WithTimeout(ctx, s.timeout)
+		ok, err := s.client.SetNX(try, key, value, ttl).Result()
+		cancel()
+		if err != nil {
+			return nil, s.fail(err)
+		}
+		if ok {
+			return func() {
+				ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+				defer cancel()
+				unlockScript.Run(ctx, s.client, []string{key}, value)
+			}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("another proxy has held the token fetch lock of account %s for too long", account)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // Close ends the connections.
 func (s *RedisStore) Close() error { return s.client.Close() }
 

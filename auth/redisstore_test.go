@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 // startRedis runs a real redis-server (Debian's; .ci/run installs it) on a
@@ -95,4 +98,138 @@ func TestRedisDown(t *testing.T) {
 		t.Fatalf("login without Redis: %v", err)
 	}
 	p.confirm("a@x", "pw")
+}
+
+// sharedPair is two proxies (each with its own Redis connection, as two
+// processes would have) that have both unlocked account a@x, whose token
+// tok-1 one of them fetched and saved.
+func sharedPair(t *testing.T, ts *tokenServer, opts Options) (p1, p2 *Provider, stores []*RedisStore) {
+	t.Helper()
+	url := startRedis(t)
+	cfg := testConfig(t, ts.URL, "")
+	open := func() *RedisStore {
+		s, err := NewRedisStore(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		stores = append(stores, s)
+		return s
+	}
+	opts.Iterations = testIterations
+	first := open()
+	opts.Store = first
+	p0 := NewProvider(cfg, opts)
+	if _, err := p0.authorize(context.Background(), "a@x", "pw", ""); err != nil {
+		t.Fatal(err)
+	}
+	p0.confirm("a@x", "pw")
+	p0.Close()
+	for _, p := range []**Provider{&p1, &p2} {
+		opts.Store = open()
+		*p = NewProvider(cfg, opts)
+		t.Cleanup((*p).Close)
+		if tok, err := (*p).authorize(context.Background(), "a@x", "pw", ""); err != nil || tok != "tok-1" {
+			t.Fatalf("login on a second proxy: %q %v", tok, err)
+		}
+	}
+	return p1, p2, stores
+}
+
+// refuseAndWait reports tok refused by the upstream (which starts a
+// fetch) and waits for that fetch.
+func refuseAndWait(t *testing.T, p *Provider, tok string) string {
+	t.Helper()
+	p.reject("a@x", tok)
+	a, _ := p.account("a@x")
+	a.mu.Lock()
+	call := a.inflight
+	a.mu.Unlock()
+	if call != nil {
+		select {
+		case <-call.done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the fetch did not end")
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.tok == nil {
+		t.Fatal("no token after the fetch")
+	}
+	return a.tok.AccessToken
+}
+
+// Two proxies sharing Redis whose token the server refuses at once: one
+// asks the identity provider, the other takes its token from Redis.
+func TestSharedStoreOneFetchForAllProxies(t *testing.T) {
+	ts := newTokenServer(t, 200*time.Millisecond, 3600)
+	p1, p2, _ := sharedPair(t, ts, Options{})
+	n := ts.requests.Load()
+	got := make(chan string, 2)
+	for _, p := range []*Provider{p1, p2} {
+		go func() { got <- refuseAndWait(t, p, "tok-1") }()
+	}
+	a, b := <-got, <-got
+	if extra := ts.requests.Load() - n; extra != 1 || a != b || a == "tok-1" {
+		t.Fatalf("%d token requests for two proxies (want 1); tokens %q and %q (want the same new one)", extra, a, b)
+	}
+	if tok, err := p2.authorize(context.Background(), "a@x", "pw", ""); err != nil || tok != a {
+		t.Fatalf("login after the shared fetch: %q %v", tok, err)
+	}
+}
+
+// A lock left by a proxy that died holding it delays a fetch by the token
+// timeout at most: the proxy then fetches on its own.
+func TestSharedStoreStaleLock(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p1, _, stores := sharedPair(t, ts, Options{TokenTimeout: 300 * time.Millisecond})
+	if err := stores[0].client.Set(context.Background(), "emailproxy:fetch-lock:a@x", "dead", time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	n := ts.requests.Load()
+	degraded := telemetry.Set.GetOrCreateCounter(`emailproxy_shared_store_degraded_total{op="fetch_lock"}`)
+	before := degraded.Get()
+	if tok := refuseAndWait(t, p1, "tok-1"); tok == "tok-1" || ts.requests.Load() != n+1 {
+		t.Fatalf("token %q after %d requests, with the lock held elsewhere", tok, ts.requests.Load()-n)
+	}
+	if degraded.Get() != before+1 {
+		t.Fatalf("the fetch without the lock was not counted (%d -> %d)", before, degraded.Get())
+	}
+}
+
+// A refresh token another proxy rotated is taken even when the access
+// token in Redis is too old to use; one encrypted with another key is not.
+func TestSharedStoreRotatedRefreshToken(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p1, _, stores := sharedPair(t, ts, Options{})
+	a, _ := p1.account("a@x")
+	a.mu.Lock()
+	ring := a.ring
+	a.mu.Unlock()
+	other, err := deriveKey("another password", []byte("another salt 16b"), testIterations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := strconv.FormatInt(time.Now().Add(time.Minute).Unix(), 10) // inside the refresh margin
+	for _, c := range []struct {
+		refresh string
+		want    string
+	}{
+		{ring.encrypt([]byte("rotated-elsewhere")), "rotated-elsewhere"},
+		{keyring{other}.encrypt([]byte("not ours")), "rotated-elsewhere"},
+	} {
+		if err := stores[0].Save("a@x", map[string]string{"refresh_token": c.refresh, "access_token_expiry": old}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if tok := p1.adoptShared(a); tok != nil {
+			t.Fatalf("took an access token that expires within the margin: %v", tok.Expiry)
+		}
+		a.mu.Lock()
+		got := a.refresh
+		a.mu.Unlock()
+		if got != c.want {
+			t.Fatalf("refresh token %q, want %q", got, c.want)
+		}
+	}
 }

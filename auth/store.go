@@ -1,11 +1,13 @@
 package auth
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/emailproxy/emailproxy/config"
 )
@@ -89,3 +91,18 @@ type memoryStore struct{}
 
 func (memoryStore) Load() (map[string]map[string]string, error)    { return nil, nil }
 func (memoryStore) Save(string, map[string]string, []string) error { return nil }
+
+// SharedStore is a Store that several proxies share (Redis). Before a
+// proxy asks the identity provider for an account's token it takes the
+// account's fetch lock and reads the account's keys again: when another
+// proxy has just fetched (or rotated the refresh token), that result is
+// used instead, so one request serves every instance.
+type SharedStore interface {
+	Store
+	// LoadAccount reads one account's cached keys.
+	LoadAccount(account string) (map[string]string, error)
+	// LockFetch waits, until ctx ends, for the account's fetch lock. The
+	// lock expires by itself after ttl, so a proxy that dies holding it
+	// delays the others by ttl at most. unlock releases it if still held.
+	LockFetch(ctx context.Context, account string, ttl time.Duration) (unlock func(), err error)
+}

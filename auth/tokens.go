@@ -168,17 +168,30 @@ func (p *Provider) fetch(ctx context.Context, a *account) (*oauth2.Token, error)
 }
 
 func (p *Provider) runFetch(a *account, call *fetchCall) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.opts.TokenTimeout)
 	start := time.Now()
-	tok, err := p.fetch(ctx, a)
-	cancel()
+	// Several proxies sharing a store: one fetches, the others take its
+	// token. The lock is held until the new token is saved (the deferred
+	// release runs after persist).
+	release := p.lockShared(a)
+	defer release()
+	tok, adopted := p.adoptShared(a), true
+	var err error
+	if tok == nil {
+		adopted = false
+		ctx, cancel := context.WithTimeout(context.Background(), p.opts.TokenTimeout)
+		tok, err = p.fetch(ctx, a)
+		cancel()
+	}
 	if err == nil && (tok == nil || tok.AccessToken == "") {
 		err = errors.New("the token endpoint returned no access_token")
 	}
 
 	result := "ok"
-	if err != nil {
+	switch {
+	case err != nil:
 		result = "error"
+	case adopted:
+		result = "shared"
 	}
 	telemetry.TokenFetch(a.name, result)
 	a.mu.Lock()
@@ -221,12 +234,18 @@ func (p *Provider) runFetch(a *account, call *fetchCall) {
 	call.tok = tok
 	lifetime := time.Until(tok.Expiry)
 	a.usable = usableFor(lifetime)
+	msg := "access token obtained"
+	if adopted {
+		msg = "access token taken from the shared token cache (another proxy fetched it)"
+	}
 	p.log.Info().Str("account", a.name).Int64("expires_in_s", int64(lifetime/time.Second)).
-		Dur("took_ms", time.Since(start)).Msg("access token obtained")
+		Dur("took_ms", time.Since(start)).Msg(msg)
 	p.scheduleLocked(a, refreshDelay(lifetime, p.opts.RefreshMargin))
 	a.mu.Unlock()
 	close(call.done)
-	p.persist(a, false)
+	if !adopted {
+		p.persist(a, false)
+	}
 }
 
 // isClientRefused reports an answer that says the client (its ID, secret

@@ -91,3 +91,9 @@ func Gauge(name string, f func() float64) {
 
 // Write writes every metric in the Prometheus text format.
 func Write(w io.Writer) { Set.WritePrometheus(w) }
+
+// SharedStoreDegraded counts the times a shared token store (Redis) could
+// not be used and the proxy went on alone (op: fetch_lock or load).
+func SharedStoreDegraded(op string) {
+	Set.GetOrCreateCounter(fmt.Sprintf(`emailproxy_shared_store_degraded_total{op=%q}`, op)).Inc()
+}
