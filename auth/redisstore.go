@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 )
 
 // RedisStore keeps the cached keys in Redis (--cache-store redis://... or
@@ -21,6 +23,30 @@ type RedisStore struct {
 	prefix  string
 	timeout time.Duration
 	where   string // the URL without its password, for messages
+	// Logger says when Redis goes away and comes back.
+	Logger zerolog.Logger
+	// down is set while the last call to Redis failed: the proxy then
+	// serves from memory (degraded), until a call succeeds again.
+	down atomic.Bool
+}
+
+// Up reports whether the last call to Redis succeeded (true before any).
+func (s *RedisStore) Up() bool { return !s.down.Load() }
+
+// seen records the outcome of a call and logs the changes of state.
+func (s *RedisStore) seen(err error) error {
+	if err == nil {
+		if s.down.CompareAndSwap(true, false) {
+			s.Logger.Info().Str("redis", s.where).Msg("Redis is back: the token cache is shared again")
+		}
+		return nil
+	}
+	err = s.fail(err)
+	if s.down.CompareAndSwap(false, true) {
+		s.Logger.Error().Str("error", err.Error()).
+			Msg("Redis unavailable: serving from memory and fetching tokens alone until it is back")
+	}
+	return err
 }
 
 // NewRedisStore connects lazily to the Redis at rawURL
@@ -55,7 +81,7 @@ func (s *RedisStore) Load() (map[string]map[string]string, error) {
 		key := iter.Val()
 		vals, err := s.client.HGetAll(ctx, key).Result()
 		if err != nil {
-			return nil, s.fail(err)
+			return nil, s.seen(err)
 		}
 		kept := map[string]string{}
 		for _, k := range CachedKeys {
@@ -67,8 +93,8 @@ func (s *RedisStore) Load() (map[string]map[string]string, error) {
 			out[strings.TrimPrefix(key, s.prefix)] = kept
 		}
 	}
-	if err := iter.Err(); err != nil {
-		return nil, s.fail(err)
+	if err := s.seen(iter.Err()); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -87,10 +113,7 @@ func (s *RedisStore) Save(account string, set map[string]string, del []string) e
 		}
 		return nil
 	})
-	if err != nil {
-		return s.fail(err)
-	}
-	return nil
+	return s.seen(err)
 }
 
 // LoadAccount reads one account's cached keys.
@@ -98,8 +121,8 @@ func (s *RedisStore) LoadAccount(account string) (map[string]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
 	vals, err := s.client.HGetAll(ctx, s.prefix+account).Result()
-	if err != nil {
-		return nil, s.fail(err)
+	if err := s.seen(err); err != nil {
+		return nil, err
 	}
 	return vals, nil
 }
@@ -116,8 +139,8 @@ func (s *RedisStore) LockFetch(ctx context.Context, account string, ttl time.Dur
 		try, cancel := context.WithTimeout(ctx, s.timeout)
 		ok, err := s.client.SetNX(try, key, value, ttl).Result()
 		cancel()
-		if err != nil {
-			return nil, s.fail(err)
+		if err := s.seen(err); err != nil {
+			return nil, err
 		}
 		if ok {
 			return func() {

@@ -7,8 +7,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/emailproxy/emailproxy/telemetry"
 )
@@ -16,17 +19,25 @@ import (
 // startRedis runs a real redis-server (Debian's; .ci/run installs it) on a
 // free 127.0.0.1 port, with nothing saved to disk.
 func startRedis(t *testing.T) string {
+	url, _ := startRedisOn(t, freeTCPPort(t))
+	return url
+}
+
+// startRedisOn starts redis-server on port and returns its URL and a
+// func that kills it (also done at the end of the test).
+func startRedisOn(t *testing.T, port int) (string, func()) {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatal("this test needs redis-server: apt-get install redis-server (bash .ci/run does)")
 	}
-	port := freeTCPPort(t)
 	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var once sync.Once
+	kill := func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) }
+	t.Cleanup(kill)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if c, err := net.Dial("tcp", addr); err == nil {
@@ -37,7 +48,7 @@ func startRedis(t *testing.T) string {
 			t.Fatal("redis-server did not start")
 		}
 	}
-	return "redis://" + addr + "/0"
+	return "redis://" + addr + "/0", kill
 }
 
 // Tokens cached in Redis are encrypted as in the file, and a new process
@@ -231,5 +242,66 @@ func TestSharedStoreRotatedRefreshToken(t *testing.T) {
 		if got != c.want {
 			t.Fatalf("refresh token %q, want %q", got, c.want)
 		}
+	}
+}
+
+// Redis killed mid-run: logins go on from memory, the store reports
+// itself down (and logs it once), and it is back in use as soon as Redis
+// answers again on the same address.
+func TestRedisKilledMidRun(t *testing.T) {
+	port := freeTCPPort(t)
+	url, kill := startRedisOn(t, port)
+	ts := newTokenServer(t, 0, 3600)
+	store, err := NewRedisStore(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var logged strings.Builder
+	store.Logger = zerolog.New(zerolog.SyncWriter(&logged))
+	p := NewProvider(testConfig(t, ts.URL, ""), Options{Store: store, Iterations: testIterations})
+	defer p.Close()
+	login := func() string {
+		t.Helper()
+		tok, err := p.authorize(context.Background(), "a@x", "pw", "")
+		if err != nil {
+			t.Fatalf("login: %v", err)
+		}
+		return tok
+	}
+	first := login()
+	p.confirm("a@x", "pw")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		// The key is derived and the token saved in the background.
+		if c, _ := store.LoadAccount("a@x"); c["access_token"] != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the token was not saved to Redis")
+		}
+	}
+	if !store.Up() {
+		t.Fatal("store down with Redis running")
+	}
+	kill()
+	a, _ := p.account("a@x")
+	if tok := refuseAndWait(t, p, first); tok == first || login() != tok {
+		t.Fatalf("no fresh token from memory with Redis down: %q", tok)
+	}
+	if store.Up() {
+		t.Fatal("store up with Redis killed")
+	}
+	startRedisOn(t, port)
+	p.persist(a, false) // the next save reaches the new Redis
+	if !store.Up() {
+		t.Fatal("store still down with Redis back")
+	}
+	cached, err := store.Load()
+	if err != nil || cached["a@x"]["access_token"] == "" {
+		t.Fatalf("nothing saved after Redis came back: %v %v", cached, err)
+	}
+	out := logged.String()
+	if strings.Count(out, "Redis unavailable") != 1 || strings.Count(out, "Redis is back") != 1 {
+		t.Fatalf("state changes logged: %s", out)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine"
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 // Run is the emailproxy command without the process exit: it returns the
@@ -92,6 +93,13 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 			return 1
 		}
 		defer rs.Close()
+		rs.Logger = log
+		telemetry.Gauge("emailproxy_shared_store_up", func() float64 {
+			if rs.Up() {
+				return 1
+			}
+			return 0
+		})
 		store, storeIsConfig = rs, false
 	default:
 		store, storeIsConfig = &auth.FileStore{Path: fl.cacheStore}, false
