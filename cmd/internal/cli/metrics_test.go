@@ -222,3 +222,37 @@ func TestReloadKeepsRunningOnABadFile(t *testing.T) {
 	reloads <- struct{}{}
 	waitFor("the added section", func() bool { return pop(second) == nil })
 }
+
+// --cache-store redis:// with Redis unreachable: the proxy starts, serves
+// from memory and exports the degraded state; the URL's password is in no
+// output.
+func TestSharedStoreDownAtStart(t *testing.T) {
+	imapAddr, metricsAddr, redisAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	_, imapPort, _ := net.SplitHostPort(imapAddr)
+	cfg := filepath.Join(t.TempDir(), "emailproxy.config")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[IMAP-%s]\nserver_address = localhost\nserver_port = 993\nlocal_address = 127.0.0.1\n", imapPort)), 0o600)
+	var logs strings.Builder
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		done <- Run([]string{"--config-file", cfg, "--metrics-addr", metricsAddr, "--drain-timeout", "1s",
+			"--cache-store", "redis://u:s3cret-pw@" + redisAddr + "/0"}, &logs, &logs, stop)
+	}()
+	var body string
+	for end := time.Now().Add(10 * time.Second); !strings.Contains(body, "emailproxy_shared_store_up 0"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("no degraded state in /metrics:\n%s", body)
+		}
+		_, body = get(t, "http://"+metricsAddr+"/metrics")
+	}
+	if c, err := net.Dial("tcp", imapAddr); err != nil {
+		t.Fatalf("the IMAP listener is not serving: %v", err)
+	} else {
+		c.Close()
+	}
+	close(stop)
+	<-done
+	if out := logs.String(); !strings.Contains(out, "Redis unavailable") || strings.Contains(out, "s3cret-pw") {
+		t.Fatalf("log:\n%s", out)
+	}
+}
