@@ -22,8 +22,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/emailproxy/emailproxy/config"
 )
 
 // verifyJWS checks an RS256 compact JWS against pub and returns its
@@ -64,15 +62,7 @@ func formServer(t *testing.T) (*httptest.Server, *atomic.Value) {
 }
 
 func providerFor(t *testing.T, src string) *Provider {
-	f, err := config.Parse(strings.NewReader(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.FromFile(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := NewProvider(cfg, Options{})
+	p := NewProvider(parseConfig(t, src), Options{})
 	t.Cleanup(p.Close)
 	return p
 }

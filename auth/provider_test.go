@@ -54,8 +54,13 @@ func newTokenServer(t *testing.T, delay time.Duration, lifetime int) *tokenServe
 
 func testConfig(t *testing.T, tokenURL, extra string) *config.Config {
 	t.Helper()
-	src := fmt.Sprintf("[IMAP-1993]\nserver_address = x\nserver_port = 993\n[a@x]\ntoken_url = %s\noauth2_scope = s1 s2\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\nredirect_uri = http://localhost\n%s", tokenURL, extra)
-	f, err := config.Parse(strings.NewReader(src))
+	return parseConfig(t, fmt.Sprintf("[IMAP-1993]\nserver_address = x\nserver_port = 993\n[a@x]\ntoken_url = %s\noauth2_scope = s1 s2\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\nredirect_uri = http://localhost\n%s", tokenURL, extra))
+}
+
+// parseConfig reads a configuration from text, failing the test on error.
+func parseConfig(t *testing.T, text string) *config.Config {
+	t.Helper()
+	f, err := config.Parse(strings.NewReader(text))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -449,18 +454,7 @@ func TestReload(t *testing.T) {
 	section := func(name, scope string) string {
 		return fmt.Sprintf("[%s]\ntoken_url = %s\noauth2_scope = %s\noauth2_flow = client_credentials\nclient_id = id\nclient_secret = sec\n", name, ts.URL, scope)
 	}
-	parse := func(text string) *config.Config {
-		f, err := config.Parse(strings.NewReader(text))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := config.FromFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cfg
-	}
-	p := NewProvider(parse(section("keep@x", "s")+section("change@x", "s")+section("drop@x", "s")), Options{})
+	p := NewProvider(parseConfig(t, section("keep@x", "s")+section("change@x", "s")+section("drop@x", "s")), Options{})
 	defer p.Close()
 	ctx := context.Background()
 	kept, _ := p.authorize(ctx, "keep@x", "pw", "")
@@ -469,7 +463,7 @@ func TestReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := ts.requests.Load()
-	p.Reload(parse(section("keep@x", "s") + section("change@x", "s2") + section("new@x", "s")))
+	p.Reload(parseConfig(t, section("keep@x", "s")+section("change@x", "s2")+section("new@x", "s")))
 	for deadline := time.Now().Add(5 * time.Second); ts.requests.Load() < before+1; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the added account was not fetched at the reload")

@@ -54,23 +54,32 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// --metrics-addr: /healthz answers, /readyz says which account cannot be
-// served, and /metrics counts logins by protocol, section and result,
-// with no client address in any label.
-func TestMetricsAndHealth(t *testing.T) {
+// startUpstream starts a mock upstream (client cid/sec, scope s, mailbox
+// a@x with one message) whose CA the proxy under test trusts, and returns
+// it with a temporary directory for the test's files.
+func startUpstream(t *testing.T) (*mock.Upstream, string) {
+	t.Helper()
 	up, err := mock.Start(mock.Options{ClientID: "cid", ClientSecret: "sec", Scope: "s", CA: testCA(t),
 		Mailboxes: map[string][]mock.Message{"a@x": {{UID: "1", Body: []byte("Subject: hi\r\n\r\nhi\r\n")}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer up.Close()
-	imapAddr, metricsAddr, deadAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	_, imapPort, _ := net.SplitHostPort(imapAddr)
-	_, upPort, _ := net.SplitHostPort(up.IMAPAddr)
+	t.Cleanup(func() { up.Close() })
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca.pem")
 	os.WriteFile(ca, up.CA.PEM, 0o600)
 	t.Setenv("SSL_CERT_FILE", ca)
+	return up, dir
+}
+
+// --metrics-addr: /healthz answers, /readyz says which account cannot be
+// served, and /metrics counts logins by protocol, section and result,
+// with no client address in any label.
+func TestMetricsAndHealth(t *testing.T) {
+	up, dir := startUpstream(t)
+	imapAddr, metricsAddr, deadAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	_, imapPort, _ := net.SplitHostPort(imapAddr)
+	_, upPort, _ := net.SplitHostPort(up.IMAPAddr)
 	cfg := filepath.Join(dir, "emailproxy.config")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`[IMAP-%s]
 server_address = localhost
@@ -159,16 +168,7 @@ client_secret = sec
 // parse leaves the running configuration in place, with the line in the
 // log.
 func TestReloadKeepsRunningOnABadFile(t *testing.T) {
-	up, err := mock.Start(mock.Options{ClientID: "cid", ClientSecret: "sec", Scope: "s", CA: testCA(t),
-		Mailboxes: map[string][]mock.Message{"a@x": {{UID: "1", Body: []byte("Subject: hi\r\n\r\nhi\r\n")}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca.pem")
-	os.WriteFile(ca, up.CA.PEM, 0o600)
-	t.Setenv("SSL_CERT_FILE", ca)
+	up, dir := startUpstream(t)
 	_, upPort, _ := net.SplitHostPort(up.POPAddr)
 	section := func(addr string) string {
 		_, port, _ := net.SplitHostPort(addr)
