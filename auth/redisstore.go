@@ -135,10 +135,15 @@ var unlockScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] the
 // trying again every 50 ms until ctx ends.
 func (s *RedisStore) LockFetch(ctx context.Context, account string, ttl time.Duration) (func(), error) {
 	key, value := "emailproxy:fetch-lock:"+account, newSalt()
+	heldTooLong := fmt.Errorf("another proxy has held the token fetch lock of account %s for too long", account)
 	for {
 		try, cancel := context.WithTimeout(ctx, s.timeout)
 		ok, err := s.client.SetNX(try, key, value, ttl).Result()
 		cancel()
+		if err != nil && ctx.Err() != nil {
+			// The wait ended during the call: not Redis's failure.
+			return nil, heldTooLong
+		}
 		if err := s.seen(err); err != nil {
 			return nil, err
 		}
@@ -146,12 +151,12 @@ func (s *RedisStore) LockFetch(ctx context.Context, account string, ttl time.Dur
 			return func() {
 				ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 				defer cancel()
-				unlockScript.Run(ctx, s.client, []string{key}, value)
+				s.seen(unlockScript.Run(ctx, s.client, []string{key}, value).Err())
 			}, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("another proxy has held the token fetch lock of account %s for too long", account)
+			return nil, heldTooLong
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

@@ -305,3 +305,29 @@ func TestRedisKilledMidRun(t *testing.T) {
 		t.Fatalf("state changes logged: %s", out)
 	}
 }
+
+// A wait for the fetch lock that ends is not Redis failing: the store
+// stays up.
+func TestRedisLockWaitEndingIsNotAnOutage(t *testing.T) {
+	store, err := NewRedisStore(startRedis(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := store.LockFetch(ctx, "a@x", time.Minute); err == nil || !strings.Contains(err.Error(), "too long") {
+		t.Fatalf("lock with an ended wait: %v", err)
+	}
+	if !store.Up() {
+		t.Fatal("an ended wait marked Redis down")
+	}
+	unlock, err := store.LockFetch(context.Background(), "a@x", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	if !store.Up() {
+		t.Fatal("store down after a lock and unlock")
+	}
+}
