@@ -184,26 +184,53 @@ func (p *Provider) confirm(user, password string) bool {
 	_, inMemory := p.opts.Store.(memoryStore)
 	needKey := a.ring == nil && !inMemory
 	a.mu.Unlock()
-	if needKey {
-		// PBKDF2 in the background: the client has its answer already.
-		p.goTracked(func() {
-			salt := newSalt()
-			raw, _ := base64.StdEncoding.DecodeString(salt)
-			var k *fernetKey
-			// Not cancelled by Close, which waits for it: the key must reach the store.
-			if err := p.derive(context.Background(), func() (err error) { k, err = deriveKey(password, raw, p.opts.Iterations); return }); err != nil {
-				return
-			}
-			a.mu.Lock()
-			a.ring = keyring{k}
-			a.cached["token_salt"] = salt
-			a.cached["token_iterations"] = strconv.Itoa(p.opts.Iterations)
-			a.mu.Unlock()
-			p.persist(a, true)
-		})
+	if !needKey {
+		return true
 	}
+	salt := newSalt()
+	if !p.claimKey(a, salt) {
+		return true // its password was not checked against the winner's: the next login's is
+	}
+	// PBKDF2 in the background: the client has its answer already.
+	p.goTracked(func() {
+		raw, _ := base64.StdEncoding.DecodeString(salt)
+		var k *fernetKey
+		// Not cancelled by Close, which waits for it: the key must reach the store.
+		if err := p.derive(context.Background(), func() (err error) { k, err = deriveKey(password, raw, p.opts.Iterations); return }); err != nil {
+			return
+		}
+		a.mu.Lock()
+		a.ring = keyring{k}
+		a.cached["token_salt"] = salt
+		a.cached["token_iterations"] = strconv.Itoa(p.opts.Iterations)
+		a.mu.Unlock()
+		p.persist(a, true)
+	})
 	return true
 }
+
+// claimKey tells the other proxies sharing the store that this one makes
+// the account's key (with salt), so that they wait for its values rather
+// than accept a first password of their own. When another proxy got
+// there first, this one gives way (yieldToShared) and reports false. A
+// store that cannot be reached leaves the decision to this proxy; a
+// conflict, if any, is settled when the values are saved.
+func (p *Provider) claimKey(a *account, salt string) bool {
+	shared, ok := p.opts.Store.(SharedStore)
+	if !ok {
+		return true
+	}
+	held, err := shared.Claim(a.name, salt, keyClaimTTL)
+	if err != nil || held == salt {
+		return true
+	}
+	p.yieldToShared(a.name)
+	return false
+}
+
+// keyClaimTTL bounds how long a claim outlives a proxy that died while
+// deriving the key (a derivation takes about a second).
+const keyClaimTTL = time.Minute
 
 // reject reports that the upstream server refused token. If it is still
 // the account's current token, it is dropped and a fresh one is fetched at

@@ -67,18 +67,11 @@ func (p *Provider) checkPassword(ctx context.Context, a *account, password strin
 		}
 		return nil
 	}
-	a.mu.Lock()
-	cached := make(map[string]string, len(a.cached))
-	for k, v := range a.cached {
-		cached[k] = v
-	}
-	a.mu.Unlock()
-	probe := ""
-	for _, k := range []string{"access_token", "refresh_token", "client_secret_encrypted"} {
-		if cached[k] != "" {
-			probe = cached[k]
-			break
-		}
+	cached, probe := p.cachedProbe(a)
+	if probe == "" && p.loadShared(ctx, a) {
+		// Another proxy of the fleet has logged in since this one started:
+		// its password is the account's.
+		cached, probe = p.cachedProbe(a)
 	}
 	if probe == "" {
 		if p.config().Global.EnrolledAccountsOnly {
@@ -113,6 +106,61 @@ func (p *Provider) checkPassword(ctx context.Context, a *account, password strin
 	}
 	p.unlock(a, ring, cached, password)
 	return nil
+}
+
+// cachedProbe copies the account's cached keys and picks an encrypted one
+// to check a password against ("" if none).
+func (p *Provider) cachedProbe(a *account) (cached map[string]string, probe string) {
+	a.mu.Lock()
+	cached = make(map[string]string, len(a.cached))
+	for k, v := range a.cached {
+		cached[k] = v
+	}
+	a.mu.Unlock()
+	for _, k := range []string{"access_token", "refresh_token", "client_secret_encrypted"} {
+		if cached[k] != "" {
+			return cached, cached[k]
+		}
+	}
+	return cached, ""
+}
+
+// loadShared reads an account that has nothing cached here from a shared
+// store, and reports whether it found encrypted values there. While
+// another proxy is making the account's key (it has claimed it) it waits
+// for the values, until ctx ends.
+func (p *Provider) loadShared(ctx context.Context, a *account) bool {
+	shared, ok := p.opts.Store.(SharedStore)
+	if !ok {
+		return false
+	}
+	for {
+		vals, err := shared.LoadAccount(a.name)
+		if err != nil {
+			return false // Redis down: this proxy decides alone, as a lone one would
+		}
+		if vals["token_salt"] != "" {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if a.cached["token_salt"] != "" || a.password != nil {
+				return false // something happened here meanwhile
+			}
+			for _, k := range CachedKeys {
+				if v, ok := vals[k]; ok {
+					a.cached[k] = v
+				}
+			}
+			return true
+		}
+		if claimed, err := shared.Claimed(a.name); err != nil || claimed == "" {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // derive runs a key derivation when one of the MaxDerivations slots is

@@ -1,6 +1,9 @@
 package auth
 
-import "strconv"
+import (
+	"errors"
+	"strconv"
+)
 
 // persist encrypts the account's tokens with its key and saves them.
 // withKeys also writes the salt and iteration count.
@@ -34,7 +37,7 @@ func (p *Provider) persist(a *account, withKeys bool) {
 			del = append(del, "client_secret")
 		}
 	}
-	if withKeys || set["access_token"] != "" {
+	if withKeys || len(set) > 0 { // what is encrypted names its salt (a shared store checks it)
 		set["token_salt"] = a.cached["token_salt"]
 		set["token_iterations"] = strconv.Itoa(a.ring[0].iterations)
 	}
@@ -49,9 +52,44 @@ func (p *Provider) persist(a *account, withKeys bool) {
 }
 
 func (p *Provider) save(account string, set map[string]string, del []string) {
-	if err := p.opts.Store.Save(account, set, del); err != nil {
+	err := p.opts.Store.Save(account, set, del)
+	if errors.Is(err, ErrSaltConflict) {
+		p.yieldToShared(account)
+		return
+	}
+	if err != nil {
 		p.log.Error().Str("account", account).Err(err).Msg("cannot save the token cache")
 	}
+}
+
+// yieldToShared gives up this proxy's key and password for an account
+// whose shared cache another proxy encrypted under another password (it
+// accepted its first login before this one did). The shared values are
+// taken instead; the next login here checks its password against them,
+// so every proxy ends with the one password per account. The token held
+// in memory stays usable meanwhile.
+func (p *Provider) yieldToShared(account string) {
+	a, lerr := p.account(account)
+	shared, ok := p.opts.Store.(SharedStore)
+	if lerr != nil || !ok {
+		return
+	}
+	vals, err := shared.LoadAccount(account)
+	if err != nil {
+		p.log.Error().Str("account", account).Err(err).Msg("cannot read the shared token cache")
+		return
+	}
+	a.mu.Lock()
+	a.ring, a.password = nil, nil
+	a.cached = map[string]string{}
+	for _, k := range CachedKeys {
+		if v, ok := vals[k]; ok {
+			a.cached[k] = v
+		}
+	}
+	a.mu.Unlock()
+	p.log.Warn().Str("account", account).
+		Msg("another proxy accepted a different password for this account first; logins here must now use that one")
 }
 
 // forget drops the cached tokens (and, with all, the salt) of an account.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,15 +50,25 @@ func (s *RedisStore) seen(err error) error {
 	return err
 }
 
+// quietRedis drops go-redis's own log lines (unstructured, on stderr):
+// the store logs Redis's state changes itself, once each.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
+
+var quietOnce sync.Once
+
 // NewRedisStore connects lazily to the Redis at rawURL
 // (redis://[user:pass@]host:port/db).
 func NewRedisStore(rawURL string) (*RedisStore, error) {
+	quietOnce.Do(func() { redis.SetLogger(quietRedis{}) })
 	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("--cache-store: %s", redactURL(rawURL))
 	}
 	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = time.Second, time.Second, time.Second
 	opt.MaxRetries = 1
+	opt.ContextTimeoutEnabled = true // a login's deadline bounds its calls too
 	return &RedisStore{client: redis.NewClient(opt), prefix: "emailproxy:account:", timeout: 2 * time.Second,
 		where: redactURL(rawURL)}, nil
 }
@@ -99,21 +110,75 @@ func (s *RedisStore) Load() (map[string]map[string]string, error) {
 	return out, nil
 }
 
-// Save sets and deletes some cached keys of one account, at once.
+// saveScript writes an account's keys (ARGV: the salt they are encrypted
+// under or "", the number of pairs to set, the pairs, the keys to delete)
+// unless Redis already holds the account under another salt: another
+// proxy accepted a different password first, and its tokens win.
+var saveScript = redis.NewScript(`
+local salt = ARGV[1]
+if salt ~= '' then
+  local cur = redis.call('hget', KEYS[1], 'token_salt')
+  if cur and cur ~= salt then return 0 end
+end
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do redis.call('hset', KEYS[1], ARGV[3 + 2 * i], ARGV[4 + 2 * i]) end
+for i = 3 + 2 * n, #ARGV do redis.call('hdel', KEYS[1], ARGV[i]) end
+if salt ~= '' and redis.call('get', KEYS[2]) == salt then redis.call('del', KEYS[2]) end
+return 1
+`)
+
+// claimScript: KEYS account hash, claim key; ARGV salt, ttl ms.
+var claimScript = redis.NewScript(`
+local cur = redis.call('hget', KEYS[1], 'token_salt')
+if cur then return cur end
+local held = redis.call('get', KEYS[2])
+if held then return held end
+redis.call('set', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+`)
+
+// Claim: see SharedStore.
+func (s *RedisStore) Claim(account, salt string, ttl time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	held, err := claimScript.Run(ctx, s.client, []string{s.prefix + account, claimKey(account)}, salt, ttl.Milliseconds()).Text()
+	return held, s.seen(err)
+}
+
+// Claimed: see SharedStore.
+func (s *RedisStore) Claimed(account string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	held, err := s.client.Get(ctx, claimKey(account)).Result()
+	if err == redis.Nil {
+		return "", s.seen(nil)
+	}
+	return held, s.seen(err)
+}
+
+func claimKey(account string) string { return "emailproxy:key-claim:" + account }
+
+// Save sets and deletes some cached keys of one account, at once. Values
+// encrypted under another salt than the one Redis holds are refused with
+// ErrSaltConflict.
 func (s *RedisStore) Save(account string, set map[string]string, del []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
-	key := s.prefix + account
-	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		if len(set) > 0 {
-			p.HSet(ctx, key, set)
-		}
-		if len(del) > 0 {
-			p.HDel(ctx, key, del...)
-		}
-		return nil
-	})
-	return s.seen(err)
+	args := []any{set["token_salt"], len(set)}
+	for k, v := range set {
+		args = append(args, k, v)
+	}
+	for _, k := range del {
+		args = append(args, k)
+	}
+	ok, err := saveScript.Run(ctx, s.client, []string{s.prefix + account, claimKey(account)}, args...).Int()
+	if err := s.seen(err); err != nil {
+		return err
+	}
+	if ok == 0 {
+		return fmt.Errorf("account %s: %w", account, ErrSaltConflict)
+	}
+	return nil
 }
 
 // LoadAccount reads one account's cached keys.
@@ -162,9 +227,17 @@ func (s *RedisStore) LockFetch(ctx context.Context, account string, ttl time.Dur
 	}
 }
 
+// Client is the store's connection to Redis, for what else the proxies of
+// a fleet share (cluster.Mailboxes).
+func (s *RedisStore) Client() *redis.Client { return s.client }
+
+// Observe records the outcome of a call made through Client: Redis's
+// up/down state, its gauge and its logs are the store's.
+func (s *RedisStore) Observe(err error) error { return s.seen(err) }
+
 // Close ends the connections.
 func (s *RedisStore) Close() error { return s.client.Close() }
 
 func (s *RedisStore) fail(err error) error {
-	return fmt.Errorf("token cache in Redis at %s: %v", s.where, err)
+	return fmt.Errorf("Redis at %s: %v", s.where, err)
 }

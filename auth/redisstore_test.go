@@ -2,54 +2,22 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"net"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/emailproxy/emailproxy/internal/redistest"
 	"github.com/emailproxy/emailproxy/telemetry"
 )
 
-// startRedis runs a real redis-server (Debian's; .ci/run installs it) on a
-// free 127.0.0.1 port, with nothing saved to disk.
-func startRedis(t *testing.T) string {
-	url, _ := startRedisOn(t, freeTCPPort(t))
-	return url
-}
+func startRedis(t *testing.T) string { return redistest.Start(t) }
 
-// startRedisOn starts redis-server on port and returns its URL and a
-// func that kills it (also done at the end of the test).
-func startRedisOn(t *testing.T, port int) (string, func()) {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatal("this test needs redis-server: apt-get install redis-server (bash .ci/run does)")
-	}
-	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	kill := func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) }
-	t.Cleanup(kill)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("redis-server did not start")
-		}
-	}
-	return "redis://" + addr + "/0", kill
-}
+func startRedisOn(t *testing.T, port int) (string, func()) { return redistest.StartOn(t, port) }
 
 // Tokens cached in Redis are encrypted as in the file, and a new process
 // (a restart, or another instance) uses them without a token request.
@@ -329,5 +297,130 @@ func TestRedisLockWaitEndingIsNotAnOutage(t *testing.T) {
 	unlock()
 	if !store.Up() {
 		t.Fatal("store down after a lock and unlock")
+	}
+}
+
+// twoProxies is two providers sharing the Redis at url, each with its own
+// connection, both started before anything is cached.
+func twoProxies(t *testing.T, url string, cfgTokenURL string, iterations ...int) (p1, p2 *Provider, s1 *RedisStore) {
+	t.Helper()
+	cfg := testConfig(t, cfgTokenURL, "")
+	var ps [2]*Provider
+	var stores [2]*RedisStore
+	for i := range ps {
+		s, err := NewRedisStore(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		stores[i] = s
+		n := testIterations
+		if i < len(iterations) {
+			n = iterations[i]
+		}
+		ps[i] = NewProvider(cfg, Options{Store: s, Iterations: n})
+		t.Cleanup(ps[i].Close)
+	}
+	return ps[0], ps[1], stores[0]
+}
+
+// waitSalt waits until Redis holds the account's salt, and returns it.
+func waitSalt(t *testing.T, s *RedisStore) string {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if v, err := s.LoadAccount("a@x"); err == nil && v["token_salt"] != "" && v["access_token"] != "" {
+			return v["token_salt"]
+		}
+	}
+	t.Fatal("the first login's key never reached Redis")
+	return ""
+}
+
+// The password model stays one per account across proxies: a proxy
+// started before the account's first login (on another proxy) checks its
+// logins against the password that login set, and uses its token.
+func TestSharedPasswordAcrossProxies(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p1, p2, s1 := twoProxies(t, startRedis(t), ts.URL)
+	tok, err := p1.authorize(context.Background(), "a@x", "pw", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1.confirm("a@x", "pw")
+	waitSalt(t, s1)
+	n := ts.requests.Load()
+	if _, err := p2.authorize(context.Background(), "a@x", "wrong", ""); !errors.Is(err, ErrBadPassword) {
+		t.Fatalf("another password on the second proxy: %v, want it refused", err)
+	}
+	got, err := p2.authorize(context.Background(), "a@x", "pw", "")
+	if err != nil || got != tok || ts.requests.Load() != n {
+		t.Fatalf("the account's password on the second proxy: %q %v, %d token requests (want the shared token, none)", got, err, ts.requests.Load()-n)
+	}
+}
+
+// Two proxies that each accept a different first password at the same
+// time: the one whose key reached Redis first wins; the other gives its
+// own up, keeps Redis's values and, from then on, takes only the winner's
+// password.
+func TestSharedPasswordRace(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p1, p2, s1 := twoProxies(t, startRedis(t), ts.URL)
+	for _, c := range []struct {
+		p  *Provider
+		pw string
+	}{{p1, "first"}, {p2, "second"}} {
+		if _, err := c.p.authorize(context.Background(), "a@x", c.pw, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p1.confirm("a@x", "first")
+	salt := waitSalt(t, s1)
+	if !p2.confirm("a@x", "second") {
+		t.Fatal("the second proxy knew nothing yet; it should have let its login in")
+	}
+	a, _ := p2.account("a@x")
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		a.mu.Lock()
+		yielded := a.password == nil && a.ring == nil && a.cached["token_salt"] == salt
+		a.mu.Unlock()
+		if yielded {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the second proxy never gave way to the first one's password")
+		}
+	}
+	if v, _ := s1.LoadAccount("a@x"); v["token_salt"] != salt {
+		t.Fatal("the second proxy overwrote the shared salt")
+	}
+	if _, err := p2.authorize(context.Background(), "a@x", "second", ""); !errors.Is(err, ErrBadPassword) {
+		t.Fatalf("the losing password: %v, want it refused", err)
+	}
+	if _, err := p2.authorize(context.Background(), "a@x", "first", ""); err != nil {
+		t.Fatalf("the winning password on the second proxy: %v", err)
+	}
+}
+
+// A login on a second proxy while the first is still deriving the key of
+// the account's first password waits for that key's values (the first
+// proxy claimed it) and uses the token fetched there: one token request.
+func TestSharedKeyClaimIsWaitedFor(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p1, p2, s1 := twoProxies(t, startRedis(t), ts.URL, 300_000) // about a second under -race
+	tok, err := p1.authorize(context.Background(), "a@x", "pw", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1.confirm("a@x", "pw")
+	if v, _ := s1.LoadAccount("a@x"); v["token_salt"] != "" {
+		t.Fatal("the key was already saved: this test needs the derivation to be slower")
+	}
+	n := ts.requests.Load()
+	got, err := p2.authorize(context.Background(), "a@x", "pw", "")
+	if err != nil || got != tok || ts.requests.Load() != n {
+		t.Fatalf("login on the second proxy during the derivation: %q %v, %d token requests (want the first proxy's token, none)", got, err, ts.requests.Load()-n)
+	}
+	if _, err := p2.authorize(context.Background(), "a@x", "other", ""); !errors.Is(err, ErrBadPassword) {
+		t.Fatalf("another password: %v, want it refused", err)
 	}
 }

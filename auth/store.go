@@ -92,6 +92,11 @@ type memoryStore struct{}
 func (memoryStore) Load() (map[string]map[string]string, error)    { return nil, nil }
 func (memoryStore) Save(string, map[string]string, []string) error { return nil }
 
+// ErrSaltConflict is a shared store refusing values encrypted under
+// another salt than the one it holds for the account: another proxy
+// accepted a different password first.
+var ErrSaltConflict = errors.New("the shared token cache holds this account under another password")
+
 // SharedStore is a Store that several proxies share (Redis). Before a
 // proxy asks the identity provider for an account's token it takes the
 // account's fetch lock and reads the account's keys again: when another
@@ -101,6 +106,14 @@ type SharedStore interface {
 	Store
 	// LoadAccount reads one account's cached keys.
 	LoadAccount(account string) (map[string]string, error)
+	// Claim records, for ttl, that this proxy is making the account's key
+	// from its first accepted password (salt names the key), so that the
+	// other proxies wait for that key's values instead of accepting a
+	// password of their own. It returns the salt of the claim that holds,
+	// or of the key already stored: this one's if the account was free.
+	Claim(account, salt string, ttl time.Duration) (string, error)
+	// Claimed returns the salt of a claim in progress, "" if none.
+	Claimed(account string) (string, error)
 	// LockFetch waits, until ctx ends, for the account's fetch lock. The
 	// lock expires by itself after ttl, so a proxy that dies holding it
 	// delays the others by ttl at most. unlock releases it if still held.
