@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol/imap"
 	"github.com/emailproxy/emailproxy/protocol/pop3"
 	"github.com/emailproxy/emailproxy/protocol/smtp"
@@ -51,6 +52,9 @@ type Options struct {
 	// one upstream host; logins over it queue (default 16, Exchange
 	// Online's limit; negative: no cap).
 	MailboxLimit int
+	// SharedMailboxes, if set, holds MailboxLimit across every proxy of
+	// a fleet (cluster.Mailboxes, with --cache-store redis://).
+	SharedMailboxes upstream.SharedGates
 	// POP3InitialResponse sends the XOAUTH2 response on the AUTH line
 	// (RFC 5034 allows it) instead of after the server's "+" (default:
 	// two steps, as Exchange Online documents).

@@ -174,6 +174,7 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	life := upstream.Life{Ctx: s.ctx, WG: &s.wg}
 	s.gates = upstream.NewGates(max(opts.MailboxLimit, 0))
+	s.gates.Shared = opts.SharedMailboxes
 	if opts.IMAPSessionReuse > 0 {
 		s.linger = upstream.NewLinger(life, opts.IMAPSessionReuse)
 		s.gates.Evict = s.linger.Evict

@@ -17,6 +17,9 @@ type Gates struct {
 	// Evict, if set, closes one idle (lingering) session of key to make
 	// room; it reports whether it did.
 	Evict func(key string) bool
+	// Shared, if set, holds the same cap across every proxy of a fleet
+	// (Redis): a login takes its slot here first, then there.
+	Shared SharedGates
 
 	mu    sync.Mutex
 	gates map[string]*gate
@@ -36,12 +39,37 @@ func MailboxKey(host, user string) string {
 	return strings.ToLower(host) + "\x00" + strings.ToLower(user)
 }
 
+// SharedGates is a cap per mailbox held across proxies (cluster.Mailboxes).
+type SharedGates interface {
+	// Acquire takes one of mailbox's limit slots, waiting in line until
+	// ctx ends; full is called once if every slot is taken.
+	Acquire(ctx context.Context, mailbox string, limit int, full func()) (release func(), err error)
+}
+
 // Acquire takes one of key's slots, waiting in line while all are held;
 // the returned release gives it back (call it once).
 func (m *Gates) Acquire(ctx context.Context, key string) (release func(), err error) {
 	if m == nil || m.limit <= 0 {
 		return func() {}, nil
 	}
+	local, err := m.acquireLocal(ctx, key)
+	if err != nil || m.Shared == nil {
+		return local, err
+	}
+	shared, err := m.Shared.Acquire(ctx, key, m.limit, func() {
+		if m.Evict != nil {
+			m.Evict(key) // an idle session of ours holds a shared slot too
+		}
+	})
+	if err != nil {
+		local()
+		return nil, err
+	}
+	return func() { shared(); local() }, nil
+}
+
+// acquireLocal is Acquire within this proxy.
+func (m *Gates) acquireLocal(ctx context.Context, key string) (release func(), err error) {
 	release = func() { m.release(key) }
 	if m.tryTake(key) {
 		return release, nil

@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/emailproxy/emailproxy/auth"
+	"github.com/emailproxy/emailproxy/cluster"
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine"
 	"github.com/emailproxy/emailproxy/telemetry"
@@ -101,6 +102,11 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 			return 0
 		})
 		store, storeIsConfig = rs, false
+		mailboxes := cluster.NewMailboxes(rs.Client())
+		mailboxes.Report = rs.Observe
+		mailboxes.Start()
+		defer mailboxes.Close()
+		eopts.SharedMailboxes = mailboxes
 	default:
 		store, storeIsConfig = &auth.FileStore{Path: fl.cacheStore}, false
 	}
