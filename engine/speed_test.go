@@ -316,3 +316,36 @@ func accessTokens(env *proxyEnv) []string {
 	}
 	return toks
 }
+
+// A server that refuses a login because the mailbox is busy ([IN-USE],
+// [LIMIT]: no cap in the proxy, or another client of the mailbox) is
+// passed on as a temporary failure, and the token is kept: no token
+// request, and the next login once a session ends uses the same token.
+func TestServerBusyIsNotATokenRefusal(t *testing.T) {
+	env := startEnv(t, envOptions{mailboxCap: 1, engine: Options{MailboxLimit: -1}})
+	a := popLogin(t, env.popAddr, testAccount, testPassword)
+	requests := env.up.Authority.Requests()
+	b := dialPOP(t, env.popAddr)
+	b.ok("USER %s", testAccount)
+	if got := b.cmd("PASS %s", testPassword); !strings.HasPrefix(got, "-ERR [SYS/TEMP]") || !strings.Contains(got, "busy") || strings.Contains(got, "token") {
+		t.Fatalf("POP3 login to a busy mailbox: %q", got)
+	}
+	quoted := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(testPassword)
+	first, got := imapLogin(t, env.imapAddr, testAccount, quoted)
+	if !strings.HasPrefix(got, "L1 OK") {
+		t.Fatalf("IMAP login: %q", got)
+	}
+	second, got := imapLogin(t, env.imapAddr, testAccount, quoted)
+	if !strings.HasPrefix(got, "L1 NO [UNAVAILABLE]") || !strings.Contains(got, "busy") || strings.Contains(got, "token") {
+		t.Fatalf("IMAP login to a busy mailbox: %q", got)
+	}
+	second.c.Close()
+	first.c.Close()
+	a.ok("QUIT")
+	waitFor(t, "the POP3 session to end upstream", func() bool { n, _ := env.up.Sessions("pop3", testAccount); return n == 0 })
+	c := popLogin(t, env.popAddr, testAccount, testPassword)
+	c.ok("QUIT")
+	if n := env.up.Authority.Requests(); n != requests {
+		t.Fatalf("%d token requests after a busy refusal; the token was dropped", n-requests)
+	}
+}

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"net"
+	"strings"
 
 	"github.com/emailproxy/emailproxy/config"
 )
@@ -10,6 +11,27 @@ import (
 type RefusedError struct{ Text string }
 
 func (e *RefusedError) Error() string { return "server rejected the token: " + e.Text }
+
+// refusal is the error for a server's "no" to an authentication: a
+// *Failure when the server says by a response code that it is busy (the
+// mailbox has too many sessions, the server is unavailable), which is no
+// verdict on the token and must not make the proxy drop it; else a
+// *RefusedError. codes are the protocol's busy codes.
+func refusal(text string, codes ...string) error {
+	upper := strings.ToUpper(strings.TrimSpace(text))
+	for _, c := range codes {
+		if strings.HasPrefix(upper, "["+c+"]") || strings.HasPrefix(upper, "["+c+" ") {
+			return &Failure{"the server is busy: " + text}
+		}
+	}
+	return &RefusedError{Text: text}
+}
+
+// Busy response codes: POP3 (RFC 2449, RFC 3206) and IMAP (RFC 5530).
+var (
+	pop3Busy = []string{"IN-USE", "SYS/TEMP", "LOGIN-DELAY"}
+	imapBusy = []string{"INUSE", "UNAVAILABLE", "LIMIT"}
+)
 
 // Authenticate logs in on u with XOAUTH2 (SMTP: or OAUTHBEARER, when that
 // is all the server offers) as srv's protocol does it, and returns the

@@ -107,7 +107,7 @@ func (u *Conn) authIMAP(tag, user, token string, saslIR bool) ([]byte, error) {
 		case string(rtag) == tag && st == imap.OK:
 			return append(append(reply, line...), '\r', '\n'), nil
 		case string(rtag) == tag:
-			return nil, &RefusedError{Text: string(text)}
+			return nil, refusal(string(text), imapBusy...)
 		default:
 			return nil, fmt.Errorf("unexpected response %q", truncate(line))
 		}

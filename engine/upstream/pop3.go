@@ -68,7 +68,7 @@ func (u *Conn) authPOP(user, token string, initialResponse bool) ([]byte, error)
 			// server timed out, say): not a verdict on the token.
 			return nil, fmt.Errorf("server refused AUTH: %q", truncate(line))
 		case strings.HasPrefix(s, "-ERR"):
-			return nil, &RefusedError{Text: strings.TrimSpace(s[4:])}
+			return nil, refusal(strings.TrimSpace(s[4:]), pop3Busy...)
 		case strings.HasPrefix(s, "+") && !sent:
 			sent = true
 			if err := u.send(u.TLS, append(sasl.XOAUTH2(user, token), '\r', '\n'), 0); err != nil {
