@@ -164,8 +164,12 @@ func NewProvider(cfg *config.Config, opts Options) *Provider {
 
 // Start fetches a token for every account that needs no user interaction
 // and has no usable cached token, so that the first login does not wait
-// for the identity provider.
+// for the identity provider. Not with a shared store: a token fetched
+// before the first login (which brings the key) could not be shared, and
+// every proxy of the fleet would fetch its own; the first login fetches
+// one for all instead.
 func (p *Provider) Start() {
+	_, shared := p.opts.Store.(SharedStore)
 	for _, s := range p.config().File.Sections {
 		if !strings.Contains(s.Name, "@") || strings.HasPrefix(s.Name, "@") {
 			continue
@@ -186,7 +190,7 @@ func (p *Provider) Start() {
 		}
 		a.mu.Lock()
 		held := a.tok != nil && time.Until(a.tok.Expiry) > a.usableLeft() // after a reload
-		if p.canFetchLocked(a) && !p.cachedTokenValidLocked(a) && !held {
+		if !shared && p.canFetchLocked(a) && !p.cachedTokenValidLocked(a) && !held {
 			p.startFetchLocked(a)
 		}
 		a.mu.Unlock()
