@@ -73,6 +73,15 @@ func NewRedisStore(rawURL string) (*RedisStore, error) {
 		where: redactURL(rawURL)}, nil
 }
 
+// RedactStoreURL is a --cache-store value fit to show: a URL's password
+// is masked.
+func RedactStoreURL(spec string) string {
+	if strings.Contains(spec, "://") {
+		return redactURL(spec)
+	}
+	return spec
+}
+
 // redactURL is u without a password.
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)

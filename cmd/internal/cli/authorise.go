@@ -23,7 +23,7 @@ import (
 func authorise(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("emailproxy authorise", flag.ContinueOnError)
 	configFile := fs.String("config-file", defaultConfigFile(), "configuration file")
-	cacheStore := fs.String("cache-store", "", "token cache file, if not the configuration file")
+	cacheStore := fs.String("cache-store", "", "where the proxy keeps its tokens, if not in the configuration file: a file, redis://..., or aws:...")
 	localServer := fs.Bool("local-server-auth", false, "receive the browser's redirect on redirect_uri (or redirect_listen_address) instead of pasting it")
 	fs.Bool("external-auth", true, "paste the redirected address into the terminal (the default)")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how long to wait for the authorisation")
@@ -62,12 +62,14 @@ func authorise(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "emailproxy:", err)
 		return 1
 	}
-	store, isConfig := &auth.FileStore{Path: cfg.Path}, true
-	if *cacheStore != "" {
-		store, isConfig = &auth.FileStore{Path: *cacheStore}, false
-	}
 	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true}).Level(zerolog.WarnLevel)
-	p := auth.NewProvider(cfg, auth.Options{Store: store, StoreIsConfig: isConfig, Logger: log, TokenTimeout: time.Minute})
+	store, closeStore, err := openStore(*cacheStore, cfg.Path, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "emailproxy:", err)
+		return 1
+	}
+	defer closeStore()
+	p := auth.NewProvider(cfg, auth.Options{Store: store.Store, StoreIsConfig: store.isConfig, Logger: log, TokenTimeout: time.Minute})
 	defer p.Close()
 
 	in := bufio.NewReader(stdin)
@@ -82,7 +84,11 @@ func authorise(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "emailproxy:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "Account %s is authorised; its tokens are stored encrypted in %s.\n", account, store.Path)
+	where := cfg.Path
+	if *cacheStore != "" {
+		where = auth.RedactStoreURL(*cacheStore)
+	}
+	fmt.Fprintf(stdout, "Account %s is authorised; its tokens are stored encrypted in %s.\n", account, where)
 	return 0
 }
 

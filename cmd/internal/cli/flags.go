@@ -46,7 +46,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 	fs.BoolVar(&f.externalAuth, "external-auth", false, "a login to an account that needs authorising prints the URL; paste the redirected address on this terminal")
 	fs.BoolVar(&f.localServerAuth, "local-server-auth", false, "a login to an account that needs authorising prints the URL; the redirect is received on redirect_uri / redirect_listen_address")
 	fs.StringVar(&f.configFile, "config-file", defaultConfigFile(), "configuration file")
-	fs.StringVar(&f.cacheStore, "cache-store", "", "keep cached tokens in this INI file instead of the configuration file, or in Redis: redis://[user:pass@]host:port/db (rediss:// for TLS), encrypted as in the file")
+	fs.StringVar(&f.cacheStore, "cache-store", "", "keep cached tokens in this INI file instead of the configuration file; in Redis, shared by a fleet of proxies: redis://[user:pass@]host:port/db (rediss:// for TLS); or in AWS Secrets Manager: aws:NAME-OR-ARN or aws:PROFILE||NAME-OR-ARN. Always encrypted as in the file")
 	fs.StringVar(&f.logFile, "log-file", "", "log to this file, rotated at 32 MiB with 10 backups (default: stderr)")
 	fs.BoolVar(&f.debug, "debug", false, "debug logging, with a protocol trace of every line before the relay on both sides (passwords, tokens and SASL data redacted); SIGUSR1 toggles it")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")

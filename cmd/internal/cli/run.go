@@ -80,35 +80,25 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 		fmt.Fprintln(stderr, "emailproxy:", err)
 		return 1
 	}
-	var store auth.Store = &auth.FileStore{Path: cfg.Path}
-	storeIsConfig := true
-	switch {
-	case fl.cacheStore == "":
-	case strings.HasPrefix(fl.cacheStore, "aws:"):
-		fmt.Fprintln(stderr, "emailproxy: --cache-store aws:... (AWS Secrets Manager) is not supported by this version; use a file path or redis://")
+	store, closeStore, err := openStore(fl.cacheStore, cfg.Path, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "emailproxy:", err)
 		return 1
-	case strings.HasPrefix(fl.cacheStore, "redis://") || strings.HasPrefix(fl.cacheStore, "rediss://"):
-		rs, err := auth.NewRedisStore(fl.cacheStore)
-		if err != nil {
-			fmt.Fprintln(stderr, "emailproxy:", err)
-			return 1
-		}
-		defer rs.Close()
-		rs.Logger = log
+	}
+	defer closeStore()
+	if rs := store.redis; rs != nil {
 		telemetry.Gauge("emailproxy_shared_store_up", func() float64 {
 			if rs.Up() {
 				return 1
 			}
 			return 0
 		})
-		store, storeIsConfig = rs, false
+		// The fleet's mailbox caps live beside its token cache.
 		mailboxes := cluster.NewMailboxes(rs.Client())
 		mailboxes.Report = rs.Observe
 		mailboxes.Start()
 		defer mailboxes.Close()
 		eopts.SharedMailboxes = mailboxes
-	default:
-		store, storeIsConfig = &auth.FileStore{Path: fl.cacheStore}, false
 	}
 	// A login to an interactive account without tokens can start its
 	// authorisation: the URL (or device code) is printed on stderr and the
@@ -123,8 +113,8 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	}
 
 	provider := auth.NewProvider(cfg, auth.Options{
-		Store:         store,
-		StoreIsConfig: storeIsConfig,
+		Store:         store.Store,
+		StoreIsConfig: store.isConfig,
 		Interactive:   interactive,
 		TokenTimeout:  fl.tokenTimeout,
 		RefreshMargin: fl.refreshMargin,

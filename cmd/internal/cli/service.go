@@ -65,7 +65,7 @@ func serviceArgs(flags []string, exeDir string) []string {
 			i++
 			value = flags[i]
 		}
-		if trimmed != "cache-store" || !strings.HasPrefix(value, "aws:") {
+		if trimmed != "cache-store" || storeIsFile(value) {
 			if abs, err := filepath.Abs(value); err == nil {
 				value = abs
 			}

@@ -20,6 +20,16 @@ func TestServiceArgs(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %q\nwant %q", got, want)
 	}
+	for _, store := range []string{"redis://:pw@cache:6379/0", "rediss://cache:6380/1", "cache.ini"} {
+		got = serviceArgs([]string{"--cache-store", store, "--log-file", "/var/ep.log"}, "/opt/ep")
+		want := store
+		if store == "cache.ini" {
+			want = filepath.Join(dir, store)
+		}
+		if got[1] != want {
+			t.Fatalf("--cache-store %s became %s", store, got[1])
+		}
+	}
 	got = serviceArgs([]string{"-log-file=logs/ep.log"}, "/opt/ep")
 	if want := []string{"--log-file", filepath.Join(dir, "logs", "ep.log")}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %q, want %q", got, want)
