@@ -18,6 +18,7 @@ type Grant struct {
 	p        *Provider
 	user     string
 	password string
+	claimed  bool // shares this proxy's claim on the account's key (a fleet's first login)
 }
 
 // Login is the one call a login makes: it checks the local password
@@ -27,11 +28,11 @@ type Grant struct {
 // address (for the failed-password limits); it may be empty. The error is
 // a *LoginError, safe to show the client.
 func (p *Provider) Login(ctx context.Context, user, password, client string) (*Grant, error) {
-	tok, err := p.authorize(ctx, user, password, client)
+	tok, claimed, err := p.authorizeClaim(ctx, user, password, client)
 	if err != nil {
 		return nil, err
 	}
-	return &Grant{Token: tok, p: p, user: user, password: password}, nil
+	return &Grant{Token: tok, p: p, user: user, password: password, claimed: claimed}, nil
 }
 
 // Accepted records that the upstream accepted the token. The first
@@ -45,6 +46,20 @@ func (g *Grant) Accepted() *LoginError {
 	return nil
 }
 
+// Failed records that the login did not reach the upstream's verdict
+// (the server is down or busy, the client left). A fleet's first login of
+// an account gives up its share in the claim on the key then, so that the
+// other proxies need not wait for it.
+func (g *Grant) Failed() {
+	if !g.claimed {
+		return
+	}
+	g.claimed = false
+	if a, lerr := g.p.account(g.user); lerr == nil {
+		g.p.releaseClaim(a)
+	}
+}
+
 // Refused records that the upstream refused the token (serverReply is
 // what it said) and returns the error to give the client. The token is
 // dropped and a fresh one fetched at once for the next login; no second
@@ -52,6 +67,7 @@ func (g *Grant) Accepted() *LoginError {
 // delay. The first refusal is temporary; a fresh token refused again is
 // rarely the token's fault, and the error says what to check.
 func (g *Grant) Refused(serverReply string) *LoginError {
+	g.Failed()
 	if g.p.reject(g.user, g.Token) > 1 {
 		return loginErr(false, ErrTokenRefused, "the server refused the OAuth 2.0 token for account %s again, after a fresh one: %s (check the app's permissions for this mailbox)", g.user, serverReply)
 	}
@@ -61,40 +77,63 @@ func (g *Grant) Refused(serverReply string) *LoginError {
 
 // authorize is Login's work: the token, or why not.
 func (p *Provider) authorize(ctx context.Context, user, password, client string) (string, error) {
+	tok, _, err := p.authorizeClaim(ctx, user, password, client)
+	return tok, err
+}
+
+// authorizeClaim is authorize, also reporting whether the login shares
+// this proxy's claim on the account's key (released here if it fails).
+func (p *Provider) authorizeClaim(ctx context.Context, user, password, client string) (tok string, claimed bool, err error) {
+	tok, a, claimed, err := p.authorizeAccount(ctx, user, password, client)
+	if err != nil && claimed {
+		p.releaseClaim(a)
+		claimed = false
+	}
+	return tok, claimed, err
+}
+
+func (p *Provider) authorizeAccount(ctx context.Context, user, password, client string) (tok string, a *account, claimed bool, err error) {
 	if password == "" {
-		return "", loginErr(false, nil, "login failed - no password provided for account %s", user)
+		return "", nil, false, loginErr(false, nil, "login failed - no password provided for account %s", user)
 	}
 	now := time.Now()
 	if wait, addressWide := p.limit.blocked(user, client, now); wait > 0 {
 		retry := wait.Round(time.Second) + time.Second
 		if addressWide {
-			return "", loginErr(true, ErrLockedOut, "login failed - too many failed logins from this address; try again in %s", retry)
+			return "", nil, false, loginErr(true, ErrLockedOut, "login failed - too many failed logins from this address; try again in %s", retry)
 		}
-		return "", loginErr(true, ErrLockedOut, "login failed - too many wrong passwords for account %s from this address; try again in %s", user, retry)
+		return "", nil, false, loginErr(true, ErrLockedOut, "login failed - too many wrong passwords for account %s from this address; try again in %s", user, retry)
 	}
 	a, lerr := p.account(user)
-	if lerr != nil {
-		if errors.Is(lerr, config.ErrNoAccount) {
-			// Answered exactly like a wrong password, so that accounts
-			// cannot be enumerated; the hint is for the operator only.
-			p.limit.fail(user, client, now)
-			p.log.Warn().Str("account", user).Str("client", client).Msg(lerr.Message)
-			return "", loginErr(false, ErrUnknownAccount, "%s", p.badPasswordFor(user).Message)
-		}
-		return "", lerr
+	if lerr != nil && errors.Is(lerr, config.ErrNoAccount) {
+		// Answered exactly like a wrong password, so that accounts cannot
+		// be enumerated; the hint is for the operator only.
+		p.limit.fail(user, client, now)
+		p.log.Warn().Str("account", user).Str("client", client).Msg(lerr.Message)
+		return "", nil, false, loginErr(false, ErrUnknownAccount, "%s", p.badPasswordFor(user).Message)
 	}
-	if lerr := p.checkPassword(ctx, a, password); lerr != nil {
+	if lerr != nil {
+		return "", nil, false, lerr
+	}
+	tok, claimed, err = p.authorizeUnlocked(ctx, a, user, password, client, now)
+	return tok, a, claimed, err
+}
+
+// authorizeUnlocked is authorizeAccount once the account is known.
+func (p *Provider) authorizeUnlocked(ctx context.Context, a *account, user, password, client string, now time.Time) (tok string, claimed bool, err error) {
+	claimed, lerr := p.checkPassword(ctx, a, password)
+	if lerr != nil {
 		if errors.Is(lerr, ErrBadPassword) {
 			p.limit.fail(user, client, now)
 			p.log.Warn().Str("account", user).Str("client", client).Msg("wrong password")
 		}
-		return "", lerr
+		return "", claimed, lerr
 	}
 	p.limit.succeed(user, client, now)
 	a.mu.Lock()
 	if t := a.tok; t != nil && time.Until(t.Expiry) > a.usableLeft() {
 		a.mu.Unlock()
-		return t.AccessToken, nil
+		return t.AccessToken, claimed, nil
 	}
 	if a.flow == "password" {
 		a.loginPassword = password
@@ -108,14 +147,14 @@ func (p *Provider) authorize(ctx context.Context, user, password, client string)
 		if a.lastErr != nil && time.Now().Before(a.retryAt) {
 			err := a.lastErr
 			a.mu.Unlock()
-			return "", err
+			return "", claimed, err
 		}
 		if !p.canFetchLocked(a) {
 			a.mu.Unlock()
 			if !a.unattended() && p.opts.Interactive != nil {
-				return "", p.startInteractive(a, password)
+				return "", claimed, p.startInteractive(a, password)
 			}
-			return "", p.cannotFetch(a)
+			return "", claimed, p.cannotFetch(a)
 		}
 		call = p.startFetchLocked(a)
 	}
@@ -123,11 +162,11 @@ func (p *Provider) authorize(ctx context.Context, user, password, client string)
 	select {
 	case <-call.done:
 		if call.err != nil {
-			return "", call.err
+			return "", claimed, call.err
 		}
-		return call.tok.AccessToken, nil
+		return call.tok.AccessToken, claimed, nil
 	case <-ctx.Done():
-		return "", loginErr(true, ctx.Err(), "timed out waiting for an OAuth 2.0 token for account %s", user)
+		return "", claimed, loginErr(true, ctx.Err(), "timed out waiting for an OAuth 2.0 token for account %s", user)
 	}
 }
 
@@ -187,9 +226,14 @@ func (p *Provider) confirm(user, password string) bool {
 	if !needKey {
 		return true
 	}
-	salt := newSalt()
-	if !p.claimKey(a, salt) {
-		return true // its password was not checked against the winner's: the next login's is
+	a.mu.Lock()
+	salt := a.claimSalt // claimed when the login's password was checked
+	a.mu.Unlock()
+	if salt == "" {
+		salt = newSalt()
+		if !p.claimKey(a, salt) {
+			return true // its password was not checked against the winner's: the next login's is
+		}
 	}
 	// PBKDF2 in the background: the client has its answer already.
 	p.goTracked(func() {
@@ -200,7 +244,7 @@ func (p *Provider) confirm(user, password string) bool {
 			return
 		}
 		a.mu.Lock()
-		a.ring = keyring{k}
+		a.ring, a.claimSalt = keyring{k}, ""
 		a.cached["token_salt"] = salt
 		a.cached["token_iterations"] = strconv.Itoa(p.opts.Iterations)
 		a.mu.Unlock()

@@ -48,42 +48,50 @@ func (v verifier) equal(stored []byte, account, password string) bool {
 // tokens (one PBKDF2 per account and password per process). With nothing
 // cached, any password may try: the first that logs in becomes the
 // account's password (see Confirm).
-func (p *Provider) checkPassword(ctx context.Context, a *account, password string) *LoginError {
+//
+// claimed reports that the login took a share in this proxy's claim on
+// the key in a shared store (see shareFirstLogin): release it with
+// releaseClaim if the login fails.
+func (p *Provider) checkPassword(ctx context.Context, a *account, password string) (claimed bool, lerr *LoginError) {
 	if ok, known := p.knownPassword(a, password); known {
 		if !ok {
-			return p.badPassword(a)
+			return false, p.badPassword(a)
 		}
-		return nil
+		return false, nil
 	}
 	select { // waiting for another login's derivation ends with the login
 	case a.unlocking <- struct{}{}:
 	case <-ctx.Done():
-		return loginErr(true, ctx.Err(), "login failed for account %s: timed out waiting for the password check", a.name)
+		return false, loginErr(true, ctx.Err(), "login failed for account %s: timed out waiting for the password check", a.name)
 	}
 	defer func() { <-a.unlocking }()
 	if ok, known := p.knownPassword(a, password); known { // another login got there first
 		if !ok {
-			return p.badPassword(a)
+			return false, p.badPassword(a)
 		}
-		return nil
+		return false, nil
 	}
 	cached, probe := p.cachedProbe(a)
-	if probe == "" && p.loadShared(ctx, a) {
-		// Another proxy of the fleet has logged in since this one started:
-		// its password is the account's.
-		cached, probe = p.cachedProbe(a)
-	}
 	if probe == "" {
 		if p.config().Global.EnrolledAccountsOnly {
-			return loginErr(false, nil, "account %s is not enrolled: run `emailproxy authorise %s` first (enrolled_accounts_only)", a.name, a.name)
+			return false, loginErr(false, nil, "account %s is not enrolled: run `emailproxy authorise %s` first (enrolled_accounts_only)", a.name, a.name)
 		}
-		return nil
+		switch first := p.shareFirstLogin(ctx, a); first {
+		case firstHere, firstClaimed:
+			return first == firstClaimed, nil // any password may try; the first to log in is the account's
+		case firstElsewhere:
+			// Another proxy of the fleet made the key: its password is the
+			// account's.
+			cached, probe = p.cachedProbe(a)
+		case firstPending:
+			return false, loginErr(true, ctx.Err(), "login failed for account %s: another proxy is setting up its token cache; try again", a.name)
+		}
 	}
 	salt, err := base64.StdEncoding.DecodeString(cached["token_salt"])
 	if err != nil || len(salt) == 0 {
 		p.log.Warn().Str("account", a.name).Msg("token_salt is not valid base64; the cached tokens cannot be used and will be replaced")
 		p.forget(a, true)
-		return nil
+		return false, nil
 	}
 	stored := LegacyIterations
 	if s := cached["token_iterations"]; s != "" {
@@ -94,18 +102,18 @@ func (p *Provider) checkPassword(ctx context.Context, a *account, password strin
 	var ring keyring
 	err = p.derive(ctx, func() (err error) { ring, err = openKeyring(password, salt, stored, p.opts.Iterations, probe); return })
 	if err != nil && !errors.Is(err, ErrDecrypt) {
-		return loginErr(true, err, "login failed for account %s: the password check did not finish in time", a.name)
+		return false, loginErr(true, err, "login failed for account %s: the password check did not finish in time", a.name)
 	}
 	if err != nil {
 		if p.config().Global.DeleteAccountTokenOnPasswordError && !a.appOnly() {
 			p.log.Warn().Str("account", a.name).Msg("password does not decrypt the cached tokens; deleting them (delete_account_token_on_password_error)")
 			p.forget(a, true)
-			return nil
+			return false, nil
 		}
-		return p.badPassword(a)
+		return false, p.badPassword(a)
 	}
 	p.unlock(a, ring, cached, password)
-	return nil
+	return false, nil
 }
 
 // cachedProbe copies the account's cached keys and picks an encrypted one
@@ -125,41 +133,85 @@ func (p *Provider) cachedProbe(a *account) (cached map[string]string, probe stri
 	return cached, ""
 }
 
-// loadShared reads an account that has nothing cached here from a shared
-// store, and reports whether it found encrypted values there. While
-// another proxy is making the account's key (it has claimed it) it waits
-// for the values, until ctx ends.
-func (p *Provider) loadShared(ctx context.Context, a *account) bool {
+// firstLogin is what shareFirstLogin found.
+type firstLogin int
+
+const (
+	firstHere      firstLogin = iota // this login's password will make the key
+	firstClaimed                     // the same, and this proxy holds the claim (one more login shares it)
+	firstElsewhere                   // another proxy's values are now in a.cached
+	firstPending                     // another proxy is making the key and ctx ended
+)
+
+// shareFirstLogin settles, for an account with nothing cached here, which
+// proxy of a fleet makes its key. The account's values in a shared store
+// (another proxy logged in since this one started) are taken; else this
+// proxy claims the key for its login, so that the others wait for the
+// values instead of fetching tokens of their own and accepting another
+// password; while another proxy holds the claim, this login waits for its
+// values, until ctx ends. Without a shared store, or with one that cannot
+// be reached, this proxy decides alone, as a lone one would.
+func (p *Provider) shareFirstLogin(ctx context.Context, a *account) firstLogin {
 	shared, ok := p.opts.Store.(SharedStore)
 	if !ok {
-		return false
+		return firstHere
 	}
 	for {
 		vals, err := shared.LoadAccount(a.name)
 		if err != nil {
-			return false // Redis down: this proxy decides alone, as a lone one would
+			return firstHere
 		}
 		if vals["token_salt"] != "" {
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			if a.cached["token_salt"] != "" || a.password != nil {
-				return false // something happened here meanwhile
+				return firstHere // something happened here meanwhile
 			}
 			for _, k := range CachedKeys {
 				if v, ok := vals[k]; ok {
 					a.cached[k] = v
 				}
 			}
-			return true
+			return firstElsewhere
 		}
-		if claimed, err := shared.Claimed(a.name); err != nil || claimed == "" {
-			return false
+		a.mu.Lock()
+		salt := a.claimSalt
+		a.mu.Unlock()
+		if salt == "" {
+			salt = newSalt()
+		}
+		held, err := shared.Claim(a.name, salt, keyClaimTTL)
+		if err != nil {
+			return firstHere
+		}
+		if held == salt { // ours (or already ours: another login here)
+			a.mu.Lock()
+			a.claimSalt = salt
+			a.claimUsers++
+			a.mu.Unlock()
+			return firstClaimed
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return firstPending
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// releaseClaim ends a failed login's share in this proxy's claim on the
+// account's key; when no login shares it any more and none has succeeded,
+// the claim is given up, so that the other proxies need not wait for it.
+func (p *Provider) releaseClaim(a *account) {
+	a.mu.Lock()
+	a.claimUsers = max(a.claimUsers-1, 0)
+	salt := ""
+	if a.claimUsers == 0 && a.password == nil && a.ring == nil {
+		salt, a.claimSalt = a.claimSalt, ""
+	}
+	a.mu.Unlock()
+	if shared, ok := p.opts.Store.(SharedStore); ok && salt != "" {
+		shared.Unclaim(a.name, salt)
 	}
 }
 

@@ -114,6 +114,11 @@ type account struct {
 	// refusedToken is the last token the upstream refused: never taken
 	// back from a shared store.
 	refusedToken string
+	// claimSalt is the salt this proxy claimed in a shared store for the
+	// key its first login will make ("" if none pending); claimUsers
+	// counts the logins under way that share the claim.
+	claimSalt  string
+	claimUsers int
 }
 
 // NewProvider builds a provider for cfg's accounts and loads cached tokens

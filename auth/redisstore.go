@@ -165,6 +165,13 @@ func (s *RedisStore) Claimed(account string) (string, error) {
 	return held, s.seen(err)
 }
 
+// Unclaim: see SharedStore.
+func (s *RedisStore) Unclaim(account, salt string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	return s.seen(unlockScript.Run(ctx, s.client, []string{claimKey(account)}, salt).Err())
+}
+
 func claimKey(account string) string { return "emailproxy:key-claim:" + account }
 
 // Save sets and deletes some cached keys of one account, at once. Values

@@ -358,20 +358,25 @@ func TestSharedPasswordAcrossProxies(t *testing.T) {
 	}
 }
 
-// Two proxies that each accept a different first password at the same
-// time: the one whose key reached Redis first wins; the other gives its
-// own up, keeps Redis's values and, from then on, takes only the winner's
-// password.
+// Two proxies whose first logins of an account come at the same time:
+// the first to check its password claims the key, and the other waits
+// for its values (here: until its login times out, with a temporary
+// error). A proxy that accepted a password without the claim (Redis was
+// unreachable then) finds another salt in Redis when it saves: it gives
+// its own key up, keeps Redis's values and, from then on, takes only the
+// winner's password.
 func TestSharedPasswordRace(t *testing.T) {
 	ts := newTokenServer(t, 0, 3600)
 	p1, p2, s1 := twoProxies(t, startRedis(t), ts.URL)
-	for _, c := range []struct {
-		p  *Provider
-		pw string
-	}{{p1, "first"}, {p2, "second"}} {
-		if _, err := c.p.authorize(context.Background(), "a@x", c.pw, ""); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := p1.authorize(context.Background(), "a@x", "first", ""); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := p2.authorize(ctx, "a@x", "second", "")
+	var lerr *LoginError
+	if !errors.As(err, &lerr) || !lerr.Temporary || !strings.Contains(lerr.Message, "another proxy") {
+		t.Fatalf("a first login on the second proxy while the first one's is under way: %v", err)
 	}
 	p1.confirm("a@x", "first")
 	salt := waitSalt(t, s1)
@@ -398,6 +403,27 @@ func TestSharedPasswordRace(t *testing.T) {
 	}
 	if _, err := p2.authorize(context.Background(), "a@x", "first", ""); err != nil {
 		t.Fatalf("the winning password on the second proxy: %v", err)
+	}
+}
+
+// A first login that fails after claiming the key (the server was down)
+// gives the claim up: another proxy's first login goes ahead at once.
+func TestSharedClaimReleasedOnFailure(t *testing.T) {
+	ts := newTokenServer(t, 0, 3600)
+	p1, p2, _ := twoProxies(t, startRedis(t), ts.URL)
+	g, err := p1.Login(context.Background(), "a@x", "pw", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Failed()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	g2, err := p2.Login(ctx, "a@x", "pw2", "")
+	if err != nil {
+		t.Fatalf("the second proxy's first login after the first one's failed: %v", err)
+	}
+	if lerr := g2.Accepted(); lerr != nil {
+		t.Fatal(lerr)
 	}
 }
 

@@ -114,6 +114,8 @@ type SharedStore interface {
 	Claim(account, salt string, ttl time.Duration) (string, error)
 	// Claimed returns the salt of a claim in progress, "" if none.
 	Claimed(account string) (string, error)
+	// Unclaim drops the claim made with salt, if it still holds.
+	Unclaim(account, salt string) error
 	// LockFetch waits, until ctx ends, for the account's fetch lock. The
 	// lock expires by itself after ttl, so a proxy that dies holding it
 	// delays the others by ttl at most. unlock releases it if still held.

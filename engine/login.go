@@ -83,6 +83,7 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 	case errors.As(err, &refused):
 		return nil, grant.Refused(refused.Text)
 	case err != nil:
+		grant.Failed()
 		return nil, auth.Unavailable(err)
 	}
 	if !sess.Reused {

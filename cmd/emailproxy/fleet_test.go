@@ -134,7 +134,23 @@ func TestTwoProxiesShareOneRedis(t *testing.T) {
 	password := func(account string) string { return "pw-" + account }
 	dump := func() string { return "proxy 1:\n" + proxies[0].log() + "\nproxy 2:\n" + proxies[1].log() }
 
-	// 1. Alternating logins: one token request per account.
+	// 1. First logins at the same moment on both proxies, then logins
+	// alternating between them: one token request per account.
+	var first sync.WaitGroup
+	firstErrs := make(chan error, 2*len(accounts))
+	for _, a := range accounts {
+		for _, p := range proxies {
+			first.Add(1)
+			go func() { defer first.Done(); firstErrs <- poll(p.popAddr, a, password(a), 0) }()
+		}
+	}
+	first.Wait()
+	close(firstErrs)
+	for err := range firstErrs {
+		if err != nil {
+			t.Fatalf("simultaneous first logins: %v\n%s", err, dump())
+		}
+	}
 	for round := range 4 {
 		for i, a := range accounts {
 			if err := poll(proxies[(round+i)%2].popAddr, a, password(a), 0); err != nil {
