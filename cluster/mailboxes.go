@@ -52,12 +52,21 @@ type Mailboxes struct {
 	wg        sync.WaitGroup
 	stop      chan struct{}
 	stopOnce  sync.Once
+
+	// A freed slot is published on freedChannel, so that waiting logins
+	// (on every proxy) try again at once rather than at their next poll.
+	wakeMu sync.Mutex
+	wake   map[string]chan struct{} // mailbox → closed when one of its slots is freed
 }
+
+// freedChannel carries the mailbox of every slot given back.
+const freedChannel = "emailproxy:mailbox-freed"
 
 // NewMailboxes uses client (shared with the token store).
 func NewMailboxes(client redis.UniversalClient) *Mailboxes {
 	return &Mailboxes{client: client, Lease: 15 * time.Second, Poll: 50 * time.Millisecond,
-		Timeout: time.Second, held: map[string]map[string]struct{}{}, stop: make(chan struct{})}
+		Timeout: time.Second, held: map[string]map[string]struct{}{}, stop: make(chan struct{}),
+		wake: map[string]chan struct{}{}}
 }
 
 // waiterTTL: a queued login that has not asked again for this long is
@@ -133,6 +142,7 @@ func (m *Mailboxes) Acquire(ctx context.Context, mailbox string, limit int, full
 	ks := keys(mailbox)
 	asked := false
 	for {
+		freed := m.freed(mailbox) // before asking, so that no release is missed
 		call, cancel := context.WithTimeout(ctx, m.Timeout)
 		got, err := acquireScript.Run(call, m.client, ks, id, limit, m.Lease.Milliseconds(), waiterTTL.Milliseconds()).Int()
 		cancel()
@@ -158,8 +168,31 @@ func (m *Mailboxes) Acquire(ctx context.Context, mailbox string, limit int, full
 		case <-ctx.Done():
 			m.leave(mailbox, id)
 			return nil, ctx.Err()
+		case <-freed:
 		case <-time.After(m.Poll):
 		}
+	}
+}
+
+// freed returns a channel closed when a slot of mailbox is next given back.
+func (m *Mailboxes) freed(mailbox string) <-chan struct{} {
+	m.wakeMu.Lock()
+	defer m.wakeMu.Unlock()
+	ch := m.wake[mailbox]
+	if ch == nil {
+		ch = make(chan struct{})
+		m.wake[mailbox] = ch
+	}
+	return ch
+}
+
+// wakeWaiters wakes the logins of this proxy waiting for mailbox.
+func (m *Mailboxes) wakeWaiters(mailbox string) {
+	m.wakeMu.Lock()
+	defer m.wakeMu.Unlock()
+	if ch := m.wake[mailbox]; ch != nil {
+		close(ch)
+		delete(m.wake, mailbox)
 	}
 }
 
@@ -220,15 +253,28 @@ func (m *Mailboxes) leave(mailbox, id string) {
 			p.ZRem(ctx, ks[0], id)
 			p.ZRem(ctx, ks[1], id)
 			p.ZRem(ctx, ks[2], id)
+			p.Publish(ctx, freedChannel, mailbox)
 			return nil
 		})
 		m.report(err)
+		m.wakeWaiters(mailbox)
 	}()
 }
 
-// Start renews this proxy's leases every Lease/3 until Close.
+// Start renews this proxy's leases every Lease/3 and listens for slots
+// freed by any proxy, until Close.
 func (m *Mailboxes) Start() {
-	m.wg.Add(1)
+	sub := m.client.Subscribe(context.Background(), freedChannel)
+	m.wg.Add(2)
+	go func() {
+		defer m.wg.Done()
+		go func() { <-m.stop; sub.Close() }()
+		// The channel is closed by sub.Close; go-redis subscribes again
+		// by itself after Redis comes back.
+		for msg := range sub.Channel() {
+			m.wakeWaiters(msg.Payload)
+		}
+	}()
 	go func() {
 		defer m.wg.Done()
 		t := time.NewTicker(m.Lease / 3)

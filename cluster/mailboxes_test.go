@@ -218,3 +218,30 @@ func TestRedisDownGrantsLocallyThenRegisters(t *testing.T) {
 		return err == nil && h == 0
 	})
 }
+
+// A slot freed on one proxy wakes the logins waiting on another at once
+// (published by Redis), not at their next poll: here polls are an hour
+// apart.
+func TestReleaseWakesWaitersOnOtherProxies(t *testing.T) {
+	url := redistest.Start(t)
+	a, b := proxy(t, url, 15*time.Second), proxy(t, url, 15*time.Second)
+	b.Poll = time.Hour
+	ctx := context.Background()
+	r1, r2 := acquire(t, a, ctx), acquire(t, a, ctx)
+	// The subscription of b is asynchronous: wait until Redis counts it.
+	waitFor(t, "the subscription", func() bool {
+		n, err := b.client.PubSubNumSub(ctx, freedChannel).Result()
+		return err == nil && n[freedChannel] >= 2
+	})
+	got := make(chan func())
+	go func() { got <- acquire(t, b, ctx) }()
+	waitFor(t, "the waiter in line", func() bool { _, w := held(t, a); return w == 1 })
+	r1()
+	select {
+	case r3 := <-got:
+		r3()
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter on the other proxy was not woken by the release")
+	}
+	r2()
+}
