@@ -24,14 +24,16 @@ const (
 	BulkIMAP Scenario = "bulk-imap" // UID FETCH of the large message
 	Idle     Scenario = "idle"      // connections held open: memory per connection
 	Abuse    Scenario = "abuse"     // honest clients while hostile ones run (proxy only)
+	Fleet    Scenario = "fleet"     // one proxy against two sharing Redis (proxy only)
 )
 
 // Scenarios lists the scenarios "all" runs, in the order a run takes them.
 var Scenarios = []Scenario{POP3, IMAP, SMTP, BulkPOP3, BulkIMAP, Idle}
 
-// known are the scenarios that may be named; abuse runs only when asked
-// for (it takes minutes and measures robustness, not speed).
-var known = append(append([]Scenario(nil), Scenarios...), Abuse)
+// known are the scenarios that may be named; abuse and fleet run only
+// when asked for (abuse takes minutes and measures robustness, not speed;
+// fleet needs redis-server).
+var known = append(append([]Scenario(nil), Scenarios...), Abuse, Fleet)
 
 // ParseScenarios reads a comma-separated list ("all" for every one).
 func ParseScenarios(list string) ([]Scenario, error) {

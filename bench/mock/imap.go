@@ -154,6 +154,16 @@ func (up *Upstream) Sessions(proto, user string) (now, peak int) {
 	return up.sessions[key], up.peak[key]
 }
 
+// ResetPeaks starts every mailbox's peak again from its sessions open now
+// (between phases of a bench run).
+func (up *Upstream) ResetPeaks() {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	for k := range up.peak {
+		up.peak[k] = up.sessions[k]
+	}
+}
+
 // LimitRefusals counts logins refused by the per-mailbox cap.
 func (up *Upstream) LimitRefusals() int {
 	up.mu.Lock()

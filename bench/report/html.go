@@ -134,6 +134,7 @@ func (rep *Report) WriteHTML(w io.Writer) error {
 	var rest bytes.Buffer // idle and abuse figures, as in the terminal
 	rep.writeIdle(&rest)
 	rep.writeAbuse(&rest)
+	rep.writeFleet(&rest)
 	var groups []plotGroup
 	for _, r := range rep.Results {
 		var lat, thr []series

@@ -23,6 +23,7 @@ type Report struct {
 	Results  []Result          `json:"results"`
 	Idle     *Idle             `json:"idle,omitempty"`
 	Abuse    *Abuse            `json:"abuse,omitempty"`
+	Fleet    *Fleet            `json:"fleet,omitempty"`
 	// ProxyMemory is the proxy's RSS over the whole run.
 	ProxyMemory []Point `json:"proxy_memory,omitempty"`
 	Marks       []Mark  `json:"marks,omitempty"` // phase starts on ProxyMemory's time axis
@@ -214,6 +215,7 @@ func (rep *Report) WriteTable(w io.Writer) {
 	}
 	rep.writeIdle(w)
 	rep.writeAbuse(w)
+	rep.writeFleet(w)
 }
 
 func (rep *Report) writeResults(w io.Writer) {

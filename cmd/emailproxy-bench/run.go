@@ -31,6 +31,7 @@ type runFlags struct {
 	jsonOut, htmlOut              string
 	keep                          bool
 	abuse                         abuseFlags
+	fleet                         fleetFlags
 }
 
 func runBench(args []string, stdout, stderr io.Writer) int {
@@ -38,7 +39,9 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("emailproxy-bench run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	f.mock.register(fs, 20)
-	fs.StringVar(&f.scenarios, "scenarios", "all", "comma-separated: pop3, imap, smtp, bulk-pop3, bulk-imap, idle (all: these), abuse")
+	fs.StringVar(&f.scenarios, "scenarios", "all", "comma-separated: pop3, imap, smtp, bulk-pop3, bulk-imap, idle (all: these), abuse, fleet")
+	fs.IntVar(&f.fleet.mailboxes, "fleet-mailboxes", 4, "fleet scenario: mailboxes the --concurrency clients share")
+	fs.IntVar(&f.fleet.cap, "fleet-mailbox-limit", 2, "fleet scenario: --mailbox-limit of each proxy")
 	fs.StringVar(&f.abuse.kinds, "abuse-kinds", "all", "abuse scenario: hostile kinds to run, comma-separated: "+hostileNames())
 	fs.IntVar(&f.abuse.slowloris, "abuse-slowloris", 2000, "abuse scenario: slowloris connections to hold")
 	fs.IntVar(&f.abuse.stalled, "abuse-stalled", 16, "abuse scenario: downloads to stall (at most --mailbox-limit per large mailbox)")
@@ -153,7 +156,8 @@ func (b *bench) run(scenarios []load.Scenario, modes []load.Mode, workdir string
 		return err
 	}
 	b.abuseRuns = hasScenario(scenarios, load.Abuse)
-	if hasMode(modes, load.Proxy) {
+	fleetOnly := len(scenarios) == 1 && scenarios[0] == load.Fleet // it starts proxies of its own
+	if hasMode(modes, load.Proxy) && !fleetOnly {
 		if err := b.startProxy(cfgPath, caPath, workdir, ports); err != nil {
 			return err
 		}
@@ -168,6 +172,14 @@ func (b *bench) run(scenarios []load.Scenario, modes []load.Mode, workdir string
 		if sc == load.Abuse {
 			if hasMode(modes, load.Proxy) {
 				if b.rep.Abuse, err = b.abuse(ctx); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if sc == load.Fleet {
+			if hasMode(modes, load.Proxy) {
+				if b.rep.Fleet, err = b.fleet(ctx, workdir); err != nil {
 					return err
 				}
 			}

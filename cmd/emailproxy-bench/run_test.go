@@ -257,3 +257,26 @@ func runJSON(t *testing.T, args ...string) (report.Report, string) {
 	}
 	return rep, out.String()
 }
+
+// A short fleet run: one proxy, two sharing nothing, two sharing a real
+// redis-server, each started fresh. Two proxies sharing Redis make the
+// token requests of one and hold the per-mailbox cap of one; two sharing
+// nothing make twice the requests.
+func TestFleetScenario(t *testing.T) {
+	rep, out := runJSON(t, "--scenarios", "fleet", "--modes", "proxy", "--duration", "1s", "--concurrency", "6",
+		"--mailboxes", "2", "--fleet-mailboxes", "2", "--fleet-mailbox-limit", "1", "--messages", "2", "--big-size", "0",
+		"--rtt", "2ms", "--token-delay", "0")
+	f := rep.Fleet
+	if f == nil || len(f.Rows) != 3 || f.Mailboxes != 2 || f.Cap != 1 {
+		t.Fatalf("fleet results: %+v\n%s", f, out)
+	}
+	want := []struct{ tokens, maxSessions int }{{2, 1}, {4, 2}, {2, 1}}
+	for i, r := range f.Rows {
+		if r.Cycles == 0 || r.Errors != 0 || r.TokenRequests != want[i].tokens || r.MaxSessionsPerMailbox > want[i].maxSessions || r.MaxSessionsPerMailbox < 1 {
+			t.Fatalf("%s: %+v (want %d token requests, at most %d sessions per mailbox)\n%s", r.Setup, r, want[i].tokens, want[i].maxSessions, out)
+		}
+	}
+	if !f.Rows[2].SharedRedis || f.Rows[2].Instances != 2 || !strings.Contains(out, "fleet: 6 POP3 clients on 2 mailboxes") {
+		t.Fatalf("fleet table:\n%s", out)
+	}
+}
