@@ -76,13 +76,7 @@ func (b *bench) fleetPhase(ctx context.Context, workdir string, k int, setup fle
 	var procs []*fleetProc
 	defer func() {
 		for _, p := range procs {
-			terminate(p.cmd)
-			select {
-			case <-p.exited:
-			case <-time.After(10 * time.Second):
-				p.cmd.Process.Kill()
-				<-p.exited
-			}
+			stopChild(p.cmd, p.exited)
 		}
 	}()
 	for i := range setup.instances {

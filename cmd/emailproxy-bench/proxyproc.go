@@ -72,14 +72,20 @@ func (b *bench) stopProxy() {
 	if b.proxy == nil {
 		return
 	}
-	terminate(b.proxy)
-	select {
-	case <-b.exited:
-	case <-time.After(10 * time.Second):
-		b.proxy.Process.Kill()
-		<-b.exited
-	}
+	stopChild(b.proxy, b.exited)
 	b.proxy = nil
+}
+
+// stopChild asks a proxy process to stop (SIGTERM to its group), and
+// kills it if it has not ended (exited closed) within 10 s.
+func stopChild(cmd *exec.Cmd, exited <-chan struct{}) {
+	terminate(cmd)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+	}
 }
 
 // freePorts returns n distinct free ports on 127.0.0.1.
