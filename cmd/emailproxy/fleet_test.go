@@ -279,3 +279,67 @@ func TestAWSSecretsManagerCache(t *testing.T) {
 		t.Fatalf("a secret in the log:\n%s", out)
 	}
 }
+
+// rediss://: the token cache over TLS to a real redis-server with a TLS
+// port only, its certificate trusted through SSL_CERT_FILE as any other.
+func TestRedisOverTLS(t *testing.T) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatal("this test needs redis-server: apt-get install redis-server (bash .ci/run does)")
+	}
+	up, err := mock.Start(mock.Options{ClientID: "cid", ClientSecret: "sec", Scope: "s",
+		Mailboxes: map[string][]mock.Message{"a@x": {{UID: "1", Body: []byte("Subject: hi\r\n\r\nhi\r\n")}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	dir := t.TempDir()
+	caFile, certFile, keyFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "redis.pem"), filepath.Join(dir, "redis.key")
+	os.WriteFile(caFile, up.CA.PEM, 0o600)
+	certPEM, keyPEM, err := up.CA.LeafPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(certFile, certPEM, 0o600)
+	os.WriteFile(keyFile, keyPEM, 0o600)
+	port := redistest.FreePort(t)
+	redis := exec.Command(bin, "--port", "0", "--tls-port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no")
+	var redisLog bytes.Buffer
+	redis.Stdout, redis.Stderr = &redisLog, &redisLog
+	if err := redis.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { redis.Process.Kill(); redis.Wait() }()
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("redis-server did not start with TLS")
+		}
+	}
+	p := startFleetProxy(t, up, caFile, fmt.Sprintf("rediss://localhost:%d/0", port), []string{"a@x"})
+	if err := poll(p.popAddr, "a@x", "pw", 0); err != nil {
+		t.Fatalf("%v\n%s", err, p.log())
+	}
+	// The cache reached Redis: a second proxy on it logs in with no token
+	// request, and the first logged no outage.
+	requests := up.Authority.Requests()
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		p2 := startFleetProxy(t, up, caFile, fmt.Sprintf("rediss://localhost:%d/0", port), []string{"a@x"})
+		err := poll(p2.popAddr, "a@x", "pw", 0)
+		p2.cmd.Process.Signal(syscall.SIGTERM)
+		p2.cmd.Wait()
+		if err == nil && up.Authority.Requests() == requests {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("a second proxy on the TLS Redis: %v, %d token requests\n%s", err, up.Authority.Requests()-requests, p2.log())
+		}
+	}
+	if strings.Contains(p.log(), "Redis unavailable") {
+		t.Fatalf("the TLS connection to Redis failed:\n%s", p.log())
+	}
+}
