@@ -10,9 +10,11 @@ type Stats struct {
 	Reuse    upstream.ReuseStats  // IMAP session reuse (zero when off)
 }
 
-// WarmStats describes one section's warm pool.
+// WarmStats describes one section's warm pool and its TLS handshakes
+// (Resumed: how many resumed a session).
 type WarmStats struct {
 	Idle, Hits, Misses, Expired, Dialed int
+	Handshakes, Resumed                 int64
 }
 
 // Stats returns the engine's counters.
@@ -27,7 +29,9 @@ func (s *Server) Stats() Stats {
 	s.relayMu.Unlock()
 	for _, l := range s.listenerList() {
 		ps, idle := l.up.Pool.Snapshot()
-		st.Warm[l.srv.Section] = WarmStats{Idle: idle, Hits: ps.Hits, Misses: ps.Misses, Expired: ps.Expired, Dialed: ps.Dialed}
+		hs, resumed := l.up.Dialer.Handshakes()
+		st.Warm[l.srv.Section] = WarmStats{Idle: idle, Hits: ps.Hits, Misses: ps.Misses, Expired: ps.Expired, Dialed: ps.Dialed,
+			Handshakes: hs, Resumed: resumed}
 	}
 	return st
 }

@@ -80,6 +80,12 @@ type Mode struct {
 	ProxyRSSPeakMB       float64 `json:"proxy_rss_peak_mb,omitempty"`
 	UpstreamLogins       int     `json:"upstream_logins"`
 	TokenRequests        int     `json:"token_requests"`
+	// Upstream TLS handshakes during the phase and how many resumed a
+	// session (proxy mode, our proxy).
+	UpstreamHandshakes int64 `json:"upstream_tls_handshakes,omitempty"`
+	UpstreamResumed    int64 `json:"upstream_tls_resumed,omitempty"`
+	// Profile is where the proxy spent its CPU (with --profile).
+	Profile *load.CPUProfile `json:"profile,omitempty"`
 	// For the plots.
 	CDF        []Point `json:"cycle_cdf,omitempty"`  // cycle ms -> fraction
 	Throughput []Point `json:"throughput,omitempty"` // s -> cycles/s
@@ -214,8 +220,48 @@ func (rep *Report) WriteTable(w io.Writer) {
 		rep.writeResults(w)
 	}
 	rep.writeIdle(w)
+	rep.writeProfiles(w)
 	rep.writeAbuse(w)
 	rep.writeFleet(w)
+}
+
+// writeProfiles prints, per scenario profiled, where the proxy's CPU went.
+func (rep *Report) writeProfiles(w io.Writer) {
+	for _, r := range rep.Results {
+		m := r.Proxy
+		if m == nil || m.Profile == nil {
+			continue
+		}
+		p := m.Profile
+		fmt.Fprintf(w, "\nprofile of the proxy, %s (%.0f s, %.1f CPU-seconds sampled", r.Scenario, p.Seconds, p.CPUs)
+		if m.UpstreamHandshakes > 0 {
+			fmt.Fprintf(w, "; upstream TLS handshakes: %d, %d resumed", m.UpstreamHandshakes, m.UpstreamResumed)
+		}
+		if p.File != "" {
+			fmt.Fprintf(w, "; go tool pprof %s", p.File)
+		}
+		fmt.Fprintln(w, ")")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  area\tcum\t\ttop function\tflat\tcum\t")
+		for i := 0; i < max(len(p.Areas), len(p.Top)); i++ {
+			var a, t string
+			if i < len(p.Areas) {
+				a = fmt.Sprintf("  %s\t%.1f%%\t", p.Areas[i].Name, p.Areas[i].Cum)
+			} else {
+				a = "\t\t"
+			}
+			if i < len(p.Top) {
+				t = fmt.Sprintf("\t%s\t%.1f%%\t%.1f%%\t", shortFunc(p.Top[i].Name), p.Top[i].Flat, p.Top[i].Cum)
+			}
+			fmt.Fprintln(tw, a+t)
+		}
+		tw.Flush()
+	}
+}
+
+// shortFunc drops the module path of our own functions.
+func shortFunc(name string) string {
+	return strings.TrimPrefix(name, "github.com/emailproxy/emailproxy/")
 }
 
 func (rep *Report) writeResults(w io.Writer) {

@@ -30,6 +30,7 @@ type runFlags struct {
 	proxyPid                      int
 	jsonOut, htmlOut              string
 	keep                          bool
+	profile                       bool
 	abuse                         abuseFlags
 	fleet                         fleetFlags
 }
@@ -58,6 +59,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.proxyArg, "proxy-args", "", "extra flags for our proxy, e.g. '--imap-session-reuse 5m'")
 	fs.StringVar(&f.proxyAddr, "proxy-addr", "", "use a proxy that is already running on this host, with the configuration written to --workdir; start none")
 	fs.IntVar(&f.proxyPid, "proxy-pid", 0, "with --proxy-addr: the proxy's process ID, to measure its CPU and memory")
+	fs.BoolVar(&f.profile, "profile", false, "take a CPU profile of our proxy during each scenario: top functions and cost areas in the report, the profiles in --workdir")
 	fs.StringVar(&f.jsonOut, "json", "", "write the results as JSON to this file (- for standard output)")
 	fs.StringVar(&f.htmlOut, "html", "", "write an HTML report with plots to this file")
 	workdir := fs.String("workdir", "", "directory for the generated configuration, CA and proxy log (default: a temporary one, removed after)")
@@ -107,7 +109,8 @@ type bench struct {
 	statsAddr string
 	sampler   *load.Sampler
 	rep       report.Report
-	abuseRuns bool // the abuse scenario is in this run
+	abuseRuns bool   // the abuse scenario is in this run
+	workdir   string // where the run's files go
 }
 
 func (b *bench) run(scenarios []load.Scenario, modes []load.Mode, workdir string) error {
@@ -121,6 +124,7 @@ func (b *bench) run(scenarios []load.Scenario, modes []load.Mode, workdir string
 	} else if err := os.MkdirAll(workdir, 0o755); err != nil {
 		return err
 	}
+	b.workdir = workdir
 	// Enough mailboxes that the idle sessions stay under the per-mailbox cap.
 	if b.f.mock.mailboxLimit > 0 && hasScenario(scenarios, load.Idle) {
 		need := (b.f.idleSessions + b.f.mock.mailboxLimit - 1) / b.f.mock.mailboxLimit
@@ -271,11 +275,36 @@ func (b *bench) phase(ctx context.Context, sc load.Scenario, mode load.Mode) (*r
 	if b.pid > 0 && mode == load.Proxy {
 		cpu0, _ = load.ReadProc(b.pid)
 	}
+	ours := mode == load.Proxy && b.statsAddr != ""
+	var hs0, resumed0 int64
+	if ours {
+		hs0, resumed0, _ = load.ReadHandshakes(b.statsAddr)
+	}
+	var prof chan profResult
+	if ours && b.f.profile {
+		prof = make(chan profResult, 1)
+		go func() {
+			p, err := load.ProfileCPU(ctx, b.statsAddr, l.Duration, filepath.Join(b.workdir, fmt.Sprintf("cpu-%s.pprof", sc)))
+			prof <- profResult{p, err}
+		}()
+	}
 	var prog load.Progress
 	stop := b.showProgress(fmt.Sprintf("%-9s %-6s", sc, mode), l.Duration, &prog)
 	ph := b.target.Run(ctx, sc, mode, l, &prog)
 	stop()
 	m := report.Summarize(ph)
+	if ours {
+		if hs, resumed, err := load.ReadHandshakes(b.statsAddr); err == nil {
+			m.UpstreamHandshakes, m.UpstreamResumed = hs-hs0, resumed-resumed0
+		}
+	}
+	if prof != nil {
+		if r := <-prof; r.err != nil {
+			fmt.Fprintf(b.errw, "%-9s %-6s profile: %v\n", sc, mode, r.err)
+		} else {
+			m.Profile = r.p
+		}
+	}
 	m.UpstreamLogins, m.TokenRequests = b.up.Logins()-logins0, b.up.Authority.Requests()-tokens0
 	if b.pid > 0 && mode == load.Proxy {
 		if cpu1, err := load.ReadProc(b.pid); err == nil {
@@ -290,6 +319,11 @@ func (b *bench) phase(ctx context.Context, sc load.Scenario, mode load.Mode) (*r
 		}
 	}
 	return m, nil
+}
+
+type profResult struct {
+	p   *load.CPUProfile
+	err error
 }
 
 // settle waits (up to a minute) until the proxy is quiet: the first login of

@@ -33,7 +33,7 @@ func TestRunEveryScenarioEndToEnd(t *testing.T) {
 	code := run([]string{"run", "--duration", "700ms", "--concurrency", "2", "--mailboxes", "2", "--messages", "2",
 		"--big-size", "1300000", "--big-mailboxes", "1", "--rtt", "2ms", "--token-delay", "0",
 		"--idle-clients", "30", "--idle-sessions", "6", "--stalled-sessions", "20", "--proxy-args", "--imap-session-reuse 30s",
-		"--json", jsonPath, "--html", htmlPath}, &out, &errOut, nil)
+		"--profile", "--workdir", filepath.Join(dir, "work"), "--json", jsonPath, "--html", htmlPath}, &out, &errOut, nil)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
 	}
@@ -75,6 +75,15 @@ func TestRunEveryScenarioEndToEnd(t *testing.T) {
 		if r.CycleP50Ratio <= 0 {
 			t.Fatalf("%s: no ratio", r.Scenario)
 		}
+		// --profile: where the CPU went, and the profile kept in --workdir.
+		if p := r.Proxy.Profile; p == nil || p.CPUs <= 0 || len(p.Top) == 0 || len(p.Areas) == 0 {
+			t.Fatalf("%s: no profile: %+v", r.Scenario, r.Proxy.Profile)
+		} else if _, err := os.Stat(p.File); err != nil || filepath.Dir(p.File) != filepath.Join(dir, "work") {
+			t.Fatalf("%s: profile file %q: %v", r.Scenario, p.File, err)
+		}
+		if r.Scenario == "pop3" && (r.Proxy.UpstreamHandshakes == 0 || r.Proxy.UpstreamResumed > r.Proxy.UpstreamHandshakes) {
+			t.Fatalf("pop3: upstream handshakes %d, resumed %d", r.Proxy.UpstreamHandshakes, r.Proxy.UpstreamResumed)
+		}
 		if strings.HasPrefix(r.Scenario, "bulk") && (r.Proxy.MBPerS <= 0 || r.ThroughputRatio <= 0) {
 			t.Fatalf("%s: no throughput", r.Scenario)
 		}
@@ -108,7 +117,7 @@ func TestRunEveryScenarioEndToEnd(t *testing.T) {
 		t.Fatalf("HTML has %d plots, want %d", n, 2*len(want)+1)
 	}
 	table := out.String()
-	for _, s := range append(want, "proxy / direct", "pre-login clients", "authenticated IDLE sessions") {
+	for _, s := range append(want, "proxy / direct", "pre-login clients", "authenticated IDLE sessions", "profile of the proxy, pop3", "key exchange") {
 		if !strings.Contains(table, s) {
 			t.Fatalf("table lacks %q:\n%s", s, table)
 		}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emailproxy/emailproxy/config"
@@ -62,7 +63,14 @@ type Dialer struct {
 	srv     *config.Server
 	tls     *tls.Config
 	timeout time.Duration // dial + handshake + greeting
+	// TLS handshakes completed, and how many of them resumed a session
+	// (no certificate sent or verified).
+	handshakes, resumed atomic.Int64
 }
+
+// Handshakes reports the TLS handshakes completed and how many resumed a
+// session.
+func (d *Dialer) Handshakes() (total, resumed int64) { return d.handshakes.Load(), d.resumed.Load() }
 
 func NewDialer(srv *config.Server, roots *x509.CertPool, timeout time.Duration) *Dialer {
 	return &Dialer{
@@ -118,6 +126,10 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 			return nil, &Error{fmt.Sprintf("TLS certificate of %s is not trusted: %v", addr, verr.Err), err}
 		}
 		return nil, &Error{fmt.Sprintf("TLS handshake with %s failed: %s", addr, ShortNetErr(err)), err}
+	}
+	d.handshakes.Add(1)
+	if conn.ConnectionState().DidResume {
+		d.resumed.Add(1)
 	}
 	u.TLS = conn
 	u.br.Reset(conn)
