@@ -173,3 +173,22 @@ func ReadHandshakes(statsAddr string) (total, resumed int64, err error) {
 	}
 	return total, resumed, nil
 }
+
+// SaveHeapProfile writes the proxy's live heap (after a collection) to
+// file, for `go tool pprof -sample_index=inuse_space`.
+func SaveHeapProfile(statsAddr, file string) error {
+	cl := http.Client{Timeout: 30 * time.Second}
+	resp, err := cl.Get("http://" + statsAddr + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile: %s", resp.Status)
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, data, 0o644)
+}

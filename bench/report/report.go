@@ -106,6 +106,8 @@ type Idle struct {
 	Sessions      int     `json:"authenticated_sessions"`
 	SessionRSSKB  float64 `json:"session_rss_kb_each"`
 	SessionGoKB   float64 `json:"session_go_kb_each"`
+	// SessionStackKB is the goroutine stacks' part of SessionGoKB.
+	SessionStackKB float64 `json:"session_stack_kb_each,omitempty"`
 	// Stalled sessions: a large download in flight to a client that
 	// stopped reading.
 	Stalled      int      `json:"stalled_sessions"`
@@ -329,8 +331,8 @@ func (rep *Report) writeIdle(w io.Writer) {
 			fmt.Fprintf(w, "  %d pre-login clients: %s RSS each, %s Go heap+stack each\n", i.PreLogin, rss(i.PreLoginRSSKB), kb(i.PreLoginGoKB))
 		}
 		if i.Sessions > 0 {
-			fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS): %s RSS each, %s Go heap+stack each\n",
-				i.Sessions, rss(i.SessionRSSKB), kb(i.SessionGoKB))
+			fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS): %s RSS each, %s Go heap+stack each (stacks %s)\n",
+				i.Sessions, rss(i.SessionRSSKB), kb(i.SessionGoKB), kb(i.SessionStackKB))
 		}
 		if i.Stalled > 0 {
 			fmt.Fprintf(w, "  %d sessions relaying a large message to a client that stopped reading: %s RSS each, %s Go heap+stack each\n",

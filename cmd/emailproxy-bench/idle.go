@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/emailproxy/emailproxy/bench/load"
@@ -13,6 +14,7 @@ import (
 // measures what each costs the proxy.
 func (b *bench) idle(ctx context.Context) *report.Idle {
 	res := &report.Idle{PreLoginGoKB: -1, SessionGoKB: -1, StalledGoKB: -1}
+	var stackKB float64 // of the last measure
 	measure := func(what string, n int, hold func(*load.Progress) (*load.Held, error)) (rssKB, goKB float64, held int) {
 		b.mark("idle " + what)
 		base, _ := load.ReadProc(b.pid)
@@ -32,6 +34,14 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 		}
 		time.Sleep(500 * time.Millisecond) // let the proxy settle (handshakes, buffers)
 		now, _ := load.ReadProc(b.pid)
+		if b.f.profile && b.statsAddr != "" {
+			file := filepath.Join(b.workdir, "heap-idle-"+what+".pprof")
+			if err := load.SaveHeapProfile(b.statsAddr, file); err != nil {
+				res.ErrorSamples = append(res.ErrorSamples, "heap profile: "+err.Error())
+			} else {
+				fmt.Fprintf(b.errw, "idle      %s: heap profile in %s\n", what, file)
+			}
+		}
 		rssKB = float64(now.RSS-base.RSS) / 1024 / float64(held)
 		goKB = -1
 		if goErr == nil {
@@ -39,6 +49,7 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 			goErr = err
 			if err == nil {
 				goKB = float64((g.HeapInuse+g.StackInuse)-(baseGo.HeapInuse+baseGo.StackInuse)) / 1024 / float64(held)
+				stackKB = float64(g.StackInuse-baseGo.StackInuse) / 1024 / float64(held)
 			}
 		}
 		if goErr != nil && b.statsAddr != "" {
@@ -59,6 +70,7 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 		res.SessionRSSKB, res.SessionGoKB, res.Sessions = measure("sessions", b.f.idleSessions, func(p *load.Progress) (*load.Held, error) {
 			return b.target.HoldIdling(ctx, load.Proxy, b.f.idleSessions, p)
 		})
+		res.SessionStackKB = stackKB
 	}
 	if b.f.stalled > 0 && b.f.mock.bigSize > 0 {
 		// Each large mailbox takes at most --mailbox-limit sessions.
