@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -49,7 +50,21 @@ type chunkReader struct {
 	rawFn func(uintptr) bool // r.rawRead
 	n     int                // rawRead's result
 	rerr  error
+
+	// batch: a TLS source whose records read ahead are gathered into one
+	// chunk (one write to the client instead of one per record).
+	batch bool
 }
+
+// maxRecord is the most plaintext one TLS record carries.
+const maxRecord = 16 << 10
+
+// batchSize is a batching reader's buffer: four full records.
+const batchSize = 4 * maxRecord
+
+// past is a deadline already gone: a read with it takes only what needs
+// no wait.
+var past = time.Unix(1, 0)
 
 func newChunkReader(pool *bytebufferpool.Pool, src net.Conn, size int) *chunkReader {
 	r := &chunkReader{pool: pool, src: src, size: size}
@@ -57,6 +72,9 @@ func newChunkReader(pool *bytebufferpool.Pool, src net.Conn, size int) *chunkRea
 		if raw, err := sc.SyscallConn(); err == nil {
 			r.raw, r.rawFn = raw, r.rawRead
 		}
+	}
+	if _, ok := src.(*tls.Conn); ok && size >= maxRecord {
+		r.batch, r.size = true, max(size, batchSize)
 	}
 	return r
 }
@@ -84,8 +102,27 @@ func (r *chunkReader) next() ([]byte, error) {
 			r.busy = false // quiet again: give the buffer back
 			continue
 		}
+		if r.batch && err == nil && n > 0 {
+			n = r.gather(buf, n)
+		}
 		return buf[:n], err
 	}
+}
+
+// gather adds to buf[:n] the records that can be read without waiting
+// (crypto/tls, or the record reader under it, holds them), while a whole
+// record still fits.
+func (r *chunkReader) gather(buf []byte, n int) int {
+	r.src.SetReadDeadline(past)
+	r.deadlineSet = true // the next read sets its own
+	for len(buf)-n >= maxRecord {
+		m, err := r.src.Read(buf[n:])
+		n += m
+		if err != nil || m == 0 {
+			break // a timeout: nothing more without waiting; anything else comes again next read
+		}
+	}
+	return n
 }
 
 // readRaw reads a plain socket: the pooled buffer is taken only when a

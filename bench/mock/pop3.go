@@ -188,7 +188,11 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 				continue
 			}
 			say(fmt.Sprintf("+OK %d octets", len(msgs[n-1].Body)))
-			w.Write(DotStuff(msgs[n-1].Body))
+			if m := msgs[n-1]; m.stuffed != nil {
+				w.Write(m.stuffed)
+			} else {
+				w.Write(DotStuff(m.Body))
+			}
 			say(".")
 		case "DELE":
 			if !valid {

@@ -20,6 +20,10 @@ import (
 type Message struct {
 	UID  string
 	Body []byte
+	// stuffed is Body dot-stuffed for POP3, made once: a RETR of a large
+	// message must not cost the mock a copy of it each time, or the mock,
+	// not what is measured, sets the pace.
+	stuffed []byte
 }
 
 // Options configure a mock provider.
@@ -116,6 +120,10 @@ func Start(opts Options) (*Upstream, error) {
 	}
 	for addr, msgs := range opts.Mailboxes {
 		up.mailboxes[addr] = append([]Message(nil), msgs...)
+		for i := range up.mailboxes[addr] {
+			m := &up.mailboxes[addr][i]
+			m.stuffed = DotStuff(m.Body)
+		}
 		u := imapmemserver.NewUser(addr, "")
 		if err := u.Create("INBOX", nil); err != nil {
 			return nil, err

@@ -118,7 +118,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 			return nil, &Error{fmt.Sprintf("STARTTLS with %s failed: %s", addr, ShortNetErr(err)), err}
 		}
 	}
-	conn := tls.Client(&recordConn{Conn: raw}, d.tls)
+	conn := tls.Client(newRecordConn(raw), d.tls)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		var verr *tls.CertificateVerificationError

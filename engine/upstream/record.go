@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"syscall"
+
+	"github.com/valyala/bytebufferpool"
 )
 
 // tlsHeaderLen is the size of a TLS record header: type, version, length.
@@ -19,13 +22,109 @@ const tlsHeaderLen = 5
 //
 // It costs no extra system call: the read that finishes a record also
 // takes the next record's header, which is kept here until asked for.
+//
+// Under a download, reading the socket one record at a time would cost a
+// system call per 16 KiB. Where the socket can be waited on without a
+// buffer (Unix), what the socket holds is read at once into a pooled
+// buffer of aheadSize, taken only for that read and kept only until
+// crypto/tls has asked for all of it: a quiet connection holds none.
 type recordConn struct {
 	net.Conn
 	left   int                // payload bytes of the current record still to read
 	hdr    [tlsHeaderLen]byte // the next record's header, read ahead
 	hdrLen int                // bytes of hdr read from the socket
 	hdrOff int                // bytes of hdr already handed to crypto/tls
+
+	raw   syscall.RawConn // nil: no read-ahead
+	ahead []byte          // bytes read from the socket, not yet handed on
+	bb    *bytebufferpool.ByteBuffer
+	rawFn func(uintptr) bool // readAhead, made once
+	n     int
+	rerr  error
 }
+
+// aheadSize is the most read from the socket at once.
+const aheadSize = 64 << 10
+
+var aheadBufs bytebufferpool.Pool
+
+// newRecordConn wraps a dialled socket.
+func newRecordConn(c net.Conn) *recordConn {
+	rc := &recordConn{Conn: c}
+	if sc, ok := c.(syscall.Conn); ok && rawReads {
+		if raw, err := sc.SyscallConn(); err == nil {
+			rc.raw, rc.rawFn = raw, rc.readAhead
+		}
+	}
+	return rc
+}
+
+// readSocket reads into p what was read ahead, else from the socket.
+func (c *recordConn) readSocket(p []byte) (int, error) {
+	if len(c.ahead) > 0 {
+		n := copy(p, c.ahead)
+		c.ahead = c.ahead[n:]
+		if len(c.ahead) == 0 {
+			c.releaseAhead()
+		}
+		return n, nil
+	}
+	if c.raw == nil {
+		return c.Conn.Read(p)
+	}
+	c.n, c.rerr = 0, nil
+	if err := c.raw.Read(c.rawFn); err != nil { // a deadline, or closed
+		c.releaseAhead()
+		return 0, err
+	}
+	if c.rerr != nil || c.n == 0 {
+		c.releaseAhead()
+		if c.rerr == nil {
+			return 0, io.EOF
+		}
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: c.rerr}
+	}
+	n := copy(p, c.bb.B[:c.n])
+	c.ahead = c.bb.B[n:c.n]
+	if len(c.ahead) == 0 {
+		c.releaseAhead()
+	}
+	return n, nil
+}
+
+// readAhead is RawConn.Read's callback: a read that would block gives the
+// buffer back and waits without it.
+func (c *recordConn) readAhead(fd uintptr) bool {
+	if c.bb == nil {
+		c.bb = aheadBufs.Get()
+		if cap(c.bb.B) < aheadSize {
+			c.bb.B = make([]byte, aheadSize)
+		}
+		c.bb.B = c.bb.B[:cap(c.bb.B)]
+	}
+	for {
+		c.n, c.rerr = readFD(fd, c.bb.B)
+		if c.rerr != syscall.EINTR {
+			break
+		}
+	}
+	if c.rerr == syscall.EAGAIN {
+		c.releaseAhead()
+		return false
+	}
+	if c.n < 0 {
+		c.n = 0
+	}
+	return true
+}
+
+func (c *recordConn) releaseAhead() {
+	if c.bb != nil {
+		aheadBufs.Put(c.bb)
+		c.bb, c.ahead = nil, nil
+	}
+}
+
 
 func (c *recordConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
@@ -40,7 +139,7 @@ func (c *recordConn) Read(p []byte) (int, error) {
 	if want == c.left {
 		extra = min(tlsHeaderLen, len(p)-want)
 	}
-	n, err := c.Conn.Read(p[:want+extra])
+	n, err := c.readSocket(p[:want+extra])
 	if n > want {
 		c.hdrLen = copy(c.hdr[:], p[want:n])
 		n = want
@@ -52,7 +151,7 @@ func (c *recordConn) Read(p []byte) (int, error) {
 // readHeader hands over the next record header and learns its length.
 func (c *recordConn) readHeader(p []byte) (int, error) {
 	if c.hdrLen < tlsHeaderLen {
-		n, err := io.ReadAtLeast(c.Conn, c.hdr[c.hdrLen:], tlsHeaderLen-c.hdrLen)
+		n, err := io.ReadAtLeast(readerFunc(c.readSocket), c.hdr[c.hdrLen:], tlsHeaderLen-c.hdrLen)
 		c.hdrLen += n
 		if c.hdrLen < tlsHeaderLen {
 			if err == io.ErrUnexpectedEOF || (err == io.EOF && c.hdrLen > 0) {
@@ -72,4 +171,8 @@ func (c *recordConn) readHeader(p []byte) (int, error) {
 
 // RecordReader puts c under crypto/tls the way dialled connections are:
 // reads hand it one TLS record at a time.
-func RecordReader(c net.Conn) net.Conn { return &recordConn{Conn: c} }
+func RecordReader(c net.Conn) net.Conn { return newRecordConn(c) }
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }

@@ -28,7 +28,8 @@ func TestRecordConnHandsOneRecordAtATime(t *testing.T) {
 		}
 		server.Close()
 	}()
-	rc := &recordConn{Conn: client}
+	rc := newRecordConn(client) // a pipe: no read-ahead
+
 	var got []byte
 	var reads []int
 	buf := make([]byte, 8192)
