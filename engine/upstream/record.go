@@ -125,7 +125,6 @@ func (c *recordConn) releaseAhead() {
 	}
 }
 
-
 func (c *recordConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
