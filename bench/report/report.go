@@ -115,6 +115,20 @@ type Idle struct {
 	StalledGoKB  float64  `json:"stalled_go_kb_each"`
 	Errors       int      `json:"errors"`
 	ErrorSamples []string `json:"error_samples,omitempty"`
+	// Together: the sessions and the pre-login clients held at once.
+	Together *Together `json:"together,omitempty"`
+}
+
+// Together is the idle scenario's sessions and pre-login clients held at
+// the same time by one proxy process.
+type Together struct {
+	Sessions     int      `json:"authenticated_sessions"`
+	PreLogin     int      `json:"pre_login_connections"`
+	Errors       int      `json:"errors"`
+	ErrorSamples []string `json:"error_samples,omitempty"`
+	RSSMB        float64  `json:"rss_mb"`
+	GrowthMB     float64  `json:"rss_growth_mb"`
+	PollOK       bool     `json:"poll_ok"` // a fresh poll worked while all were held
 }
 
 // Summarize computes a phase's figures.
@@ -337,6 +351,17 @@ func (rep *Report) writeIdle(w io.Writer) {
 		if i.Stalled > 0 {
 			fmt.Fprintf(w, "  %d sessions relaying a large message to a client that stopped reading: %s RSS each, %s Go heap+stack each\n",
 				i.Stalled, rss(i.StalledRSSKB), kb(i.StalledGoKB))
+		}
+		if t := i.Together; t != nil {
+			poll := "a fresh poll worked"
+			if !t.PollOK {
+				poll = "a fresh poll FAILED"
+			}
+			fmt.Fprintf(w, "  together: %d sessions + %d pre-login clients at once, %d errors, proxy RSS %.1f MB (+%.1f MB); %s\n",
+				t.Sessions, t.PreLogin, t.Errors, t.RSSMB, t.GrowthMB, poll)
+			if len(t.ErrorSamples) > 0 {
+				fmt.Fprintf(w, "  together: errors: %s\n", strings.Join(t.ErrorSamples, "; "))
+			}
 		}
 		if i.Errors > 0 || len(i.ErrorSamples) > 0 {
 			fmt.Fprintf(w, "  %d errors: %s\n", i.Errors, strings.Join(i.ErrorSamples, "; "))

@@ -72,6 +72,10 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 		})
 		res.SessionStackKB = stackKB
 	}
+	if b.f.idleSessions > 0 && b.f.idleClients > 0 {
+		time.Sleep(time.Second)
+		res.Together = b.holdTogether(ctx)
+	}
 	if b.f.stalled > 0 && b.f.mock.bigSize > 0 {
 		// Each large mailbox takes at most --mailbox-limit sessions.
 		if lim := b.f.mock.mailboxLimit; lim > 0 && b.f.stalled > lim*b.f.mock.bigBoxes {
@@ -98,4 +102,40 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 		res.StalledGoKB = round(res.StalledGoKB)
 	}
 	return res
+}
+
+// holdTogether holds the authenticated sessions and the pre-login clients
+// at the same time, the most connections the run asks of one process,
+// then checks that a fresh poll still works.
+func (b *bench) holdTogether(ctx context.Context) *report.Together {
+	b.mark("idle together")
+	base, _ := load.ReadProc(b.pid)
+	n := b.f.idleSessions + b.f.idleClients
+	var prog load.Progress
+	stop := b.showCount("idle      together", n, &prog)
+	sessions, err1 := b.target.HoldIdling(ctx, load.Proxy, b.f.idleSessions, &prog)
+	defer sessions.Close()
+	clients, err2 := b.target.HoldPreLogin(ctx, b.f.idleClients, &prog)
+	defer clients.Close()
+	stop()
+	time.Sleep(500 * time.Millisecond)
+	t := &report.Together{Sessions: sessions.Len(), PreLogin: clients.Len(), Errors: int(prog.Errors.Load())}
+	for _, err := range []error{err1, err2} {
+		if err != nil {
+			t.ErrorSamples = append(t.ErrorSamples, firstLine(err.Error()))
+		}
+	}
+	if now, err := load.ReadProc(b.pid); err == nil {
+		t.RSSMB = float64(now.RSS) / (1 << 20)
+		t.GrowthMB = float64(now.RSS-base.RSS) / (1 << 20)
+	}
+	// One more poll while all of them are held, on the last mailbox (the
+	// sessions go round the mailboxes; the last has a slot left).
+	if _, err := b.target.Cycle(ctx, load.POP3, load.Proxy, b.target.Accounts[len(b.target.Accounts)-1]); err != nil {
+		t.Errors++
+		t.ErrorSamples = append(t.ErrorSamples, "a poll while they were held: "+firstLine(err.Error()))
+	} else {
+		t.PollOK = true
+	}
+	return t
 }

@@ -125,9 +125,11 @@ func (b *bench) run(scenarios []load.Scenario, modes []load.Mode, workdir string
 		return err
 	}
 	b.workdir = workdir
-	// Enough mailboxes that the idle sessions stay under the per-mailbox cap.
+	// Enough mailboxes that the idle sessions stay under the per-mailbox
+	// cap, and one more, so that a poll still finds a free slot while they
+	// are all held.
 	if b.f.mock.mailboxLimit > 0 && hasScenario(scenarios, load.Idle) {
-		need := (b.f.idleSessions + b.f.mock.mailboxLimit - 1) / b.f.mock.mailboxLimit
+		need := (b.f.idleSessions+b.f.mock.mailboxLimit-1)/b.f.mock.mailboxLimit + 1
 		b.f.mock.mailboxes = max(b.f.mock.mailboxes, need)
 	}
 	fmt.Fprintf(b.errw, "starting the mock provider (%d mailboxes, RTT %v, token delay %v)\n", b.f.mock.mailboxes, b.f.mock.rtt, b.f.mock.tokenDelay)

@@ -106,6 +106,9 @@ func TestRunEveryScenarioEndToEnd(t *testing.T) {
 	if rep.Idle == nil || rep.Idle.PreLogin != 30 || rep.Idle.Sessions != 6 || rep.Idle.Stalled != 16 || rep.Idle.Errors != 0 || len(rep.Idle.ErrorSamples) != 0 {
 		t.Fatalf("idle: %+v", rep.Idle)
 	}
+	if tg := rep.Idle.Together; tg == nil || tg.Sessions != 6 || tg.PreLogin != 30 || tg.Errors != 0 || !tg.PollOK || tg.RSSMB <= 0 {
+		t.Fatalf("idle, together: %+v", rep.Idle.Together)
+	}
 	if rep.Machine.Cores == 0 || rep.Settings["proxy"] != "emailproxy --imap-session-reuse 30s" || len(rep.ProxyMemory) == 0 {
 		t.Fatalf("report header: %+v %v", rep.Machine, rep.Settings)
 	}
