@@ -50,6 +50,10 @@ type Options struct {
 	// MailboxLimit refuses a mailbox's authenticated IMAP or POP3 session
 	// beyond this many open at once, like Exchange Online's 16 (0: none).
 	MailboxLimit int
+	// ClassicalKeyExchange makes the servers' TLS choose classical key
+	// exchanges only (X25519, P-256), as servers without post-quantum
+	// support do (default: Go's, the X25519MLKEM768 hybrid first).
+	ClassicalKeyExchange bool
 }
 
 // Upstream is a running mock provider on 127.0.0.1: a token endpoint
@@ -136,6 +140,9 @@ func Start(opts Options) (*Upstream, error) {
 		up.imapUsers[addr] = u
 	}
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{leaf}, MinVersion: tls.VersionTLS12}
+	if opts.ClassicalKeyExchange {
+		tlsCfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
+	}
 
 	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

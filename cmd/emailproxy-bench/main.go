@@ -59,6 +59,7 @@ type mockFlags struct {
 	rtt, tokenDelay, tokenLifetime         time.Duration
 	mailboxes, messages, bigSize, bigBoxes int
 	mailboxLimit                           int
+	classical                              bool
 	tokenFailRate, dropRate                float64
 	preAuthTimeout                         time.Duration
 }
@@ -74,6 +75,7 @@ func (m *mockFlags) register(fs *flag.FlagSet, mailboxes int) {
 	fs.Float64Var(&m.tokenFailRate, "fault-token-rate", 0, "fault: answer this fraction of token requests with 503, at random")
 	fs.Float64Var(&m.dropRate, "fault-drop-rate", 0, "fault: close this fraction of new mail server connections at once, at random")
 	fs.DurationVar(&m.preAuthTimeout, "pre-auth-timeout", 60*time.Second, "POP3 servers say -ERR and close a connection not authenticated this long, like Exchange Online (0: never)")
+	fs.BoolVar(&m.classical, "classical-tls", false, "the provider's TLS chooses classical key exchanges only (X25519, P-256), like servers without post-quantum support (default: Go's, X25519MLKEM768 first)")
 	fs.IntVar(&m.mailboxLimit, "mailbox-limit", 16, "the provider refuses a mailbox's IMAP or POP3 sessions beyond this many at once, like Exchange Online (0: no limit)")
 }
 
@@ -93,7 +95,8 @@ func (m *mockFlags) start() (*mock.Upstream, error) {
 		boxes[fmt.Sprintf("box%03d@bench.example", i)] = msgs
 	}
 	up, err := mock.Start(mock.Options{ClientID: benchClientID, ClientSecret: benchSecret, Scope: benchScope,
-		Mailboxes: boxes, RTT: m.rtt, MailboxLimit: m.mailboxLimit, DropRate: m.dropRate, PreAuthTimeout: m.preAuthTimeout})
+		Mailboxes: boxes, RTT: m.rtt, MailboxLimit: m.mailboxLimit, DropRate: m.dropRate, PreAuthTimeout: m.preAuthTimeout,
+		ClassicalKeyExchange: m.classical})
 	if err != nil {
 		return nil, err
 	}

@@ -66,6 +66,48 @@ type Dialer struct {
 	// TLS handshakes completed, and how many of them resumed a session
 	// (no certificate sent or verified).
 	handshakes, resumed atomic.Int64
+	// learned is d.tls without the post-quantum hybrids, once the server
+	// chose a classical key exchange over them (see learnGroup); nil: none.
+	learned   atomic.Pointer[tls.Config]
+	learnedAt atomic.Int64 // UnixNano
+}
+
+// relearnAfter is how long the hybrids stay off before they are offered
+// again (the server may have gained one).
+const relearnAfter = time.Hour
+
+// config is the TLS configuration for the next dial.
+func (d *Dialer) config() *tls.Config {
+	if c := d.learned.Load(); c != nil && time.Since(time.Unix(0, d.learnedAt.Load())) < relearnAfter {
+		return c
+	}
+	return d.tls
+}
+
+// learnGroup stops offering the post-quantum hybrids to a server that
+// chose a classical key exchange (X25519, P-256...) when offered them. Go
+// offers X25519MLKEM768 by default, which costs every handshake an ML-KEM
+// key generation, about a tenth of the proxy's CPU per session, even with
+// a server that never picks it. The server's choice is covered by the
+// handshake's transcript, so nobody between can steer it; every hour the
+// full list is offered again, in case the server has gained a hybrid, and
+// a server that picks one keeps being offered them.
+func (d *Dialer) learnGroup(group tls.CurveID) {
+	switch group {
+	case 0, tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024:
+		d.learned.Store(nil) // a hybrid (or unknown): the full list
+		return
+	}
+	if d.learned.Load() != nil && time.Since(time.Unix(0, d.learnedAt.Load())) < relearnAfter {
+		return
+	}
+	c := d.tls.Clone()
+	// Every classical group (Go ignores the order): a server that has
+	// changed to another answers with a HelloRetryRequest, and the
+	// handshake still succeeds.
+	c.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
+	d.learnedAt.Store(time.Now().UnixNano())
+	d.learned.Store(c)
 }
 
 // Handshakes reports the TLS handshakes completed and how many resumed a
@@ -118,7 +160,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 			return nil, &Error{fmt.Sprintf("STARTTLS with %s failed: %s", addr, ShortNetErr(err)), err}
 		}
 	}
-	conn := tls.Client(newRecordConn(raw), d.tls)
+	conn := tls.Client(newRecordConn(raw), d.config())
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		var verr *tls.CertificateVerificationError
@@ -128,9 +170,11 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 		return nil, &Error{fmt.Sprintf("TLS handshake with %s failed: %s", addr, ShortNetErr(err)), err}
 	}
 	d.handshakes.Add(1)
-	if conn.ConnectionState().DidResume {
+	state := conn.ConnectionState()
+	if state.DidResume {
 		d.resumed.Add(1)
 	}
+	d.learnGroup(state.CurveID)
 	u.TLS = conn
 	u.br.Reset(conn)
 	if err := dialectOf(d.srv.Protocol).greet(u, d.srv.ServerStartTLS); err != nil {
