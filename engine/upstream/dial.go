@@ -70,6 +70,8 @@ type Dialer struct {
 	// chose a classical key exchange over them (see learnGroup); nil: none.
 	learned   atomic.Pointer[tls.Config]
 	learnedAt atomic.Int64 // UnixNano
+	// lastAddr is the address the last dial by name reached (see connect).
+	lastAddr atomic.Pointer[reached]
 }
 
 // relearnAfter is how long the hybrids stay off before they are offered
@@ -110,6 +112,44 @@ func (d *Dialer) learnGroup(group tls.CurveID) {
 	d.learned.Store(c)
 }
 
+// lastAddrFor is how long the address a dial reached is dialled again
+// directly, without asking DNS: a fleet opens an upstream connection per
+// session, and a lookup each (a query to the resolver, and on Linux the
+// files of nsswitch read) is CPU and latency for the same answer.
+const lastAddrFor = 30 * time.Second
+
+// connect dials addr: the address the last dial reached if it was
+// reached less than lastAddrFor ago, else by name (DNS, both address
+// families raced). A direct dial that fails falls back to the name.
+func (d *Dialer) connect(ctx context.Context, addr string) (net.Conn, error) {
+	nd := &net.Dialer{KeepAlive: 30 * time.Second}
+	if last := d.lastAddr.Load(); last != nil && time.Since(last.at) < lastAddrFor {
+		// At most half the time left, so that a silent address leaves the
+		// dial by name time to work.
+		direct, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok {
+			direct, cancel = context.WithTimeout(ctx, time.Until(dl)/2)
+		}
+		c, err := nd.DialContext(direct, "tcp", last.addr)
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		d.lastAddr.CompareAndSwap(last, nil)
+	}
+	c, err := nd.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		d.lastAddr.Store(&reached{addr: c.RemoteAddr().String(), at: time.Now()})
+	}
+	return c, err
+}
+
+// reached is an address a dial connected to, and when.
+type reached struct {
+	addr string
+	at   time.Time
+}
+
 // Handshakes reports the TLS handshakes completed and how many resumed a
 // session.
 func (d *Dialer) Handshakes() (total, resumed int64) { return d.handshakes.Load(), d.resumed.Load() }
@@ -145,8 +185,7 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	addr := d.srv.UpstreamAddr()
-	nd := &net.Dialer{KeepAlive: 30 * time.Second}
-	raw, err := nd.DialContext(ctx, "tcp", addr)
+	raw, err := d.connect(ctx, addr)
 	if err != nil {
 		return nil, &Error{fmt.Sprintf("cannot connect to %s: %s", addr, ShortNetErr(err)), err}
 	}

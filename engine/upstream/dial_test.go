@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -114,4 +115,54 @@ func atoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// After a dial by name, the address it reached is dialled directly (no
+// lookup) for a while; one that stops answering is dropped and the name
+// used again, within the same dial.
+func TestDialerReusesTheAddressItReached(t *testing.T) {
+	ca, err := mock.NewCA("dial test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &imapServer{groups: []tls.CurveID{tls.X25519}}
+	_, port, _ := net.SplitHostPort(srv.start(t, ca))
+	d := NewDialer(&config.Server{Protocol: config.IMAP, ServerAddress: "localhost", ServerPort: atoi(t, port)}, ca.Pool, 5*time.Second)
+	u, err := d.Dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Close()
+	last := d.lastAddr.Load()
+	if last == nil || !strings.HasSuffix(last.addr, ":"+port) || strings.HasPrefix(last.addr, "localhost") {
+		t.Fatalf("address remembered: %+v", last)
+	}
+	u, err = d.Dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Close()
+	if d.lastAddr.Load() != last {
+		t.Fatal("the second dial looked the name up again")
+	}
+	// A remembered address that refuses: the dial falls back to the name.
+	dead := freeLocalAddr(t)
+	d.lastAddr.Store(&reached{addr: dead, at: time.Now()})
+	u, err = d.Dial(context.Background())
+	if err != nil {
+		t.Fatalf("fallback to the name: %v", err)
+	}
+	u.Close()
+	if now := d.lastAddr.Load(); now == nil || now.addr == dead || !strings.HasSuffix(now.addr, ":"+port) {
+		t.Fatalf("after the fallback: %+v", now)
+	}
+}
+
+func freeLocalAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
