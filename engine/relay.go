@@ -153,6 +153,8 @@ func (r *relay) close() {
 }
 
 // fileConn turns a duplicated socket fd into a net.Conn on Go's poller.
+// net.FileConn applies Go's own keepalive defaults (15 s) to the socket,
+// over what gnet set at accept: --tcp-keepalive's period is set again.
 func fileConn(fd int, keepAlive time.Duration) (net.Conn, error) {
 	f := os.NewFile(uintptr(fd), "client")
 	c, err := net.FileConn(f)
