@@ -52,6 +52,7 @@ type Mailboxes struct {
 	wg        sync.WaitGroup
 	stop      chan struct{}
 	stopOnce  sync.Once
+	closed    bool // under mu: no more background calls
 
 	// A freed slot is published on freedChannel, so that waiting logins
 	// (on every proxy) try again at once rather than at their next poll.
@@ -243,7 +244,13 @@ func (m *Mailboxes) leave(mailbox, id string) {
 	if time.Now().UnixNano() < m.skipUntil.Load() {
 		return // the lease and the place in line expire by themselves
 	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return // shutting down: the lease expires by itself
+	}
 	m.wg.Add(1)
+	m.mu.Unlock()
 	go func() {
 		defer m.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), m.Timeout)
@@ -337,6 +344,9 @@ func (m *Mailboxes) Held(ctx context.Context, mailbox string) (held, waiting int
 // leases still held expire after Lease.
 func (m *Mailboxes) Close() {
 	m.stopOnce.Do(func() { close(m.stop) })
+	m.mu.Lock()
+	m.closed = true // a release from now on starts no call (and no Add during Wait)
+	m.mu.Unlock()
 	m.wg.Wait()
 }
 

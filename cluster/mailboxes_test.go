@@ -245,3 +245,26 @@ func TestReleaseWakesWaitersOnOtherProxies(t *testing.T) {
 	}
 	r2()
 }
+
+// Slots given back while the proxy closes (sessions ending during a
+// shutdown) neither block Close nor touch it after: their leases expire.
+func TestReleaseDuringClose(t *testing.T) {
+	url := redistest.Start(t)
+	a := proxy(t, url, 15*time.Second)
+	var releases []func()
+	for range 50 {
+		r, err := a.Acquire(context.Background(), "imap.example\x00box@example", 100, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, r)
+	}
+	var wg sync.WaitGroup
+	for _, r := range releases {
+		wg.Add(1)
+		go func() { defer wg.Done(); r() }()
+	}
+	a.Close()
+	wg.Wait()
+	a.release("imap.example\x00box@example", "late") // after Close: nothing happens
+}
