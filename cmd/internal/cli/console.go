@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 )
@@ -155,10 +156,14 @@ func (w *consoleWriter) format(p []byte) ([]byte, bool) {
 		return bytes.Compare(a.name, b.name)
 	})
 	w.rest = rest
+	hasErr := len(rest) > 0 && string(rest[0].name) == zerolog.ErrorFieldName
 	uniq := rest[:0]
 	for i, f := range rest {
 		if i+1 < len(rest) && bytes.Equal(rest[i+1].name, f.name) {
 			continue // a later one with this key follows
+		}
+		if hasErr && len(f.name) == 0 {
+			continue // zerolog drops an empty name when it moves the error first
 		}
 		uniq = append(uniq, f)
 	}
@@ -203,7 +208,7 @@ func needsQuote(s []byte) bool {
 // unescaped is the JSON string content s without its escapes (s itself
 // when it has none).
 func unescaped(s []byte) ([]byte, bool) {
-	if bytes.IndexByte(s, '\\') < 0 {
+	if bytes.IndexByte(s, '\\') < 0 && utf8.Valid(s) {
 		return s, true
 	}
 	var v string
@@ -218,7 +223,7 @@ func jsonString(f *field) (string, bool) {
 	if !f.str {
 		return "", false
 	}
-	if slices.Index(f.val, '\\') < 0 {
+	if slices.Index(f.val, '\\') < 0 && utf8.Valid(f.val) {
 		return string(f.val), true
 	}
 	var s string
@@ -300,14 +305,38 @@ func scanString(p []byte, i int) ([]byte, int, bool) {
 		return nil, i, false
 	}
 	for j := i + 1; j < len(p); j++ {
-		switch p[j] {
-		case '\\':
+		switch c := p[j]; {
+		case c == '\\':
+			if j+1 >= len(p) {
+				return nil, i, false
+			}
 			j++
-		case '"':
+			switch p[j] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if j+4 >= len(p) || !isHex4(p[j+1:j+5]) {
+					return nil, i, false
+				}
+				j += 4
+			default:
+				return nil, i, false // not JSON: left to zerolog
+			}
+		case c == '"':
 			return p[i+1 : j], j + 1, true
+		case c < 0x20:
+			return nil, i, false // not JSON: left to zerolog
 		}
 	}
 	return nil, i, false
+}
+
+func isHex4(b []byte) bool {
+	for _, c := range b {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }
 
 func skipSpace(p []byte, i int) int {

@@ -107,3 +107,26 @@ func BenchmarkConsoleWriter(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// Any input: no panic; what the fast path prints is what the
+// ConsoleWriter prints.
+func FuzzConsoleWriter(f *testing.F) {
+	f.Add([]byte(`{"level":"info","time":"2026-12-02T03:00:00Z","client":"127.0.0.1:1","message":"login"}` + "\n"))
+	f.Add([]byte(`{"level":"warn","error":"a \"b\"\n","n":-1.5e3,"ok":true,"x":null,"message":""}`))
+	f.Add([]byte(`{"k\u00e9y":"v\\u00e9","k":1,"k":"2"}`))
+	f.Add([]byte(`{"a":{"b":1}}`))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		w := newConsoleWriter(discard{})
+		out, ok := w.format(p)
+		if !ok {
+			return
+		}
+		var want bytes.Buffer
+		if _, err := (zerolog.ConsoleWriter{Out: &want, NoColor: true, TimeFormat: consoleTimeFormat}).Write(p); err != nil {
+			t.Fatalf("the fast path read %q, which zerolog cannot: %v", p, err)
+		}
+		if string(out) != want.String() {
+			t.Fatalf("input %q:\n fast %q\n zero %q", p, out, want.String())
+		}
+	})
+}
