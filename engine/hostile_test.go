@@ -54,7 +54,7 @@ func offer(t *testing.T, c net.Conn, chunk []byte) {
 // left: what hostile clients leave behind must go when they do.
 func settled(t *testing.T, env *proxyEnv) {
 	t.Helper()
-	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv.ServerAddress, testAccount)
+	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv, testAccount)
 	waitFor(t, "connections, relays and mailbox slots to return to zero", func() bool {
 		st := env.srv.Stats()
 		held, waiting := env.srv.gates.Held(key)
@@ -502,7 +502,7 @@ func TestHangUpDuringStalledLoginFreesTheSlot(t *testing.T) {
 	c := dialPOP(t, env.popAddr)
 	c.ok("USER %s", testAccount)
 	c.send("PASS pw")
-	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv.ServerAddress, testAccount)
+	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv, testAccount)
 	waitFor(t, "the stalled login to hold the slot", func() bool { held, _ := env.srv.gates.Held(key); return held == 1 })
 	c.c.Close()
 	env.up.SetUserFault(testAccount, mock.NoFault)

@@ -114,7 +114,7 @@ func TestPOP3InitialResponse(t *testing.T) {
 // gets a temporary error that says why.
 func TestMailboxCapQueuesAndReleases(t *testing.T) {
 	env := startEnv(t, envOptions{mailboxCap: 2, engine: Options{MailboxLimit: 2, LoginTimeout: 3 * time.Second}})
-	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv.ServerAddress, testAccount)
+	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv, testAccount)
 	a := popLogin(t, env.popAddr, testAccount, testPassword)
 	b := popLogin(t, env.popAddr, testAccount, testPassword)
 
@@ -294,7 +294,7 @@ func TestReuseDoesNotStarveQueuedLogins(t *testing.T) {
 	b := dialRaw(t, env.imapAddr)
 	b.line()
 	b.send("L2 LOGIN " + testAccount + " pw-starve\r\n")
-	key := upstream.MailboxKey(env.listenerFor(env.imapAddr).srv.ServerAddress, testAccount)
+	key := upstream.MailboxKey(env.listenerFor(env.imapAddr).srv, testAccount)
 	waitFor(t, "the second login to queue", func() bool { _, waiting := env.srv.gates.Held(key); return waiting == 1 })
 	a.send("Q1 LOGOUT\r\n")
 	a.until("Q1 ")
@@ -348,4 +348,19 @@ func TestServerBusyIsNotATokenRefusal(t *testing.T) {
 	if n := env.up.Authority.Requests(); n != requests {
 		t.Fatalf("%d token requests after a busy refusal; the token was dropped", n-requests)
 	}
+}
+
+// The per-mailbox cap counts each protocol apart, as servers do: with a
+// cap of 1, a POP3 session of a mailbox does not make its IMAP login wait.
+func TestMailboxCapIsPerProtocol(t *testing.T) {
+	env := startEnv(t, envOptions{mailboxCap: 1, engine: Options{MailboxLimit: 1, LoginTimeout: 2 * time.Second}})
+	p := popLogin(t, env.popAddr, testAccount, testPassword)
+	quoted := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(testPassword)
+	r, got := imapLogin(t, env.imapAddr, testAccount, quoted)
+	if !strings.HasPrefix(got, "L1 OK") {
+		t.Fatalf("IMAP login beside a POP3 session, cap 1: %q", got)
+	}
+	r.send("L2 LOGOUT\r\n")
+	r.until("L2 ")
+	p.ok("QUIT")
 }

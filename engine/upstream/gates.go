@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"sync"
+
+	"github.com/emailproxy/emailproxy/config"
 )
 
 // Gates caps the authenticated upstream sessions one mailbox may
@@ -34,9 +36,11 @@ func NewGates(limit int) *Gates {
 	return &Gates{limit: limit, gates: map[string]*gate{}}
 }
 
-// MailboxKey names a mailbox on an upstream host.
-func MailboxKey(host, user string) string {
-	return strings.ToLower(host) + "\x00" + strings.ToLower(user)
+// MailboxKey names a mailbox on an upstream host for one protocol:
+// servers count each protocol's sessions apart (Exchange: 16 IMAP and 16
+// POP3 sessions per mailbox, each its own limit).
+func MailboxKey(srv *config.Server, user string) string {
+	return string(srv.Protocol) + "\x00" + strings.ToLower(srv.ServerAddress) + "\x00" + strings.ToLower(user)
 }
 
 // SharedGates is a cap per mailbox held across proxies (cluster.Mailboxes).

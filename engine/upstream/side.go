@@ -61,7 +61,7 @@ func (f *Failure) Error() string { return f.Text }
 // a fresh dial once. A token the server refuses is a *RefusedError; any
 // other failure a *Failure.
 func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
-	sess := &Session{Mailbox: MailboxKey(s.Srv.ServerAddress, req.User), ReuseKey: req.ReuseKey}
+	sess := &Session{Mailbox: MailboxKey(s.Srv, req.User), ReuseKey: req.ReuseKey}
 	if lg := s.Linger.Take(req.ReuseKey); lg != nil {
 		if reply := Retag(lg.reply, req.Tag); reply != nil {
 			sess.Conn, sess.Reply, sess.LoginReply, sess.Reused = lg.u, reply, lg.reply, true
