@@ -22,6 +22,20 @@ func Start(t testing.TB) string {
 // after kill) and returns its URL and a func that kills it.
 func StartOn(t testing.TB, port int) (url string, kill func()) {
 	t.Helper()
+	s := Run(t, port)
+	return s.URL, s.Kill
+}
+
+// Server is a running redis-server.
+type Server struct {
+	URL  string
+	Kill func()
+	cmd  *exec.Cmd
+}
+
+// Run runs redis-server on port; it is killed at the end of the test.
+func Run(t testing.TB, port int) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatal("this test needs redis-server: apt-get install redis-server (bash .ci/run does)")
@@ -31,7 +45,7 @@ func StartOn(t testing.TB, port int) (url string, kill func()) {
 		t.Fatal(err)
 	}
 	var once sync.Once
-	kill = func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) }
+	kill := func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) }
 	t.Cleanup(kill)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
@@ -44,7 +58,7 @@ func StartOn(t testing.TB, port int) (url string, kill func()) {
 			t.Fatal("redis-server did not start")
 		}
 	}
-	return "redis://" + addr + "/0", kill
+	return &Server{URL: "redis://" + addr + "/0", Kill: kill, cmd: cmd}
 }
 
 // FreePort is a TCP port on 127.0.0.1 that nothing listened on a moment ago.
