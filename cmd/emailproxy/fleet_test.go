@@ -222,7 +222,15 @@ func TestTwoProxiesShareOneRedis(t *testing.T) {
 	again.Freeze()
 	time.Sleep(3 * time.Second)
 	again.Thaw()
-	time.Sleep(2 * time.Second)
+	// Polls go on until both proxies have seen Redis come back twice.
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if strings.Count(proxies[0].log(), "Redis is back") >= 2 && strings.Count(proxies[1].log(), "Redis is back") >= 2 {
+			break
+		}
+		if time.Now().After(end) {
+			break // reported below
+		}
+	}
 	close(stop)
 	streams.Wait()
 	count := 0
