@@ -39,7 +39,7 @@ type chunkReader struct {
 	// whatever the reader does (see setHardDeadline).
 	hard atomic.Int64
 
-	small [quietSize]byte
+	small []byte // quietSize, made for sources read the ordinary way only
 	bb    *bytebufferpool.ByteBuffer
 	busy  bool
 	// deadlineSet: a read deadline is in force that applyDeadline set.
@@ -89,7 +89,10 @@ func (r *chunkReader) next() ([]byte, error) {
 		if !r.busy {
 			r.release()
 			r.applyDeadline(time.Time{})
-			n, err := r.src.Read(r.small[:])
+			if r.small == nil {
+				r.small = make([]byte, quietSize)
+			}
+			n, err := r.src.Read(r.small)
 			if n == len(r.small) {
 				r.busy = true
 			}

@@ -88,7 +88,7 @@ func (s *Server) serveConn(l *listener, raw net.Conn) {
 			return
 		}
 	}
-	log := l.log.With().Str("client", remote).Logger()
+	log := connLog{base: l.log, client: remote}
 	opened := time.Now()
 	implicitTLS := l.tlsCfg != nil && !l.startTLS
 	log.Info().Str("proto", string(l.srv.Protocol)).Bool("tls", implicitTLS).Msg("connection opened")

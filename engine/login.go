@@ -7,8 +7,6 @@ import (
 	"errors"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/upstream"
@@ -18,7 +16,7 @@ import (
 )
 
 // runLogin runs one login and logs its outcome.
-func (s *Server) runLogin(ctx context.Context, l *listener, log zerolog.Logger, act protocol.Action, client string) *loginResult {
+func (s *Server) runLogin(ctx context.Context, l *listener, log connLog, act protocol.Action, client string) *loginResult {
 	start := time.Now()
 	res, lerr := s.login(ctx, l, act.Tag, act.Creds, client)
 	ev := log.Info()

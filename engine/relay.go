@@ -171,7 +171,7 @@ func fileConn(fd int, keepAlive time.Duration) (net.Conn, error) {
 
 // startRelay joins an authenticated client to its upstream session:
 // first the upstream's answer to the login, then both directions.
-func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, log zerolog.Logger, opened time.Time) {
+func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time) {
 	r := s.newRelay(client, res.up, res.proto, res.l)
 	s.relayMu.Lock()
 	s.relays[r] = struct{}{}
@@ -216,7 +216,7 @@ func (r *relay) noteEnd(err error, writingTo string) {
 
 // endRelay forgets a finished relay and returns its closing log event
 // (a warning when the proxy ended it for a timeout).
-func (s *Server) endRelay(r *relay, log zerolog.Logger, user string, fromClient, fromUp int64, start, opened time.Time) *zerolog.Event {
+func (s *Server) endRelay(r *relay, log connLog, user string, fromClient, fromUp int64, start, opened time.Time) *zerolog.Event {
 	s.relayMu.Lock()
 	delete(s.relays, r)
 	s.relayMu.Unlock()

@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol/imap"
 )
@@ -200,7 +198,7 @@ func (rr *reuseRelay) upSide() (int64, bool) {
 }
 
 // startReuseRelay runs a reusable IMAP session's relay.
-func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []byte, log zerolog.Logger, opened time.Time, r *relay) {
+func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time, r *relay) {
 	rr := &reuseRelay{s: s, r: r, res: res, upReader: newChunkReader(&s.relayBufs, res.up.TLS, s.opts.RelayBuffer)}
 	s.wg.Add(1)
 	go func() {

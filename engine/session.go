@@ -115,10 +115,22 @@ func newSession(s *Server, l *listener, c gnet.Conn) *session {
 	return sess
 }
 
-// logger is the listener's logger with the client's address.
-func (s *session) logger() zerolog.Logger {
-	return s.l.log.With().Str("client", s.remote).Logger()
+// logger makes the connection's log events.
+func (s *session) logger() connLog { return connLog{base: s.l.log, client: s.remote} }
+
+// connLog makes one connection's log events: the listener's logger with
+// the client's address put first in each event. A sub-logger per
+// connection (zerolog's With) would copy the listener's fields into a
+// buffer kept for the session's whole life: half a kilobyte per session.
+type connLog struct {
+	base   zerolog.Logger
+	client string
 }
+
+func (c connLog) Info() *zerolog.Event  { return c.base.Info().Str("client", c.client) }
+func (c connLog) Warn() *zerolog.Event  { return c.base.Warn().Str("client", c.client) }
+func (c connLog) Error() *zerolog.Event { return c.base.Error().Str("client", c.client) }
+func (c connLog) Debug() *zerolog.Event { return c.base.Debug().Str("client", c.client) }
 
 func (s *session) logOpen() {
 	if e := s.l.log.Info(); e.Enabled() {
