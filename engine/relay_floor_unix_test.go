@@ -25,52 +25,40 @@ import (
 // over the least any TLS-terminating copy must do).
 //
 //	go test -run '^$' -bench 'Relay(Download|Upload)' -benchtime 2000x ./engine
-func BenchmarkRelayDownload(b *testing.B) {
-	for _, c := range []struct {
-		name  string
-		relay bool
-	}{{"relay", true}, {"floor", false}} {
-		b.Run(c.name, func(b *testing.B) {
+func BenchmarkRelayDownload(b *testing.B) { benchAgainstFloor(b, true) }
+
+func BenchmarkRelayUpload(b *testing.B) { benchAgainstFloor(b, false) }
+
+// benchAgainstFloor runs one direction through the relay, then through a
+// plain io.Copy.
+func benchAgainstFloor(b *testing.B, download bool) {
+	for _, relay := range []bool{true, false} {
+		name := "floor"
+		if relay {
+			name = "relay"
+		}
+		b.Run(name, func(b *testing.B) {
 			var wrap func(net.Conn) net.Conn
-			if c.relay {
-				wrap = upstream.RecordReader
+			if relay || !download {
+				wrap = upstream.RecordReader // the upstream side as dialled
 			}
 			server, up := loopback.TLSPair(b, wrap)
 			proxySide, client := loopback.TCPPair(b)
-			go io.Copy(io.Discard, client)
-			copyOnce := func() {
-				if c.relay {
-					s := &Server{opts: Options{RelayBuffer: 16 << 10}}
-					w := &timedWriter{c: proxySide, timeout: time.Minute, active: new(atomic.Int64)}
-					s.pipe(w, up, nil, nil)
-				} else {
-					io.Copy(proxySide, up)
-				}
+			// A download goes server -> up -> proxySide -> client; an
+			// upload the other way.
+			var src, dst, sender, sink net.Conn = up, proxySide, server, client
+			if !download {
+				src, dst, sender, sink = proxySide, up, client, server
 			}
-			benchDirection(b, server, copyOnce)
-		})
-	}
-}
-
-func BenchmarkRelayUpload(b *testing.B) {
-	for _, c := range []struct {
-		name  string
-		relay bool
-	}{{"relay", true}, {"floor", false}} {
-		b.Run(c.name, func(b *testing.B) {
-			server, up := loopback.TLSPair(b, upstream.RecordReader)
-			proxySide, client := loopback.TCPPair(b)
-			go io.Copy(io.Discard, server)
-			copyOnce := func() {
-				if c.relay {
+			go io.Copy(io.Discard, sink)
+			benchDirection(b, sender, func() {
+				if relay {
 					s := &Server{opts: Options{RelayBuffer: 16 << 10}}
-					w := &timedWriter{c: up, timeout: time.Minute, active: new(atomic.Int64)}
-					s.pipe(w, proxySide, nil, nil)
+					s.pipe(&timedWriter{c: dst, timeout: time.Minute, active: new(atomic.Int64)}, src, nil, nil)
 				} else {
-					io.Copy(up, proxySide)
+					io.Copy(dst, src)
 				}
-			}
-			benchDirection(b, client, copyOnce)
+			})
 		})
 	}
 }
