@@ -44,7 +44,7 @@ type recordConn struct {
 }
 
 // aheadSize is the most read from the socket at once.
-const aheadSize = 64 << 10
+const aheadSize = 32 << 10
 
 var aheadBufs bytebufferpool.Pool
 
