@@ -61,10 +61,16 @@ type GoMem struct {
 }
 
 // ReadGoMem asks a proxy's stats endpoint for live memory after a GC.
-func ReadGoMem(statsAddr string) (GoMem, error) {
+func ReadGoMem(statsAddr string) (GoMem, error) { return readGoMem(statsAddr, "") }
+
+// SettleGoMem is ReadGoMem after the proxy has returned the memory it can
+// to the operating system: take it before an RSS baseline.
+func SettleGoMem(statsAddr string) (GoMem, error) { return readGoMem(statsAddr, "?free=1") }
+
+func readGoMem(statsAddr, query string) (GoMem, error) {
 	var m GoMem
 	cl := http.Client{Timeout: 10 * time.Second}
-	resp, err := cl.Get("http://" + statsAddr + "/debug/heap")
+	resp, err := cl.Get("http://" + statsAddr + "/debug/heap" + query)
 	if err != nil {
 		return m, err
 	}

@@ -17,8 +17,10 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 	var stackKB float64 // of the last measure
 	measure := func(what string, n int, hold func(*load.Progress) (*load.Held, error)) (rssKB, goKB float64, held int) {
 		b.mark("idle " + what)
+		// The Go baseline first, with memory returned to the system, then
+		// the RSS baseline: so the RSS growth is the connections'.
+		baseGo, goErr := load.SettleGoMem(b.statsAddr)
 		base, _ := load.ReadProc(b.pid)
-		baseGo, goErr := load.ReadGoMem(b.statsAddr)
 		var prog load.Progress
 		stop := b.showCount("idle      "+what, n, &prog)
 		h, err := hold(&prog)

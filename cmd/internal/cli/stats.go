@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,9 +46,15 @@ func serveStats(addr string, srv *engine.Server) (stop func(), err error) {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	// /debug/heap collects garbage first, so what it reports is live
 	// memory: the bench harness divides it by connections held.
+	// With ?free=1 it also returns what it can to the operating system
+	// first, so that an RSS read next is a baseline that the runtime's
+	// scavenger will not lower behind the reader's back.
 	mux.HandleFunc("/debug/heap", func(w http.ResponseWriter, r *http.Request) {
 		runtime.GC()
 		runtime.GC() // the second empties sync.Pool's victim caches too
+		if r.URL.Query().Get("free") != "" {
+			debug.FreeOSMemory()
+		}
 		var m runtime.MemStats
 		runtime.ReadMemStats(&m)
 		w.Header().Set("Content-Type", "application/json")
