@@ -3,12 +3,11 @@ package engine
 import (
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
 	"sync/atomic"
-	"syscall"
 	"time"
 
+	"github.com/emailproxy/emailproxy/engine/internal/rawread"
 	"github.com/valyala/bytebufferpool"
 )
 
@@ -33,7 +32,7 @@ const (
 type chunkReader struct {
 	pool *bytebufferpool.Pool
 	src  net.Conn
-	raw  syscall.RawConn // plain sockets only
+	raw  *rawread.Reader // plain sockets, where supported
 	size int             // full buffer size
 	// hard, if not zero, is a read deadline (UnixNano) that must hold
 	// whatever the reader does (see setHardDeadline).
@@ -46,10 +45,6 @@ type chunkReader struct {
 	deadlineSet bool
 
 	holding atomic.Bool // a full-size buffer is taken (tests watch it)
-
-	rawFn func(uintptr) bool // r.rawRead
-	n     int                // rawRead's result
-	rerr  error
 
 	// batch: a TLS source whose records read ahead are gathered into one
 	// chunk (one write to the client instead of one per record).
@@ -68,11 +63,7 @@ var past = time.Unix(1, 0)
 
 func newChunkReader(pool *bytebufferpool.Pool, src net.Conn, size int) *chunkReader {
 	r := &chunkReader{pool: pool, src: src, size: size}
-	if sc, ok := src.(syscall.Conn); ok && rawReads {
-		if raw, err := sc.SyscallConn(); err == nil {
-			r.raw, r.rawFn = raw, r.rawRead
-		}
-	}
+	r.raw = rawread.New(src, pool, size)
 	if _, ok := src.(*tls.Conn); ok && size >= maxRecord {
 		r.batch, r.size = true, max(size, batchSize)
 	}
@@ -128,39 +119,13 @@ func (r *chunkReader) gather(buf []byte, n int) int {
 	return n
 }
 
-// readRaw reads a plain socket: the pooled buffer is taken only when a
-// read finds data; while the socket is empty it is given back and Go's
-// poller waits for readability.
+// readRaw reads a plain socket: the pooled buffer is taken only when the
+// socket has data; while it is empty Go's poller waits without one.
 func (r *chunkReader) readRaw() ([]byte, error) {
 	r.release()
-	r.n, r.rerr = 0, nil
-	if err := r.raw.Read(r.rawFn); err != nil {
-		return nil, err
-	}
-	switch {
-	case r.rerr != nil:
-		return nil, r.rerr
-	case r.n == 0:
-		return nil, io.EOF
-	}
-	return r.bb.B[:r.n], nil
-}
-
-// rawRead is RawConn.Read's callback (kept as a method value made once,
-// so reads allocate nothing): it reports false, "wait", on EAGAIN.
-func (r *chunkReader) rawRead(fd uintptr) bool {
-	buf := r.buffer()
-	for {
-		r.n, r.rerr = readFD(fd, buf)
-		if r.rerr != syscall.EINTR {
-			break
-		}
-	}
-	if r.rerr == errWouldBlock {
-		r.release()
-		return false // nothing yet: wait without a buffer
-	}
-	return true
+	b, err := r.raw.Read()
+	r.holding.Store(r.raw.Holding())
+	return b, err
 }
 
 // applyDeadline sets the read deadline to soft, or the hard one if it is
@@ -204,6 +169,10 @@ func (r *chunkReader) buffer() []byte {
 
 // release gives the full buffer back to the pool.
 func (r *chunkReader) release() {
+	if r.raw != nil && r.raw.Holding() {
+		r.raw.Release()
+		r.holding.Store(false)
+	}
 	if r.bb != nil {
 		r.pool.Put(r.bb)
 		r.bb = nil

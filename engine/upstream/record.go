@@ -6,6 +6,7 @@ import (
 	"net"
 	"syscall"
 
+	"github.com/emailproxy/emailproxy/engine/internal/rawread"
 	"github.com/valyala/bytebufferpool"
 )
 
@@ -35,12 +36,8 @@ type recordConn struct {
 	hdrLen int                // bytes of hdr read from the socket
 	hdrOff int                // bytes of hdr already handed to crypto/tls
 
-	raw   syscall.RawConn // nil: no read-ahead
+	raw   *rawread.Reader // nil: no read-ahead
 	ahead []byte          // bytes read from the socket, not yet handed on
-	bb    *bytebufferpool.ByteBuffer
-	rawFn func(uintptr) bool // readAhead, made once
-	n     int
-	rerr  error
 }
 
 // aheadSize is the most read from the socket at once.
@@ -50,13 +47,7 @@ var aheadBufs bytebufferpool.Pool
 
 // newRecordConn wraps a dialled socket.
 func newRecordConn(c net.Conn) *recordConn {
-	rc := &recordConn{Conn: c}
-	if sc, ok := c.(syscall.Conn); ok && rawReads {
-		if raw, err := sc.SyscallConn(); err == nil {
-			rc.raw, rc.rawFn = raw, rc.readAhead
-		}
-	}
-	return rc
+	return &recordConn{Conn: c, raw: rawread.New(c, &aheadBufs, aheadSize)}
 }
 
 // readSocket reads into p what was read ahead, else from the socket.
@@ -72,57 +63,26 @@ func (c *recordConn) readSocket(p []byte) (int, error) {
 	if c.raw == nil {
 		return c.Conn.Read(p)
 	}
-	c.n, c.rerr = 0, nil
-	if err := c.raw.Read(c.rawFn); err != nil { // a deadline, or closed
-		c.releaseAhead()
+	b, err := c.raw.Read()
+	if errno, ok := err.(syscall.Errno); ok {
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
+	}
+	if err != nil {
 		return 0, err
 	}
-	if c.rerr != nil || c.n == 0 {
-		c.releaseAhead()
-		if c.rerr == nil {
-			return 0, io.EOF
-		}
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: c.rerr}
-	}
-	n := copy(p, c.bb.B[:c.n])
-	c.ahead = c.bb.B[n:c.n]
+	n := copy(p, b)
+	c.ahead = b[n:]
 	if len(c.ahead) == 0 {
 		c.releaseAhead()
 	}
 	return n, nil
 }
 
-// readAhead is RawConn.Read's callback: a read that would block gives the
-// buffer back and waits without it.
-func (c *recordConn) readAhead(fd uintptr) bool {
-	if c.bb == nil {
-		c.bb = aheadBufs.Get()
-		if cap(c.bb.B) < aheadSize {
-			c.bb.B = make([]byte, aheadSize)
-		}
-		c.bb.B = c.bb.B[:cap(c.bb.B)]
-	}
-	for {
-		c.n, c.rerr = readFD(fd, c.bb.B)
-		if c.rerr != syscall.EINTR {
-			break
-		}
-	}
-	if c.rerr == syscall.EAGAIN {
-		c.releaseAhead()
-		return false
-	}
-	if c.n < 0 {
-		c.n = 0
-	}
-	return true
-}
-
 func (c *recordConn) releaseAhead() {
-	if c.bb != nil {
-		aheadBufs.Put(c.bb)
-		c.bb, c.ahead = nil, nil
+	if c.raw != nil {
+		c.raw.Release()
 	}
+	c.ahead = nil
 }
 
 func (c *recordConn) Read(p []byte) (int, error) {

@@ -1,12 +1,12 @@
 //go:build !windows
 
-package engine
+package rawread
 
 import "syscall"
 
-// rawReads: plain sockets are waited on without a buffer (RawConn.Read
-// with a read(2) that may say "would block").
-const rawReads = true
+// supported: sockets are waited on for readability, then read with a
+// read(2) that may say "would block".
+const supported = true
 
 var errWouldBlock error = syscall.EAGAIN
 

@@ -1,12 +1,12 @@
 //go:build windows
 
-package engine
+package rawread
 
 import "errors"
 
-// rawReads: Windows sockets are read the ordinary way (overlapped I/O has
+// supported: Windows sockets are read the ordinary way (overlapped I/O has
 // no "would block" read to wait on without a buffer).
-const rawReads = false
+const supported = false
 
 var errWouldBlock = errors.New("would block")
 
