@@ -99,12 +99,12 @@ func (w *consoleWriter) format(p []byte) ([]byte, bool) {
 		part([]byte("<nil>"))
 	case ts.str:
 		if !bytes.Equal(ts.val, w.lastTS) {
-			v, ok := jsonString(ts)
+			v, ok := unescaped(ts.val)
 			if !ok {
 				return nil, false
 			}
 			w.lastTS = append(w.lastTS[:0], ts.val...)
-			if t, err := time.ParseInLocation(zerolog.TimeFieldFormat, v, time.Local); err == nil {
+			if t, err := time.ParseInLocation(zerolog.TimeFieldFormat, string(v), time.Local); err == nil {
 				w.lastTSOut = t.In(time.Local).AppendFormat(w.lastTSOut[:0], consoleTimeFormat)
 			} else {
 				w.lastTSOut = append(w.lastTSOut[:0], v...)
@@ -120,11 +120,11 @@ func (w *consoleWriter) format(p []byte) ([]byte, bool) {
 		if !level.str {
 			return nil, false
 		}
-		v, ok := jsonString(level)
+		v, ok := unescaped(level.val)
 		if !ok {
 			return nil, false
 		}
-		lv = v
+		lv = string(v)
 	}
 	if level == nil {
 		part([]byte("???"))
@@ -216,21 +216,6 @@ func unescaped(s []byte) ([]byte, bool) {
 		return nil, false
 	}
 	return []byte(v), true
-}
-
-// jsonString is f's string value, unescaped.
-func jsonString(f *field) (string, bool) {
-	if !f.str {
-		return "", false
-	}
-	if slices.Index(f.val, '\\') < 0 && utf8.Valid(f.val) {
-		return string(f.val), true
-	}
-	var s string
-	if err := json.Unmarshal(append(append([]byte{'"'}, f.val...), '"'), &s); err != nil {
-		return "", false
-	}
-	return s, true
 }
 
 // scanFlatObject reads {"key": value, ...} where every value is a string,
