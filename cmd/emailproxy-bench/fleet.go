@@ -209,23 +209,14 @@ func (b *bench) startFleetProxy(workdir, name string, mailboxes int, shared bool
 		args = append(args, "--cache-store", redisURL)
 	}
 	args = append(args, strings.Fields(b.f.proxyArg)...)
-	logf, err := os.Create(filepath.Join(workdir, name+".log"))
-	if err != nil {
+	cmd := exec.Command(self, args...)
+	exited, err := launch(cmd, caPath, filepath.Join(workdir, name+".log"), ports)
+	if exited == nil {
 		return nil, err
 	}
-	defer logf.Close()
-	cmd := exec.Command(self, args...)
-	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	ownProcessGroup(cmd)
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting a fleet proxy: %w", err)
-	}
-	p := &fleetProc{cmd: cmd, exited: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.exited) }()
-	if err := waitPorts("127.0.0.1", ports, time.Minute, p.exited); err != nil {
-		tail, _ := os.ReadFile(filepath.Join(workdir, name+".log"))
-		return p, fmt.Errorf("%w; proxy log:\n%s", err, lastLines(tail, 20))
+	p := &fleetProc{cmd: cmd, exited: exited}
+	if err != nil {
+		return p, err
 	}
 	cfg, err := config.Load(cfgPath)
 	if err != nil {

@@ -21,10 +21,6 @@ func (b *bench) startProxy(cfgPath, caPath, workdir string, ports []int) error {
 		fmt.Fprintf(b.errw, "using the proxy at %s; its configuration: %s (CA %s)\n", b.f.proxyAddr, cfgPath, caPath)
 		return waitPorts(b.f.proxyAddr, ports, 2*time.Minute, nil)
 	}
-	logf, err := os.Create(filepath.Join(workdir, "proxy.log"))
-	if err != nil {
-		return err
-	}
 	var cmd *exec.Cmd
 	if b.f.proxyCmd != "" {
 		line := strings.NewReplacer("{config}", cfgPath, "{ca}", caPath).Replace(b.f.proxyCmd)
@@ -48,24 +44,41 @@ func (b *bench) startProxy(cfgPath, caPath, workdir string, ports []int) error {
 		args = append(args, strings.Fields(b.f.proxyArg)...)
 		cmd = exec.Command(self, args...)
 	}
+	exited, err := launch(cmd, caPath, filepath.Join(workdir, "proxy.log"), ports)
+	if cmd.Process != nil {
+		b.proxy, b.pid, b.exited = cmd, cmd.Process.Pid, exited
+		fmt.Fprintf(b.errw, "proxy started (pid %d): %s\n", b.pid, strings.Join(cmd.Args, " "))
+	}
+	if err != nil {
+		b.stopProxy()
+		return err
+	}
+	return nil
+}
+
+// launch starts a proxy child process with the mock's CA trusted, its
+// output to logPath, in a process group of its own, and waits for it to
+// listen on ports. exited is closed when the process ends (nil if it did
+// not start). On an error the log's tail is in it.
+func launch(cmd *exec.Cmd, caPath, logPath string, ports []int) (exited chan struct{}, err error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
 	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	ownProcessGroup(cmd)
 	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("starting the proxy: %w", err)
+		return nil, fmt.Errorf("starting the proxy: %w", err)
 	}
-	logf.Close()
-	b.proxy, b.pid = cmd, cmd.Process.Pid
-	b.exited = make(chan struct{})
-	go func() { cmd.Wait(); close(b.exited) }()
-	fmt.Fprintf(b.errw, "proxy started (pid %d): %s\n", b.pid, strings.Join(cmd.Args, " "))
-	if err := waitPorts("127.0.0.1", ports, time.Minute, b.exited); err != nil {
-		b.stopProxy()
-		tail, _ := os.ReadFile(filepath.Join(workdir, "proxy.log"))
-		return fmt.Errorf("%w; proxy log:\n%s", err, lastLines(tail, 20))
+	exited = make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	if err := waitPorts("127.0.0.1", ports, time.Minute, exited); err != nil {
+		tail, _ := os.ReadFile(logPath)
+		return exited, fmt.Errorf("%w; proxy log:\n%s", err, lastLines(tail, 20))
 	}
-	return nil
+	return exited, nil
 }
 
 func (b *bench) stopProxy() {
