@@ -167,6 +167,13 @@ func (r *chunkReader) buffer() []byte {
 	return r.bb.B
 }
 
+// quiet gives back every buffer while the source is not being read (a
+// parked relay direction).
+func (r *chunkReader) quiet() {
+	r.release()
+	r.small, r.busy = nil, false
+}
+
 // release gives the full buffer back to the pool.
 func (r *chunkReader) release() {
 	if r.raw != nil && r.raw.Holding() {

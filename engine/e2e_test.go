@@ -107,29 +107,8 @@ func testIMAPEndToEnd(t *testing.T, fe string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c2, err := imapclient.DialInsecure(env.imapAddr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	if err := c2.Login(testAccount, testPassword).Wait(); err != nil {
-		t.Fatalf("second login: %v", err)
-	}
 	appended := []byte("Subject: appended\r\n\r\n.dot line\r\nbody \xff\r\n")
-	ap := c2.Append("INBOX", int64(len(appended)), nil)
-	ap.Write(appended)
-	ap.Close()
-	if _, err := ap.Wait(); err != nil {
-		t.Fatalf("append: %v", err)
-	}
-	select {
-	case n := <-notified:
-		if n != 3 {
-			t.Fatalf("IDLE saw %d messages", n)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("IDLE got no EXISTS")
-	}
+	c2 := appendFromSecondClient(t, env, appended, notified)
 	if err := idle.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -290,4 +269,34 @@ func testIMAPLiteralLoginAndPipelining(t *testing.T, fe string) {
 	if lines := r.until("b2 "); !strings.HasPrefix(lines[len(lines)-1], "b2 OK") {
 		t.Fatalf("retry on the same connection: %q", lines)
 	}
+}
+
+// appendFromSecondClient logs a second client in, APPENDs msg to INBOX
+// and waits for the first client's IDLE to report 3 messages on
+// notified. It returns the second client, logged in.
+func appendFromSecondClient(t *testing.T, env *proxyEnv, msg []byte, notified chan uint32) *imapclient.Client {
+	t.Helper()
+	c2, err := imapclient.DialInsecure(env.imapAddr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c2.Close() })
+	if err := c2.Login(testAccount, testPassword).Wait(); err != nil {
+		t.Fatalf("second login: %v", err)
+	}
+	ap := c2.Append("INBOX", int64(len(msg)), nil)
+	ap.Write(msg)
+	ap.Close()
+	if _, err := ap.Wait(); err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	select {
+	case n := <-notified:
+		if n != 3 {
+			t.Fatalf("IDLE saw %d messages", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("IDLE got no EXISTS")
+	}
+	return c2
 }

@@ -36,6 +36,12 @@ type Options struct {
 	// IMAP 30 min (RFC 9051 §5.4), POP3 10 min (RFC 1939 §3), SMTP 5 min
 	// per command (RFC 5321 §4.5.3.2).
 	IMAPIdleTimeout, POP3IdleTimeout, SMTPIdleTimeout time.Duration
+	// ParkAfter: an authenticated session with no traffic either way for
+	// this long gives up its two goroutines (and their stacks) until data
+	// comes; one goroutine watches every parked socket. Linux only
+	// (elsewhere sessions keep their goroutines). Default 5 s; negative:
+	// never.
+	ParkAfter time.Duration
 	// PendingLimit bounds what a client connection on the event loop may
 	// hold before login: unsent output (above it, its input waits) and
 	// input that must wait (above it, the client is disconnected: gnet
@@ -114,6 +120,9 @@ func (o *Options) defaults() {
 	}
 	if o.SMTPIdleTimeout <= 0 {
 		o.SMTPIdleTimeout = 5 * time.Minute
+	}
+	if o.ParkAfter == 0 {
+		o.ParkAfter = 5 * time.Second
 	}
 	if o.PendingLimit <= 0 {
 		o.PendingLimit = 64 << 10

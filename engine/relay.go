@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -9,11 +10,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/engine/internal/readwait"
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/telemetry"
 )
@@ -39,6 +42,19 @@ type relay struct {
 	proto config.Protocol
 	bye   atomic.Bool
 	l     *listener // the section, for the metrics
+
+	// The plain relay's two directions (nil in the reuse relay, which
+	// does not park), live while either has not ended, and finish, called
+	// by the last to end.
+	dirs   [2]*relayDir
+	live   atomic.Int32
+	finish func()
+	// waiter watches parked directions' sockets (nil: none park).
+	waiter *readwait.Waiter
+	// parkMu guards the directions' parked state and stopping: once the
+	// relay is closing, no direction parks again.
+	parkMu   sync.Mutex
+	stopping bool
 }
 
 // byeAndClose ends the session for a shutdown: the upstream side is
@@ -48,7 +64,11 @@ func (r *relay) byeAndClose() {
 	r.ended.CompareAndSwap(nil, ptr("the proxy is shutting down"))
 	if r.proto == config.IMAP {
 		r.bye.Store(true)
+		woken := r.stopParking()
 		r.up.Close()
+		for _, d := range woken {
+			d.resume()
+		}
 		return
 	}
 	r.close()
@@ -118,10 +138,14 @@ func (w *timedWriter) Write(b []byte) (int, error) {
 var errSendTimeout = errors.New("send timeout: the peer accepted no data")
 
 // sweepIdleRelays closes authenticated sessions with no traffic either
-// way for longer than their protocol's idle timeout.
+// way for longer than their protocol's idle timeout, and asks those quiet
+// for longer than ParkAfter to park.
 func (s *Server) sweepIdleRelays() {
 	defer s.wg.Done()
 	every := min(s.opts.IMAPIdleTimeout, s.opts.POP3IdleTimeout, s.opts.SMTPIdleTimeout) / 4
+	if s.waiter != nil {
+		every = min(every, s.opts.ParkAfter/2)
+	}
 	every = min(max(every, 10*time.Millisecond), 10*time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -130,16 +154,22 @@ func (s *Server) sweepIdleRelays() {
 		case <-s.ctx.Done():
 			return
 		case now := <-t.C:
-			var idle []*relay
+			var idle, quiet []*relay
 			s.relayMu.Lock()
 			for r := range s.relays {
-				if now.UnixNano()-r.active.Load() > int64(r.idle) {
+				switch silent := now.UnixNano() - r.active.Load(); {
+				case silent > int64(r.idle):
 					idle = append(idle, r)
+				case r.waiter != nil && silent > int64(s.opts.ParkAfter):
+					quiet = append(quiet, r)
 				}
 			}
 			s.relayMu.Unlock()
 			for _, r := range idle {
 				r.endFor("idle timeout")
+			}
+			for _, r := range quiet {
+				r.askPark()
 			}
 		}
 	}
@@ -147,8 +177,12 @@ func (s *Server) sweepIdleRelays() {
 
 func (r *relay) close() {
 	r.once.Do(func() {
+		woken := r.stopParking()
 		r.client.Close()
 		r.up.Close()
+		for _, d := range woken {
+			go d.run() // to find its source closed and end
+		}
 	})
 }
 
@@ -173,35 +207,39 @@ func fileConn(fd int, keepAlive time.Duration) (net.Conn, error) {
 // first the upstream's answer to the login, then both directions.
 func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time) {
 	r := s.newRelay(client, res.up, res.proto, res.l)
-	s.relayMu.Lock()
-	s.relays[r] = struct{}{}
-	s.relayMu.Unlock()
 	if s.linger != nil && res.reuseKey != "" {
+		s.trackRelay(r)
 		s.startReuseRelay(client, res, leftover, log, opened, r)
 		return
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		start := time.Now()
-		var wg sync.WaitGroup
-		var fromClient, fromUp int64
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var err error
-			fromClient, err = s.pipe(r.toUp, client, leftover, nil)
-			r.noteEnd(err, "server")
-		}()
-		// The upstream's answer to the login, then anything it sent after it
-		// that is already buffered, then the live stream.
-		var err error
-		fromUp, err = s.pipe(r.toClient, res.up.TLS, res.reply, res.up.TakeReader())
-		r.sayBye()
-		r.noteEnd(err, "client")
-		wg.Wait()
-		s.endRelay(r, log, res.user, fromClient, fromUp, start, opened).Msg("connection closed")
-	}()
+	s.wg.Add(1) // done by finish
+	start := time.Now()
+	fromClient := s.newRelayDir(r, r.toUp, client, "server")
+	fromClient.first = leftover
+	// The upstream's answer to the login, then anything it sent after it
+	// that is already buffered, then the live stream.
+	fromUp := s.newRelayDir(r, r.toClient, res.up.TLS, "client")
+	fromUp.first, fromUp.br = res.reply, res.up.TakeReader()
+	if s.waiter != nil {
+		r.waiter = s.waiter
+		fromClient.sock, fromUp.sock = socketOf(client), res.up.Socket()
+	}
+	r.dirs = [2]*relayDir{fromClient, fromUp}
+	r.live.Store(2)
+	r.finish = func() {
+		s.endRelay(r, log, res.user, fromClient.total, fromUp.total, start, opened).Msg("connection closed")
+		s.wg.Done()
+	}
+	s.trackRelay(r)
+	go fromClient.run()
+	go fromUp.run()
+}
+
+// trackRelay lets the sweep and a shutdown see r.
+func (s *Server) trackRelay(r *relay) {
+	s.relayMu.Lock()
+	s.relays[r] = struct{}{}
+	s.relayMu.Unlock()
 }
 
 // noteEnd closes the relay after one direction ended; a send timeout
@@ -233,45 +271,187 @@ func (s *Server) endRelay(r *relay, log connLog, user string, fromClient, fromUp
 		Int64("bytes_to_client", fromUp).Dur("session_ms", time.Since(start)).Dur("duration_ms", time.Since(opened))
 }
 
-// pipe writes first, then what br holds buffered, then copies src to dst
-// until either side ends. It returns the bytes written and the write
-// error that ended it, if one did.
-func (s *Server) pipe(dst io.Writer, src net.Conn, first []byte, br *bufio.Reader) (int64, error) {
-	var total int64
-	if len(first) > 0 {
-		n, err := dst.Write(first)
-		total += int64(n)
-		if err != nil {
-			return total, err
-		}
+// relayDir is one direction of a relay: it writes first, then what br
+// holds buffered, then copies src to dst until either side ends.
+//
+// A direction whose source stays quiet parks: its goroutine ends and
+// r.waiter watches the source's socket, and starts a new goroutine when
+// data comes. A session idle for hours (an IMAP client in IDLE) then
+// holds no goroutine stack; the sweep asks quiet relays to park.
+type relayDir struct {
+	s         *Server
+	r         *relay // nil in benchmarks: never parks
+	dst       io.Writer
+	src       net.Conn
+	writingTo string // "client" or "server", for a send timeout's reason
+	first     []byte
+	br        *bufio.Reader
+	cr        *chunkReader
+	total     int64 // bytes written to dst; read once the direction has ended
+
+	// sock is src's socket, waited on while parked (nil: never parks).
+	sock syscall.RawConn
+	// askedPark: the sweep set a past read deadline on src so that the
+	// read returns and the direction parks.
+	askedPark atomic.Bool
+	// parked and ticket are guarded by r.parkMu.
+	parked bool
+	ticket readwait.Ticket
+}
+
+func (s *Server) newRelayDir(r *relay, dst io.Writer, src net.Conn, writingTo string) *relayDir {
+	return &relayDir{s: s, r: r, dst: dst, src: src, writingTo: writingTo,
+		cr: newChunkReader(&s.relayBufs, src, s.opts.RelayBuffer)}
+}
+
+// run copies until the direction ends or parks; the last direction of
+// a relay to end finishes it.
+func (d *relayDir) run() {
+	parked, err := d.copy()
+	if parked {
+		return
 	}
-	if n, err := drain(dst, br); err != nil || n > 0 {
-		total += int64(n)
-		if err != nil {
-			return total, err
-		}
+	d.cr.release()
+	r := d.r
+	if d.writingTo == "client" {
+		r.sayBye()
 	}
-	// Neither is needed again: let the collector have them while the
-	// session lasts (a 4 KiB reader per session adds up).
-	first, br = nil, nil
-	cr := newChunkReader(&s.relayBufs, src, s.opts.RelayBuffer)
-	defer cr.release()
+	r.noteEnd(err, d.writingTo)
+	if r.live.Add(-1) == 0 {
+		r.finish()
+	}
+}
+
+// copy returns parked (the direction's goroutine is to end: the waiter
+// will resume it), or the write error that ended the direction, if one
+// did.
+func (d *relayDir) copy() (parked bool, err error) {
+	if d.first != nil || d.br != nil {
+		if len(d.first) > 0 {
+			n, err := d.dst.Write(d.first)
+			d.total += int64(n)
+			if err != nil {
+				return false, err
+			}
+		}
+		n, err := drain(d.dst, d.br)
+		d.total += int64(n)
+		if err != nil {
+			return false, err
+		}
+		// Neither is needed again: let the collector have them while
+		// the session lasts (a 4 KiB reader per session adds up).
+		d.first, d.br = nil, nil
+	}
 	for {
-		chunk, rerr := cr.next()
+		chunk, rerr := d.cr.next()
 		if len(chunk) > 0 {
-			w, werr := dst.Write(chunk)
-			total += int64(w)
+			w, werr := d.dst.Write(chunk)
+			d.total += int64(w)
 			if werr != nil {
-				return total, werr
+				return false, werr
 			}
 		}
 		if rerr != nil {
-			if !errors.Is(rerr, io.EOF) && !errors.Is(rerr, net.ErrClosed) {
-				s.log.Debug().Err(rerr).Msg("relay read ended")
+			if d.askedPark.Load() && isTimeout(rerr) {
+				if d.park() {
+					return true, nil
+				}
+				continue
 			}
-			return total, nil
+			if !errors.Is(rerr, io.EOF) && !errors.Is(rerr, net.ErrClosed) {
+				d.s.log.Debug().Err(rerr).Msg("relay read ended")
+			}
+			return false, nil
 		}
 	}
+}
+
+// park hands the source's socket to the waiter, unless the relay is
+// closing; then the read deadline the sweep set is cleared and the
+// direction reads on.
+func (d *relayDir) park() bool {
+	r := d.r
+	d.cr.quiet()
+	r.parkMu.Lock()
+	defer r.parkMu.Unlock()
+	d.askedPark.Store(false)
+	if !r.stopping {
+		// The waiter may call wake at once: it waits for parkMu.
+		if t, err := r.waiter.Wait(d.sock, d.wake); err == nil {
+			d.parked, d.ticket = true, t
+			return true
+		}
+	}
+	d.src.SetReadDeadline(time.Time{})
+	return false
+}
+
+// wake is the waiter's callback: the parked source has data (or ended).
+func (d *relayDir) wake() {
+	r := d.r
+	r.parkMu.Lock()
+	was := d.parked
+	d.parked = false
+	r.parkMu.Unlock()
+	if was {
+		d.resume()
+	}
+}
+
+// resume starts a goroutine for a direction that was parked.
+func (d *relayDir) resume() {
+	d.src.SetReadDeadline(time.Time{})
+	go d.run()
+}
+
+// askPark makes each direction that can park and is not parked return
+// from its read (a past deadline) and park.
+func (r *relay) askPark() {
+	r.parkMu.Lock()
+	defer r.parkMu.Unlock()
+	if r.stopping || r.waiter == nil {
+		return
+	}
+	for _, d := range r.dirs {
+		if d != nil && d.sock != nil && !d.parked {
+			d.askedPark.Store(true)
+			d.src.SetReadDeadline(past)
+		}
+	}
+}
+
+// stopParking keeps the directions from parking again and takes back the
+// parked ones' sockets from the waiter; it returns those, for the caller
+// to resume once it has closed what it closes.
+func (r *relay) stopParking() []*relayDir {
+	r.parkMu.Lock()
+	defer r.parkMu.Unlock()
+	r.stopping = true
+	var woken []*relayDir
+	for _, d := range r.dirs {
+		if d != nil && d.parked {
+			r.waiter.Cancel(d.ticket)
+			d.parked = false
+			woken = append(woken, d)
+		}
+	}
+	return woken
+}
+
+// socketOf returns the socket a direction reading c waits on while
+// parked: c's own, or the one under its TLS. Nil for any other kind of
+// connection, which might hold bytes already read from its socket.
+func socketOf(c net.Conn) syscall.RawConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			return rc
+		}
+	}
+	return nil
 }
 
 // drain writes what br holds buffered (bytes the server sent right after

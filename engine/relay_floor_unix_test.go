@@ -54,7 +54,7 @@ func benchAgainstFloor(b *testing.B, download bool) {
 			benchDirection(b, sender, func() {
 				if relay {
 					s := &Server{opts: Options{RelayBuffer: 16 << 10}}
-					s.pipe(&timedWriter{c: dst, timeout: time.Minute, active: new(atomic.Int64)}, src, nil, nil)
+					s.pipe(&timedWriter{c: dst, timeout: time.Minute, active: new(atomic.Int64)}, src)
 				} else {
 					io.Copy(dst, src)
 				}

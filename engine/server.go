@@ -20,6 +20,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/engine/internal/readwait"
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/telemetry"
 )
@@ -64,7 +65,10 @@ type Server struct {
 
 	relayMu sync.Mutex
 	relays  map[*relay]struct{}
-	conns   map[net.Conn]*listener // pre-login connections of the goroutine front end
+	// waiter watches the sockets of parked relay directions (nil: none
+	// park; see Options.ParkAfter).
+	waiter *readwait.Waiter
+	conns  map[net.Conn]*listener // pre-login connections of the goroutine front end
 
 	draining atomic.Bool // Drain has begun: new clients are turned away
 }
@@ -194,6 +198,23 @@ func (s *Server) Start() error {
 	if len(*s.lsn.Load()) == 0 {
 		return errors.New("no server sections to serve: add an [IMAP-port], [POP-port] or [SMTP-port] section")
 	}
+	if s.opts.ParkAfter > 0 {
+		w, err := readwait.New()
+		switch {
+		case err == nil:
+			s.waiter = w
+		case !errors.Is(err, errors.ErrUnsupported):
+			s.log.Warn().Err(err).Msg("idle sessions keep their goroutines: cannot watch their sockets")
+		}
+	}
+	if err := s.start(); err != nil {
+		s.waiter.Close()
+		return err
+	}
+	return nil
+}
+
+func (s *Server) start() error {
 	var addrs []string
 	for _, srv := range s.cfg.Servers {
 		l := s.listener(srv.LocalPort)
@@ -309,6 +330,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	s.relayMu.Unlock()
 	s.linger.CloseAll()
 	s.wg.Wait()
+	s.waiter.Close() // every relay has ended: none is parked
 	return err
 }
 

@@ -6,6 +6,7 @@ import "github.com/emailproxy/emailproxy/engine/upstream"
 type Stats struct {
 	PreLogin int                  // plaintext clients connected, not yet relayed
 	Relays   int                  // authenticated sessions being relayed
+	Parked   int                  // relay directions parked (no goroutine; see Options.ParkAfter)
 	Warm     map[string]WarmStats // by server section
 	Reuse    upstream.ReuseStats  // IMAP session reuse (zero when off)
 }
@@ -27,6 +28,9 @@ func (s *Server) Stats() Stats {
 	st.PreLogin += len(s.conns) // the goroutine front end's
 	st.Relays = len(s.relays)
 	s.relayMu.Unlock()
+	if s.waiter != nil {
+		st.Parked = s.waiter.Waiting()
+	}
 	for _, l := range s.listenerList() {
 		ps, idle := l.up.Pool.Snapshot()
 		hs, resumed := l.up.Dialer.Handshakes()

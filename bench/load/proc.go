@@ -58,6 +58,7 @@ type GoMem struct {
 	HeapInuse  int64 `json:"heap_inuse"`
 	StackInuse int64 `json:"stack_inuse"`
 	Goroutines int   `json:"goroutines"`
+	Parked     int   `json:"parked"` // relay directions without a goroutine
 }
 
 // ReadGoMem asks a proxy's stats endpoint for live memory after a GC.

@@ -108,6 +108,14 @@ type Idle struct {
 	SessionGoKB   float64 `json:"session_go_kb_each"`
 	// SessionStackKB is the goroutine stacks' part of SessionGoKB.
 	SessionStackKB float64 `json:"session_stack_kb_each,omitempty"`
+	// SessionsParked: sessions whose relay had parked both directions
+	// (no goroutine) when the figures above were read, after waiting for
+	// the proxy's --park-after. The Active figures were read before, half
+	// a second after the sessions were opened.
+	SessionsParked       int     `json:"sessions_parked"`
+	SessionActiveRSSKB   float64 `json:"session_active_rss_kb_each,omitempty"`
+	SessionActiveGoKB    float64 `json:"session_active_go_kb_each,omitempty"`
+	SessionActiveStackKB float64 `json:"session_active_stack_kb_each,omitempty"`
 	// Stalled sessions: a large download in flight to a client that
 	// stopped reading.
 	Stalled      int      `json:"stalled_sessions"`
@@ -345,8 +353,12 @@ func (rep *Report) writeIdle(w io.Writer) {
 			fmt.Fprintf(w, "  %d pre-login clients: %s RSS each, %s Go heap+stack each\n", i.PreLogin, rss(i.PreLoginRSSKB), kb(i.PreLoginGoKB))
 		}
 		if i.Sessions > 0 {
-			fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS): %s RSS each, %s Go heap+stack each (stacks %s)\n",
-				i.Sessions, rss(i.SessionRSSKB), kb(i.SessionGoKB), kb(i.SessionStackKB))
+			if i.SessionActiveGoKB != 0 {
+				fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS), 0.5 s after opening: %s RSS each, %s Go heap+stack each (stacks %s)\n",
+					i.Sessions, rss(i.SessionActiveRSSKB), kb(i.SessionActiveGoKB), kb(i.SessionActiveStackKB))
+			}
+			fmt.Fprintf(w, "  %d authenticated IDLE sessions (client + upstream TLS), %d parked: %s RSS each, %s Go heap+stack each (stacks %s)\n",
+				i.Sessions, i.SessionsParked, rss(i.SessionRSSKB), kb(i.SessionGoKB), kb(i.SessionStackKB))
 		}
 		if i.Stalled > 0 {
 			fmt.Fprintf(w, "  %d sessions relaying a large message to a client that stopped reading: %s RSS each, %s Go heap+stack each\n",

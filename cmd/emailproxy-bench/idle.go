@@ -14,8 +14,13 @@ import (
 // measures what each costs the proxy.
 func (b *bench) idle(ctx context.Context) *report.Idle {
 	res := &report.Idle{PreLoginGoKB: -1, SessionGoKB: -1, StalledGoKB: -1}
-	var stackKB float64 // of the last measure
-	measure := func(what string, n int, hold func(*load.Progress) (*load.Held, error)) (rssKB, goKB float64, held int) {
+	// cost is what each held connection adds to the proxy: RSS, and Go
+	// heap + stacks after a collection (goKB -1: unknown).
+	type cost struct{ rssKB, goKB, stackKB float64 }
+	// measure holds n connections and reads their cost half a second
+	// later; with waitParked, again once the proxy has parked their
+	// relays (or given up waiting). It returns the last reading first.
+	measure := func(what string, n int, hold func(*load.Progress) (*load.Held, error), waitParked bool) (last, first cost, held, parked int) {
 		b.mark("idle " + what)
 		// The Go baseline first, with memory returned to the system, then
 		// the RSS baseline: so the RSS growth is the connections'.
@@ -32,10 +37,38 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 		}
 		held = h.Len()
 		if held == 0 {
-			return 0, -1, 0
+			return cost{goKB: -1}, cost{goKB: -1}, 0, 0
+		}
+		read := func() cost {
+			c := cost{goKB: -1}
+			if now, err := load.ReadProc(b.pid); err == nil {
+				c.rssKB = float64(now.RSS-base.RSS) / 1024 / float64(held)
+			}
+			if goErr != nil {
+				return c
+			}
+			g, err := load.ReadGoMem(b.statsAddr)
+			if err != nil {
+				goErr = err
+				return c
+			}
+			parked = g.Parked / 2
+			c.goKB = float64((g.HeapInuse+g.StackInuse)-(baseGo.HeapInuse+baseGo.StackInuse)) / 1024 / float64(held)
+			c.stackKB = float64(g.StackInuse-baseGo.StackInuse) / 1024 / float64(held)
+			return c
 		}
 		time.Sleep(500 * time.Millisecond) // let the proxy settle (handshakes, buffers)
-		now, _ := load.ReadProc(b.pid)
+		first = read()
+		last = first
+		if waitParked && goErr == nil {
+			// The proxy parks sessions quiet for --park-after (default
+			// 5 s), checked every half of it.
+			for end := time.Now().Add(20 * time.Second); parked < held && time.Now().Before(end); {
+				time.Sleep(time.Second)
+				last = read()
+			}
+			fmt.Fprintf(b.errw, "idle      %s: %d of %d parked\n", what, parked, held)
+		}
 		if b.f.profile && b.statsAddr != "" {
 			file := filepath.Join(b.workdir, "heap-idle-"+what+".pprof")
 			if err := load.SaveHeapProfile(b.statsAddr, file); err != nil {
@@ -44,35 +77,29 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 				fmt.Fprintf(b.errw, "idle      %s: heap profile in %s\n", what, file)
 			}
 		}
-		rssKB = float64(now.RSS-base.RSS) / 1024 / float64(held)
-		goKB = -1
-		if goErr == nil {
-			g, err := load.ReadGoMem(b.statsAddr)
-			goErr = err
-			if err == nil {
-				goKB = float64((g.HeapInuse+g.StackInuse)-(baseGo.HeapInuse+baseGo.StackInuse)) / 1024 / float64(held)
-				stackKB = float64(g.StackInuse-baseGo.StackInuse) / 1024 / float64(held)
-			}
-		}
 		if goErr != nil && b.statsAddr != "" {
 			res.ErrorSamples = append(res.ErrorSamples, "reading the proxy's Go memory: "+goErr.Error())
 		}
-		return rssKB, goKB, held
+		return last, first, held, parked
 	}
 	if b.f.idleClients > 0 {
-		res.PreLoginRSSKB, res.PreLoginGoKB, res.PreLogin = measure("pre-login", b.f.idleClients, func(p *load.Progress) (*load.Held, error) {
+		c, _, held, _ := measure("pre-login", b.f.idleClients, func(p *load.Progress) (*load.Held, error) {
 			return b.target.HoldPreLogin(ctx, b.f.idleClients, p)
-		})
+		}, false)
+		res.PreLoginRSSKB, res.PreLoginGoKB, res.PreLogin = c.rssKB, c.goKB, held
 		time.Sleep(time.Second) // closed connections leave the proxy
 	}
 	if b.f.idleSessions > 0 {
 		// One login per account first: the proxy's first login of an
 		// account checks its password (PBKDF2) and fetches a token.
 		b.target.Warm(ctx, load.IMAP, load.Proxy, 0)
-		res.SessionRSSKB, res.SessionGoKB, res.Sessions = measure("sessions", b.f.idleSessions, func(p *load.Progress) (*load.Held, error) {
+		c, active, held, parked := measure("sessions", b.f.idleSessions, func(p *load.Progress) (*load.Held, error) {
 			return b.target.HoldIdling(ctx, load.Proxy, b.f.idleSessions, p)
-		})
-		res.SessionStackKB = stackKB
+		}, true)
+		res.SessionRSSKB, res.SessionGoKB, res.SessionStackKB, res.Sessions, res.SessionsParked = c.rssKB, c.goKB, c.stackKB, held, parked
+		if parked > 0 {
+			res.SessionActiveRSSKB, res.SessionActiveGoKB, res.SessionActiveStackKB = active.rssKB, active.goKB, active.stackKB
+		}
 	}
 	if b.f.idleSessions > 0 && b.f.idleClients > 0 {
 		time.Sleep(time.Second)
@@ -87,12 +114,14 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 		}
 		time.Sleep(time.Second)
 		b.target.Warm(ctx, load.POP3, load.Proxy, b.f.mock.bigBoxes)
-		res.StalledRSSKB, res.StalledGoKB, res.Stalled = measure("stalled", b.f.stalled, func(p *load.Progress) (*load.Held, error) {
+		c, _, held, _ := measure("stalled", b.f.stalled, func(p *load.Progress) (*load.Held, error) {
 			return b.target.HoldStalled(ctx, load.Proxy, b.f.stalled, b.f.mock.bigBoxes, p)
-		})
+		}, false)
+		res.StalledRSSKB, res.StalledGoKB, res.Stalled = c.rssKB, c.goKB, held
 	}
 	round := func(v float64) float64 { return float64(int(v*100)) / 100 }
 	res.PreLoginRSSKB, res.SessionRSSKB = round(res.PreLoginRSSKB), round(res.SessionRSSKB)
+	res.SessionActiveRSSKB, res.SessionActiveGoKB = round(res.SessionActiveRSSKB), round(res.SessionActiveGoKB)
 	if res.PreLoginGoKB >= 0 {
 		res.PreLoginGoKB = round(res.PreLoginGoKB)
 	}

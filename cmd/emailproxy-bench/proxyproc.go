@@ -35,6 +35,8 @@ func (b *bench) startProxy(cfgPath, caPath, workdir string, ports []int) error {
 			return err
 		}
 		b.statsAddr = "127.0.0.1:" + strconv.Itoa(sp[0])
+		// Wait for the stats endpoint too: the first phase reads it at once.
+		ports = append(ports[:len(ports):len(ports)], sp[0])
 		args := []string{"proxy", "--no-gui", "--config-file", cfgPath, "--stats-addr", b.statsAddr}
 		if b.abuseRuns && !strings.Contains(b.f.proxyArg, "send-timeout") {
 			// Stalled downloads end after the send timeout: a short one

@@ -11,6 +11,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emailproxy/emailproxy/config"
@@ -42,6 +43,25 @@ func (u *Conn) TakeReader() *bufio.Reader {
 	br := u.br
 	u.br = nil
 	return br
+}
+
+// Socket is the TCP socket under the TLS connection, for waiting until
+// it is readable: a read of TLS that timed out has left nothing unread
+// above it (nil where it cannot be waited on).
+func (u *Conn) Socket() syscall.RawConn {
+	rc, ok := u.TLS.NetConn().(*recordConn)
+	if !ok {
+		return nil
+	}
+	sc, ok := rc.Conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
 }
 
 // Close closes the connection and gives back its mailbox slot.

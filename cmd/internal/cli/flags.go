@@ -30,6 +30,7 @@ type flags struct {
 	loginTimeout, dialTimeout, tokenTimeout     time.Duration
 	refreshMargin, idleTimeout                  time.Duration
 	sendTimeout, imapIdle, pop3Idle, smtpIdle   time.Duration
+	parkAfter                                   time.Duration
 	drainTimeout                                time.Duration
 	pendingLimit                                int
 	frontEnd                                    string
@@ -65,6 +66,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.sendTimeout, "send-timeout", 60*time.Second, "end a session whose client (or server) accepts no data for this long, e.g. a client that stops reading mid-download")
 	fs.DurationVar(&f.imapIdle, "imap-idle-timeout", 30*time.Minute, "close an authenticated IMAP session with no traffic either way for this long (RFC 9051's minimum: 30m)")
 	fs.DurationVar(&f.pop3Idle, "pop3-idle-timeout", 10*time.Minute, "close an authenticated POP3 session with no traffic either way for this long (RFC 1939's minimum: 10m)")
+	fs.DurationVar(&f.parkAfter, "park-after", 5*time.Second, "an authenticated session quiet both ways this long gives up its goroutines until data comes, one goroutine watching all such sockets (Linux; 0: never)")
 	fs.DurationVar(&f.smtpIdle, "smtp-idle-timeout", 5*time.Minute, "close an authenticated SMTP session with no traffic either way for this long (RFC 5321's minimum per command: 5m)")
 	fs.IntVar(&f.pendingLimit, "pending-limit", 64<<10, "bytes a client may have waiting before login: unsent answers (above it, its commands wait) and unread commands (above it, it is disconnected)")
 	fs.DurationVar(&f.tokenTimeout, "token-timeout", 15*time.Second, "longest time one token request may take")

@@ -130,6 +130,10 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	eopts.IdleTimeout = fl.idleTimeout
 	eopts.SendTimeout = fl.sendTimeout
 	eopts.IMAPIdleTimeout, eopts.POP3IdleTimeout, eopts.SMTPIdleTimeout = fl.imapIdle, fl.pop3Idle, fl.smtpIdle
+	eopts.ParkAfter = fl.parkAfter
+	if eopts.ParkAfter <= 0 {
+		eopts.ParkAfter = -1 // never
+	}
 	eopts.PendingLimit = fl.pendingLimit
 	eopts.RelayBuffer = fl.relayBuffer
 	eopts.WarmConnections, eopts.MailboxLimit = orNone(fl.warmConns), orNone(fl.mailboxLimit)

@@ -58,8 +58,12 @@ func serveStats(addr string, srv *engine.Server) (stop func(), err error) {
 		var m runtime.MemStats
 		runtime.ReadMemStats(&m)
 		w.Header().Set("Content-Type", "application/json")
+		parked := 0
+		if s := current.Load(); s != nil {
+			parked = s.Stats().Parked
+		}
 		json.NewEncoder(w).Encode(map[string]any{"heap_inuse": m.HeapInuse, "stack_inuse": m.StackInuse,
-			"goroutines": runtime.NumGoroutine()})
+			"goroutines": runtime.NumGoroutine(), "parked": parked})
 	})
 	return serveHTTP(ln, mux), nil
 }

@@ -1,0 +1,284 @@
+//go:build linux
+
+package engine
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/rs/zerolog"
+
+	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/engine/internal/loopback"
+	"github.com/emailproxy/emailproxy/engine/internal/readwait"
+	"github.com/emailproxy/emailproxy/engine/upstream"
+)
+
+// relayGoroutines counts the goroutines copying a relay direction.
+func relayGoroutines() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return bytes.Count(buf, []byte("engine.(*relayDir).run"))
+}
+
+// eventually polls cond for up to 10 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting: %s", what)
+}
+
+// parkRig is one relayed IMAP session between app (the client) and srv
+// (the upstream server's end of a real TLS connection), run by a server
+// with nothing but its relays and its sweep.
+type parkRig struct {
+	s    *Server
+	app  net.Conn
+	srv  *tls.Conn
+	logs *syncBuffer
+}
+
+func newParkRig(t *testing.T, opts Options) *parkRig {
+	t.Helper()
+	logs := &syncBuffer{}
+	opts.Logger = zerolog.New(logs)
+	opts.defaults()
+	s := &Server{opts: opts, log: opts.Logger, relays: map[*relay]struct{}{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	w, err := readwait.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.waiter = w
+	s.wg.Add(1)
+	go s.sweepIdleRelays()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Stop(ctx)
+	})
+
+	srv, up := loopback.TLSPair(t, upstream.RecordReader)
+	proxySide, app := loopback.TCPPair(t)
+	res := &loginResult{proto: config.IMAP, up: &upstream.Conn{TLS: up}, reply: []byte("L1 OK logged in\r\n"), user: "u"}
+	s.startRelay(proxySide, res, nil, connLog{base: s.log}, time.Now())
+	rig := &parkRig{s: s, app: app, srv: srv, logs: logs}
+	rig.expect(t, "L1 OK logged in\r\n")
+	return rig
+}
+
+// expect reads exactly want from the app's side.
+func (p *parkRig) expect(t *testing.T, want string) {
+	t.Helper()
+	p.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(p.app, got); err != nil || string(got) != want {
+		t.Fatalf("client read %q, %v; want %q", got, err, want)
+	}
+}
+
+func (p *parkRig) relays() int {
+	p.s.relayMu.Lock()
+	defer p.s.relayMu.Unlock()
+	return len(p.s.relays)
+}
+
+// parked waits until both directions have parked.
+func (p *parkRig) parked(t *testing.T) {
+	t.Helper()
+	eventually(t, "both directions parked", func() bool {
+		return p.s.waiter.Waiting() == 2 && relayGoroutines() == 0
+	})
+}
+
+// A quiet relay parks both directions (no goroutine left) and each wakes
+// for its own side's data, bytes intact, many times over.
+func TestQuietRelayParksAndWakes(t *testing.T) {
+	p := newParkRig(t, Options{ParkAfter: 20 * time.Millisecond})
+	up := make([]byte, 64)
+	for cycle := range 20 {
+		p.parked(t)
+		// The server speaks first (an IMAP IDLE update): only the
+		// upstream direction wakes.
+		if _, err := p.srv.Write([]byte("* 3 EXISTS\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		p.expect(t, "* 3 EXISTS\r\n")
+		p.parked(t)
+		// The client asks; the server answers with a download of a size
+		// that ends mid-record.
+		size := 1 + cycle*37_000
+		if _, err := p.app.Write([]byte("A FETCH\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		p.srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := p.srv.Read(up); err != nil || string(up[:n]) != "A FETCH\r\n" {
+			t.Fatalf("server read %q, %v", up[:n], err)
+		}
+		body := make([]byte, size)
+		rand.Read(body)
+		go p.srv.Write(body)
+		got := make([]byte, size)
+		p.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(p.app, got); err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("cycle %d: download of %d bytes: %v, equal %v", cycle, size, err, bytes.Equal(got, body))
+		}
+	}
+}
+
+// A client that hangs up while parked ends the relay: the upstream is
+// closed, the session is forgotten and logged, nothing stays parked.
+func TestParkedRelayEndsWhenClientHangsUp(t *testing.T) {
+	p := newParkRig(t, Options{ParkAfter: 20 * time.Millisecond})
+	p.parked(t)
+	p.app.Close()
+	p.srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := p.srv.Read(make([]byte, 16)); err == nil {
+		t.Fatal("the upstream was not closed")
+	}
+	eventually(t, "the relay ended", func() bool { return p.relays() == 0 && p.s.waiter.Waiting() == 0 })
+	eventually(t, "closing logged", func() bool { return strings.Contains(p.logs.String(), "connection closed") })
+}
+
+// The server hanging up while parked closes the client.
+func TestParkedRelayEndsWhenServerHangsUp(t *testing.T) {
+	p := newParkRig(t, Options{ParkAfter: 20 * time.Millisecond})
+	p.parked(t)
+	p.srv.Close()
+	p.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := p.app.Read(make([]byte, 16)); err != io.EOF {
+		t.Fatalf("client read %d bytes, %v; want EOF", n, err)
+	}
+	eventually(t, "the relay ended", func() bool { return p.relays() == 0 && p.s.waiter.Waiting() == 0 })
+}
+
+// The idle timeout ends a parked session.
+func TestParkedRelayIdleTimeout(t *testing.T) {
+	p := newParkRig(t, Options{ParkAfter: 20 * time.Millisecond, IMAPIdleTimeout: 300 * time.Millisecond})
+	p.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := p.app.Read(make([]byte, 16)); err != io.EOF {
+		t.Fatalf("client read %d bytes, %v; want EOF", n, err)
+	}
+	eventually(t, "idle timeout logged", func() bool { return strings.Contains(p.logs.String(), "idle timeout") })
+	if p.s.waiter.Waiting() != 0 {
+		t.Fatal("a socket is still watched")
+	}
+}
+
+// A shutdown tells a parked IMAP client BYE (its client direction wakes
+// to be closed after the upstream one has ended), and Stop returns.
+func TestParkedRelayShutdown(t *testing.T) {
+	p := newParkRig(t, Options{ParkAfter: 20 * time.Millisecond})
+	p.parked(t)
+	p.s.relayMu.Lock()
+	for r := range p.s.relays {
+		r.byeAndClose()
+	}
+	p.s.relayMu.Unlock()
+	p.expect(t, "* BYE [UNAVAILABLE] emailproxy is shutting down\r\n")
+	p.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := p.app.Read(make([]byte, 16)); err != io.EOF {
+		t.Fatalf("after BYE: %v, want EOF", err)
+	}
+	eventually(t, "the relay ended", func() bool { return p.relays() == 0 })
+}
+
+// Stop with a parked session returns, and leaves no goroutine (the
+// package's TestMain checks for leaks).
+func TestStopWithParkedRelay(t *testing.T) {
+	p := newParkRig(t, Options{ParkAfter: 20 * time.Millisecond})
+	p.parked(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { p.s.Stop(ctx); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not return with a parked session")
+	}
+	if relayGoroutines() != 0 {
+		t.Fatal("relay goroutines left after Stop")
+	}
+}
+
+// A relay that is never quiet for ParkAfter does not park.
+func TestBusyRelayDoesNotPark(t *testing.T) {
+	p := newParkRig(t, Options{ParkAfter: time.Hour})
+	time.Sleep(100 * time.Millisecond)
+	if n := p.s.waiter.Waiting(); n != 0 {
+		t.Fatalf("%d directions parked", n)
+	}
+	if n := relayGoroutines(); n != 2 {
+		t.Fatalf("%d relay goroutines, want 2", n)
+	}
+}
+
+// Through the whole proxy, with a real IMAP client on each front end: a
+// session in IDLE parks, the server's EXISTS (after another client's
+// APPEND) reaches it, and a 3 MiB FETCH after a park arrives intact.
+func TestIdleIMAPSessionParks(t *testing.T) { eachFrontEnd(t, testIdleIMAPSessionParks) }
+
+func testIdleIMAPSessionParks(t *testing.T, fe string) {
+	boxes, big := mailboxWithBig()
+	env := startEnv(t, envOptions{mailboxes: boxes, engine: Options{FrontEnd: fe, ParkAfter: 20 * time.Millisecond}})
+	notified := make(chan uint32, 4)
+	c, err := imapclient.DialInsecure(env.imapAddr, &imapclient.Options{
+		UnilateralDataHandler: &imapclient.UnilateralDataHandler{Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+			if d.NumMessages != nil {
+				notified <- *d.NumMessages
+			}
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(testAccount, testPassword).Wait(); err != nil {
+		t.Fatalf("login: %v", err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := c.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the IDLE session parked", func() bool { return env.srv.waiter.Waiting() == 2 && relayGoroutines() == 0 })
+
+	c2 := appendFromSecondClient(t, env, []byte("Subject: appended\r\n\r\nbody\r\n"), notified)
+	if err := idle.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := idle.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both sessions parked", func() bool { return env.srv.waiter.Waiting() == 4 && relayGoroutines() == 0 })
+	section := &imap.FetchItemBodySection{Peek: true}
+	msgs, err := c.Fetch(imap.SeqSetNum(2), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{section}}).Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := msgs[0].FindBodySection(section); !bytes.Equal(got, big) {
+		t.Fatalf("FETCH body after a park differs: %d bytes, want %d", len(got), len(big))
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	c2.Logout().Wait()
+	eventually(t, "both sessions ended", func() bool { return env.srv.Stats().Relays == 0 && env.srv.waiter.Waiting() == 0 })
+}
