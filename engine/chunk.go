@@ -148,6 +148,18 @@ func (r *chunkReader) setHardDeadline(t time.Time) {
 	r.src.SetReadDeadline(t)
 }
 
+// restoreDeadline takes back a read deadline set from outside (the
+// sweep's request to park): the hard one, if set, else none.
+func (r *chunkReader) restoreDeadline() {
+	h := r.hard.Load()
+	if h != 0 {
+		r.src.SetReadDeadline(time.Unix(0, h))
+	} else {
+		r.src.SetReadDeadline(time.Time{})
+	}
+	r.deadlineSet = h != 0
+}
+
 func (r *chunkReader) hardPassed() bool {
 	h := r.hard.Load()
 	return h != 0 && time.Now().UnixNano() >= h

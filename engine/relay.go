@@ -208,31 +208,42 @@ func fileConn(fd int, keepAlive time.Duration) (net.Conn, error) {
 func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time) {
 	r := s.newRelay(client, res.up, res.proto, res.l)
 	if s.linger != nil && res.reuseKey != "" {
-		s.trackRelay(r)
 		s.startReuseRelay(client, res, leftover, log, opened, r)
 		return
 	}
 	s.wg.Add(1) // done by finish
 	start := time.Now()
-	fromClient := s.newRelayDir(r, r.toUp, client, "server")
-	fromClient.first = leftover
-	// The upstream's answer to the login, then anything it sent after it
+	var fromClient, fromUp copier
+	// The client's bytes sent after its login command go first; the
+	// upstream's answer to the login, then anything it sent after it
 	// that is already buffered, then the live stream.
-	fromUp := s.newRelayDir(r, r.toClient, res.up.TLS, "client")
-	fromUp.first, fromUp.br = res.reply, res.up.TakeReader()
-	if s.waiter != nil {
-		r.waiter = s.waiter
-		fromClient.sock, fromUp.sock = socketOf(client), res.up.Socket()
+	up, down := s.newRelayDir(r, client), s.newRelayDir(r, res.up.TLS)
+	up.start, up.take = fromClient.to(r.toUp, leftover, nil)
+	down.start, down.take = fromUp.to(r.toClient, res.reply, res.up.TakeReader())
+	up.end = func(error) { r.noteEnd(fromClient.err, "server") }
+	down.end = func(error) {
+		r.sayBye()
+		r.noteEnd(fromUp.err, "client")
 	}
-	r.dirs = [2]*relayDir{fromClient, fromUp}
-	r.live.Store(2)
 	r.finish = func() {
 		s.endRelay(r, log, res.user, fromClient.total, fromUp.total, start, opened).Msg("connection closed")
 		s.wg.Done()
 	}
+	s.runRelay(r, up, down, res.up)
+}
+
+// runRelay starts a relay's two directions (up: from the client), with
+// parking if the server parks quiet sessions.
+func (s *Server) runRelay(r *relay, up, down *relayDir, u *upstream.Conn) {
+	if s.waiter != nil {
+		r.waiter = s.waiter
+		up.sock, down.sock = socketOf(r.client), u.Socket()
+	}
+	r.dirs = [2]*relayDir{up, down}
+	r.live.Store(2)
 	s.trackRelay(r)
-	go fromClient.run()
-	go fromUp.run()
+	go up.run()
+	go down.run()
 }
 
 // trackRelay lets the sweep and a shutdown see r.
@@ -271,23 +282,26 @@ func (s *Server) endRelay(r *relay, log connLog, user string, fromClient, fromUp
 		Int64("bytes_to_client", fromUp).Dur("session_ms", time.Since(start)).Dur("duration_ms", time.Since(opened))
 }
 
-// relayDir is one direction of a relay: it writes first, then what br
-// holds buffered, then copies src to dst until either side ends.
+// relayDir is one direction of a relay: it reads src and hands each
+// chunk to take, after start; once either says stop or the read ends,
+// end runs, and the relay's last direction to end calls its finish.
 //
 // A direction whose source stays quiet parks: its goroutine ends and
 // r.waiter watches the source's socket, and starts a new goroutine when
 // data comes. A session idle for hours (an IMAP client in IDLE) then
 // holds no goroutine stack; the sweep asks quiet relays to park.
 type relayDir struct {
-	s         *Server
-	r         *relay // nil in benchmarks: never parks
-	dst       io.Writer
-	src       net.Conn
-	writingTo string // "client" or "server", for a send timeout's reason
-	first     []byte
-	br        *bufio.Reader
-	cr        *chunkReader
-	total     int64 // bytes written to dst; read once the direction has ended
+	s   *Server
+	r   *relay // nil in benchmarks: never parks
+	src net.Conn
+	cr  *chunkReader
+	// start runs once, in the direction's first goroutine (false: stop);
+	// take is given each chunk read (false: stop); end runs once the
+	// direction has stopped, with the read's error if that stopped it.
+	start   func() bool
+	take    func(chunk []byte) bool
+	end     func(readErr error)
+	started bool
 
 	// sock is src's socket, waited on while parked (nil: never parks).
 	sock syscall.RawConn
@@ -299,58 +313,70 @@ type relayDir struct {
 	ticket readwait.Ticket
 }
 
-func (s *Server) newRelayDir(r *relay, dst io.Writer, src net.Conn, writingTo string) *relayDir {
-	return &relayDir{s: s, r: r, dst: dst, src: src, writingTo: writingTo,
-		cr: newChunkReader(&s.relayBufs, src, s.opts.RelayBuffer)}
+// copier is the plain relay's direction: everything read goes to dst.
+type copier struct {
+	total int64 // bytes written to dst; read once the direction has ended
+	err   error // the write error that ended it, if one did
 }
 
-// run copies until the direction ends or parks; the last direction of
-// a relay to end finishes it.
+// to returns a relayDir's start and take that write first, then what br
+// holds buffered, then every chunk to dst.
+func (c *copier) to(dst io.Writer, first []byte, br *bufio.Reader) (start func() bool, take func([]byte) bool) {
+	write := func(b []byte) bool {
+		n, err := dst.Write(b)
+		c.total += int64(n)
+		c.err = err
+		return err == nil
+	}
+	start = func() bool {
+		ok := len(first) == 0 || write(first)
+		if ok && br != nil && br.Buffered() > 0 {
+			b, _ := br.Peek(br.Buffered())
+			ok = write(b)
+		}
+		// Neither is needed again: let the collector have them while
+		// the session lasts (a 4 KiB reader per session adds up).
+		first, br = nil, nil
+		return ok
+	}
+	return start, write
+}
+
+func (s *Server) newRelayDir(r *relay, src net.Conn) *relayDir {
+	return &relayDir{s: s, r: r, src: src, cr: newChunkReader(&s.relayBufs, src, s.opts.RelayBuffer)}
+}
+
+// run pumps until the direction stops or parks; the last direction of
+// a relay to stop finishes it.
 func (d *relayDir) run() {
-	parked, err := d.copy()
+	parked, rerr := d.pump()
 	if parked {
 		return
 	}
 	d.cr.release()
-	r := d.r
-	if d.writingTo == "client" {
-		r.sayBye()
+	if rerr != nil && !errors.Is(rerr, io.EOF) && !errors.Is(rerr, net.ErrClosed) {
+		d.s.log.Debug().Err(rerr).Msg("relay read ended")
 	}
-	r.noteEnd(err, d.writingTo)
-	if r.live.Add(-1) == 0 {
-		r.finish()
+	d.end(rerr)
+	if d.r.live.Add(-1) == 0 {
+		d.r.finish()
 	}
 }
 
-// copy returns parked (the direction's goroutine is to end: the waiter
-// will resume it), or the write error that ended the direction, if one
-// did.
-func (d *relayDir) copy() (parked bool, err error) {
-	if d.first != nil || d.br != nil {
-		if len(d.first) > 0 {
-			n, err := d.dst.Write(d.first)
-			d.total += int64(n)
-			if err != nil {
-				return false, err
-			}
+// pump hands chunks to take until it or start says stop (rerr nil), the
+// read ends (rerr), or the direction parks: then its goroutine is to
+// end, and the waiter will start another.
+func (d *relayDir) pump() (parked bool, rerr error) {
+	if !d.started {
+		d.started = true
+		if d.start != nil && !d.start() {
+			return false, nil
 		}
-		n, err := drain(d.dst, d.br)
-		d.total += int64(n)
-		if err != nil {
-			return false, err
-		}
-		// Neither is needed again: let the collector have them while
-		// the session lasts (a 4 KiB reader per session adds up).
-		d.first, d.br = nil, nil
 	}
 	for {
 		chunk, rerr := d.cr.next()
-		if len(chunk) > 0 {
-			w, werr := d.dst.Write(chunk)
-			d.total += int64(w)
-			if werr != nil {
-				return false, werr
-			}
+		if len(chunk) > 0 && !d.take(chunk) {
+			return false, nil
 		}
 		if rerr != nil {
 			if d.askedPark.Load() && isTimeout(rerr) {
@@ -359,10 +385,7 @@ func (d *relayDir) copy() (parked bool, err error) {
 				}
 				continue
 			}
-			if !errors.Is(rerr, io.EOF) && !errors.Is(rerr, net.ErrClosed) {
-				d.s.log.Debug().Err(rerr).Msg("relay read ended")
-			}
-			return false, nil
+			return false, rerr
 		}
 	}
 }
@@ -383,7 +406,7 @@ func (d *relayDir) park() bool {
 			return true
 		}
 	}
-	d.src.SetReadDeadline(time.Time{})
+	d.cr.restoreDeadline()
 	return false
 }
 
@@ -401,7 +424,7 @@ func (d *relayDir) wake() {
 
 // resume starts a goroutine for a direction that was parked.
 func (d *relayDir) resume() {
-	d.src.SetReadDeadline(time.Time{})
+	d.cr.restoreDeadline()
 	go d.run()
 }
 
@@ -418,6 +441,16 @@ func (r *relay) askPark() {
 			d.askedPark.Store(true)
 			d.src.SetReadDeadline(past)
 		}
+	}
+}
+
+// closeClient closes the client's side only (its direction, if parked,
+// is woken to find it closed).
+func (r *relay) closeClient() {
+	woken := r.stopParking()
+	r.client.Close()
+	for _, d := range woken {
+		d.resume()
 	}
 }
 
@@ -452,16 +485,4 @@ func socketOf(c net.Conn) syscall.RawConn {
 		}
 	}
 	return nil
-}
-
-// drain writes what br holds buffered (bytes the server sent right after
-// its login answer) to dst.
-func drain(dst io.Writer, br *bufio.Reader) (int, error) {
-	if br == nil || br.Buffered() == 0 {
-		return 0, nil
-	}
-	b, _ := br.Peek(br.Buffered())
-	n, err := dst.Write(b)
-	br.Discard(len(b))
-	return n, err
 }

@@ -42,8 +42,10 @@ func BenchmarkRelayTLS(b *testing.B) {
 // pipe copies src to dst as a relay direction does (one that never
 // parks) until either ends, and returns the bytes written.
 func (s *Server) pipe(dst io.Writer, src net.Conn) int64 {
-	d := s.newRelayDir(nil, dst, src, "client")
-	d.copy()
+	var c copier
+	d := s.newRelayDir(nil, src)
+	d.start, d.take = c.to(dst, nil, nil)
+	d.pump()
 	d.cr.release()
-	return d.total
+	return c.total
 }

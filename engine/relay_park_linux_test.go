@@ -31,17 +31,6 @@ func relayGoroutines() int {
 	return bytes.Count(buf, []byte("engine.(*relayDir).run"))
 }
 
-// eventually polls cond for up to 10 s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting: %s", what)
-}
-
 // parkRig is one relayed IMAP session between app (the client) and srv
 // (the upstream server's end of a real TLS connection), run by a server
 // with nothing but its relays and its sweep.
@@ -100,7 +89,7 @@ func (p *parkRig) relays() int {
 // parked waits until both directions have parked.
 func (p *parkRig) parked(t *testing.T) {
 	t.Helper()
-	eventually(t, "both directions parked", func() bool {
+	waitFor(t, "both directions parked", func() bool {
 		return p.s.waiter.Waiting() == 2 && relayGoroutines() == 0
 	})
 }
@@ -150,8 +139,8 @@ func TestParkedRelayEndsWhenClientHangsUp(t *testing.T) {
 	if _, err := p.srv.Read(make([]byte, 16)); err == nil {
 		t.Fatal("the upstream was not closed")
 	}
-	eventually(t, "the relay ended", func() bool { return p.relays() == 0 && p.s.waiter.Waiting() == 0 })
-	eventually(t, "closing logged", func() bool { return strings.Contains(p.logs.String(), "connection closed") })
+	waitFor(t, "the relay ended", func() bool { return p.relays() == 0 && p.s.waiter.Waiting() == 0 })
+	waitFor(t, "closing logged", func() bool { return strings.Contains(p.logs.String(), "connection closed") })
 }
 
 // The server hanging up while parked closes the client.
@@ -163,7 +152,7 @@ func TestParkedRelayEndsWhenServerHangsUp(t *testing.T) {
 	if n, err := p.app.Read(make([]byte, 16)); err != io.EOF {
 		t.Fatalf("client read %d bytes, %v; want EOF", n, err)
 	}
-	eventually(t, "the relay ended", func() bool { return p.relays() == 0 && p.s.waiter.Waiting() == 0 })
+	waitFor(t, "the relay ended", func() bool { return p.relays() == 0 && p.s.waiter.Waiting() == 0 })
 }
 
 // The idle timeout ends a parked session.
@@ -173,7 +162,7 @@ func TestParkedRelayIdleTimeout(t *testing.T) {
 	if n, err := p.app.Read(make([]byte, 16)); err != io.EOF {
 		t.Fatalf("client read %d bytes, %v; want EOF", n, err)
 	}
-	eventually(t, "idle timeout logged", func() bool { return strings.Contains(p.logs.String(), "idle timeout") })
+	waitFor(t, "idle timeout logged", func() bool { return strings.Contains(p.logs.String(), "idle timeout") })
 	if p.s.waiter.Waiting() != 0 {
 		t.Fatal("a socket is still watched")
 	}
@@ -194,7 +183,7 @@ func TestParkedRelayShutdown(t *testing.T) {
 	if _, err := p.app.Read(make([]byte, 16)); err != io.EOF {
 		t.Fatalf("after BYE: %v, want EOF", err)
 	}
-	eventually(t, "the relay ended", func() bool { return p.relays() == 0 })
+	waitFor(t, "the relay ended", func() bool { return p.relays() == 0 })
 }
 
 // Stop with a parked session returns, and leaves no goroutine (the
@@ -258,7 +247,7 @@ func testIdleIMAPSessionParks(t *testing.T, fe string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the IDLE session parked", func() bool { return env.srv.waiter.Waiting() == 2 && relayGoroutines() == 0 })
+	waitFor(t, "the IDLE session parked", func() bool { return env.srv.waiter.Waiting() == 2 && relayGoroutines() == 0 })
 
 	c2 := appendFromSecondClient(t, env, []byte("Subject: appended\r\n\r\nbody\r\n"), notified)
 	if err := idle.Close(); err != nil {
@@ -267,7 +256,7 @@ func testIdleIMAPSessionParks(t *testing.T, fe string) {
 	if err := idle.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "both sessions parked", func() bool { return env.srv.waiter.Waiting() == 4 && relayGoroutines() == 0 })
+	waitFor(t, "both sessions parked", func() bool { return env.srv.waiter.Waiting() == 4 && relayGoroutines() == 0 })
 	section := &imap.FetchItemBodySection{Peek: true}
 	msgs, err := c.Fetch(imap.SeqSetNum(2), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{section}}).Collect()
 	if err != nil {
@@ -280,5 +269,53 @@ func testIdleIMAPSessionParks(t *testing.T, fe string) {
 		t.Fatal(err)
 	}
 	c2.Logout().Wait()
-	eventually(t, "both sessions ended", func() bool { return env.srv.Stats().Relays == 0 && env.srv.waiter.Waiting() == 0 })
+	waitFor(t, "both sessions ended", func() bool { return env.srv.Stats().Relays == 0 && env.srv.waiter.Waiting() == 0 })
+}
+
+// With session reuse, a quiet session parks too; its LOGOUT (or a
+// hang-up) while parked still resets the upstream session and keeps it,
+// and the next login takes it.
+func TestReusedSessionParks(t *testing.T) {
+	env := startEnv(t, envOptions{engine: Options{IMAPSessionReuse: time.Minute, ParkAfter: 20 * time.Millisecond}})
+	parked := func(n int) {
+		t.Helper()
+		waitFor(t, "the sessions parked", func() bool { return env.srv.waiter.Waiting() == n && relayGoroutines() == 0 })
+	}
+	c, ok := imapLogin(t, env.imapAddr, testAccount, "pw")
+	if !strings.HasPrefix(ok, "L1 OK") {
+		t.Fatal(ok)
+	}
+	c.send("S1 SELECT INBOX\r\n")
+	c.until("S1 OK")
+	parked(2)
+	c.send("N1 NOOP\r\n")
+	c.until("N1 OK")
+	parked(2)
+	c.send("Q1 LOGOUT\r\n")
+	if l := c.until("Q1 "); l[len(l)-1] != "Q1 OK LOGOUT completed" {
+		t.Fatalf("logout while parked: %q", l)
+	}
+	c.expectEOF()
+	waitFor(t, "the session to be kept", func() bool { return env.srv.linger.Snapshot().Parked == 1 })
+
+	// The kept session serves the next login; this client hangs up while
+	// parked, which keeps the session again.
+	c, ok = imapLogin(t, env.imapAddr, testAccount, "pw")
+	if !strings.HasPrefix(ok, "L1 OK") || env.up.Logins() != 1 {
+		t.Fatalf("reuse: %q, upstream logins %d", ok, env.up.Logins())
+	}
+	c.send("S1 SELECT INBOX\r\n")
+	c.until("S1 OK")
+	parked(2)
+	c.c.Close()
+	waitFor(t, "the session to be kept again", func() bool { return env.srv.linger.Snapshot().Parked == 2 })
+	waitFor(t, "nothing parked", func() bool { return env.srv.waiter.Waiting() == 0 && env.srv.Stats().Relays == 0 })
+	c, ok = imapLogin(t, env.imapAddr, testAccount, "pw")
+	if !strings.HasPrefix(ok, "L1 OK") || env.up.Logins() != 1 {
+		t.Fatalf("second reuse: %q, upstream logins %d", ok, env.up.Logins())
+	}
+	c.send("S1 SELECT INBOX\r\n")
+	if l := c.until("S1 "); !strings.HasPrefix(l[len(l)-1], "S1 OK") {
+		t.Fatalf("select in the twice-kept session: %q", l)
+	}
 }

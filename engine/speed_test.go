@@ -11,10 +11,12 @@ import (
 	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
-// waitFor polls cond until it holds or 10 s pass.
+// waitFor polls cond for up to 30 s: generous, because the suite's race
+// build runs beside other packages' on two shared cores; a passing wait
+// returns as soon as cond holds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
