@@ -1,11 +1,14 @@
 package load
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/emailproxy/emailproxy/config"
 )
@@ -27,6 +30,36 @@ func (h *Held) Close() {
 		c.Close()
 	}
 	h.conns = nil
+}
+
+// EndIdle ends the IDLE of the i-th session HoldIdling opened and waits
+// for its tagged answer: a session that sat quiet still answers.
+func (h *Held) EndIdle(i int) error {
+	h.mu.Lock()
+	if i >= len(h.conns) {
+		h.mu.Unlock()
+		return fmt.Errorf("no held session %d", i)
+	}
+	c := h.conns[i]
+	h.mu.Unlock()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte("DONE\r\n")); err != nil {
+		return err
+	}
+	br := bufio.NewReader(c)
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("after DONE: %w", err)
+		}
+		if strings.HasPrefix(l, "i ") {
+			if !strings.HasPrefix(l, "i OK") {
+				return fmt.Errorf("after DONE: %q", strings.TrimSpace(l))
+			}
+			return nil
+		}
+	}
 }
 
 func (h *Held) add(c net.Conn) { h.mu.Lock(); h.conns = append(h.conns, c); h.mu.Unlock() }

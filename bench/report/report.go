@@ -136,7 +136,9 @@ type Together struct {
 	ErrorSamples []string `json:"error_samples,omitempty"`
 	RSSMB        float64  `json:"rss_mb"`
 	GrowthMB     float64  `json:"rss_growth_mb"`
-	PollOK       bool     `json:"poll_ok"` // a fresh poll worked while all were held
+	PollOK       bool     `json:"poll_ok"`               // a fresh poll worked while all were held
+	Parked       int      `json:"sessions_parked"`       // when RSS was read
+	HeldAnswers  bool     `json:"held_session_answered"` // one held session ended its IDLE and was answered
 }
 
 // Summarize computes a phase's figures.
@@ -369,8 +371,13 @@ func (rep *Report) writeIdle(w io.Writer) {
 			if !t.PollOK {
 				poll = "a fresh poll FAILED"
 			}
-			fmt.Fprintf(w, "  together: %d sessions + %d pre-login clients at once, %d errors, proxy RSS %.1f MB (+%.1f MB); %s\n",
-				t.Sessions, t.PreLogin, t.Errors, t.RSSMB, t.GrowthMB, poll)
+			if t.HeldAnswers {
+				poll += ", a held session answered"
+			} else {
+				poll += ", a held session did NOT answer"
+			}
+			fmt.Fprintf(w, "  together: %d sessions (%d parked) + %d pre-login clients at once, %d errors, proxy RSS %.1f MB (+%.1f MB); %s\n",
+				t.Sessions, t.Parked, t.PreLogin, t.Errors, t.RSSMB, t.GrowthMB, poll)
 			if len(t.ErrorSamples) > 0 {
 				fmt.Fprintf(w, "  together: errors: %s\n", strings.Join(t.ErrorSamples, "; "))
 			}

@@ -24,7 +24,7 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 		b.mark("idle " + what)
 		// The Go baseline first, with memory returned to the system, then
 		// the RSS baseline: so the RSS growth is the connections'.
-		baseGo, goErr := load.SettleGoMem(b.statsAddr)
+		baseGo, goErr := b.quietGoMem()
 		base, _ := load.ReadProc(b.pid)
 		var prog load.Progress
 		stop := b.showCount("idle      "+what, n, &prog)
@@ -61,13 +61,7 @@ func (b *bench) idle(ctx context.Context) *report.Idle {
 		first = read()
 		last = first
 		if waitParked && goErr == nil {
-			// The proxy parks sessions quiet for --park-after (default
-			// 5 s), checked every half of it.
-			for end := time.Now().Add(20 * time.Second); parked < held && time.Now().Before(end); {
-				time.Sleep(time.Second)
-				last = read()
-			}
-			fmt.Fprintf(b.errw, "idle      %s: %d of %d parked\n", what, parked, held)
+			b.waitParked(what, held, func() int { last = read(); return parked })
 		}
 		if b.f.profile && b.statsAddr != "" {
 			file := filepath.Join(b.workdir, "heap-idle-"+what+".pprof")
@@ -151,6 +145,15 @@ func (b *bench) holdTogether(ctx context.Context) *report.Together {
 	stop()
 	time.Sleep(500 * time.Millisecond)
 	t := &report.Together{Sessions: sessions.Len(), PreLogin: clients.Len(), Errors: int(prog.Errors.Load())}
+	if b.statsAddr != "" {
+		t.Parked = b.waitParked("together", t.Sessions, func() int {
+			g, err := load.ReadGoMem(b.statsAddr)
+			if err != nil {
+				return -1
+			}
+			return g.Parked / 2
+		})
+	}
 	for _, err := range []error{err1, err2} {
 		if err != nil {
 			t.ErrorSamples = append(t.ErrorSamples, firstLine(err.Error()))
@@ -168,5 +171,42 @@ func (b *bench) holdTogether(ctx context.Context) *report.Together {
 	} else {
 		t.PollOK = true
 	}
+	// And one of the held (parked) sessions still answers.
+	if err := sessions.EndIdle(0); err != nil {
+		t.Errors++
+		t.ErrorSamples = append(t.ErrorSamples, "a held session: "+firstLine(err.Error()))
+	} else {
+		t.HeldAnswers = true
+	}
 	return t
+}
+
+// waitParked waits until parkedNow reports held sessions parked (the
+// proxy parks those quiet for --park-after, default 5 s, checking every
+// half of it), or gives up after 20 s or on an error (-1), and returns
+// the last count.
+func (b *bench) waitParked(what string, held int, parkedNow func() int) int {
+	parked := 0
+	for end := time.Now().Add(20 * time.Second); parked >= 0 && parked < held && time.Now().Before(end); {
+		time.Sleep(time.Second)
+		parked = parkedNow()
+	}
+	fmt.Fprintf(b.errw, "idle      %s: %d of %d sessions parked\n", what, parked, held)
+	return parked
+}
+
+// quietGoMem is the proxy's Go memory, returned to the system, once its
+// goroutine count has stopped changing (at most 10 s): a proxy just
+// started is still fetching tokens and filling its warm pool, which
+// would inflate a baseline.
+func (b *bench) quietGoMem() (load.GoMem, error) {
+	g, err := load.SettleGoMem(b.statsAddr)
+	for end := time.Now().Add(10 * time.Second); err == nil && time.Now().Before(end); {
+		time.Sleep(500 * time.Millisecond)
+		prev := g.Goroutines
+		if g, err = load.SettleGoMem(b.statsAddr); err == nil && g.Goroutines == prev {
+			break
+		}
+	}
+	return g, err
 }

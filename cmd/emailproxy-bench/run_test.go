@@ -32,7 +32,7 @@ func TestRunEveryScenarioEndToEnd(t *testing.T) {
 	var out, errOut bytes.Buffer
 	code := run([]string{"run", "--duration", "700ms", "--concurrency", "2", "--mailboxes", "2", "--messages", "2",
 		"--big-size", "1300000", "--big-mailboxes", "1", "--rtt", "2ms", "--token-delay", "0",
-		"--idle-clients", "30", "--idle-sessions", "6", "--stalled-sessions", "20", "--proxy-args", "--imap-session-reuse 30s",
+		"--idle-clients", "30", "--idle-sessions", "6", "--stalled-sessions", "20", "--proxy-args", "--imap-session-reuse 30s --park-after 200ms",
 		"--profile", "--workdir", filepath.Join(dir, "work"), "--json", jsonPath, "--html", htmlPath}, &out, &errOut, nil)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
@@ -103,13 +103,14 @@ func TestRunEveryScenarioEndToEnd(t *testing.T) {
 	// Memory per connection is noise at this size: only that it was
 	// measured (no error reading the proxy's Go memory) is checked.
 	// 20 stalled sessions asked, but one large mailbox takes 16 at most.
-	if rep.Idle == nil || rep.Idle.PreLogin != 30 || rep.Idle.Sessions != 6 || rep.Idle.Stalled != 16 || rep.Idle.Errors != 0 || len(rep.Idle.ErrorSamples) != 0 {
+	// The held sessions park (--park-after 200ms), and one still answers.
+	if rep.Idle == nil || rep.Idle.PreLogin != 30 || rep.Idle.Sessions != 6 || rep.Idle.SessionsParked != 6 || rep.Idle.Stalled != 16 || rep.Idle.Errors != 0 || len(rep.Idle.ErrorSamples) != 0 {
 		t.Fatalf("idle: %+v", rep.Idle)
 	}
-	if tg := rep.Idle.Together; tg == nil || tg.Sessions != 6 || tg.PreLogin != 30 || tg.Errors != 0 || !tg.PollOK || tg.RSSMB <= 0 {
+	if tg := rep.Idle.Together; tg == nil || tg.Sessions != 6 || tg.Parked != 6 || tg.PreLogin != 30 || tg.Errors != 0 || !tg.PollOK || !tg.HeldAnswers || tg.RSSMB <= 0 {
 		t.Fatalf("idle, together: %+v", rep.Idle.Together)
 	}
-	if rep.Machine.Cores == 0 || rep.Settings["proxy"] != "emailproxy --imap-session-reuse 30s" || len(rep.ProxyMemory) == 0 {
+	if rep.Machine.Cores == 0 || rep.Settings["proxy"] != "emailproxy --imap-session-reuse 30s --park-after 200ms" || len(rep.ProxyMemory) == 0 {
 		t.Fatalf("report header: %+v %v", rep.Machine, rep.Settings)
 	}
 	page, err := os.ReadFile(htmlPath)
