@@ -319,3 +319,38 @@ func TestReusedSessionParks(t *testing.T) {
 		t.Fatalf("select in the twice-kept session: %q", l)
 	}
 }
+
+// Behind a local TLS listener (the client's side is TLS too, over its own
+// socket) and to an upstream reached with STARTTLS, a quiet session parks
+// and wakes the same way.
+func TestParkingOverTLSListenerAndUpstreamSTARTTLS(t *testing.T) {
+	pc := newProxyCert(t)
+	servers := tlsServers(pc)
+	env := startEnv(t, envOptions{servers: []serverSpec{servers[0], servers[6]}, engine: Options{ParkAfter: 20 * time.Millisecond}})
+	for _, name := range []string{"imaps", "imap-up-starttls"} {
+		var c *imapclient.Client
+		var err error
+		if name == "imaps" {
+			c, err = imapclient.DialTLS(env.addrs[name], &imapclient.Options{TLSConfig: pc.client()})
+		} else {
+			c, err = imapclient.DialInsecure(env.addrs[name], nil)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Login(testAccount, testPassword).Wait(); err != nil {
+			t.Fatalf("%s: login: %v", name, err)
+		}
+		waitFor(t, name+": the session parked", func() bool { return env.srv.waiter.Waiting() == 2 && relayGoroutines() == 0 })
+		sel, err := c.Select("INBOX", nil).Wait()
+		if err != nil || sel.NumMessages != 1 {
+			t.Fatalf("%s: select after parking: %v %v", name, sel, err)
+		}
+		waitFor(t, name+": parked again", func() bool { return env.srv.waiter.Waiting() == 2 && relayGoroutines() == 0 })
+		if err := c.Logout().Wait(); err != nil {
+			t.Fatalf("%s: logout while parked: %v", name, err)
+		}
+		c.Close()
+		waitFor(t, name+": the session ended", func() bool { return env.srv.Stats().Relays == 0 && env.srv.waiter.Waiting() == 0 })
+	}
+}
