@@ -64,10 +64,11 @@ type envOptions struct {
 	popServer   string
 	tokenTO     time.Duration
 	engine      Options
-	noCA        bool     // do not trust the mock CA
-	ca          *mock.CA // sign the mock's certificates with this CA
-	oauthBearer bool     // mock SMTP offers OAUTHBEARER only
-	mailboxCap  int      // the mock refuses sessions of a mailbox beyond this many
+	noCA        bool          // do not trust the mock CA
+	ca          *mock.CA      // sign the mock's certificates with this CA
+	oauthBearer bool          // mock SMTP offers OAUTHBEARER only
+	mailboxCap  int           // the mock refuses sessions of a mailbox beyond this many
+	quitDelay   time.Duration // the mock's POP3 sessions end this long after their QUIT is answered
 	preAuthTO   time.Duration
 	// servers are extra server sections, by name; each gets a free local
 	// port, reachable as env.addrs[name].
@@ -116,7 +117,7 @@ func startEnv(t *testing.T, o envOptions) *proxyEnv {
 	if o.mailboxes == nil {
 		o.mailboxes = map[string][]mock.Message{testAccount: {{UID: "u1", Body: []byte("Subject: hi\r\n\r\nhello\r\n")}}}
 	}
-	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca, SMTPOAuthBearerOnly: o.oauthBearer, MailboxLimit: o.mailboxCap, PreAuthTimeout: o.preAuthTO})
+	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca, SMTPOAuthBearerOnly: o.oauthBearer, MailboxLimit: o.mailboxCap, PreAuthTimeout: o.preAuthTO, QuitCloseDelay: o.quitDelay})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -118,10 +118,13 @@ type timedWriter struct {
 	c       net.Conn
 	timeout time.Duration
 	active  *atomic.Int64
-	armed   int64 // when the deadline was last pushed out
+	armed   int64       // when the deadline was last pushed out
+	writing atomic.Bool // a write is in progress (progress, however slow)
 }
 
 func (w *timedWriter) Write(b []byte) (int, error) {
+	w.writing.Store(true)
+	defer w.writing.Store(false)
 	now := time.Now().UnixNano()
 	w.active.Store(now)
 	if now-w.armed > int64(min(w.timeout/4, time.Second)) {
@@ -220,7 +223,13 @@ func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, 
 	up, down := s.newRelayDir(r, client), s.newRelayDir(r, res.up.TLS)
 	up.start, up.take = fromClient.to(r.toUp, leftover, nil)
 	down.start, down.take = fromUp.to(r.toClient, res.reply, res.up.TakeReader())
-	up.end = func(error) { r.noteEnd(fromClient.err, "server") }
+	up.end = func(readErr error) {
+		if errors.Is(readErr, io.EOF) && fromClient.err == nil {
+			r.clientDone()
+			return
+		}
+		r.noteEnd(fromClient.err, "server")
+	}
 	down.end = func(error) {
 		r.sayBye()
 		r.noteEnd(fromUp.err, "client")
@@ -251,6 +260,31 @@ func (s *Server) trackRelay(r *relay) {
 	s.relayMu.Lock()
 	s.relays[r] = struct{}{}
 	s.relayMu.Unlock()
+}
+
+// halfCloseQuiet: once the client has finished sending, the session
+// ends when the server has closed or has been silent this long.
+const halfCloseQuiet = time.Second
+
+// clientDone leaves the relay to the server's answers once the client has
+// finished sending (it closed, or shut down its writing side): a client
+// that sends QUIT and hangs up at once, or shuts down writing and reads
+// on, gets every answer, and the mailbox slot is given back once the
+// server has ended the session, not while it still counts it. Nothing is
+// passed on upstream (a TLS close_notify the server leaves unread makes
+// its close a reset, which would discard its last answers on the way):
+// a server that neither closes nor answers for halfCloseQuiet is closed.
+func (r *relay) clientDone() {
+	var check func()
+	check = func() {
+		quiet := time.Duration(time.Now().UnixNano() - r.active.Load())
+		if quiet >= halfCloseQuiet && !r.toClient.writing.Load() {
+			r.close()
+			return
+		}
+		time.AfterFunc(max(halfCloseQuiet-quiet, 10*time.Millisecond), check)
+	}
+	time.AfterFunc(halfCloseQuiet, check)
 }
 
 // noteEnd closes the relay after one direction ended; a send timeout

@@ -103,12 +103,18 @@ func (rr *reuseRelay) fromClientChunk(chunk []byte) bool {
 
 // clientEnded: a client that hangs up between commands leaves a session
 // as reusable as one that logs out. Unless the UNSELECT went out, no
-// answer to it is coming: the relay ends.
+// answer to it is coming: the relay ends, once the server's answers to
+// a client that only stopped sending have been relayed (clientDone).
 func (rr *reuseRelay) clientEnded(readErr error) {
-	if errors.Is(readErr, io.EOF) && rr.reusable && !rr.idling && rr.cmds.Idle() {
+	clientDone := errors.Is(readErr, io.EOF) && rr.clientErr == nil
+	if clientDone && rr.reusable && !rr.idling && rr.cmds.Idle() {
 		rr.resetSent = rr.reset("")
 	}
-	if !rr.resetSent {
+	switch {
+	case rr.resetSent:
+	case clientDone:
+		rr.r.clientDone()
+	default:
 		rr.r.noteEnd(rr.clientErr, "server") // ends the upstream direction's read
 	}
 }

@@ -218,6 +218,7 @@ func (up *Upstream) servePOP3(c net.Conn, stls bool, tlsCfg *tls.Config) {
 			up.mu.Unlock()
 			say("+OK bye")
 			w.Flush()
+			time.Sleep(up.opts.QuitCloseDelay)
 			return
 		default:
 			say("-ERR unknown command")

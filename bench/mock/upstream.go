@@ -54,6 +54,11 @@ type Options struct {
 	// exchanges only (X25519, P-256), as servers without post-quantum
 	// support do (default: Go's, the X25519MLKEM768 hybrid first).
 	ClassicalKeyExchange bool
+	// QuitCloseDelay makes the POP3 servers keep a session, and its place
+	// under MailboxLimit, this long after answering QUIT before closing
+	// it, like a server that tears a session down after its goodbye
+	// (0: none).
+	QuitCloseDelay time.Duration
 }
 
 // Upstream is a running mock provider on 127.0.0.1: a token endpoint
