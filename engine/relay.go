@@ -437,6 +437,7 @@ func (d *relayDir) park() bool {
 		// The waiter may call wake at once: it waits for parkMu.
 		if t, err := r.waiter.Wait(d.sock, d.wake); err == nil {
 			d.parked, d.ticket = true, t
+			d.s.parkedDirs.Add(1)
 			return true
 		}
 	}
@@ -452,6 +453,7 @@ func (d *relayDir) wake() {
 	d.parked = false
 	r.parkMu.Unlock()
 	if was {
+		d.s.parkedDirs.Add(-1)
 		d.resume()
 	}
 }
@@ -500,6 +502,7 @@ func (r *relay) stopParking() []*relayDir {
 		if d != nil && d.parked {
 			r.waiter.Cancel(d.ticket)
 			d.parked = false
+			d.s.parkedDirs.Add(-1)
 			woken = append(woken, d)
 		}
 	}

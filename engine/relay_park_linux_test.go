@@ -90,7 +90,7 @@ func (p *parkRig) relays() int {
 func (p *parkRig) parked(t *testing.T) {
 	t.Helper()
 	waitFor(t, "both directions parked", func() bool {
-		return p.s.waiter.Waiting() == 2 && relayGoroutines() == 0
+		return int(p.s.parkedDirs.Load()) == 2 && relayGoroutines() == 0
 	})
 }
 
@@ -139,7 +139,7 @@ func TestParkedRelayEndsWhenClientHangsUp(t *testing.T) {
 	if _, err := p.srv.Read(make([]byte, 16)); err == nil {
 		t.Fatal("the upstream was not closed")
 	}
-	waitFor(t, "the relay ended", func() bool { return p.relays() == 0 && p.s.waiter.Waiting() == 0 })
+	waitFor(t, "the relay ended", func() bool { return p.relays() == 0 && int(p.s.parkedDirs.Load()) == 0 })
 	waitFor(t, "closing logged", func() bool { return strings.Contains(p.logs.String(), "connection closed") })
 }
 
@@ -152,7 +152,7 @@ func TestParkedRelayEndsWhenServerHangsUp(t *testing.T) {
 	if n, err := p.app.Read(make([]byte, 16)); err != io.EOF {
 		t.Fatalf("client read %d bytes, %v; want EOF", n, err)
 	}
-	waitFor(t, "the relay ended", func() bool { return p.relays() == 0 && p.s.waiter.Waiting() == 0 })
+	waitFor(t, "the relay ended", func() bool { return p.relays() == 0 && int(p.s.parkedDirs.Load()) == 0 })
 }
 
 // The idle timeout ends a parked session.
@@ -163,7 +163,7 @@ func TestParkedRelayIdleTimeout(t *testing.T) {
 		t.Fatalf("client read %d bytes, %v; want EOF", n, err)
 	}
 	waitFor(t, "idle timeout logged", func() bool { return strings.Contains(p.logs.String(), "idle timeout") })
-	if p.s.waiter.Waiting() != 0 {
+	if int(p.s.parkedDirs.Load()) != 0 {
 		t.Fatal("a socket is still watched")
 	}
 }
@@ -209,7 +209,7 @@ func TestStopWithParkedRelay(t *testing.T) {
 func TestBusyRelayDoesNotPark(t *testing.T) {
 	p := newParkRig(t, Options{ParkAfter: time.Hour})
 	time.Sleep(100 * time.Millisecond)
-	if n := p.s.waiter.Waiting(); n != 0 {
+	if n := int(p.s.parkedDirs.Load()); n != 0 {
 		t.Fatalf("%d directions parked", n)
 	}
 	if n := relayGoroutines(); n != 2 {
@@ -247,7 +247,7 @@ func testIdleIMAPSessionParks(t *testing.T, fe string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the IDLE session parked", func() bool { return env.srv.waiter.Waiting() == 2 && relayGoroutines() == 0 })
+	waitFor(t, "the IDLE session parked", func() bool { return env.srv.Stats().Parked == 2 && relayGoroutines() == 0 })
 
 	c2 := appendFromSecondClient(t, env, []byte("Subject: appended\r\n\r\nbody\r\n"), notified)
 	if err := idle.Close(); err != nil {
@@ -256,7 +256,7 @@ func testIdleIMAPSessionParks(t *testing.T, fe string) {
 	if err := idle.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "both sessions parked", func() bool { return env.srv.waiter.Waiting() == 4 && relayGoroutines() == 0 })
+	waitFor(t, "both sessions parked", func() bool { return env.srv.Stats().Parked == 4 && relayGoroutines() == 0 })
 	section := &imap.FetchItemBodySection{Peek: true}
 	msgs, err := c.Fetch(imap.SeqSetNum(2), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{section}}).Collect()
 	if err != nil {
@@ -269,7 +269,7 @@ func testIdleIMAPSessionParks(t *testing.T, fe string) {
 		t.Fatal(err)
 	}
 	c2.Logout().Wait()
-	waitFor(t, "both sessions ended", func() bool { return env.srv.Stats().Relays == 0 && env.srv.waiter.Waiting() == 0 })
+	waitFor(t, "both sessions ended", func() bool { return env.srv.Stats().Relays == 0 && env.srv.Stats().Parked == 0 })
 }
 
 // With session reuse, a quiet session parks too; its LOGOUT (or a
@@ -279,7 +279,7 @@ func TestReusedSessionParks(t *testing.T) {
 	env := startEnv(t, envOptions{engine: Options{IMAPSessionReuse: time.Minute, ParkAfter: 20 * time.Millisecond}})
 	parked := func(n int) {
 		t.Helper()
-		waitFor(t, "the sessions parked", func() bool { return env.srv.waiter.Waiting() == n && relayGoroutines() == 0 })
+		waitFor(t, "the sessions parked", func() bool { return env.srv.Stats().Parked == n && relayGoroutines() == 0 })
 	}
 	c, ok := imapLogin(t, env.imapAddr, testAccount, "pw")
 	if !strings.HasPrefix(ok, "L1 OK") {
@@ -309,7 +309,10 @@ func TestReusedSessionParks(t *testing.T) {
 	parked(2)
 	c.c.Close()
 	waitFor(t, "the session to be kept again", func() bool { return env.srv.linger.Snapshot().Parked == 2 })
-	waitFor(t, "nothing parked", func() bool { return env.srv.waiter.Waiting() == 0 && env.srv.Stats().Relays == 0 })
+	// The kept session's socket is the one the waiter watches now.
+	waitFor(t, "no relay parked", func() bool {
+		return env.srv.Stats().Parked == 0 && env.srv.Stats().Relays == 0 && env.srv.waiter.Waiting() == 1
+	})
 	c, ok = imapLogin(t, env.imapAddr, testAccount, "pw")
 	if !strings.HasPrefix(ok, "L1 OK") || env.up.Logins() != 1 {
 		t.Fatalf("second reuse: %q, upstream logins %d", ok, env.up.Logins())
@@ -341,16 +344,16 @@ func TestParkingOverTLSListenerAndUpstreamSTARTTLS(t *testing.T) {
 		if err := c.Login(testAccount, testPassword).Wait(); err != nil {
 			t.Fatalf("%s: login: %v", name, err)
 		}
-		waitFor(t, name+": the session parked", func() bool { return env.srv.waiter.Waiting() == 2 && relayGoroutines() == 0 })
+		waitFor(t, name+": the session parked", func() bool { return env.srv.Stats().Parked == 2 && relayGoroutines() == 0 })
 		sel, err := c.Select("INBOX", nil).Wait()
 		if err != nil || sel.NumMessages != 1 {
 			t.Fatalf("%s: select after parking: %v %v", name, sel, err)
 		}
-		waitFor(t, name+": parked again", func() bool { return env.srv.waiter.Waiting() == 2 && relayGoroutines() == 0 })
+		waitFor(t, name+": parked again", func() bool { return env.srv.Stats().Parked == 2 && relayGoroutines() == 0 })
 		if err := c.Logout().Wait(); err != nil {
 			t.Fatalf("%s: logout while parked: %v", name, err)
 		}
 		c.Close()
-		waitFor(t, name+": the session ended", func() bool { return env.srv.Stats().Relays == 0 && env.srv.waiter.Waiting() == 0 })
+		waitFor(t, name+": the session ended", func() bool { return env.srv.Stats().Relays == 0 && env.srv.Stats().Parked == 0 })
 	}
 }

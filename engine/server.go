@@ -65,10 +65,12 @@ type Server struct {
 
 	relayMu sync.Mutex
 	relays  map[*relay]struct{}
-	// waiter watches the sockets of parked relay directions (nil: none
-	// park; see Options.ParkAfter).
-	waiter *readwait.Waiter
-	conns  map[net.Conn]*listener // pre-login connections of the goroutine front end
+	// waiter watches the sockets of parked relay directions and of kept
+	// IMAP sessions (nil: none park; see Options.ParkAfter); parkedDirs
+	// counts the former.
+	waiter     *readwait.Waiter
+	parkedDirs atomic.Int64
+	conns      map[net.Conn]*listener // pre-login connections of the goroutine front end
 
 	draining atomic.Bool // Drain has begun: new clients are turned away
 }
@@ -203,6 +205,9 @@ func (s *Server) Start() error {
 		switch {
 		case err == nil:
 			s.waiter = w
+			if s.linger != nil {
+				s.linger.Waiter = w // kept IMAP sessions are watched the same way
+			}
 		case !errors.Is(err, errors.ErrUnsupported):
 			s.log.Warn().Err(err).Msg("idle sessions keep their goroutines: cannot watch their sockets")
 		}

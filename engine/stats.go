@@ -28,9 +28,7 @@ func (s *Server) Stats() Stats {
 	st.PreLogin += len(s.conns) // the goroutine front end's
 	st.Relays = len(s.relays)
 	s.relayMu.Unlock()
-	if s.waiter != nil {
-		st.Parked = s.waiter.Waiting()
-	}
+	st.Parked = int(s.parkedDirs.Load())
 	for _, l := range s.listenerList() {
 		ps, idle := l.up.Pool.Snapshot()
 		hs, resumed := l.up.Dialer.Handshakes()

@@ -10,9 +10,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/engine/internal/readwait"
 	"github.com/emailproxy/emailproxy/protocol/imap"
 )
 
@@ -66,6 +68,10 @@ type Linger struct {
 	life Life
 	ttl  time.Duration
 	salt [32]byte // keys hold a salted hash of the password, never the password
+	// Waiter, if set before the first Park, watches kept sessions'
+	// sockets: a kept session then holds no goroutine. Without it each
+	// has a goroutine reading it.
+	Waiter *readwait.Waiter
 
 	mu    sync.Mutex
 	byKey map[string][]*lingering
@@ -86,6 +92,13 @@ type lingering struct {
 	timer   *time.Timer
 	watched chan struct{} // closed when the watcher has stopped reading
 	dead    atomic.Bool   // the server spoke or hung up while idle
+
+	// With a Waiter: the socket's wait, and done once the session has
+	// left the store (taken, expired, evicted), so that the waiter's
+	// callback no longer reads it. Guarded by mu.
+	mu     sync.Mutex
+	ticket readwait.Ticket
+	done   bool
 }
 
 func NewLinger(life Life, ttl time.Duration) *Linger {
@@ -122,10 +135,27 @@ func (ls *Linger) Park(u *Conn, key, mailbox string, reply []byte) {
 	lg.timer = time.AfterFunc(ls.ttl, func() {
 		if ls.remove(lg) {
 			ls.count(func(st *ReuseStats) { st.Expired++ })
+			lg.unwatch(ls)
 			lg.u.Close()
 		}
 	})
 	ls.mu.Unlock()
+	if ls.Waiter != nil {
+		if sock := u.Socket(); sock != nil {
+			close(lg.watched) // no goroutine reads it
+			lg.mu.Lock()
+			ok := lg.watch(ls, sock)
+			lg.mu.Unlock()
+			if ok {
+				return
+			}
+			if ls.remove(lg) {
+				lg.timer.Stop()
+				u.Close()
+			}
+			return
+		}
+	}
 	// The watcher notices a server that logs the session out (BYE, or
 	// just closing) while it waits; take interrupts it with a deadline.
 	ls.life.WG.Add(1)
@@ -144,6 +174,66 @@ func (ls *Linger) Park(u *Conn, key, mailbox string, reply []byte) {
 			}
 		}
 	}()
+}
+
+// watch hands lg's socket to the waiter, unless it has been taken
+// already; lg.mu is held.
+func (lg *lingering) watch(ls *Linger, sock syscall.RawConn) bool {
+	if lg.done {
+		return true
+	}
+	t, err := ls.Waiter.Wait(sock, func() { lg.readable(ls, sock) })
+	lg.ticket = t
+	return err == nil
+}
+
+// readable is the waiter's callback: the kept session's socket has data
+// or was hung up on. A record that carries nothing for the client (a TLS
+// session ticket) is taken and the socket watched again; anything from
+// the server itself, or its end, drops the session. It waits at most a
+// millisecond, and only for a record that has begun to arrive.
+func (lg *lingering) readable(ls *Linger, sock syscall.RawConn) {
+	lg.mu.Lock()
+	if lg.done {
+		lg.mu.Unlock()
+		return
+	}
+	var b [1]byte
+	// A deadline already passed would fail the read before it looks at
+	// the socket; one just ahead reads what is there and waits at most
+	// that long for the rest of a record.
+	lg.u.TLS.SetReadDeadline(time.Now().Add(time.Millisecond))
+	n, err := lg.u.TLS.Read(b[:])
+	var ne net.Error
+	alive := n == 0 && errors.As(err, &ne) && ne.Timeout()
+	if alive && lg.watch(ls, sock) {
+		lg.mu.Unlock()
+		return
+	}
+	lg.done = true
+	lg.dead.Store(true)
+	lg.mu.Unlock()
+	if ls.remove(lg) {
+		ls.count(func(st *ReuseStats) { st.Dropped++ })
+		lg.timer.Stop()
+		lg.u.Close()
+	}
+}
+
+// unwatch takes a session leaving the store back from the waiter, before
+// its connection is used or closed, and reports whether the server spoke
+// or hung up meanwhile.
+func (lg *lingering) unwatch(ls *Linger) (dead bool) {
+	if ls.Waiter == nil {
+		return lg.dead.Load()
+	}
+	lg.mu.Lock()
+	defer lg.mu.Unlock()
+	if !lg.done {
+		lg.done = true
+		ls.Waiter.Cancel(lg.ticket)
+	}
+	return lg.dead.Load()
 }
 
 func (ls *Linger) count(f func(*ReuseStats)) {
@@ -189,9 +279,11 @@ func (ls *Linger) Take(key string) *lingering {
 			continue
 		}
 		lg.timer.Stop()
-		lg.u.TLS.SetReadDeadline(time.Now())
+		if ls.Waiter == nil {
+			lg.u.TLS.SetReadDeadline(time.Now())
+		}
 		<-lg.watched
-		if lg.dead.Load() {
+		if lg.unwatch(ls) {
 			lg.u.Close()
 			continue
 		}
@@ -225,6 +317,7 @@ func (ls *Linger) Evict(mailbox string) bool {
 		return false
 	}
 	victim.timer.Stop()
+	victim.unwatch(ls)
 	victim.u.Close() // releases its mailbox slot
 	return true
 }
@@ -243,6 +336,7 @@ func (ls *Linger) CloseAll() {
 	ls.mu.Unlock()
 	for _, lg := range all {
 		lg.timer.Stop()
+		lg.unwatch(ls)
 		lg.u.Close()
 	}
 }
