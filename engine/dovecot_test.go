@@ -29,6 +29,10 @@ import (
 type dovecot struct {
 	imaps, pop3s string
 	introspected atomic.Int32
+	// Set by startDovecotWithIdP: the CA of its certificate, the token
+	// endpoint whose tokens it accepts.
+	ca       *mock.CA
+	tokenURL string
 }
 
 const dovecotUser = "app@example.test"
@@ -96,6 +100,7 @@ userdb {
   args = uid=nobody gid=nogroup home=%[1]s/mail/%%u
 }
 mail_location = maildir:~/Maildir
+mailbox_idle_check_interval = 1 secs
 pop3_uidl_format = %%08Xu%%08Xv
 service imap-login {
   inet_listener imap {
@@ -149,57 +154,8 @@ service pop3-login {
 // Dovecot's own failure delay (no hang, no second refusal), a fresh token
 // is fetched at once, and the next login uses it.
 func TestDovecotTokenRefusal(t *testing.T) {
-	ca, err := mock.NewCA("test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	authority := mock.NewAuthority(testClientID, testSecret, testScope)
-	tokens := httptest.NewServer(authority)
-	defer tokens.Close()
-	defer authority.Release()
-	dv := startDovecot(t, ca, authority)
-
-	imapPort, popPort := freePort(t), freePort(t)
-	_, dvIMAP, _ := net.SplitHostPort(dv.imaps)
-	_, dvPOP, _ := net.SplitHostPort(dv.pop3s)
-	text := fmt.Sprintf(`[IMAP-%d]
-server_address = localhost
-server_port = %s
-local_address = 127.0.0.1
-
-[POP-%d]
-server_address = localhost
-server_port = %s
-local_address = 127.0.0.1
-
-[%s]
-token_url = %s
-oauth2_scope = %s
-oauth2_flow = client_credentials
-client_id = %s
-client_secret = %s
-`, imapPort, dvIMAP, popPort, dvPOP, dovecotUser, tokens.URL, testScope, testClientID, testSecret)
-	path := filepath.Join(t.TempDir(), "emailproxy.config")
-	os.WriteFile(path, []byte(text), 0o600)
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncBuffer{}
-	log := zerolog.New(logs).Level(zerolog.DebugLevel)
-	provider := auth.NewProvider(cfg, auth.Options{Logger: log})
-	provider.Start()
-	defer provider.Close()
-	srv := New(cfg, provider, Options{RootCAs: ca.Pool, Logger: log, EventLoops: 2})
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Stop(ctx)
-	}()
-	imapAddr, popAddr := fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", popPort)
+	dv, authority := startDovecotWithIdP(t)
+	_, imapAddr, popAddr, logs := startProxyFor(t, dv, Options{})
 
 	r, l := imapLogin(t, imapAddr, dovecotUser, "pw")
 	if !strings.HasPrefix(l, "L1 OK") {
@@ -270,4 +226,72 @@ client_secret = %s
 	if dv.introspected.Load() == 0 {
 		t.Fatal("Dovecot never asked the identity provider")
 	}
+}
+
+// startDovecotWithIdP starts the mock identity provider's token
+// endpoint and a Dovecot that checks its tokens.
+func startDovecotWithIdP(t *testing.T) (*dovecot, *mock.Authority) {
+	t.Helper()
+	ca, err := mock.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	authority := mock.NewAuthority(testClientID, testSecret, testScope)
+	tokens := httptest.NewServer(authority)
+	t.Cleanup(func() {
+		tokens.Close()
+		authority.Release()
+	})
+	dv := startDovecot(t, ca, authority)
+	dv.ca, dv.tokenURL = ca, tokens.URL
+	return dv, authority
+}
+
+// startProxyFor runs the proxy in front of Dovecot (IMAP and POP3
+// sections) with opts, and returns it, its addresses and its log.
+func startProxyFor(t *testing.T, dv *dovecot, opts Options) (srv *Server, imapAddr, popAddr string, logs *syncBuffer) {
+	ca, tokenURL := dv.ca, dv.tokenURL
+	t.Helper()
+	imapPort, popPort := freePort(t), freePort(t)
+	_, dvIMAP, _ := net.SplitHostPort(dv.imaps)
+	_, dvPOP, _ := net.SplitHostPort(dv.pop3s)
+	text := fmt.Sprintf(`[IMAP-%d]
+server_address = localhost
+server_port = %s
+local_address = 127.0.0.1
+
+[POP-%d]
+server_address = localhost
+server_port = %s
+local_address = 127.0.0.1
+
+[%s]
+token_url = %s
+oauth2_scope = %s
+oauth2_flow = client_credentials
+client_id = %s
+client_secret = %s
+`, imapPort, dvIMAP, popPort, dvPOP, dovecotUser, tokenURL, testScope, testClientID, testSecret)
+	path := filepath.Join(t.TempDir(), "emailproxy.config")
+	os.WriteFile(path, []byte(text), 0o600)
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs = &syncBuffer{}
+	log := zerolog.New(logs).Level(zerolog.DebugLevel)
+	provider := auth.NewProvider(cfg, auth.Options{Logger: log})
+	provider.Start()
+	t.Cleanup(provider.Close)
+	opts.RootCAs, opts.Logger, opts.EventLoops = ca.Pool, log, 2
+	srv = New(cfg, provider, opts)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Stop(ctx)
+	})
+	return srv, fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", popPort), logs
 }

@@ -61,18 +61,7 @@ func testIMAPEndToEnd(t *testing.T, fe string) {
 	boxes, big := mailboxWithBig()
 	env := startEnv(t, envOptions{mailboxes: boxes, engine: Options{FrontEnd: fe}})
 
-	notified := make(chan uint32, 4)
-	c, err := imapclient.DialInsecure(env.imapAddr, &imapclient.Options{
-		UnilateralDataHandler: &imapclient.UnilateralDataHandler{Mailbox: func(d *imapclient.UnilateralDataMailbox) {
-			if d.NumMessages != nil {
-				notified <- *d.NumMessages
-			}
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, notified := dialIMAPNotified(t, env.imapAddr)
 	if err := c.WaitGreeting(); err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +97,7 @@ func testIMAPEndToEnd(t *testing.T, fe string) {
 		t.Fatal(err)
 	}
 	appended := []byte("Subject: appended\r\n\r\n.dot line\r\nbody \xff\r\n")
-	c2 := appendFromSecondClient(t, env, appended, notified)
+	c2 := appendFromSecondClient(t, env.imapAddr, testAccount, testPassword, appended, notified, 3)
 	if err := idle.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -271,17 +260,37 @@ func testIMAPLiteralLoginAndPipelining(t *testing.T, fe string) {
 	}
 }
 
-// appendFromSecondClient logs a second client in, APPENDs msg to INBOX
-// and waits for the first client's IDLE to report 3 messages on
-// notified. It returns the second client, logged in.
-func appendFromSecondClient(t *testing.T, env *proxyEnv, msg []byte, notified chan uint32) *imapclient.Client {
+// dialIMAPNotified connects a go-imap client to addr that reports the
+// mailbox sizes the server announces (EXISTS) on notified; it is closed
+// when the test ends.
+func dialIMAPNotified(t *testing.T, addr string) (*imapclient.Client, chan uint32) {
 	t.Helper()
-	c2, err := imapclient.DialInsecure(env.imapAddr, nil)
+	notified := make(chan uint32, 4)
+	c, err := imapclient.DialInsecure(addr, &imapclient.Options{
+		UnilateralDataHandler: &imapclient.UnilateralDataHandler{Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+			if d.NumMessages != nil {
+				notified <- *d.NumMessages
+			}
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, notified
+}
+
+// appendFromSecondClient logs a second client in to addr as user,
+// APPENDs msg to INBOX and waits for the first client's IDLE to report
+// want messages on notified. It returns the second client, logged in.
+func appendFromSecondClient(t *testing.T, addr, user, pass string, msg []byte, notified chan uint32, want uint32) *imapclient.Client {
+	t.Helper()
+	c2, err := imapclient.DialInsecure(addr, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c2.Close() })
-	if err := c2.Login(testAccount, testPassword).Wait(); err != nil {
+	if err := c2.Login(user, pass).Wait(); err != nil {
 		t.Fatalf("second login: %v", err)
 	}
 	ap := c2.Append("INBOX", int64(len(msg)), nil)
@@ -292,10 +301,10 @@ func appendFromSecondClient(t *testing.T, env *proxyEnv, msg []byte, notified ch
 	}
 	select {
 	case n := <-notified:
-		if n != 3 {
-			t.Fatalf("IDLE saw %d messages", n)
+		if n != want {
+			t.Fatalf("IDLE saw %d messages, want %d", n, want)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(20 * time.Second):
 		t.Fatal("IDLE got no EXISTS")
 	}
 	return c2

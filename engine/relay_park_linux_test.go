@@ -225,18 +225,7 @@ func TestIdleIMAPSessionParks(t *testing.T) { eachFrontEnd(t, testIdleIMAPSessio
 func testIdleIMAPSessionParks(t *testing.T, fe string) {
 	boxes, big := mailboxWithBig()
 	env := startEnv(t, envOptions{mailboxes: boxes, engine: Options{FrontEnd: fe, ParkAfter: 20 * time.Millisecond}})
-	notified := make(chan uint32, 4)
-	c, err := imapclient.DialInsecure(env.imapAddr, &imapclient.Options{
-		UnilateralDataHandler: &imapclient.UnilateralDataHandler{Mailbox: func(d *imapclient.UnilateralDataMailbox) {
-			if d.NumMessages != nil {
-				notified <- *d.NumMessages
-			}
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, notified := dialIMAPNotified(t, env.imapAddr)
 	if err := c.Login(testAccount, testPassword).Wait(); err != nil {
 		t.Fatalf("login: %v", err)
 	}
@@ -249,7 +238,7 @@ func testIdleIMAPSessionParks(t *testing.T, fe string) {
 	}
 	waitFor(t, "the IDLE session parked", func() bool { return env.srv.Stats().Parked == 2 && relayGoroutines() == 0 })
 
-	c2 := appendFromSecondClient(t, env, []byte("Subject: appended\r\n\r\nbody\r\n"), notified)
+	c2 := appendFromSecondClient(t, env.imapAddr, testAccount, testPassword, []byte("Subject: appended\r\n\r\nbody\r\n"), notified, 3)
 	if err := idle.Close(); err != nil {
 		t.Fatal(err)
 	}
