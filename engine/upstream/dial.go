@@ -34,6 +34,20 @@ type Conn struct {
 	// (dir "proxy->server" or "server->proxy"), secrets already redacted.
 	trace     func(dir, line string)
 	closeOnce sync.Once
+	// known, if set before the greeting, are the capabilities to take
+	// instead of asking the server; asked: the greeting asked for them.
+	known *listed
+	asked bool
+}
+
+// capsKnown takes the capabilities the dialer remembered, if any: true
+// when there is no need to ask.
+func (u *Conn) capsKnown() bool {
+	if u.known == nil {
+		return false
+	}
+	u.Caps = u.known.caps
+	return true
 }
 
 // TakeReader hands over the login's buffered reader: the relay drains
@@ -92,6 +106,24 @@ type Dialer struct {
 	learnedAt atomic.Int64 // UnixNano
 	// lastAddr is the address the last dial by name reached (see connect).
 	lastAddr atomic.Pointer[reached]
+	// caps are the capabilities the server listed when last asked (see
+	// capsFor).
+	caps atomic.Pointer[listed]
+}
+
+// capsFor is how long the capabilities a server listed are taken for
+// its next connections instead of asking each (POP3 CAPA; IMAP
+// CAPABILITY where the greeting carries none): the warm pool opens a
+// connection per session, and the answer is the same each time. The
+// section's client-facing profile is learned once anyway; what each
+// connection uses them for (IMAP SASL-IR, UNSELECT for session reuse)
+// follows a server's change within this long.
+const capsFor = 10 * time.Minute
+
+// listed is a server's capability list and when it was read.
+type listed struct {
+	caps []string
+	at   time.Time
 }
 
 // relearnAfter is how long the hybrids stay off before they are offered
@@ -236,10 +268,17 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 	d.learnGroup(state.CurveID)
 	u.TLS = conn
 	u.br.Reset(conn)
+	if k := d.caps.Load(); k != nil && time.Since(k.at) < capsFor {
+		u.known = k
+	}
 	if err := dialectOf(d.srv.Protocol).greet(u, d.srv.ServerStartTLS); err != nil {
 		conn.Close()
 		return nil, &Error{fmt.Sprintf("%s did not greet as an %s server: %s", addr, d.srv.Protocol, ShortNetErr(err)), err}
 	}
+	if u.asked {
+		d.caps.Store(&listed{caps: u.Caps, at: time.Now()})
+	}
+	u.known = nil
 	conn.SetDeadline(time.Time{})
 	return u, nil
 }

@@ -36,6 +36,9 @@ func (u *Conn) expectIMAPOK(w io.Writer, cmd, tag string) error {
 }
 
 func (u *Conn) imapCapability() error {
+	if u.capsKnown() {
+		return nil
+	}
 	u.Caps = nil
 	if err := u.send(u.TLS, []byte("C0 CAPABILITY\r\n"), -1); err != nil {
 		return err
@@ -53,6 +56,7 @@ func (u *Conn) imapCapability() error {
 			if st != imap.OK {
 				return fmt.Errorf("CAPABILITY failed: %q", truncate(line))
 			}
+			u.asked = true
 			return nil
 		}
 	}

@@ -12,8 +12,12 @@ import (
 	"github.com/emailproxy/emailproxy/protocol/sasl"
 )
 
-// popCapa reads CAPA; a server without CAPA leaves caps empty.
+// popCapa reads CAPA (or takes what the dialer remembers); a server
+// without CAPA leaves caps empty.
 func (u *Conn) popCapa() error {
+	if u.capsKnown() {
+		return nil
+	}
 	u.Caps = nil
 	if err := u.send(u.TLS, []byte("CAPA\r\n"), -1); err != nil {
 		return err
@@ -22,6 +26,7 @@ func (u *Conn) popCapa() error {
 	if err != nil {
 		return err
 	}
+	u.asked = true
 	if !strings.HasPrefix(string(line), "+OK") {
 		return nil
 	}
