@@ -17,6 +17,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/internal/readwait"
+	"github.com/emailproxy/emailproxy/engine/internal/tlstrim"
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/telemetry"
 )
@@ -430,6 +431,9 @@ func (d *relayDir) pump() (parked bool, rerr error) {
 func (d *relayDir) park() bool {
 	r := d.r
 	d.cr.quiet()
+	if tc, ok := d.src.(*tls.Conn); ok {
+		tlstrim.Trim(tc) // its record buffer, 32 KiB once it has downloaded
+	}
 	r.parkMu.Lock()
 	defer r.parkMu.Unlock()
 	d.askedPark.Store(false)

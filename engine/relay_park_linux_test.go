@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -94,13 +95,28 @@ func (p *parkRig) parked(t *testing.T) {
 	})
 }
 
+// recordBuffer is the capacity of crypto/tls's record buffer on the
+// relay's upstream connection.
+func (p *parkRig) recordBuffer() int {
+	p.s.relayMu.Lock()
+	defer p.s.relayMu.Unlock()
+	for r := range p.s.relays {
+		return reflect.ValueOf(r.up.TLS).Elem().FieldByName("rawInput").FieldByName("buf").Cap()
+	}
+	return -1
+}
+
 // A quiet relay parks both directions (no goroutine left) and each wakes
-// for its own side's data, bytes intact, many times over.
+// for its own side's data, bytes intact, many times over. Parked, it
+// holds no TLS record buffer, however much it downloaded before.
 func TestQuietRelayParksAndWakes(t *testing.T) {
 	p := newParkRig(t, Options{ParkAfter: 20 * time.Millisecond})
 	up := make([]byte, 64)
 	for cycle := range 20 {
 		p.parked(t)
+		if n := p.recordBuffer(); n != 0 {
+			t.Fatalf("cycle %d: parked with a %d-byte TLS record buffer", cycle, n)
+		}
 		// The server speaks first (an IMAP IDLE update): only the
 		// upstream direction wakes.
 		if _, err := p.srv.Write([]byte("* 3 EXISTS\r\n")); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/internal/readwait"
+	"github.com/emailproxy/emailproxy/engine/internal/tlstrim"
 	"github.com/emailproxy/emailproxy/protocol/imap"
 )
 
@@ -142,7 +143,8 @@ func (ls *Linger) Park(u *Conn, key, mailbox string, reply []byte) {
 	ls.mu.Unlock()
 	if ls.Waiter != nil {
 		if sock := u.Socket(); sock != nil {
-			close(lg.watched) // no goroutine reads it
+			tlstrim.Trim(u.TLS) // nothing reads it now: its record buffer goes
+			close(lg.watched)   // no goroutine reads it
 			lg.mu.Lock()
 			ok := lg.watch(ls, sock)
 			lg.mu.Unlock()
