@@ -141,7 +141,7 @@ wine "$work/emailproxy.exe" service start
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$base) 2>/dev/null && break; sleep 0.3; done
 wine "$work/emailproxy.exe" service status | tee "$work/status"
 grep -q running "$work/status"
-clients
+clients || { echo "wine-test: the service's log:"; cat "$work/emailproxy.log" "$work/emailproxy-crash.log" 2>/dev/null; exit 1; }
 wine "$work/emailproxy.exe" service stop
 wine "$work/emailproxy.exe" service status | tee "$work/status"
 grep -q stopped "$work/status"

@@ -78,6 +78,18 @@ func serviceArgs(flags []string, exeDir string) []string {
 	return out
 }
 
+// crashFile is where a service's crash report goes: beside its log file
+// (flags as serviceArgs made them), emailproxy-crash.log.
+func crashFile(flags []string) string {
+	dir := exeDir()
+	for i, f := range flags {
+		if strings.TrimLeft(f, "-") == "log-file" && i+1 < len(flags) {
+			dir = filepath.Dir(flags[i+1])
+		}
+	}
+	return filepath.Join(dir, "emailproxy-crash.log")
+}
+
 // exeDir is the folder of the running executable ("." if unknown).
 func exeDir() string {
 	exe, err := os.Executable()

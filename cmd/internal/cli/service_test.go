@@ -50,3 +50,12 @@ func TestServiceElsewhere(t *testing.T) {
 		t.Fatalf("help: exit %d: %q", code, help.String())
 	}
 }
+
+// A service's crash report goes beside its log file.
+func TestCrashFileBesideTheLog(t *testing.T) {
+	logDir := t.TempDir()
+	flags := serviceArgs([]string{"--config-file", "c.config", "--log-file", filepath.Join(logDir, "ep.log")}, "/opt/ep")
+	if got, want := crashFile(flags), filepath.Join(logDir, "emailproxy-crash.log"); got != want {
+		t.Fatalf("crash report in %s, want %s", got, want)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -152,6 +153,12 @@ func runService(flags []string, stderr io.Writer) int {
 	elog, err := eventlog.Open(serviceName)
 	if err != nil {
 		elog = nil
+	}
+	// A service has no console: were the process to crash, Go's report
+	// would be lost. It goes to a file next to the log instead.
+	if f, err := os.OpenFile(crashFile(flags), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600); err == nil {
+		debug.SetCrashOutput(f, debug.CrashOptions{})
+		f.Close()
 	}
 	h := &serviceHandler{flags: flags, elog: elog}
 	if err := svc.Run(serviceName, h); err != nil {
