@@ -89,37 +89,23 @@ func TestIMAPCapabilitiesAskedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{leaf}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	var asked atomic.Int32
-	go func() {
+	addr := serveTLS(t, &tls.Config{Certificates: []tls.Certificate{leaf}}, func(c *tls.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte("* OK The IMAP4 service is ready.\r\n"))
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			l, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				c.Write([]byte("* OK The IMAP4 service is ready.\r\n"))
-				br := bufio.NewReader(c)
-				for {
-					l, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if strings.HasPrefix(l, "C0 CAPABILITY") {
-						asked.Add(1)
-						c.Write([]byte("* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR UNSELECT\r\nC0 OK CAPABILITY completed.\r\n"))
-					}
-				}
-			}()
+			if strings.HasPrefix(l, "C0 CAPABILITY") {
+				asked.Add(1)
+				c.Write([]byte("* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR UNSELECT\r\nC0 OK CAPABILITY completed.\r\n"))
+			}
 		}
-	}()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	})
+	_, port, _ := net.SplitHostPort(addr)
 	d := NewDialer(&config.Server{Protocol: config.IMAP, ServerAddress: "localhost", ServerPort: atoi(t, port)}, ca.Pool, 5*time.Second)
 	for i := range 4 {
 		u, err := d.Dial(context.Background())

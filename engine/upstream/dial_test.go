@@ -36,6 +36,24 @@ func (s *imapServer) start(t *testing.T, ca *mock.CA) string {
 		s.offered = append(s.offered, h.SupportedCurves[0])
 		return &tls.Config{Certificates: []tls.Certificate{leaf}, CurvePreferences: s.groups}, nil
 	}}
+	return serveTLS(t, cfg, func(tc *tls.Conn) {
+		if tc.Handshake() != nil {
+			return
+		}
+		s.mu.Lock()
+		s.chosen = append(s.chosen, tc.ConnectionState().CurveID)
+		s.mu.Unlock()
+		tc.Write([]byte("* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n"))
+		tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		tc.Read(make([]byte, 1))
+	})
+}
+
+// serveTLS accepts TLS connections with cfg on 127.0.0.1 until the test
+// ends, each handled (then closed) on its own goroutine, and returns the
+// address.
+func serveTLS(t *testing.T, cfg *tls.Config, handle func(*tls.Conn)) string {
+	t.Helper()
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -49,16 +67,7 @@ func (s *imapServer) start(t *testing.T, ca *mock.CA) string {
 			}
 			go func() {
 				defer c.Close()
-				tc := c.(*tls.Conn)
-				if tc.Handshake() != nil {
-					return
-				}
-				s.mu.Lock()
-				s.chosen = append(s.chosen, tc.ConnectionState().CurveID)
-				s.mu.Unlock()
-				tc.Write([]byte("* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n"))
-				tc.SetReadDeadline(time.Now().Add(5 * time.Second))
-				tc.Read(make([]byte, 1))
+				handle(c.(*tls.Conn))
 			}()
 		}
 	}()
