@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -284,14 +283,6 @@ client_secret = %s
 	provider.Start()
 	t.Cleanup(provider.Close)
 	opts.RootCAs, opts.Logger, opts.EventLoops = ca.Pool, log, 2
-	srv = New(cfg, provider, opts)
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Stop(ctx)
-	})
+	srv = startServer(t, cfg, provider, opts)
 	return srv, fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", popPort), logs
 }

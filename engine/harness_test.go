@@ -194,7 +194,16 @@ encrypt_client_secret_on_first_use = False
 	if eo.EventLoops == 0 {
 		eo.EventLoops = 2
 	}
-	srv := New(cfg, provider, eo)
+	srv := startServer(t, cfg, provider, eo)
+	return &proxyEnv{t: t, up: up, provider: provider, srv: srv, logs: logs, cfg: cfg, addrs: addrs,
+		imapAddr: fmt.Sprintf("127.0.0.1:%d", imapPort), popAddr: fmt.Sprintf("127.0.0.1:%d", popPort)}
+}
+
+// startServer starts the proxy with cfg, provider and opts, and stops it
+// when the test ends.
+func startServer(t *testing.T, cfg *config.Config, provider *auth.Provider, opts Options) *Server {
+	t.Helper()
+	srv := New(cfg, provider, opts)
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -203,8 +212,7 @@ encrypt_client_secret_on_first_use = False
 		defer cancel()
 		srv.Stop(ctx)
 	})
-	return &proxyEnv{t: t, up: up, provider: provider, srv: srv, logs: logs, cfg: cfg, addrs: addrs,
-		imapAddr: fmt.Sprintf("127.0.0.1:%d", imapPort), popAddr: fmt.Sprintf("127.0.0.1:%d", popPort)}
+	return srv
 }
 
 // rawConn is a line-level client for exact protocol checks.
