@@ -41,6 +41,9 @@ func (p *Provider) persist(a *account, withKeys bool) {
 		set["token_salt"] = a.cached["token_salt"]
 		set["token_iterations"] = strconv.Itoa(a.ring[0].iterations)
 	}
+	if v, newer := a.activityToSaveLocked(); newer { // not encrypted: names no salt
+		set["last_activity"] = v
+	}
 	for k, v := range set {
 		a.cached[k] = v
 	}

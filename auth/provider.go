@@ -119,6 +119,10 @@ type account struct {
 	// counts the logins under way that share the claim.
 	claimSalt  string
 	claimUsers int
+	// activity is when a server last sent a client of this account data
+	// (Unix seconds; emailproxy.py's last_activity), saved with the
+	// account's next save and when the provider closes.
+	activity int64
 }
 
 // NewProvider builds a provider for cfg's accounts and loads cached tokens
@@ -221,6 +225,7 @@ func (p *Provider) Close() {
 		a.mu.Unlock()
 	}
 	p.wg.Wait()
+	p.saveActivity(accts)
 	p.opts.HTTPClient.CloseIdleConnections()
 }
 
@@ -339,6 +344,7 @@ func (p *Provider) Reload(cfg *config.Config) {
 	if err != nil {
 		p.log.Error().Err(err).Msg("cannot read the token cache; keeping the one read before")
 	}
+	var changed []*account // still configured: their activity is saved
 	p.mu.Lock()
 	p.cfg.Store(cfg)
 	if err == nil {
@@ -361,9 +367,13 @@ func (p *Provider) Reload(cfg *config.Config) {
 		a.mu.Unlock()
 		if !same {
 			delete(p.accounts, name)
+			if err == nil {
+				changed = append(changed, a)
+			}
 			p.log.Info().Str("account", name).Msg("account changed or removed by the reload: its tokens in memory are dropped")
 		}
 	}
 	p.mu.Unlock()
+	p.saveActivity(changed)
 	p.Start()
 }

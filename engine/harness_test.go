@@ -70,6 +70,7 @@ type envOptions struct {
 	mailboxCap  int           // the mock refuses sessions of a mailbox beyond this many
 	quitDelay   time.Duration // the mock's POP3 sessions end this long after their QUIT is answered
 	preAuthTO   time.Duration
+	store       auth.Store // the token cache (default: in memory)
 	// servers are extra server sections, by name; each gets a free local
 	// port, reachable as env.addrs[name].
 	servers []serverSpec
@@ -183,7 +184,8 @@ encrypt_client_secret_on_first_use = False
 	}
 	logs := &syncBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel).With().Timestamp().Logger()
-	provider := auth.NewProvider(cfg, auth.Options{TokenTimeout: o.tokenTO, Logger: log, MaxBackoff: 200 * time.Millisecond})
+	provider := auth.NewProvider(cfg, auth.Options{TokenTimeout: o.tokenTO, Logger: log, MaxBackoff: 200 * time.Millisecond,
+		Store: o.store, Iterations: 1000})
 	provider.Start()
 	t.Cleanup(provider.Close)
 	eo := o.engine

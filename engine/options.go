@@ -42,6 +42,11 @@ type Options struct {
 	// (elsewhere sessions keep their goroutines). Default 5 s; negative:
 	// never.
 	ParkAfter time.Duration
+	// ActivityEvery: a session whose server keeps writing to its client
+	// tells the account so at most this often, besides when it ends (the
+	// account's last_activity; emailproxy.py: about every 10 s). Default
+	// 10 s.
+	ActivityEvery time.Duration
 	// PendingLimit bounds what a client connection on the event loop may
 	// hold before login: unsent output (above it, its input waits) and
 	// input that must wait (above it, the client is disconnected: gnet
@@ -123,6 +128,9 @@ func (o *Options) defaults() {
 	}
 	if o.ParkAfter == 0 {
 		o.ParkAfter = 5 * time.Second
+	}
+	if o.ActivityEvery <= 0 {
+		o.ActivityEvery = 10 * time.Second
 	}
 	if o.PendingLimit <= 0 {
 		o.PendingLimit = 64 << 10

@@ -43,6 +43,11 @@ type relay struct {
 	proto config.Protocol
 	bye   atomic.Bool
 	l     *listener // the section, for the metrics
+	// user is the account logged in; noted is the last time the server
+	// was seen writing to its client that the account's activity got
+	// (UnixNano; see noteActivity).
+	user  string
+	noted atomic.Int64
 
 	// The plain relay's two directions (nil in the reuse relay, which
 	// does not park), live while either has not ended, and finish, called
@@ -119,8 +124,9 @@ type timedWriter struct {
 	c       net.Conn
 	timeout time.Duration
 	active  *atomic.Int64
-	armed   int64       // when the deadline was last pushed out
-	writing atomic.Bool // a write is in progress (progress, however slow)
+	armed   int64        // when the deadline was last pushed out
+	writing atomic.Bool  // a write is in progress (progress, however slow)
+	wrote   atomic.Int64 // when the last write began (UnixNano)
 }
 
 func (w *timedWriter) Write(b []byte) (int, error) {
@@ -128,6 +134,7 @@ func (w *timedWriter) Write(b []byte) (int, error) {
 	defer w.writing.Store(false)
 	now := time.Now().UnixNano()
 	w.active.Store(now)
+	w.wrote.Store(now)
 	if now-w.armed > int64(min(w.timeout/4, time.Second)) {
 		w.c.SetWriteDeadline(time.Unix(0, now).Add(w.timeout))
 		w.armed = now
@@ -142,11 +149,12 @@ func (w *timedWriter) Write(b []byte) (int, error) {
 var errSendTimeout = errors.New("send timeout: the peer accepted no data")
 
 // sweepIdleRelays closes authenticated sessions with no traffic either
-// way for longer than their protocol's idle timeout, and asks those quiet
-// for longer than ParkAfter to park.
+// way for longer than their protocol's idle timeout, asks those quiet
+// for longer than ParkAfter to park, and passes on the activity of those
+// whose server has written to the client since it last did.
 func (s *Server) sweepIdleRelays() {
 	defer s.wg.Done()
-	every := min(s.opts.IMAPIdleTimeout, s.opts.POP3IdleTimeout, s.opts.SMTPIdleTimeout) / 4
+	every := min(min(s.opts.IMAPIdleTimeout, s.opts.POP3IdleTimeout, s.opts.SMTPIdleTimeout)/4, s.opts.ActivityEvery)
 	if s.waiter != nil {
 		every = min(every, s.opts.ParkAfter/2)
 	}
@@ -158,9 +166,12 @@ func (s *Server) sweepIdleRelays() {
 		case <-s.ctx.Done():
 			return
 		case now := <-t.C:
-			var idle, quiet []*relay
+			var idle, quiet, busy []*relay
 			s.relayMu.Lock()
 			for r := range s.relays {
+				if r.toClient.wrote.Load()-r.noted.Load() >= int64(s.opts.ActivityEvery) {
+					busy = append(busy, r)
+				}
 				switch silent := now.UnixNano() - r.active.Load(); {
 				case silent > int64(r.idle):
 					idle = append(idle, r)
@@ -174,6 +185,9 @@ func (s *Server) sweepIdleRelays() {
 			}
 			for _, r := range quiet {
 				r.askPark()
+			}
+			for _, r := range busy {
+				s.noteActivity(r)
 			}
 		}
 	}
@@ -211,6 +225,7 @@ func fileConn(fd int, keepAlive time.Duration) (net.Conn, error) {
 // first the upstream's answer to the login, then both directions.
 func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time) {
 	r := s.newRelay(client, res.up, res.proto, res.l)
+	r.user = res.user
 	if s.linger != nil && res.reuseKey != "" {
 		s.startReuseRelay(client, res, leftover, log, opened, r)
 		return
@@ -307,6 +322,7 @@ func (s *Server) endRelay(r *relay, log connLog, user string, fromClient, fromUp
 	if r.l != nil {
 		r.l.sessions.Add(-1)
 	}
+	s.noteActivity(r)
 	telemetry.BytesFromClients.Add(int(fromClient))
 	telemetry.BytesToClients.Add(int(fromUp))
 	ev := log.Info()
@@ -315,6 +331,19 @@ func (s *Server) endRelay(r *relay, log connLog, user string, fromClient, fromUp
 	}
 	return ev.Str("account", user).Int64("bytes_from_client", fromClient).
 		Int64("bytes_to_client", fromUp).Dur("session_ms", time.Since(start)).Dur("duration_ms", time.Since(opened))
+}
+
+// noteActivity passes on when the server last wrote to r's client, if
+// that is newer than what was passed on before: the account's
+// last_activity, as emailproxy.py keeps it.
+func (s *Server) noteActivity(r *relay) {
+	wrote := r.toClient.wrote.Load()
+	if noted := r.noted.Load(); wrote <= noted || !r.noted.CompareAndSwap(noted, wrote) {
+		return
+	}
+	if s.provider != nil {
+		s.provider.NoteActivity(r.user, time.Unix(0, wrote))
+	}
 }
 
 // relayDir is one direction of a relay: it reads src and hands each

@@ -72,6 +72,48 @@ func startUpstream(t *testing.T) (*mock.Upstream, string) {
 	return up, dir
 }
 
+// runWithIMAP writes a configuration with one IMAP section in front of up
+// and its account a@x (client credentials), runs the proxy with it and
+// args, and returns the file's path, a client connected to the section
+// whose greeting was read, and stop, which ends the run and returns its
+// exit code (at cleanup if the test has not).
+func runWithIMAP(t *testing.T, up *mock.Upstream, dir string, args ...string) (cfg string, c net.Conn, br *bufio.Reader, stop func() int) {
+	t.Helper()
+	_, upPort, _ := net.SplitHostPort(up.IMAPAddr)
+	imapAddr := freeAddr(t)
+	_, imapPort, _ := net.SplitHostPort(imapAddr)
+	cfg = filepath.Join(dir, "emailproxy.config")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[IMAP-%s]\nserver_address = localhost\nserver_port = %s\nlocal_address = 127.0.0.1\n\n"+
+		"[a@x]\ntoken_url = %s\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = cid\nclient_secret = sec\n",
+		imapPort, upPort, up.TokenURL)), 0o600)
+	quit := make(chan struct{})
+	done := make(chan int, 1)
+	go func() {
+		done <- Run(append([]string{"--config-file", cfg, "--drain-timeout", "1s"}, args...), io.Discard, io.Discard, quit)
+	}()
+	var once sync.Once
+	code := -1
+	stop = func() int {
+		once.Do(func() { close(quit); code = <-done })
+		return code
+	}
+	t.Cleanup(func() { stop() })
+	var err error
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err = net.Dial("tcp", imapAddr); err == nil || time.Now().After(end) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	br = bufio.NewReader(c)
+	br.ReadString('\n')
+	return cfg, c, br, stop
+}
+
 // --metrics-addr: /healthz answers, /readyz says which account cannot be
 // served, and /metrics counts logins by protocol, section and result,
 // with no client address in any label.

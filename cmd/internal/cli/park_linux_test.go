@@ -3,12 +3,7 @@
 package cli
 
 import (
-	"bufio"
 	"fmt"
-	"io"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,38 +14,13 @@ import (
 // --park-after 0 turns parking off.
 func TestParkAfterFlag(t *testing.T) {
 	up, dir := startUpstream(t)
-	_, upPort, _ := net.SplitHostPort(up.IMAPAddr)
 	for _, tc := range []struct {
 		flag   string
 		parked string
 	}{{"50ms", `"parked":2`}, {"0", `"parked":0`}} {
 		t.Run(tc.flag, func(t *testing.T) {
-			imapAddr, statsAddr := freeAddr(t), freeAddr(t)
-			_, imapPort, _ := net.SplitHostPort(imapAddr)
-			cfg := filepath.Join(dir, "emailproxy.config")
-			os.WriteFile(cfg, []byte(fmt.Sprintf("[IMAP-%s]\nserver_address = localhost\nserver_port = %s\nlocal_address = 127.0.0.1\n\n"+
-				"[a@x]\ntoken_url = %s\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = cid\nclient_secret = sec\n",
-				imapPort, upPort, up.TokenURL)), 0o600)
-			stop := make(chan struct{})
-			done := make(chan int)
-			go func() {
-				done <- Run([]string{"--config-file", cfg, "--stats-addr", statsAddr, "--park-after", tc.flag, "--drain-timeout", "1s"}, io.Discard, io.Discard, stop)
-			}()
-			defer func() { close(stop); <-done }()
-			var c net.Conn
-			var err error
-			for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-				if c, err = net.Dial("tcp", imapAddr); err == nil || time.Now().After(end) {
-					break
-				}
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(20 * time.Second))
-			br := bufio.NewReader(c)
-			br.ReadString('\n')
+			statsAddr := freeAddr(t)
+			_, c, br, _ := runWithIMAP(t, up, dir, "--stats-addr", statsAddr, "--park-after", tc.flag)
 			fmt.Fprint(c, "L LOGIN a@x pw\r\n")
 			if l, _ := br.ReadString('\n'); !strings.HasPrefix(l, "L OK") {
 				t.Fatalf("login: %q", l)
