@@ -122,7 +122,8 @@ func (s *RedisStore) Load() (map[string]map[string]string, error) {
 // saveScript writes an account's keys (ARGV: the salt they are encrypted
 // under or "", the number of pairs to set, the pairs, the keys to delete)
 // unless Redis already holds the account under another salt: another
-// proxy accepted a different password first, and its tokens win.
+// proxy accepted a different password first, and its tokens win. Of the
+// proxies' last_activity the newest stays.
 var saveScript = redis.NewScript(`
 local salt = ARGV[1]
 if salt ~= '' then
@@ -130,7 +131,15 @@ if salt ~= '' then
   if cur and cur ~= salt then return 0 end
 end
 local n = tonumber(ARGV[2])
-for i = 0, n - 1 do redis.call('hset', KEYS[1], ARGV[3 + 2 * i], ARGV[4 + 2 * i]) end
+for i = 0, n - 1 do
+  local k, v = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  local older = false
+  if k == 'last_activity' then
+    local cur = tonumber(redis.call('hget', KEYS[1], k) or '')
+    older = cur ~= nil and tonumber(v) ~= nil and tonumber(v) < cur
+  end
+  if not older then redis.call('hset', KEYS[1], k, v) end
+end
 for i = 3 + 2 * n, #ARGV do redis.call('hdel', KEYS[1], ARGV[i]) end
 if salt ~= '' and redis.call('get', KEYS[2]) == salt then redis.call('del', KEYS[2]) end
 return 1

@@ -450,3 +450,29 @@ func TestSharedKeyClaimIsWaitedFor(t *testing.T) {
 		t.Fatalf("another password: %v, want it refused", err)
 	}
 }
+
+// Proxies sharing a store each save the last_activity they saw: an older
+// one never replaces a newer one.
+func TestRedisKeepsNewestActivity(t *testing.T) {
+	store, err := NewRedisStore(startRedis(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	for _, tc := range []struct{ save, want string }{
+		{"1900000100", "1900000100"},
+		{"1900000000", "1900000100"}, // another proxy's older note
+		{"1900000200", "1900000200"},
+	} {
+		if err := store.Save("a@x", map[string]string{"last_activity": tc.save}, nil); err != nil {
+			t.Fatal(err)
+		}
+		vals, err := store.LoadAccount("a@x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vals["last_activity"] != tc.want {
+			t.Fatalf("after saving %s: %s, want %s", tc.save, vals["last_activity"], tc.want)
+		}
+	}
+}
