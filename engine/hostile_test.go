@@ -113,12 +113,8 @@ func TestNonReadingPipelinerIsBounded(t *testing.T) {
 
 func testNonReadingPipelinerIsBounded(t *testing.T, fe string) {
 	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe, PendingLimit: 16 << 10, SendTimeout: 500 * time.Millisecond}})
-	c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialSmallWindow(t, env.imapAddr, 4096)
 	defer c.Close()
-	c.(*net.TCPConn).SetReadBuffer(4096)
 	offer(t, c, bytes.Repeat([]byte("a CAPABILITY\r\n"), 4096))
 	why := map[string]string{FrontEndGnet: "client sent too much without waiting for answers", FrontEndGoroutines: "send timeout: the client stopped reading"}[fe]
 	waitFor(t, "a log line that says why the client was disconnected", func() bool { return strings.Contains(env.logs.String(), why) })
@@ -134,12 +130,8 @@ func TestSlowReadingPipelinerGetsEveryAnswer(t *testing.T) {
 
 func testSlowReadingPipelinerGetsEveryAnswer(t *testing.T, fe string) {
 	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe, PendingLimit: 8 << 10}})
-	c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialSmallWindow(t, env.imapAddr, 4096)
 	defer c.Close()
-	c.(*net.TCPConn).SetReadBuffer(4096)
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	const n = 400 // about 40 KiB of answers, 5 times the bound
 	var cmds bytes.Buffer
@@ -383,12 +375,8 @@ func TestNonReadingPipelinerOverTLS(t *testing.T) {
 	pc := newProxyCert(t)
 	env := startEnv(t, envOptions{engine: Options{SendTimeout: 300 * time.Millisecond},
 		servers: []serverSpec{{name: "imaps", proto: "IMAP", upstream: func(up *mock.Upstream) string { return up.IMAPAddr }, keys: pc.keys(false)}}})
-	raw, err := net.DialTimeout("tcp", env.addrs["imaps"], 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := dialSmallWindow(t, env.addrs["imaps"], 4096)
 	defer raw.Close()
-	raw.(*net.TCPConn).SetReadBuffer(4096)
 	offer(t, tls.Client(raw, pc.client()), bytes.Repeat([]byte("a CAPABILITY\r\n"), 4096))
 	waitFor(t, "the log to say why", func() bool {
 		return strings.Contains(env.logs.String(), "send timeout: the client stopped reading")
