@@ -5,8 +5,8 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
+	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -24,48 +24,34 @@ func exchangeIMAP(t *testing.T, env *proxyEnv, seen chan<- string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	acceptEach(t, ln, func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		fmt.Fprint(c, "* OK The Microsoft Exchange IMAP4 service is ready. [TQBOADIAUABSADEAMgBDAEEAMAAwADEAMgAuAG4AYQBtAHAAcgBkADEAMgAuAHAAcgBvAGQALgBvAHUAdABsAG8AbwBrAC4AYwBvAG0A]\r\n")
 		for {
-			c, err := ln.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				br := bufio.NewReader(c)
-				fmt.Fprint(c, "* OK The Microsoft Exchange IMAP4 service is ready. [TQBOADIAUABSADEAMgBDAEEAMAAwADEAMgAuAG4AYQBtAHAAcgBkADEAMgAuAHAAcgBvAGQALgBvAHUAdABsAG8AbwBrAC4AYwBvAG0A]\r\n")
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					tag, cmd, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
-					switch {
-					case strings.EqualFold(cmd, "CAPABILITY"):
-						fmt.Fprintf(c, "* CAPABILITY IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+\r\n%s OK CAPABILITY completed.\r\n", tag)
-					case strings.EqualFold(cmd, "AUTHENTICATE XOAUTH2"):
-						fmt.Fprint(c, "+ \r\n")
-						resp, _ := br.ReadString('\n')
-						raw, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(resp))
-						seen <- string(raw)
-						fmt.Fprintf(c, "* CAPABILITY IMAP4 IMAP4rev1 IDLE\r\n%s OK AUTHENTICATE completed.\r\n", tag)
-					case strings.EqualFold(cmd, "LOGOUT"):
-						fmt.Fprintf(c, "* BYE Microsoft Exchange Server IMAP4 server signing off.\r\n%s OK LOGOUT completed.\r\n", tag)
-						return
-					default:
-						fmt.Fprintf(c, "%s BAD Command Error. 12\r\n", tag)
-					}
-				}
-			}()
+			tag, cmd, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
+			switch {
+			case strings.EqualFold(cmd, "CAPABILITY"):
+				fmt.Fprintf(c, "* CAPABILITY IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+\r\n%s OK CAPABILITY completed.\r\n", tag)
+			case strings.EqualFold(cmd, "AUTHENTICATE XOAUTH2"):
+				fmt.Fprint(c, "+ \r\n")
+				resp, _ := br.ReadString('\n')
+				raw, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(resp))
+				seen <- string(raw)
+				fmt.Fprintf(c, "* CAPABILITY IMAP4 IMAP4rev1 IDLE\r\n%s OK AUTHENTICATE completed.\r\n", tag)
+			case strings.EqualFold(cmd, "LOGOUT"):
+				fmt.Fprintf(c, "* BYE Microsoft Exchange Server IMAP4 server signing off.\r\n%s OK LOGOUT completed.\r\n", tag)
+				return
+			default:
+				fmt.Fprintf(c, "%s BAD Command Error. 12\r\n", tag)
+			}
 		}
-	}()
+	})
 	return ln.Addr().String()
 }
 

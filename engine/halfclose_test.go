@@ -103,3 +103,137 @@ func TestIMAPClientHalfCloseGetsEveryAnswer(t *testing.T) {
 		c.expectEOF()
 	}
 }
+
+// A client that sends its login and its commands at once and shuts down
+// its writing side before the login is answered (printf ... | nc -N)
+// gets every answer on both front ends: gnet ends a connection at its
+// EOF, so the session takes the socket and the unread commands before
+// that and the login goes on without the loop. A wrong password sent so
+// is answered, and the connection ends.
+func TestHalfCloseBeforeLoginAnswered(t *testing.T) {
+	eachFrontEnd(t, testHalfCloseBeforeLoginAnswered)
+}
+
+func testHalfCloseBeforeLoginAnswered(t *testing.T, fe string) {
+	boxes, big := mailboxWithBig()
+	env := startEnv(t, envOptions{mailboxes: boxes, engine: Options{FrontEnd: fe}})
+	defer func() {
+		if t.Failed() {
+			t.Log(env.logs.String())
+		}
+	}()
+	popLogin(t, env.popAddr, testAccount, "pw").ok("QUIT") // its password is now the account's
+	shut := func(c net.Conn) {
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		p := dialPOP(t, env.popAddr)
+		p.send("USER %s\r\nPASS pw\r\nSTAT\r\nRETR 2\r\nQUIT", testAccount)
+		shut(p.c)
+		for _, want := range []string{"+OK", "+OK", "+OK 2 ", "+OK"} {
+			if s := p.status(); !strings.HasPrefix(s, want) {
+				t.Fatalf("POP3 round %d: %q, want %s (USER, PASS, STAT, RETR)", i, s, want)
+			}
+		}
+		if body := p.multi(); !bytes.Equal(body, big) {
+			t.Fatalf("POP3 round %d: RETR body: %d bytes, want %d", i, len(body), len(big))
+		}
+		if s := p.status(); !strings.HasPrefix(s, "+OK") {
+			t.Fatalf("POP3 round %d: QUIT: %q", i, s)
+		}
+		if _, err := p.br.ReadByte(); err != io.EOF {
+			t.Fatalf("POP3 round %d: after QUIT: %v, want EOF", i, err)
+		}
+	}
+
+	c := dialRaw(t, env.imapAddr)
+	c.line() // greeting
+	c.send(fmt.Sprintf("L LOGIN %s pw\r\na SELECT INBOX\r\nb FETCH 2 BODY.PEEK[]\r\nc LOGOUT\r\n", testAccount))
+	shut(c.c)
+	c.until("L OK")
+	c.until("a OK")
+	if l := c.line(); !strings.HasPrefix(l, "* 2 FETCH") || !strings.HasSuffix(l, fmt.Sprintf("{%d}", len(big))) {
+		t.Fatalf("IMAP FETCH: %q", l)
+	}
+	body := make([]byte, len(big))
+	if _, err := io.ReadFull(io.MultiReader(c.r, c.c), body); err != nil || !bytes.Equal(body, big) {
+		t.Fatalf("IMAP FETCH body: %v", err)
+	}
+	c.until("c OK")
+
+	// A wrong password: its answer, then the end (the goroutine front
+	// end also answers the commands after it, all refused).
+	p := dialPOP(t, env.popAddr)
+	p.send("USER %s\r\nPASS wrong\r\nSTAT", testAccount)
+	shut(p.c)
+	if s := p.status(); !strings.HasPrefix(s, "+OK") {
+		t.Fatalf("USER: %q", s)
+	}
+	if s := p.status(); !strings.HasPrefix(s, "-ERR") {
+		t.Fatalf("wrong password: %q", s)
+	}
+	for {
+		l, err := p.br.ReadString('\n')
+		if err == io.EOF && l == "" {
+			break
+		}
+		if err != nil || !strings.HasPrefix(l, "-ERR") {
+			t.Fatalf("after the refused login: %q %v, want refusals and then EOF", l, err)
+		}
+	}
+	stillServes(t, env)
+}
+
+// The same before the client is greeted: until the upstream's greeting is
+// learned (here a server slow to answer) the first clients after a start
+// wait for theirs. One that sends its whole session at once and shuts
+// down writing meanwhile is served on both front ends.
+func TestHalfCloseBeforeGreeting(t *testing.T) {
+	eachFrontEnd(t, testHalfCloseBeforeGreeting)
+}
+
+func testHalfCloseBeforeGreeting(t *testing.T, fe string) {
+	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe}, servers: []serverSpec{{name: "slowpop", proto: "POP",
+		upstream: func(up *mock.Upstream) string { return slowToConnect(t, up.POPAddr, time.Second) }}}})
+	defer func() {
+		if t.Failed() {
+			t.Log(env.logs.String())
+		}
+	}()
+	c := dialRaw(t, env.addrs["slowpop"])
+	c.send(fmt.Sprintf("USER %s\r\nPASS pw\r\nSTAT\r\nQUIT\r\n", testAccount))
+	if err := c.c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"+OK", "+OK", "+OK", "+OK 1 ", "+OK"} {
+		if l := c.line(); !strings.HasPrefix(l, want) {
+			t.Fatalf("%q, want %s (greeting, USER, PASS, STAT, QUIT)", l, want)
+		}
+	}
+	if n, err := c.c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after QUIT: %d bytes, %v; want EOF", n, err)
+	}
+}
+
+// slowToConnect forwards each connection to addr after a delay, as a
+// server slow to answer would seem; it stops with the test.
+func slowToConnect(t *testing.T, addr string, delay time.Duration) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	acceptEach(t, ln, func(in net.Conn) {
+		defer in.Close()
+		time.Sleep(delay)
+		out, err := net.Dial("tcp", addr)
+		if err != nil {
+			return
+		}
+		defer out.Close()
+		go func() { io.Copy(out, in); out.Close() }()
+		io.Copy(in, out)
+	})
+	return ln.Addr().String()
+}

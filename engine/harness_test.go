@@ -285,3 +285,26 @@ func (r *rawConn) expectEOF() {
 		r.t.Fatalf("expected close, got %q", buf[:n])
 	}
 }
+
+// acceptEach runs handle on its own goroutine for each connection ln
+// accepts, until the test ends: ln is closed then, and the handlers are
+// waited for.
+func acceptEach(t *testing.T, ln net.Listener, handle func(c net.Conn)) {
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				handle(c)
+			}()
+		}
+	}()
+}

@@ -221,6 +221,9 @@ func fileConn(fd int, keepAlive time.Duration) (net.Conn, error) {
 	return c, nil
 }
 
+// closeFD closes a duplicated socket that did not become a net.Conn.
+func closeFD(fd int) { os.NewFile(uintptr(fd), "client").Close() }
+
 // startRelay joins an authenticated client to its upstream session:
 // first the upstream's answer to the login, then both directions.
 func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time) {
@@ -271,11 +274,16 @@ func (s *Server) runRelay(r *relay, up, down *relayDir, u *upstream.Conn) {
 	go down.run()
 }
 
-// trackRelay lets the sweep and a shutdown see r.
+// trackRelay lets the sweep and a shutdown see r. A relay started by a
+// login that finished as Stop began (after Stop closed the relays it
+// saw) is closed here, so that Stop does not wait for it.
 func (s *Server) trackRelay(r *relay) {
 	s.relayMu.Lock()
 	s.relays[r] = struct{}{}
 	s.relayMu.Unlock()
+	if s.ctx.Err() != nil {
+		r.close()
+	}
 }
 
 // halfCloseQuiet: once the client has finished sending, the session

@@ -71,6 +71,10 @@ type Server struct {
 	waiter     *readwait.Waiter
 	parkedDirs atomic.Int64
 	conns      map[net.Conn]*listener // pre-login connections of the goroutine front end
+	// detached holds, by session, the clients that ended their input
+	// while their login ran, until the login's goroutine takes them (see
+	// detachedClient).
+	detached sync.Map
 
 	draining atomic.Bool // Drain has begun: new clients are turned away
 }
@@ -290,6 +294,14 @@ func (s *Server) start() error {
 		}
 		s.log.Info().Str("server", srv.Section).Str("listen", srv.ListenAddr()).Str("local", mode).
 			Str("upstream", srv.UpstreamAddr()).Str("upstream_tls", upMode).Msg("listening")
+	}
+	// Each upstream's greeting is learned now, in the background, rather
+	// than when the first client comes: that client is greeted at once
+	// (one that sends its whole session before its greeting and shuts
+	// down writing, which the event loop cannot wait for, is served), and
+	// a server that cannot be reached shows in the log at start.
+	for _, srv := range s.cfg.Servers {
+		s.listener(srv.LocalPort).profileOr(s, func(*profile) {})
 	}
 	return nil
 }

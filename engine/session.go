@@ -44,6 +44,9 @@ type pending struct {
 	login       *loginResult
 	unavailable bool
 	poll        bool // a poll timer fired
+	// loginGone: the login's goroutine could not hand its result to the
+	// loop and has closed it; nothing will come.
+	loginGone bool
 }
 
 type loginResult struct {
@@ -357,16 +360,126 @@ func (s *session) startLogin(act protocol.Action) {
 		defer s.srv.wg.Done()
 		defer cancel()
 		res := s.srv.runLogin(ctx, s.l, log, act, client)
-		if !s.post(func(p *pending) { p.login = res }) && res.up != nil {
-			s.mu.Lock()
-			// onClose may have run: whoever sees the result closes it.
-			if s.pend.login == res {
-				s.pend.login = nil
-			}
-			s.mu.Unlock()
+		if s.deliver(res) {
+			return
+		}
+		if d, ok := s.srv.detached.LoadAndDelete(s); ok {
+			s.srv.finishDetached(res, d.(*detachedClient))
+		} else if res.up != nil {
 			res.up.Close()
 		}
 	}()
+}
+
+// deliver hands a finished login to the loop. false: the loop is gone (or
+// cannot be woken), and the result is the caller's to finish or close.
+func (s *session) deliver(res *loginResult) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	s.pend.login = res
+	s.mu.Unlock()
+	if s.c.Wake(nil) == nil {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pend.login != res {
+		return true // onClose took it
+	}
+	s.pend.login, s.pend.loginGone = nil, true
+	return false
+}
+
+// detachedClient is a client that finished sending (EOF) while its login
+// ran, having sent commands after its login command: a script that pipes
+// its commands and shuts down its writing side (printf ... | nc -N).
+// gnet ends a connection at EOF, so before it closes the socket the
+// session takes a duplicate of it and its unread input; the login then
+// goes on without the loop, and the client gets the login's answer and
+// its commands' answers, as on the goroutine front end. A client that
+// hangs up with nothing after its login command is let go at once, and
+// its login cancelled.
+type detachedClient struct {
+	fd       int
+	leftover []byte
+	log      connLog
+	opened   time.Time
+	m        clientMachine // for a failed login's answer
+	tag      string
+}
+
+// detach returns the client to serve without the loop, if onClose(err)
+// should; on the loop, before gnet closes the socket.
+func (s *session) detach(err error) *detachedClient {
+	if s.phase != phLogin || !errors.Is(err, io.EOF) || s.c.InboundBuffered() == 0 || s.c.OutboundBuffered() > 0 {
+		// Output gnet still holds is written by its close, which must
+		// not race a relay's writes: such a client is let go.
+		return nil
+	}
+	in, _ := s.c.Peek(-1)
+	fd, derr := s.c.Dup()
+	if derr != nil {
+		return nil
+	}
+	return &detachedClient{fd: fd, leftover: append([]byte(nil), in...), log: s.logger(),
+		opened: time.Unix(0, s.start), m: s.m, tag: s.tag}
+}
+
+// handOver gives a client that finished sending before it was greeted
+// (the upstream's greeting not yet learned: the first clients after a
+// start) to the goroutine front end, with what it sent: that front end
+// can wait for the greeting and then serve the input, which the event
+// loop cannot once the client's EOF has come. On the loop, before gnet
+// closes the socket.
+func (s *session) handOver(err error) bool {
+	if s.phase != phGreeting || !errors.Is(err, io.EOF) || s.c.InboundBuffered() == 0 ||
+		s.c.OutboundBuffered() > 0 || s.l.srv.ProxyProtocol {
+		return false
+	}
+	in, _ := s.c.Peek(-1)
+	pre := append([]byte(nil), in...)
+	fd, err := s.c.Dup()
+	if err != nil {
+		return false
+	}
+	conn, err := fileConn(fd, s.srv.opts.TCPKeepAlive)
+	if err != nil {
+		return false
+	}
+	c := &prefixConn{Conn: conn, pre: pre}
+	if !s.srv.track(c, s.l) { // stopping or draining
+		c.Close()
+		return false
+	}
+	s.srv.wg.Add(1)
+	go s.srv.serveConn(s.l, c)
+	return true
+}
+
+// finishDetached answers a detached client's login: on success its
+// session is relayed (the relay sees the client's EOF after the
+// leftover commands and relays the server's answers until the server
+// closes); on failure it is told why and closed.
+func (s *Server) finishDetached(res *loginResult, d *detachedClient) {
+	client, err := fileConn(d.fd, s.opts.TCPKeepAlive) // takes d.fd, even on failure
+	if err != nil {
+		d.log.Error().Err(err).Msg("cannot hand the connection to the relay")
+		if res.up != nil {
+			res.up.Close()
+		}
+		return
+	}
+	if res.err == nil {
+		s.startRelay(client, res, d.leftover, d.log, d.opened)
+		return
+	}
+	client.SetWriteDeadline(time.Now().Add(time.Second))
+	client.Write(d.m.loginFailed(d.tag, "emailproxy: "+res.err.Message, res.err.Temporary))
+	client.Close()
+	d.log.Info().Dur("duration_ms", time.Since(d.opened)).Msg("connection closed")
 }
 
 // finishLogin answers the client; on success the connection leaves gnet
@@ -426,12 +539,31 @@ func (s *session) tryHandoff() gnet.Action {
 }
 
 func (s *session) onClose(err error) {
+	d := s.detach(err)
 	s.mu.Lock()
 	s.closed = true
 	cancel := s.cancel
 	res := s.pend.login
+	if d != nil && res == nil && s.pend.loginGone {
+		closeFD(d.fd) // its login has given up already
+		d = nil
+	}
+	if d != nil && res == nil {
+		s.srv.detached.Store(s, d) // the login's goroutine finishes it
+	}
 	s.pend = pending{}
 	s.mu.Unlock()
+	if d != nil {
+		s.phase = phRelay // the relay, or finishDetached, logs its end
+		if res != nil {
+			s.srv.wg.Add(1)
+			go func() {
+				defer s.srv.wg.Done()
+				s.srv.finishDetached(res, d)
+			}()
+		}
+		return
+	}
 	if cancel != nil {
 		cancel()
 	}
@@ -441,6 +573,9 @@ func (s *session) onClose(err error) {
 	if s.handoff != nil { // closed while waiting for its output to drain
 		s.handoff.up.Close()
 		s.handoff = nil
+	}
+	if s.handOver(err) {
+		return // the goroutine front end logs its end
 	}
 	if s.phase == phRelay {
 		return // the relay logs the end of the session
