@@ -15,7 +15,8 @@ import (
 // a session in IDLE parks and still gets the EXISTS of a message another
 // client appends; its LOGOUT keeps the session (reuse), which the waiter
 // watches and the next login takes; and a POP3 client that sends its
-// last commands and shuts down writing gets every answer.
+// last commands and shuts down writing gets every answer, also when it
+// sends its whole session before its login is answered.
 func TestDovecotParkedSessions(t *testing.T) {
 	dv, _ := startDovecotWithIdP(t)
 	srv, imapAddr, popAddr, logs := startProxyFor(t, dv, Options{ParkAfter: 20 * time.Millisecond, IMAPSessionReuse: time.Minute})
@@ -82,5 +83,16 @@ func TestDovecotParkedSessions(t *testing.T) {
 	}
 	if s := p.status(); !strings.HasPrefix(s, "+OK") {
 		t.Fatalf("QUIT after the half-close: %q", s)
+	}
+
+	// The whole session sent at once, writing shut down before the login
+	// is answered (printf ... | nc -N).
+	p = dialPOP(t, popAddr)
+	p.send("USER %s\r\nPASS pw\r\nSTAT\r\nQUIT", dovecotUser)
+	p.c.(*net.TCPConn).CloseWrite()
+	for _, want := range []string{"+OK", "+OK", "+OK 1 ", "+OK"} {
+		if s := p.status(); !strings.HasPrefix(s, want) {
+			t.Fatalf("a session sent at once: %q, want %s (USER, PASS, STAT, QUIT)", s, want)
+		}
 	}
 }
