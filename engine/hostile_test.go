@@ -438,10 +438,21 @@ func testDrain(t *testing.T, fe string) {
 
 // A reload: a removed section stops serving, an added one starts, an
 // unchanged one goes on, and sessions already relayed are not touched.
+// Each section learns its upstream's greeting before its first client,
+// at start and when a reload adds it.
 func TestReloadServerSections(t *testing.T) { eachFrontEnd(t, testReloadServerSections) }
 
 func testReloadServerSections(t *testing.T, fe string) {
 	env := startEnv(t, envOptions{engine: Options{FrontEnd: fe}})
+	learned := func(port int) func() bool {
+		return func() bool {
+			l := env.srv.listener(port)
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.prof != nil
+		}
+	}
+	waitFor(t, "the greeting learned at start", learned(portOfAddr(t, env.imapAddr)))
 	pop := popLogin(t, env.popAddr, testAccount, "pw")
 	text, err := os.ReadFile(env.cfg.Path)
 	if err != nil {
@@ -458,6 +469,7 @@ func testReloadServerSections(t *testing.T, fe string) {
 	if err := env.srv.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, "the added section's greeting learned", learned(newPort))
 	// The removed section: refused, or (on gnet) turned away.
 	if c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second); err == nil {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))

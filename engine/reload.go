@@ -22,7 +22,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	old := *s.lsn.Load()
 	next := map[int]*listener{}
-	var added []*listener
+	var added, fresh []*listener
 	for _, srv := range cfg.Servers {
 		ol := old[srv.LocalPort]
 		if ol != nil && !ol.removed.Load() && *ol.srv == *srv {
@@ -51,6 +51,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 			added = append(added, nl)
 		}
 		next[srv.LocalPort] = nl
+		fresh = append(fresh, nl)
 	}
 	var closing []net.Listener
 	for port, ol := range old {
@@ -71,6 +72,9 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	for _, ln := range closing {
 		ln.Close()
+	}
+	for _, l := range fresh {
+		l.learnEarly(s)
 	}
 	return nil
 }

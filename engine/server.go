@@ -295,15 +295,18 @@ func (s *Server) start() error {
 		s.log.Info().Str("server", srv.Section).Str("listen", srv.ListenAddr()).Str("local", mode).
 			Str("upstream", srv.UpstreamAddr()).Str("upstream_tls", upMode).Msg("listening")
 	}
-	// Each upstream's greeting is learned now, in the background, rather
-	// than when the first client comes: that client is greeted at once
-	// (one that sends its whole session before its greeting and shuts
-	// down writing, which the event loop cannot wait for, is served), and
-	// a server that cannot be reached shows in the log at start.
 	for _, srv := range s.cfg.Servers {
-		s.listener(srv.LocalPort).profileOr(s, func(*profile) {})
+		s.listener(srv.LocalPort).learnEarly(s)
 	}
 	return nil
+}
+
+// learnEarly learns the upstream's greeting now, in the background,
+// rather than when the first client comes (at start, and for the sections
+// a reload adds or changes): that client is greeted at once, and a server
+// that cannot be reached shows in the log before any client does.
+func (l *listener) learnEarly(s *Server) {
+	l.profileOr(s, func(*profile) {})
 }
 
 func (s *Server) closeTLSListeners() {
