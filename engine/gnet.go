@@ -41,7 +41,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 			return nil, gnet.Close
 		}
 	}
-	sess := newSession(s, l, c)
+	sess := newSession(l, c)
 	l.preLogin.Add(1)
 	c.SetContext(sess)
 	s.addSession(sess)
@@ -57,7 +57,7 @@ func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 // else it asks for the profile and the session is greeted from OnTraffic.
 func (sess *session) startGreeting() []byte {
 	sess.phase = phGreeting
-	prof := sess.l.profileOr(sess.srv, func(p *profile) {
+	prof := sess.l.profileOr(sess.l.eng, func(p *profile) {
 		sess.post(func(ps *pending) {
 			if p != nil {
 				ps.profile = p

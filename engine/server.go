@@ -81,6 +81,7 @@ type Server struct {
 
 // listener is one server section's state shared by its connections.
 type listener struct {
+	eng *Server // the engine serving the section
 	srv *config.Server
 	d   *dialect
 	up  *upstream.Side
@@ -147,7 +148,7 @@ func (l *listener) learn(u *upstream.Conn) *profile {
 // newListener prepares a server section: its dialect, its upstream side
 // and its metrics.
 func (s *Server) newListener(srv *config.Server) *listener {
-	l := &listener{srv: srv, d: dialectOf(srv.Protocol), log: s.opts.Logger.With().Str("server", srv.Section).Logger(),
+	l := &listener{eng: s, srv: srv, d: dialectOf(srv.Protocol), log: s.opts.Logger.With().Str("server", srv.Section).Logger(),
 		m: telemetry.ForServer(string(srv.Protocol), srv.Section)}
 	s.gauges(srv.LocalPort, srv.Section)
 	dialer := upstream.NewDialer(srv, s.opts.RootCAs, s.opts.DialTimeout)

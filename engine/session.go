@@ -49,6 +49,14 @@ type pending struct {
 	loginGone bool
 }
 
+// loginState is what a session holds while a login runs and until its
+// connection is handed to a relay.
+type loginState struct {
+	tag     string             // IMAP tag of the login command
+	cancel  context.CancelFunc // guarded by session.mu
+	handoff *loginResult       // phHandoff: the login waiting for the flush
+}
+
 type loginResult struct {
 	l     *listener
 	proto config.Protocol
@@ -74,30 +82,31 @@ type loginResult struct {
 // and silent, so the state machine is built at the first command and the
 // logger only when there is something to log.
 type session struct {
-	srv    *Server
 	l      *listener
 	c      gnet.Conn
 	remote string        // the client's address, copied at accept: goroutines use it, never c
 	start  int64         // UnixNano of the accept
 	prof   *profile      // the upstream's profile, once greeted
 	m      clientMachine // built at the first input after the greeting
-	tag    string        // IMAP tag of the login in progress
 
 	// Output backpressure (event loop only). held: the client has more
 	// unsent output than the bound, so its input waits unparsed; stuck
 	// (UnixNano) is when the unsent output last shrank, stuckOut how much
 	// there was.
-	stuck   int64
-	handoff *loginResult // phHandoff: the login waiting for the flush
+	stuck int64
+	// login: the login in progress and, in phHandoff, its result waiting
+	// for the flush (nil before the first login). Its own allocation:
+	// most connections held are idle clients that never log in, and
+	// every byte of this struct is paid by each of them.
+	login *loginState
 
 	prev, next *session // Server's list of gnet sessions (sessMu)
 
 	// Read by the idle sweep off the loop.
 	lastSeen atomic.Int64 // UnixNano of the last complete client command (or open)
 
-	mu     sync.Mutex
-	pend   pending
-	cancel context.CancelFunc
+	mu   sync.Mutex
+	pend pending
 
 	// The small fields last, packed: a fleet keeps thousands of these.
 	stuckOut  int32
@@ -108,8 +117,8 @@ type session struct {
 	closed    bool // guarded by mu
 }
 
-func newSession(s *Server, l *listener, c gnet.Conn) *session {
-	sess := &session{srv: s, l: l, c: c, start: time.Now().UnixNano()}
+func newSession(l *listener, c gnet.Conn) *session {
+	sess := &session{l: l, c: c, start: time.Now().UnixNano()}
 	if a := c.RemoteAddr(); a != nil {
 		sess.remote = a.String()
 	}
@@ -210,8 +219,8 @@ func (s *session) onTraffic() gnet.Action {
 // sending while its input must wait (a login in flight, output it does
 // not read) is disconnected instead of growing the proxy.
 func (s *session) checkInbound() gnet.Action {
-	if n := s.c.InboundBuffered(); n > s.srv.opts.PendingLimit {
-		s.l.log.Warn().Str("client", s.remote).Int("bytes", n).Int("limit", s.srv.opts.PendingLimit).
+	if n := s.c.InboundBuffered(); n > s.l.eng.opts.PendingLimit {
+		s.l.log.Warn().Str("client", s.remote).Int("bytes", n).Int("limit", s.l.eng.opts.PendingLimit).
 			Msg("client sent too much without waiting for answers; disconnecting")
 		telemetry.Ended("pending_limit")
 		return gnet.Close
@@ -224,7 +233,7 @@ func (s *session) checkInbound() gnet.Action {
 // unparsed while the session waits for the output to drain.
 func (s *session) outputStalled() (bool, gnet.Action) {
 	out := s.c.OutboundBuffered()
-	limit := s.srv.opts.PendingLimit
+	limit := s.l.eng.opts.PendingLimit
 	if out <= limit && (!s.held || out <= limit/4) {
 		s.held = false
 		return false, gnet.None
@@ -241,8 +250,8 @@ func (s *session) awaitDrain(out int) gnet.Action {
 		s.stuck = now // progress, or a new wait
 	}
 	s.held, s.stuckOut = true, int32(min(out, 1<<30))
-	if time.Duration(now-s.stuck) > s.srv.opts.SendTimeout {
-		s.l.log.Warn().Str("client", s.remote).Int("unsent", out).Str("send_timeout", s.srv.opts.SendTimeout.String()).
+	if time.Duration(now-s.stuck) > s.l.eng.opts.SendTimeout {
+		s.l.log.Warn().Str("client", s.remote).Int("unsent", out).Str("send_timeout", s.l.eng.opts.SendTimeout.String()).
 			Msg("client stopped reading; disconnecting")
 		telemetry.Ended("send_timeout")
 		return gnet.Close
@@ -280,10 +289,10 @@ func (s *session) process() gnet.Action {
 		return gnet.None
 	}
 	if s.m == nil {
-		s.m = s.l.d.newMachine(s.prof, false, false, &s.srv.opts)
+		s.m = s.l.d.newMachine(s.prof, false, false, &s.l.eng.opts)
 	}
-	out := s.srv.outBufs.Get()
-	defer s.srv.outBufs.Put(out)
+	out := s.l.eng.outBufs.Get()
+	defer s.l.eng.outBufs.Put(out)
 	used := 0
 	// finish writes the gathered output and consumes the input used.
 	finish := func() error {
@@ -347,24 +356,23 @@ func (s *session) process() gnet.Action {
 func (s *session) startLogin(act protocol.Action) {
 	s.phase = phLogin
 	s.idleCheck.Store(false)
-	s.tag = act.Tag
-	ctx, cancel := context.WithTimeout(s.srv.ctx, s.srv.opts.LoginTimeout)
+	ctx, cancel := context.WithTimeout(s.l.eng.ctx, s.l.eng.opts.LoginTimeout)
 	s.mu.Lock()
-	s.cancel = cancel
+	s.login = &loginState{tag: act.Tag, cancel: cancel}
 	s.mu.Unlock()
 	// The goroutine gets copies: the session's gnet.Conn belongs to the
 	// loop and may be released while the login runs.
 	client, log := hostOf(s.remote), s.logger()
-	s.srv.wg.Add(1)
+	s.l.eng.wg.Add(1)
 	go func() {
-		defer s.srv.wg.Done()
+		defer s.l.eng.wg.Done()
 		defer cancel()
-		res := s.srv.runLogin(ctx, s.l, log, act, client)
+		res := s.l.eng.runLogin(ctx, s.l, log, act, client)
 		if s.deliver(res) {
 			return
 		}
-		if d, ok := s.srv.detached.LoadAndDelete(s); ok {
-			s.srv.finishDetached(res, d.(*detachedClient))
+		if d, ok := s.l.eng.detached.LoadAndDelete(s); ok {
+			s.l.eng.finishDetached(res, d.(*detachedClient))
 		} else if res.up != nil {
 			res.up.Close()
 		}
@@ -425,7 +433,7 @@ func (s *session) detach(err error) *detachedClient {
 		return nil
 	}
 	return &detachedClient{fd: fd, leftover: append([]byte(nil), in...), log: s.logger(),
-		opened: time.Unix(0, s.start), m: s.m, tag: s.tag}
+		opened: time.Unix(0, s.start), m: s.m, tag: s.login.tag}
 }
 
 // handOver gives a client that finished sending before it was greeted
@@ -445,17 +453,17 @@ func (s *session) handOver(err error) bool {
 	if err != nil {
 		return false
 	}
-	conn, err := fileConn(fd, s.srv.opts.TCPKeepAlive)
+	conn, err := fileConn(fd, s.l.eng.opts.TCPKeepAlive)
 	if err != nil {
 		return false
 	}
 	c := &prefixConn{Conn: conn, pre: pre}
-	if !s.srv.track(c, s.l) { // stopping or draining
+	if !s.l.eng.track(c, s.l) { // stopping or draining
 		c.Close()
 		return false
 	}
-	s.srv.wg.Add(1)
-	go s.srv.serveConn(s.l, c)
+	s.l.eng.wg.Add(1)
+	go s.l.eng.serveConn(s.l, c)
 	return true
 }
 
@@ -486,19 +494,23 @@ func (s *Server) finishDetached(res *loginResult, d *detachedClient) {
 // for a relay once gnet has sent everything it holds for the client.
 func (s *session) finishLogin(res *loginResult) (gnet.Action, bool) {
 	s.mu.Lock()
-	s.cancel = nil
+	login := s.login
+	login.cancel = nil
+	if res.err != nil {
+		s.login = nil
+	}
 	s.mu.Unlock()
 	if res.err != nil {
 		s.phase = phPreLogin
 		s.lastSeen.Store(time.Now().UnixNano())
 		s.idleCheck.Store(true)
-		out := s.m.loginFailed(s.tag, "emailproxy: "+res.err.Message, res.err.Temporary)
+		out := s.m.loginFailed(login.tag, "emailproxy: "+res.err.Message, res.err.Temporary)
 		if _, err := s.c.Write(out); err != nil {
 			return gnet.Close, true
 		}
 		return gnet.None, false
 	}
-	s.phase, s.handoff = phHandoff, res
+	s.phase, login.handoff = phHandoff, res
 	return s.tryHandoff(), true
 }
 
@@ -510,8 +522,10 @@ func (s *session) tryHandoff() gnet.Action {
 	if out := s.c.OutboundBuffered(); out > 0 {
 		return s.awaitDrain(out) // on Close, onClose ends the upstream session
 	}
-	res := s.handoff
-	s.handoff = nil
+	res := s.login.handoff
+	s.mu.Lock()
+	s.login = nil
+	s.mu.Unlock()
 	// Client bytes sent after the login command (pipelined) go upstream
 	// after the authentication, in order.
 	var leftover []byte
@@ -527,14 +541,14 @@ func (s *session) tryHandoff() gnet.Action {
 		return gnet.Close
 	}
 	s.phase = phRelay
-	client, err := fileConn(fd, s.srv.opts.TCPKeepAlive)
+	client, err := fileConn(fd, s.l.eng.opts.TCPKeepAlive)
 	if err != nil {
 		log := s.logger()
 		log.Error().Err(err).Msg("cannot hand the connection to the relay")
 		res.up.Close()
 		return gnet.Close
 	}
-	s.srv.startRelay(client, res, leftover, s.logger(), time.Unix(0, s.start))
+	s.l.eng.startRelay(client, res, leftover, s.logger(), time.Unix(0, s.start))
 	return gnet.Close
 }
 
@@ -542,24 +556,27 @@ func (s *session) onClose(err error) {
 	d := s.detach(err)
 	s.mu.Lock()
 	s.closed = true
-	cancel := s.cancel
+	var cancel context.CancelFunc
+	if s.login != nil {
+		cancel = s.login.cancel
+	}
 	res := s.pend.login
 	if d != nil && res == nil && s.pend.loginGone {
 		closeFD(d.fd) // its login has given up already
 		d = nil
 	}
 	if d != nil && res == nil {
-		s.srv.detached.Store(s, d) // the login's goroutine finishes it
+		s.l.eng.detached.Store(s, d) // the login's goroutine finishes it
 	}
 	s.pend = pending{}
 	s.mu.Unlock()
 	if d != nil {
 		s.phase = phRelay // the relay, or finishDetached, logs its end
 		if res != nil {
-			s.srv.wg.Add(1)
+			s.l.eng.wg.Add(1)
 			go func() {
-				defer s.srv.wg.Done()
-				s.srv.finishDetached(res, d)
+				defer s.l.eng.wg.Done()
+				s.l.eng.finishDetached(res, d)
 			}()
 		}
 		return
@@ -570,9 +587,9 @@ func (s *session) onClose(err error) {
 	if res != nil && res.up != nil {
 		res.up.Close()
 	}
-	if s.handoff != nil { // closed while waiting for its output to drain
-		s.handoff.up.Close()
-		s.handoff = nil
+	if s.login != nil && s.login.handoff != nil { // closed while waiting for its output to drain
+		s.login.handoff.up.Close()
+		s.login.handoff = nil
 	}
 	if s.handOver(err) {
 		return // the goroutine front end logs its end
