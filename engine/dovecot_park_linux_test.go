@@ -19,7 +19,8 @@ import (
 // sends its whole session before its login is answered.
 func TestDovecotParkedSessions(t *testing.T) {
 	dv, _ := startDovecotWithIdP(t)
-	srv, imapAddr, popAddr, logs := startProxyFor(t, dv, Options{ParkAfter: 20 * time.Millisecond, IMAPSessionReuse: time.Minute})
+	px := startProxyFor(t, dv, Options{ParkAfter: 20 * time.Millisecond, IMAPSessionReuse: time.Minute})
+	srv, imapAddr, popAddr, logs := px.srv, px.imap, px.pop, px.logs
 	parked := func(what string, n int) {
 		t.Helper()
 		waitFor(t, what, func() bool { return srv.Stats().Parked == n && relayGoroutines() == 0 })

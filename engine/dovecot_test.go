@@ -21,13 +21,18 @@ import (
 	"github.com/emailproxy/emailproxy/config"
 )
 
-// A real Dovecot (Debian's dovecot-imapd and dovecot-pop3d; .ci/run
-// installs them) checks the proxy's XOAUTH2 tokens against the mock
-// identity provider through OAuth 2.0 token introspection, as a real
-// deployment does.
+// A real Dovecot (Debian's dovecot-imapd, dovecot-pop3d and
+// dovecot-submissiond; .ci/run installs them) checks the proxy's XOAUTH2
+// tokens against the mock identity provider through OAuth 2.0 token
+// introspection, as a real deployment does.
 type dovecot struct {
 	imaps, pop3s string
-	introspected atomic.Int32
+	// Dovecot's SMTP submission server (dovecot-submissiond): STARTTLS
+	// (as on port 587) and implicit TLS (465). It relays what it accepts
+	// to relay, which keeps it.
+	submission, submissions string
+	relay                   *relaySink
+	introspected            atomic.Int32
 	// Set by startDovecotWithIdP: the CA of its certificate, the token
 	// endpoint whose tokens it accepts.
 	ca       *mock.CA
@@ -40,7 +45,7 @@ func startDovecot(t *testing.T, ca *mock.CA, authority *mock.Authority) *dovecot
 	t.Helper()
 	bin, err := exec.LookPath("dovecot")
 	if err != nil {
-		t.Fatal("this test needs Dovecot: apt-get install dovecot-imapd dovecot-pop3d (bash .ci/run does)")
+		t.Fatal("this test needs Dovecot: apt-get install dovecot-imapd dovecot-pop3d dovecot-submissiond (bash .ci/run does)")
 	}
 	d := &dovecot{}
 	// Token introspection (RFC 7662), as Dovecot's oauth2 passdb asks it.
@@ -70,6 +75,9 @@ func startDovecot(t *testing.T, ca *mock.CA, authority *mock.Authority) *dovecot
 	os.WriteFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600)
 	imapPort, popPort := freePort(t), freePort(t)
 	d.imaps, d.pop3s = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", popPort)
+	subPort, subsPort := freePort(t), freePort(t)
+	d.submission, d.submissions = fmt.Sprintf("127.0.0.1:%d", subPort), fmt.Sprintf("127.0.0.1:%d", subsPort)
+	d.relay = startRelaySink(t)
 	os.WriteFile(filepath.Join(dir, "oauth2.conf"), []byte(fmt.Sprintf(`introspection_mode = post
 introspection_url = %s/introspect
 username_attribute = username
@@ -78,8 +86,12 @@ active_value = true
 force_introspection = yes
 `, intro.URL)), 0o644)
 	conf := filepath.Join(dir, "dovecot.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf(`protocols = imap pop3
+	os.WriteFile(conf, []byte(fmt.Sprintf(`protocols = imap pop3 submission
 listen = 127.0.0.1
+hostname = mail.example.test
+submission_relay_host = 127.0.0.1
+submission_relay_port = %[4]d
+submission_relay_trusted = yes
 base_dir = %[1]s/run
 state_dir = %[1]s/state
 log_path = %[1]s/dovecot.log
@@ -119,7 +131,16 @@ service pop3-login {
     ssl = yes
   }
 }
-`, dir, imapPort, popPort)), 0o644)
+service submission-login {
+  inet_listener submission {
+    port = %[5]d
+  }
+  inet_listener submissions {
+    port = %[6]d
+    ssl = yes
+  }
+}
+`, dir, imapPort, popPort, d.relay.port, subPort, subsPort)), 0o644)
 	cmd := exec.Command(bin, "-F", "-c", conf)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -130,7 +151,7 @@ service pop3-login {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	for _, addr := range []string{d.imaps, d.pop3s} {
+	for _, addr := range []string{d.imaps, d.pop3s, d.submission, d.submissions} {
 		waitFor(t, "Dovecot to listen on "+addr, func() bool {
 			c, err := net.DialTimeout("tcp", addr, time.Second)
 			if err == nil {
@@ -154,7 +175,8 @@ service pop3-login {
 // is fetched at once, and the next login uses it.
 func TestDovecotTokenRefusal(t *testing.T) {
 	dv, authority := startDovecotWithIdP(t)
-	_, imapAddr, popAddr, logs := startProxyFor(t, dv, Options{})
+	px := startProxyFor(t, dv, Options{})
+	imapAddr, popAddr, logs := px.imap, px.pop, px.logs
 
 	r, l := imapLogin(t, imapAddr, dovecotUser, "pw")
 	if !strings.HasPrefix(l, "L1 OK") {
@@ -246,14 +268,21 @@ func startDovecotWithIdP(t *testing.T) (*dovecot, *mock.Authority) {
 	return dv, authority
 }
 
-// startProxyFor runs the proxy in front of Dovecot (IMAP and POP3
-// sections) with opts, and returns it, its addresses and its log.
-func startProxyFor(t *testing.T, dv *dovecot, opts Options) (srv *Server, imapAddr, popAddr string, logs *syncBuffer) {
+// proxiedDovecot is the proxy in front of Dovecot: its local addresses
+// for Dovecot's IMAP, POP3 and both SMTP submission ports.
+type proxiedDovecot struct {
+	srv                              *Server
+	imap, pop, smtpStartTLS, smtp465 string
+	logs                             *syncBuffer
+}
+
+// startProxyFor runs the proxy in front of Dovecot (IMAP, POP3 and two
+// SMTP sections: STARTTLS and implicit TLS) with opts.
+func startProxyFor(t *testing.T, dv *dovecot, opts Options) proxiedDovecot {
 	ca, tokenURL := dv.ca, dv.tokenURL
 	t.Helper()
-	imapPort, popPort := freePort(t), freePort(t)
-	_, dvIMAP, _ := net.SplitHostPort(dv.imaps)
-	_, dvPOP, _ := net.SplitHostPort(dv.pop3s)
+	ports := [4]int{freePort(t), freePort(t), freePort(t), freePort(t)}
+	upPort := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 	text := fmt.Sprintf(`[IMAP-%d]
 server_address = localhost
 server_port = %s
@@ -264,25 +293,39 @@ server_address = localhost
 server_port = %s
 local_address = 127.0.0.1
 
+[SMTP-%d]
+server_address = localhost
+server_port = %s
+server_starttls = True
+local_address = 127.0.0.1
+
+[SMTP-%d]
+server_address = localhost
+server_port = %s
+local_address = 127.0.0.1
+
 [%s]
 token_url = %s
 oauth2_scope = %s
 oauth2_flow = client_credentials
 client_id = %s
 client_secret = %s
-`, imapPort, dvIMAP, popPort, dvPOP, dovecotUser, tokenURL, testScope, testClientID, testSecret)
+`, ports[0], upPort(dv.imaps), ports[1], upPort(dv.pop3s), ports[2], upPort(dv.submission), ports[3], upPort(dv.submissions),
+		dovecotUser, tokenURL, testScope, testClientID, testSecret)
 	path := filepath.Join(t.TempDir(), "emailproxy.config")
 	os.WriteFile(path, []byte(text), 0o600)
 	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs = &syncBuffer{}
-	log := zerolog.New(logs).Level(zerolog.DebugLevel)
+	p := proxiedDovecot{logs: &syncBuffer{}}
+	log := zerolog.New(p.logs).Level(zerolog.DebugLevel)
 	provider := auth.NewProvider(cfg, auth.Options{Logger: log})
 	provider.Start()
 	t.Cleanup(provider.Close)
 	opts.RootCAs, opts.Logger, opts.EventLoops = ca.Pool, log, 2
-	srv = startServer(t, cfg, provider, opts)
-	return srv, fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", popPort), logs
+	p.srv = startServer(t, cfg, provider, opts)
+	local := func(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+	p.imap, p.pop, p.smtpStartTLS, p.smtp465 = local(ports[0]), local(ports[1]), local(ports[2]), local(ports[3])
+	return p
 }

@@ -40,26 +40,35 @@ var smtpServers = []serverSpec{
 	{name: "smtpLegacy", proto: "SMTP", upstream: func(up *mock.Upstream) string { return up.SMTPStartTLSAddr }, keys: "starttls = True"},
 }
 
+// dialSMTPClient connects net/smtp's client to the proxy, says EHLO and
+// checks what the proxy offers before login: PLAIN and LOGIN, and never
+// the server's STARTTLS (the client's side is plaintext).
+func dialSMTPClient(t *testing.T, addr string) *smtp.Client {
+	t.Helper()
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Hello("client.example"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, mechs := c.Extension("AUTH"); !ok || mechs != "PLAIN LOGIN" {
+		t.Fatalf("AUTH advertised: %v %q", ok, mechs)
+	}
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		t.Fatal("upstream STARTTLS leaked to the client")
+	}
+	return c
+}
+
 func TestSMTPNetSMTPClient(t *testing.T) {
 	env := startEnv(t, envOptions{servers: smtpServers})
 	msg := bigMail(10 << 20)
 	for _, name := range []string{"smtp465", "smtp587", "smtpLegacy"} {
 		t.Run(name, func(t *testing.T) {
 			before := len(env.up.SMTPMessages())
-			c, err := smtp.Dial(env.addrs[name])
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if err := c.Hello("client.example"); err != nil {
-				t.Fatal(err)
-			}
-			if ok, mechs := c.Extension("AUTH"); !ok || mechs != "PLAIN LOGIN" {
-				t.Fatalf("AUTH advertised: %v %q", ok, mechs)
-			}
-			if ok, _ := c.Extension("STARTTLS"); ok {
-				t.Fatal("upstream STARTTLS leaked to the client")
-			}
+			c := dialSMTPClient(t, env.addrs[name])
 			for _, ext := range []string{"8BITMIME", "PIPELINING", "CHUNKING", "SMTPUTF8", "SIZE", "ENHANCEDSTATUSCODES"} {
 				if ok, _ := c.Extension(ext); !ok {
 					t.Errorf("extension %s not kept", ext)
