@@ -111,6 +111,19 @@ func TestStartupErrors(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, want) || !strings.Contains(errOut, "address already in use") || strings.Contains(errOut, "bad file descriptor") {
 		t.Fatalf("busy port: %d %q", code, errOut)
 	}
+	// Said once where the log is stderr; with a log file, in the file
+	// and on stderr.
+	missing := filepath.Join(dir, "missing.config")
+	code, _, errOut = run("--config-file", missing)
+	if n := strings.Count(errOut, "unable to load configuration file"); code != 1 || n != 1 {
+		t.Fatalf("missing file, logging to stderr: %d, said %d times: %q", code, n, errOut)
+	}
+	logFile := filepath.Join(dir, "ep.log")
+	code, _, errOut = run("--config-file", missing, "--log-file", logFile)
+	logged, _ := os.ReadFile(logFile)
+	if code != 1 || strings.Count(errOut, "unable to load configuration file") != 1 || !strings.Contains(string(logged), "unable to load configuration file") {
+		t.Fatalf("missing file, logging to a file: %d %q, log %q", code, errOut, logged)
+	}
 }
 
 // --check-config prints what the file holds and what is wrong, and exits

@@ -76,13 +76,12 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 
 	cfg, err := config.Load(fl.configFile)
 	if err != nil {
-		log.Error().Msg(err.Error())
-		fmt.Fprintln(stderr, "emailproxy:", err)
+		cannotStart(fl, log, stderr, err)
 		return 1
 	}
 	store, closeStore, err := openStore(fl.cacheStore, cfg.Path, log)
 	if err != nil {
-		fmt.Fprintln(stderr, "emailproxy:", err)
+		cannotStart(fl, log, stderr, err)
 		return 1
 	}
 	defer closeStore()
@@ -145,8 +144,7 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	eopts.Logger = log
 	srv := engine.New(cfg, provider, eopts)
 	if err := srv.Start(); err != nil {
-		log.Error().Msg(err.Error())
-		fmt.Fprintln(stderr, "emailproxy:", err)
+		cannotStart(fl, log, stderr, err)
 		return 1
 	}
 	log.Info().Str("version", version).Str("config", cfg.Path).Msg("emailproxy started")
@@ -307,4 +305,14 @@ func checkConfig(path string, stdout io.Writer) int {
 	}
 	fmt.Fprintln(stdout, "configuration OK")
 	return 0
+}
+
+// cannotStart says why the proxy cannot start, once: in the log, which
+// goes to stderr unless --log-file names a file; then also on stderr,
+// where whoever just ran the command (or the service manager) looks.
+func cannotStart(fl *flags, log zerolog.Logger, stderr io.Writer, err error) {
+	log.Error().Msg(err.Error())
+	if fl.logFile != "" {
+		fmt.Fprintln(stderr, "emailproxy:", err)
+	}
 }
