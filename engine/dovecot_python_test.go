@@ -12,32 +12,37 @@ import (
 // client many legacy polling apps are, through the proxy to a real
 // Dovecot: testdata/python_clients.py logs in, appends, fetches,
 // retrieves and sends, and checks each answer; here the messages it sent
-// are checked as Dovecot relayed them.
+// are checked as Dovecot relayed them. Both front ends (the goroutine one
+// is Windows' default).
 func TestDovecotPythonClients(t *testing.T) {
 	python, err := exec.LookPath("python3")
 	if err != nil {
 		t.Fatal("this test needs python3: apt-get install python3 (bash .ci/run does)")
 	}
-	dv, _ := startDovecotWithIdP(t)
-	px := startProxyFor(t, dv, Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, python, "testdata/python_clients.py",
-		px.imap, px.pop, px.smtpStartTLS, px.smtp465, dovecotUser, "the app's password")
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "all checks passed") {
-		t.Fatalf("python clients: %v\n%s\nproxy log:\n%s", err, out, px.logs.String())
-	}
-	relayed := dv.relay.messages()
-	if len(relayed) != 2 {
-		t.Fatalf("Dovecot relayed %d messages, want 2 (one per SMTP port)", len(relayed))
-	}
-	for i, via := range []string{"starttls", "implicit-tls"} {
-		m := relayed[i]
-		data := string(m.data)
-		if m.from != dovecotUser || len(m.to) != 1 || m.to[0] != "python@example.net" ||
-			!strings.Contains(data, "Subject: python via "+via+"\r\n") || !strings.Contains(data, "\r\n.leading dot\r\n") {
-			t.Fatalf("relayed message %d: from %q to %v\n%s", i+1, m.from, m.to, data)
-		}
+	for _, front := range []string{FrontEndGnet, FrontEndGoroutines} {
+		t.Run(front, func(t *testing.T) {
+			dv, _ := startDovecotWithIdP(t)
+			px := startProxyFor(t, dv, Options{FrontEnd: front})
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, python, "testdata/python_clients.py",
+				px.imap, px.pop, px.smtpStartTLS, px.smtp465, dovecotUser, "the app's password")
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "all checks passed") {
+				t.Fatalf("python clients: %v\n%s\nproxy log:\n%s", err, out, px.logs.String())
+			}
+			relayed := dv.relay.messages()
+			if len(relayed) != 2 {
+				t.Fatalf("Dovecot relayed %d messages, want 2 (one per SMTP port)", len(relayed))
+			}
+			for i, via := range []string{"starttls", "implicit-tls"} {
+				m := relayed[i]
+				data := string(m.data)
+				if m.from != dovecotUser || len(m.to) != 1 || m.to[0] != "python@example.net" ||
+					!strings.Contains(data, "Subject: python via "+via+"\r\n") || !strings.Contains(data, "\r\n.leading dot\r\n") {
+					t.Fatalf("relayed message %d: from %q to %v\n%s", i+1, m.from, m.to, data)
+				}
+			}
+		})
 	}
 }
