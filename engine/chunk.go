@@ -2,12 +2,12 @@ package engine
 
 import (
 	"crypto/tls"
-	"errors"
 	"net"
 	"sync/atomic"
 	"time"
 
 	"github.com/emailproxy/emailproxy/engine/internal/rawread"
+	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/valyala/bytebufferpool"
 )
 
@@ -92,7 +92,7 @@ func (r *chunkReader) next() ([]byte, error) {
 		buf := r.buffer()
 		r.applyDeadline(time.Now().Add(busyLinger))
 		n, err := r.src.Read(buf)
-		if n == 0 && isTimeout(err) && !r.hardPassed() {
+		if n == 0 && upstream.IsTimeout(err) && !r.hardPassed() {
 			r.busy = false // quiet again: give the buffer back
 			continue
 		}
@@ -197,9 +197,4 @@ func (r *chunkReader) release() {
 		r.bb = nil
 		r.holding.Store(false)
 	}
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }

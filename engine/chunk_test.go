@@ -95,7 +95,7 @@ func TestChunkReaderTLSHoldsNoBufferWhileQuiet(t *testing.T) {
 	expectIdleWithoutBuffer(t, cr, srv)
 	// A hard deadline ends a quiet read.
 	cr.setHardDeadline(time.Now().Add(50 * time.Millisecond))
-	if _, err := cr.next(); !isTimeout(err) {
+	if _, err := cr.next(); !upstream.IsTimeout(err) {
 		t.Fatalf("hard deadline: %v", err)
 	}
 }

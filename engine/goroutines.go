@@ -126,7 +126,7 @@ func (s *Server) serveConn(l *listener, raw net.Conn) {
 	send := func(b []byte) error {
 		c.SetWriteDeadline(time.Now().Add(s.opts.SendTimeout))
 		_, err := c.Write(b)
-		if isTimeout(err) {
+		if upstream.IsTimeout(err) {
 			reason = "send timeout: the client stopped reading"
 			telemetry.Ended("send_timeout")
 		}

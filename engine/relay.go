@@ -140,7 +140,7 @@ func (w *timedWriter) Write(b []byte) (int, error) {
 		w.armed = now
 	}
 	n, err := w.c.Write(b)
-	if err != nil && isTimeout(err) {
+	if err != nil && upstream.IsTimeout(err) {
 		return n, errSendTimeout
 	}
 	return n, err
@@ -451,7 +451,7 @@ func (d *relayDir) pump() (parked bool, rerr error) {
 			return false, nil
 		}
 		if rerr != nil {
-			if d.askedPark.Load() && isTimeout(rerr) {
+			if d.askedPark.Load() && upstream.IsTimeout(rerr) {
 				if d.park() {
 					return true, nil
 				}

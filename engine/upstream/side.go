@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/emailproxy/emailproxy/config"
@@ -122,10 +123,21 @@ func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
 		if errors.As(err, &rej) {
 			return nil, err
 		}
-		if pooled && ctx.Err() == nil {
-			freshDial = true // the server dropped the warm connection: once more, fresh
+		// The server dropped the warm connection: once more, fresh. Not
+		// after a timeout: the connection's deadline is the login's, so
+		// its time is up even if ctx's timer has not fired yet, and a
+		// dial now would only fail at once and be reported as the cause.
+		if pooled && ctx.Err() == nil && !IsTimeout(err) {
+			freshDial = true
 			continue
 		}
 		return nil, &Failure{"upstream server failed during authentication: " + ShortNetErr(err)}
 	}
+}
+
+// IsTimeout says whether err is a deadline passing (a read or write
+// deadline, or a dial's).
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
