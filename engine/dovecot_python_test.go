@@ -15,16 +15,25 @@ import (
 // Dovecot: testdata/python_clients.py logs in, appends, fetches,
 // retrieves and sends, and checks each answer; here the messages it sent
 // are checked as Dovecot relayed them. Both front ends (the goroutine one
-// is Windows' default).
+// is Windows' default), and IMAP session reuse.
 func TestDovecotPythonClients(t *testing.T) {
 	python, err := exec.LookPath("python3")
 	if err != nil {
 		t.Fatal("this test needs python3: apt-get install python3 (bash .ci/run does)")
 	}
-	for _, front := range []string{FrontEndGnet, FrontEndGoroutines} {
-		t.Run(front, func(t *testing.T) {
+	for _, run := range []struct {
+		name string
+		opts Options
+	}{
+		{FrontEndGnet, Options{FrontEnd: FrontEndGnet}},
+		{FrontEndGoroutines, Options{FrontEnd: FrontEndGoroutines}},
+		// The script's second IMAP login takes the session its first
+		// one's LOGOUT left.
+		{"imap-session-reuse", Options{IMAPSessionReuse: time.Minute}},
+	} {
+		t.Run(run.name, func(t *testing.T) {
 			dv, _ := startDovecotWithIdP(t)
-			px := startProxyFor(t, dv, Options{FrontEnd: front})
+			px := startProxyFor(t, dv, run.opts)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			const password = "the app's password"
@@ -49,6 +58,9 @@ func TestDovecotPythonClients(t *testing.T) {
 			}
 			if !strings.Contains(logs, `"dir":"client->proxy"`) {
 				t.Fatal("no protocol trace in the log: the check above proves nothing")
+			}
+			if run.opts.IMAPSessionReuse > 0 && !strings.Contains(logs, `"reused":true`) {
+				t.Fatal("no IMAP login reused a kept session")
 			}
 			relayed := dv.relay.messages()
 			if len(relayed) != 2 {
