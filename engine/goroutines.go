@@ -48,7 +48,7 @@ func (s *Server) accept(port int, ln net.Listener) {
 			continue
 		}
 		s.wg.Add(1)
-		go s.serveConn(l, c)
+		go s.serveConn(l, c, time.Time{})
 	}
 }
 
@@ -75,8 +75,10 @@ func (s *Server) untrack(c net.Conn) {
 
 // serveConn runs one client of a goroutine-served listener (local TLS,
 // or plaintext with FrontEndGoroutines) up to its login, then hands it to
-// a relay.
-func (s *Server) serveConn(l *listener, raw net.Conn) {
+// a relay. accepted is zero for a client accepted here; for one the event
+// loop hands over (see session.handOver), when the loop accepted it and
+// logged its opening.
+func (s *Server) serveConn(l *listener, raw net.Conn, accepted time.Time) {
 	defer s.wg.Done()
 	tracked := raw // as accept tracked it, for Stop and Drain
 	remote := raw.RemoteAddr().String()
@@ -89,9 +91,12 @@ func (s *Server) serveConn(l *listener, raw net.Conn) {
 		}
 	}
 	log := connLog{base: l.log, client: remote}
-	opened := time.Now()
+	opened := accepted
 	implicitTLS := l.tlsCfg != nil && !l.startTLS
-	log.Info().Str("proto", string(l.srv.Protocol)).Bool("tls", implicitTLS).Msg("connection opened")
+	if opened.IsZero() {
+		opened = time.Now()
+		log.Info().Str("proto", string(l.srv.Protocol)).Bool("tls", implicitTLS).Msg("connection opened")
+	}
 	var c net.Conn = raw
 	handedOff := false
 	reason := "closed"

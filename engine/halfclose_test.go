@@ -215,6 +215,22 @@ func testHalfCloseBeforeGreeting(t *testing.T, fe string) {
 	if n, err := c.c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Fatalf("after QUIT: %d bytes, %v; want EOF", n, err)
 	}
+	// One connection, logged as one (on the event loop it changed front
+	// ends on the way).
+	client := c.c.LocalAddr().String()
+	count := func(msg string) int {
+		n := 0
+		for _, line := range strings.Split(env.logs.String(), "\n") {
+			if strings.Contains(line, `"client":"`+client+`"`) && strings.Contains(line, `"message":"`+msg+`"`) {
+				n++
+			}
+		}
+		return n
+	}
+	waitFor(t, "the session's end logged", func() bool { return count("connection closed") > 0 })
+	if o, c := count("connection opened"), count("connection closed"); o != 1 || c != 1 {
+		t.Fatalf("the connection was logged opened %d times and closed %d times", o, c)
+	}
 }
 
 // slowToConnect forwards each connection to addr after a delay, as a

@@ -463,7 +463,7 @@ func (s *session) handOver(err error) bool {
 		return false
 	}
 	s.l.eng.wg.Add(1)
-	go s.l.eng.serveConn(s.l, c)
+	go s.l.eng.serveConn(s.l, c, time.Unix(0, s.start))
 	return true
 }
 
