@@ -203,6 +203,27 @@ func testPOP3EndToEnd(t *testing.T, fe string) {
 	if l := r.line(); !strings.HasPrefix(l, "+OK 1 ") {
 		t.Fatalf("STAT after AUTH %q", l)
 	}
+
+	// AUTH LOGIN, taken though not offered, user name and password each
+	// on their own line.
+	r = dialRaw(t, env.popAddr)
+	r.line()
+	b64 := base64.StdEncoding.EncodeToString
+	r.send("AUTH LOGIN\r\n")
+	if l := r.line(); l != "+ VXNlcm5hbWU6" {
+		t.Fatalf("AUTH LOGIN user prompt %q", l)
+	}
+	r.send(b64([]byte(testAccount)) + "\r\n")
+	if l := r.line(); l != "+ UGFzc3dvcmQ6" {
+		t.Fatalf("AUTH LOGIN password prompt %q", l)
+	}
+	r.send(b64([]byte(testPassword)) + "\r\nSTAT\r\n")
+	if l := r.line(); !strings.HasPrefix(l, "+OK User") {
+		t.Fatalf("AUTH LOGIN %q", l)
+	}
+	if l := r.line(); !strings.HasPrefix(l, "+OK 1 ") {
+		t.Fatalf("STAT after AUTH LOGIN %q", l)
+	}
 }
 
 // A password with CRLF and quotes can only travel in a literal; the proxy

@@ -282,6 +282,15 @@ func TestNoSecretsInLogs(t *testing.T) {
 	imapLogin(t, env.imapAddr, testAccount, pass+"-wrong")
 	p := dialPOP(t, env.popAddr)
 	p.ok("AUTH PLAIN %s", base64.StdEncoding.EncodeToString([]byte("\x00"+testAccount+"\x00"+pass)))
+	// POP3 AUTH LOGIN: the password alone, base64, on its own line.
+	pl := dialRaw(t, env.popAddr)
+	pl.line()
+	pl.send("AUTH LOGIN " + base64.StdEncoding.EncodeToString([]byte(testAccount)) + "\r\n")
+	pl.line()
+	pl.send(base64.StdEncoding.EncodeToString([]byte(pass)) + "\r\n")
+	if l := pl.line(); !strings.HasPrefix(l, "+OK") {
+		t.Fatalf("POP3 AUTH LOGIN: %q", l)
+	}
 	// The password as an IMAP literal (synchronising and not), and as a
 	// SASL response after a continuation.
 	lit := dialRaw(t, env.imapAddr)
@@ -323,7 +332,8 @@ func TestNoSecretsInLogs(t *testing.T) {
 	if len(tokens) == 0 {
 		t.Fatal("no token seen upstream")
 	}
-	for _, secret := range append(tokens, pass, testSecret, base64.StdEncoding.EncodeToString([]byte("\x00"+testAccount+"\x00"+pass))) {
+	for _, secret := range append(tokens, pass, testSecret, base64.StdEncoding.EncodeToString([]byte("\x00"+testAccount+"\x00"+pass)),
+		base64.StdEncoding.EncodeToString([]byte(pass))) {
 		if strings.Contains(logs, secret) {
 			t.Fatalf("secret %q found in the log", secret)
 		}

@@ -1,8 +1,10 @@
 // Package pop3 is the I/O-free POP3 state machine for the client side of the
 // proxy before login (RFC 1939, RFC 2449 CAPA and PIPELINING, RFC 5034 AUTH):
-// USER/PASS and AUTH PLAIN become a login request, everything else that is
-// valid before login is answered locally. It also rewrites the upstream's
-// CAPA list.
+// USER/PASS, AUTH PLAIN and AUTH LOGIN become a login request, everything
+// else that is valid before login is answered locally. It also rewrites the
+// upstream's CAPA list. AUTH LOGIN is taken but not offered: CAPA says
+// "SASL PLAIN", as emailproxy.py's does, and some clients send LOGIN
+// without looking.
 package pop3
 
 import (
@@ -28,6 +30,8 @@ type state int
 const (
 	stAuthorization state = iota
 	stSASL                // waiting for the AUTH PLAIN response line
+	stLoginUser           // AUTH LOGIN: waiting for the base64 user name
+	stLoginPass           // AUTH LOGIN: waiting for the base64 password
 	stPending             // a login is in progress
 	stClosed
 )
@@ -116,7 +120,8 @@ func (m *Machine) step(in []byte) (int, protocol.Action) {
 		m.st = stAuthorization
 		return n, m.err("Line too long")
 	}
-	if m.st == stSASL {
+	switch m.st {
+	case stSASL:
 		m.st = stAuthorization
 		creds, err := sasl.DecodePlain(line)
 		if err == sasl.ErrCancelled {
@@ -125,8 +130,44 @@ func (m *Machine) step(in []byte) (int, protocol.Action) {
 			return n, m.err("Invalid SASL PLAIN response")
 		}
 		return n, m.startLogin(creds)
+	case stLoginUser:
+		m.st = stAuthorization
+		return n, m.loginUser(line)
+	case stLoginPass:
+		m.st = stAuthorization
+		pass, err := sasl.DecodeBase64(line)
+		if act, bad := m.loginError(err); bad {
+			return n, act
+		}
+		// One allocation holds both credentials, as for USER/PASS.
+		both := string(m.user) + string(pass)
+		u := len(m.user)
+		m.user = m.user[:0]
+		return n, m.startLogin(sasl.Credentials{Username: both[:u], Password: both[u:]})
 	}
 	return n, m.command(line)
+}
+
+// loginUser takes AUTH LOGIN's base64 user name and asks for the password.
+func (m *Machine) loginUser(b64 []byte) protocol.Action {
+	user, err := sasl.DecodeBase64(b64)
+	if act, bad := m.loginError(err); bad {
+		return act
+	}
+	m.user, m.haveUser = append(m.user[:0], user...), false
+	m.st = stLoginPass
+	m.out = append(m.out, "+ UGFzc3dvcmQ6\r\n"...) // "Password:"
+	return protocol.Action{Kind: protocol.Reply, Out: m.out}
+}
+
+func (m *Machine) loginError(err error) (protocol.Action, bool) {
+	switch err {
+	case nil:
+		return protocol.Action{}, false
+	case sasl.ErrCancelled:
+		return m.err("Authentication cancelled"), true
+	}
+	return m.err("Invalid SASL LOGIN response"), true
 }
 
 func (m *Machine) command(line []byte) protocol.Action {
@@ -176,6 +217,14 @@ func (m *Machine) auth(arg []byte) protocol.Action {
 		return protocol.Action{Kind: protocol.Reply, Out: m.out}
 	}
 	mech, ir := textline.Word(arg)
+	if textline.EqualFold(mech, "LOGIN") {
+		if ir == nil {
+			m.st = stLoginUser
+			m.out = append(m.out, "+ VXNlcm5hbWU6\r\n"...) // "Username:"
+			return protocol.Action{Kind: protocol.Reply, Out: m.out}
+		}
+		return m.loginUser(ir)
+	}
 	if !textline.EqualFold(mech, "PLAIN") {
 		return m.err("Unsupported SASL mechanism (use PLAIN)")
 	}
@@ -293,4 +342,6 @@ func ProxyGreeting(greeting []byte) []byte {
 
 // Confidential reports whether the next input is a SASL response (it
 // holds credentials): a trace must not show it.
-func (m *Machine) Confidential() bool { return m.st == stSASL }
+func (m *Machine) Confidential() bool {
+	return m.st == stSASL || m.st == stLoginUser || m.st == stLoginPass
+}

@@ -33,6 +33,10 @@ func TestLogins(t *testing.T) {
 		{"auth plain with IR", "AUTH PLAIN AHVAeABwYXNz\r\n", "", "u@x", "pass"},
 		{"auth plain two steps", "AUTH PLAIN\r\nAHVAeABwYXNz\r\n", "+ \r\n", "u@x", "pass"},
 		{"after capa and bare auth", "CAPA\r\nAUTH\r\nUSER u@x\r\nPASS p\r\n", string(testCapa) + "+OK Supported mechanisms follow\r\nPLAIN\r\n.\r\n+OK Send your password\r\n", "u@x", "p"},
+		// AUTH LOGIN is taken though CAPA offers PLAIN only.
+		{"auth login three steps", "AUTH LOGIN\r\ndUB4\r\ncGFzcyB3b3Jk\r\n", "+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n", "u@x", "pass word"},
+		{"auth login with IR", "auth login dUB4\r\ncGFzcw==\r\n", "+ UGFzc3dvcmQ6\r\n", "u@x", "pass"},
+		{"auth login after a USER", "USER other\r\nAUTH LOGIN dUB4\r\ncGFzcw\r\n", "+OK Send your password\r\n+ UGFzc3dvcmQ6\r\n", "u@x", "pass"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -58,7 +62,11 @@ func TestPreLoginAnswers(t *testing.T) {
 		{"stls", "STLS\r\n", "-ERR STLS is not available\r\n", protocol.NeedMore},
 		{"apop", "APOP u 0123\r\n", "-ERR APOP is not supported: use USER/PASS or AUTH PLAIN\r\n", protocol.NeedMore},
 		{"stat before login", "STAT\r\n", "-ERR Unknown command or command not valid before login\r\n", protocol.NeedMore},
-		{"auth other mechanism", "AUTH LOGIN\r\n", "-ERR Unsupported SASL mechanism (use PLAIN)\r\n", protocol.NeedMore},
+		{"auth other mechanism", "AUTH CRAM-MD5\r\n", "-ERR Unsupported SASL mechanism (use PLAIN)\r\n", protocol.NeedMore},
+		{"auth login cancelled at the user", "AUTH LOGIN\r\n*\r\n", "+ VXNlcm5hbWU6\r\n-ERR Authentication cancelled\r\n", protocol.NeedMore},
+		{"auth login cancelled at the password", "AUTH LOGIN dUB4\r\n*\r\n", "+ UGFzc3dvcmQ6\r\n-ERR Authentication cancelled\r\n", protocol.NeedMore},
+		{"auth login malformed", "AUTH LOGIN ###\r\n", "-ERR Invalid SASL LOGIN response\r\n", protocol.NeedMore},
+		{"auth login then PASS", "AUTH LOGIN dUB4\r\n!!\r\nPASS p\r\n", "+ UGFzc3dvcmQ6\r\n-ERR Invalid SASL LOGIN response\r\n-ERR Send USER first\r\n", protocol.NeedMore},
 		{"auth cancel", "AUTH PLAIN\r\n*\r\n", "+ \r\n-ERR Authentication cancelled\r\n", protocol.NeedMore},
 		{"auth malformed", "AUTH PLAIN ###\r\n", "-ERR Invalid SASL PLAIN response\r\n", protocol.NeedMore},
 		{"auth malformed second step", "AUTH PLAIN\r\nAAAA\r\n", "+ \r\n-ERR Invalid SASL PLAIN response\r\n", protocol.NeedMore},
@@ -91,6 +99,24 @@ func TestPipelinedLogin(t *testing.T) {
 	}
 	if got := string(m.LoginFailed("later", true)); got != "-ERR [SYS/TEMP] later\r\n" {
 		t.Fatalf("temporary failure %q", got)
+	}
+}
+
+// What the client sends while a SASL exchange waits for it holds
+// credentials: the trace must not show it.
+func TestConfidential(t *testing.T) {
+	for _, tc := range []struct {
+		input string
+		want  bool
+	}{
+		{"", false}, {"USER u\r\n", false}, {"AUTH PLAIN\r\n", true},
+		{"AUTH LOGIN\r\n", true}, {"AUTH LOGIN dUB4\r\n", true}, {"AUTH LOGIN\r\n*\r\n", false},
+	} {
+		m := New(testProf, TLS{}, DefaultLimits)
+		run(m, tc.input)
+		if got := m.Confidential(); got != tc.want {
+			t.Errorf("after %q: confidential %v, want %v", tc.input, got, tc.want)
+		}
 	}
 }
 
@@ -152,7 +178,7 @@ func TestCapaAndGreeting(t *testing.T) {
 }
 
 func FuzzMachine(f *testing.F) {
-	for _, s := range []string{"USER a\r\nPASS b\r\n", "AUTH PLAIN\r\nAGEAYg==\r\n", "CAPA\r\nAUTH\r\nQUIT\r\n", "AUTH PLAIN *\r\n"} {
+	for _, s := range []string{"USER a\r\nPASS b\r\n", "AUTH PLAIN\r\nAGEAYg==\r\n", "CAPA\r\nAUTH\r\nQUIT\r\n", "AUTH PLAIN *\r\n", "AUTH LOGIN\r\ndQ==\r\ncA==\r\n"} {
 		f.Add([]byte(s), uint8(2))
 	}
 	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
