@@ -81,14 +81,7 @@ func TestCapabilitiesAskedOnce(t *testing.T) {
 // capabilities (Exchange Online's does not): CAPABILITY once, SASL-IR
 // known on every connection.
 func TestIMAPCapabilitiesAskedOnce(t *testing.T) {
-	ca, err := mock.NewCA("test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Leaf()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, leaf := testCA(t)
 	var asked atomic.Int32
 	addr := serveTLS(t, &tls.Config{Certificates: []tls.Certificate{leaf}}, func(c *tls.Conn) {
 		c.SetDeadline(time.Now().Add(5 * time.Second))

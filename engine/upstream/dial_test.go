@@ -118,6 +118,21 @@ func TestDialerLearnsTheServersKeyExchange(t *testing.T) {
 	}
 }
 
+// testCA makes a throwaway CA and a server certificate it issued for
+// localhost and 127.0.0.1.
+func testCA(t *testing.T) (*mock.CA, tls.Certificate) {
+	t.Helper()
+	ca, err := mock.NewCA("upstream test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, leaf
+}
+
 func atoi(t *testing.T, s string) int {
 	n, err := strconv.Atoi(s)
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/emailproxy/emailproxy/bench/mock"
 	"github.com/emailproxy/emailproxy/config"
 )
 
@@ -24,14 +23,7 @@ import (
 // told is that the server did not answer, not that it could not be
 // reached.
 func TestOpenRedialsOnlyForADroppedWarmConnection(t *testing.T) {
-	ca, err := mock.NewCA("side test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Leaf()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, leaf := testCA(t)
 	// behaviour: what the server does with the next connection's login.
 	var behaviour atomic.Value
 	var conns atomic.Int32
