@@ -32,31 +32,12 @@ func TestDovecotSubmission(t *testing.T) {
 			if err := c.Auth(smtp.PlainAuth("", dovecotUser, "pw", "127.0.0.1")); err != nil {
 				t.Fatalf("auth: %v\n%s", err, px.logs.String())
 			}
-			send := func(body []byte, to ...string) {
-				t.Helper()
-				if err := c.Mail(dovecotUser); err != nil {
-					t.Fatal(err)
-				}
-				for _, rcpt := range to {
-					if err := c.Rcpt(rcpt); err != nil {
-						t.Fatal(err)
-					}
-				}
-				w, err := c.Data()
-				if err != nil {
-					t.Fatal(err)
-				}
-				w.Write(body)
-				if err := w.Close(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			send(msg, "someone@example.net")
+			smtpSend(t, c, dovecotUser, msg, "someone@example.net")
 			if err := c.Reset(); err != nil {
 				t.Fatal(err)
 			}
 			second := []byte("From: " + dovecotUser + "\r\nSubject: second\r\n\r\n.\r\n..\r\nend\r\n")
-			send(second, "a@example.net", "b@example.net")
+			smtpSend(t, c, dovecotUser, second, "a@example.net", "b@example.net")
 			if err := c.Quit(); err != nil {
 				t.Fatal(err)
 			}
@@ -205,3 +186,49 @@ func (s *sinkSession) Data(r io.Reader) error {
 
 func (s *sinkSession) Reset()        { s.msg = relayed{} }
 func (s *sinkSession) Logout() error { return nil }
+
+// SMTP session reuse against a real server: each port's first session
+// logs in to Dovecot, the next ones take the session its QUIT left, with
+// a DATA message holding command-like lines and a BDAT one; Dovecot
+// relays every message whole.
+func TestDovecotSubmissionSessionReuse(t *testing.T) {
+	dv, _ := startDovecotWithIdP(t)
+	px := startProxyFor(t, dv, Options{SMTPSessionReuse: time.Minute})
+	body := "From: " + dovecotUser + "\r\nSubject: reuse\r\n\r\nQUIT\r\nRSET\r\n.\r\n..\r\n"
+	for _, port := range []struct{ name, addr string }{{"starttls", px.smtpStartTLS}, {"implicit-tls", px.smtp465}} {
+		t.Run(port.name, func(t *testing.T) {
+			before, reuse := len(dv.relay.messages()), px.srv.linger.Snapshot()
+			for i := range 3 {
+				r := dialRaw(t, port.addr)
+				r.line()
+				r.send("EHLO c\r\nAUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+dovecotUser+"\x00pw")) + "\r\n")
+				r.until("235")
+				msg := fmt.Sprintf("%s%d\r\n", body, i)
+				r.send("MAIL FROM:<" + dovecotUser + ">\r\nRCPT TO:<r@example.net>\r\n")
+				if i == 1 {
+					r.send(fmt.Sprintf("BDAT %d LAST\r\n%sQUIT\r\n", len(msg), msg))
+				} else {
+					r.send("DATA\r\n")
+					r.until("354")
+					r.send(strings.ReplaceAll(msg, "\r\n.", "\r\n..") + ".\r\nQUIT\r\n")
+				}
+				if l := r.until("221"); !strings.HasPrefix(l[len(l)-2], "250") {
+					t.Fatalf("session %d: %q", i, l)
+				}
+				waitFor(t, "the session to be kept", func() bool { return px.srv.linger.Snapshot().Parked == reuse.Parked+i+1 })
+			}
+			if got := px.srv.linger.Snapshot().Reused - reuse.Reused; got != 2 {
+				t.Fatalf("%d sessions reused, want 2", got)
+			}
+			got := dv.relay.messages()[before:]
+			if len(got) != 3 {
+				t.Fatalf("Dovecot relayed %d messages, want 3", len(got))
+			}
+			for i, m := range got {
+				if !bytes.HasSuffix(m.data, []byte(fmt.Sprintf("%s%d\r\n", body, i))) {
+					t.Fatalf("message %d relayed as %q", i, m.data)
+				}
+			}
+		})
+	}
+}

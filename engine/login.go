@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/emailproxy/emailproxy/auth"
-	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/upstream"
 	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/sasl"
@@ -72,8 +71,8 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 		return nil, auth.AsLoginError(err)
 	}
 	req := upstream.Request{Tag: tag, User: creds.Username, Token: grant.Token}
-	if l.srv.Protocol == config.IMAP {
-		req.ReuseKey = s.linger.Key(l.srv.Section, creds.Username, creds.Password)
+	if l.up.Linger != nil {
+		req.ReuseKey = l.up.Linger.Key(l.srv.Section, creds.Username, creds.Password)
 	}
 	sess, err := l.up.Open(ctx, req)
 	var refused *upstream.RefusedError

@@ -74,6 +74,10 @@ type Options struct {
 	// client's LOGOUT for the next login of the same account and password
 	// (default 0: off).
 	IMAPSessionReuse time.Duration
+	// SMTPSessionReuse keeps an SMTP upstream session this long after its
+	// client's QUIT for the next login of the same account and password
+	// (default 0: off).
+	SMTPSessionReuse time.Duration
 	IMAPLimits       imap.Limits // default imap.DefaultLimits
 	POPLimits        pop3.Limits // default pop3.DefaultLimits
 	SMTPLimits       smtp.Limits // default smtp.DefaultLimits

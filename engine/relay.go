@@ -229,8 +229,12 @@ func closeFD(fd int) { os.NewFile(uintptr(fd), "client").Close() }
 func (s *Server) startRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time) {
 	r := s.newRelay(client, res.up, res.proto, res.l)
 	r.user = res.user
-	if s.linger != nil && res.reuseKey != "" {
-		s.startReuseRelay(client, res, leftover, log, opened, r)
+	if res.reuseKey != "" {
+		if res.proto == config.SMTP {
+			s.startSMTPReuseRelay(client, res, leftover, log, opened, r)
+		} else {
+			s.startReuseRelay(client, res, leftover, log, opened, r)
+		}
 		return
 	}
 	s.wg.Add(1) // done by finish

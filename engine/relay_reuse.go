@@ -12,44 +12,191 @@ import (
 	"github.com/emailproxy/emailproxy/protocol/imap"
 )
 
-// resetTimeout bounds the wait for the answer to the proxy's UNSELECT.
-const resetTimeout = 10 * time.Second
+// resetTimeout bounds the wait for the answer to the proxy's UNSELECT
+// (IMAP) or RSET (SMTP).
+var resetTimeout = 10 * time.Second // a variable for tests
+
+// reuseBase is what the IMAP and SMTP relays of sessions that may be kept
+// share: the relay and its login, the bytes each way, the goodbye and the
+// reset that ends a session to be kept. The protocol's relay follows the
+// commands and answers; every direction's state lives on the heap, not on
+// a goroutine's stack, so that a quiet session parks as the plain relay's
+// do.
+type reuseBase struct {
+	r   *relay
+	res *loginResult
+	// answered: the client was answered and let go; what the server says
+	// after that is not relayed.
+	answered atomic.Bool
+
+	// The client's direction: the bytes sent upstream, the write error
+	// that ended it, and whether it sent the reset.
+	fromClient int64
+	clientErr  error
+	resetSent  bool
+	// The server's direction: its reader, the bytes relayed, the write
+	// error that ended it, and whether the session is to be kept.
+	upReader *chunkReader
+	fromUp   int64
+	upErr    error
+	keep     bool
+}
+
+// send copies p upstream.
+func (b *reuseBase) send(p []byte) bool {
+	w, err := b.r.toUp.Write(p)
+	b.fromClient += int64(w)
+	b.clientErr = err
+	return err == nil
+}
+
+// letGo answers the client's LOGOUT or QUIT and closes it, from the
+// client's direction, once every answer before it has been written.
+func (b *reuseBase) letGo(goodbye string) {
+	b.answered.Store(true)
+	// Not through toClient, which the server's direction owns.
+	b.r.client.SetWriteDeadline(time.Now().Add(time.Second))
+	b.r.client.Write([]byte(goodbye))
+	b.r.client.Close()
+}
+
+// sendReset sends the command that resets the session for its next
+// login. The server's direction, parked or not, must read its answer
+// within resetTimeout: it is woken, and neither direction parks again.
+func (b *reuseBase) sendReset(cmd string) bool {
+	up := b.res.up.TLS
+	limit := time.Now().Add(resetTimeout)
+	up.SetWriteDeadline(limit)
+	b.upReader.setHardDeadline(limit)
+	for _, d := range b.r.stopParking() {
+		d.resume()
+	}
+	_, err := up.Write([]byte(cmd))
+	return err == nil
+}
+
+// clientEnded ends the client's direction. A client that hangs up between
+// commands (idle) leaves a session as reusable as one that logs out, so
+// reset is sent. Unless a reset went out, no answer to it is coming: the
+// relay ends, once the server's answers to a client that only stopped
+// sending have been relayed (clientDone).
+func (b *reuseBase) clientEnded(readErr error, idle bool, reset func() bool) {
+	clientDone := errors.Is(readErr, io.EOF) && b.clientErr == nil
+	if clientDone && idle {
+		b.resetSent = reset()
+	}
+	switch {
+	case b.resetSent:
+	case clientDone:
+		b.r.clientDone()
+	default:
+		b.r.noteEnd(b.clientErr, "server") // ends the upstream direction's read
+	}
+}
+
+// writeToClient writes p unless the client has been let go.
+func (b *reuseBase) writeToClient(p []byte) bool {
+	if b.answered.Load() {
+		return true // the client has left
+	}
+	w, err := b.r.toClient.Write(p)
+	b.fromUp += int64(w)
+	b.upErr = err
+	return err == nil
+}
+
+// upStart writes the login's answer, then gives take what the server sent
+// right after it.
+func (b *reuseBase) upStart(take func([]byte) bool) bool {
+	if !b.writeToClient(b.res.reply) {
+		return false
+	}
+	if br := b.res.up.TakeReader(); br != nil && br.Buffered() > 0 {
+		first, _ := br.Peek(br.Buffered())
+		return take(first)
+	}
+	return true
+}
+
+// upEnded ends the client's side once the server's has stopped.
+func (b *reuseBase) upEnded(error) {
+	r := b.r
+	if r.bye.Load() {
+		r.sayBye()
+		b.keep = false
+	}
+	if errors.Is(b.upErr, errSendTimeout) {
+		r.endFor("send timeout: the client stopped reading")
+	}
+	r.closeClient()
+}
+
+// runReuseRelay starts the relay of a session that may be kept for ttl
+// once its client has left: fromClient and fromUp take each direction's
+// chunks (false: stop), clientEnded ends the client's direction.
+func (s *Server) runReuseRelay(b *reuseBase, client net.Conn, leftover []byte, log connLog, opened time.Time,
+	fromClient, fromUp func([]byte) bool, clientEnded func(error), ttl time.Duration) {
+	start := time.Now()
+	s.wg.Add(1) // done by finish
+	up, down := s.newRelayDir(b.r, client), s.newRelayDir(b.r, b.res.up.TLS)
+	up.start = func() bool { return len(leftover) == 0 || fromClient(leftover) }
+	up.take, up.end = fromClient, clientEnded
+	down.start = func() bool { return b.upStart(fromUp) }
+	down.take, down.end = fromUp, b.upEnded
+	b.upReader = down.cr
+	b.r.finish = func() {
+		kept := s.keepOrClose(b.r, b.res, b.keep, ttl)
+		s.endRelay(b.r, log, b.res.user, b.fromClient, b.fromUp, start, opened).Bool("kept_upstream", kept).Msg("connection closed")
+		s.wg.Done()
+	}
+	s.runRelay(b.r, up, down, b.res.up)
+}
+
+// keepOrClose ends a reusable session's relay: its upstream session is
+// kept for ttl if keep says it may be, else closed. It reports which.
+func (s *Server) keepOrClose(r *relay, res *loginResult, keep bool, ttl time.Duration) bool {
+	if keep {
+		if _, waiting := s.gates.Held(res.mailbox); waiting > 0 {
+			// Logins of this mailbox wait for a slot: closing gives the
+			// first one this session's slot now; keeping it would hold
+			// the slot until the session's linger ends.
+			keep = false
+		}
+	}
+	if keep {
+		res.up.TLS.SetDeadline(time.Time{})
+		s.linger.Park(res.up, res.reuseKey, res.mailbox, res.loginReply, ttl)
+	} else {
+		r.close()
+	}
+	return keep
+}
 
 // reuseRelay is the relay of an IMAP session that may be kept after its
 // client leaves. It is the plain relay plus a Stream on each direction
 // that finds command and response boundaries (literals skipped unread).
-// Each direction's state lives here, not on a goroutine's stack, so that
-// a quiet session parks as the plain relay's do.
 type reuseRelay struct {
-	s   *Server
-	r   *relay
-	res *loginResult
+	reuseBase
 	// logoutTag is set, before the UNSELECT goes out, to the client's
 	// LOGOUT tag ("" if the client just hung up).
 	logoutTag atomic.Pointer[string]
-	upReader  *chunkReader
 	// outstanding counts client commands whose tagged answer has not yet
 	// been written to the client. A LOGOUT with none outstanding is
 	// answered at once, and the reset goes on after the client has left.
 	outstanding atomic.Int64
-	answered    atomic.Bool // the LOGOUT was answered: drop what follows
 
-	// The client's direction (commands upstream): its scanner, whether
-	// every command so far leaves the session reusable, whether it is in
-	// IDLE, the bytes sent, the write error that ended it, and whether it
-	// sent the UNSELECT.
+	// The client's direction: its scanner, whether every command so far
+	// leaves the session reusable, and whether it is in IDLE.
 	cmds             imap.Stream
 	reusable, idling bool
-	fromClient       int64
-	clientErr        error
-	resetSent        bool
-	// The upstream's direction (answers to the client): its scanner, the
-	// bytes relayed, the write error that ended it, and whether it read
-	// the UNSELECT's answer, so that the session can be kept.
+	// The server's direction: its scanner.
 	answers imap.Stream
-	fromUp  int64
-	upErr   error
-	keep    bool
+}
+
+// startReuseRelay runs a reusable IMAP session's relay.
+func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time, r *relay) {
+	rr := &reuseRelay{reuseBase: reuseBase{r: r, res: res}, reusable: true}
+	s.runReuseRelay(&rr.reuseBase, client, leftover, log, opened, rr.fromClientChunk, rr.fromUpChunk, rr.clientEnded, s.opts.IMAPSessionReuse)
 }
 
 // fromClientChunk copies client commands upstream. At the client's
@@ -57,7 +204,6 @@ type reuseRelay struct {
 // direction, if every command so far leaves the session reusable; else
 // it forwards everything as the plain relay would. False: stop.
 func (rr *reuseRelay) fromClientChunk(chunk []byte) bool {
-	up := rr.r.toUp
 	st := &rr.cmds
 	lineStart, off := 0, 0
 	for off < len(chunk) {
@@ -71,18 +217,13 @@ func (rr *reuseRelay) fromClientChunk(chunk []byte) bool {
 		case rr.idling:
 			rr.idling = !bytes.EqualFold(tag, []byte("DONE"))
 		case bytes.EqualFold(name, []byte("LOGOUT")) && rr.reusable:
-			w, err := up.Write(chunk[:lineStart])
-			rr.fromClient += int64(w)
-			if err != nil {
-				rr.clientErr = err
+			if !rr.send(chunk[:lineStart]) {
 				return false
 			}
 			if lineStart == 0 && rr.outstanding.Load() == 0 {
 				// Everything the client asked for has been answered:
 				// say goodbye now, reset upstream afterwards.
-				rr.answered.Store(true)
-				rr.r.toClient.Write([]byte("* BYE emailproxy: logged out\r\n" + string(tag) + " OK LOGOUT completed\r\n"))
-				rr.r.client.Close()
+				rr.letGo("* BYE emailproxy: logged out\r\n" + string(tag) + " OK LOGOUT completed\r\n")
 				rr.resetSent = rr.reset("")
 				return false
 			}
@@ -95,68 +236,19 @@ func (rr *reuseRelay) fromClientChunk(chunk []byte) bool {
 		}
 		lineStart = off
 	}
-	w, err := up.Write(chunk)
-	rr.fromClient += int64(w)
-	rr.clientErr = err
-	return err == nil
+	return rr.send(chunk)
 }
 
-// clientEnded: a client that hangs up between commands leaves a session
-// as reusable as one that logs out. Unless the UNSELECT went out, no
-// answer to it is coming: the relay ends, once the server's answers to
-// a client that only stopped sending have been relayed (clientDone).
+// clientEnded: see reuseBase.clientEnded.
 func (rr *reuseRelay) clientEnded(readErr error) {
-	clientDone := errors.Is(readErr, io.EOF) && rr.clientErr == nil
-	if clientDone && rr.reusable && !rr.idling && rr.cmds.Idle() {
-		rr.resetSent = rr.reset("")
-	}
-	switch {
-	case rr.resetSent:
-	case clientDone:
-		rr.r.clientDone()
-	default:
-		rr.r.noteEnd(rr.clientErr, "server") // ends the upstream direction's read
-	}
+	rr.reuseBase.clientEnded(readErr, rr.reusable && !rr.idling && rr.cmds.Idle(), func() bool { return rr.reset("") })
 }
 
 // reset sends the UNSELECT and tells the upstream direction which tag to
-// answer. That direction, parked or not, must read the answer within
-// resetTimeout: it is woken, and neither direction parks again.
+// answer.
 func (rr *reuseRelay) reset(logoutTag string) bool {
-	up := rr.res.up.TLS
 	rr.logoutTag.Store(&logoutTag)
-	limit := time.Now().Add(resetTimeout)
-	up.SetWriteDeadline(limit)
-	rr.upReader.setHardDeadline(limit)
-	for _, d := range rr.r.stopParking() {
-		d.resume()
-	}
-	_, err := up.Write([]byte(upstream.ResetTag + " UNSELECT\r\n"))
-	return err == nil
-}
-
-// writeToClient writes b unless the client has been told goodbye.
-func (rr *reuseRelay) writeToClient(b []byte) bool {
-	if rr.answered.Load() {
-		return true // the client has left
-	}
-	w, err := rr.r.toClient.Write(b)
-	rr.fromUp += int64(w)
-	rr.upErr = err
-	return err == nil
-}
-
-// upStart writes the login's answer, then what the server sent right
-// after it.
-func (rr *reuseRelay) upStart() bool {
-	if !rr.writeToClient(rr.res.reply) {
-		return false
-	}
-	if br := rr.res.up.TakeReader(); br != nil && br.Buffered() > 0 {
-		first, _ := br.Peek(br.Buffered())
-		return rr.fromUpChunk(first)
-	}
-	return true
+	return rr.sendReset(upstream.ResetTag + " UNSELECT\r\n")
 }
 
 // fromUpChunk copies upstream responses to the client until the answer
@@ -194,49 +286,4 @@ func (rr *reuseRelay) fromUpChunk(chunk []byte) bool {
 	}
 	rr.outstanding.Add(-completed) // only once the answers are written
 	return true
-}
-
-// upEnded ends the client's side once the upstream's has stopped.
-func (rr *reuseRelay) upEnded(error) {
-	r := rr.r
-	if r.bye.Load() {
-		r.sayBye()
-		rr.keep = false
-	}
-	if errors.Is(rr.upErr, errSendTimeout) {
-		r.endFor("send timeout: the client stopped reading")
-	}
-	r.closeClient()
-}
-
-// startReuseRelay runs a reusable IMAP session's relay.
-func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time, r *relay) {
-	rr := &reuseRelay{s: s, r: r, res: res, reusable: true}
-	start := time.Now()
-	s.wg.Add(1) // done by finish
-	up, down := s.newRelayDir(r, client), s.newRelayDir(r, res.up.TLS)
-	up.start = func() bool { return len(leftover) == 0 || rr.fromClientChunk(leftover) }
-	up.take, up.end = rr.fromClientChunk, rr.clientEnded
-	down.start, down.take, down.end = rr.upStart, rr.fromUpChunk, rr.upEnded
-	rr.upReader = down.cr
-	r.finish = func() {
-		keep := rr.keep
-		if keep {
-			if _, waiting := s.gates.Held(res.mailbox); waiting > 0 {
-				// Logins of this mailbox wait for a slot: closing gives
-				// the first one this session's slot now; keeping it
-				// would hold the slot until the session's linger ends.
-				keep = false
-			}
-		}
-		if keep {
-			res.up.TLS.SetDeadline(time.Time{})
-			s.linger.Park(res.up, res.reuseKey, res.mailbox, res.loginReply)
-		} else {
-			r.close()
-		}
-		s.endRelay(r, log, res.user, rr.fromClient, rr.fromUp, start, opened).Bool("kept_upstream", keep).Msg("connection closed")
-		s.wg.Done()
-	}
-	s.runRelay(r, up, down, res.up)
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/panjf2000/gnet/v2"
 	"github.com/rs/zerolog"
@@ -61,7 +62,7 @@ type Server struct {
 	outBufs bytebufferpool.Pool
 
 	gates  *upstream.Gates
-	linger *upstream.Linger // nil: IMAP session reuse off
+	linger *upstream.Linger // nil: session reuse off for every protocol
 
 	relayMu sync.Mutex
 	relays  map[*relay]struct{}
@@ -154,10 +155,25 @@ func (s *Server) newListener(srv *config.Server) *listener {
 	dialer := upstream.NewDialer(srv, s.opts.RootCAs, s.opts.DialTimeout)
 	dialer.Trace = l.traceUpstream
 	learn := func(u *upstream.Conn) { l.learn(u) }
-	l.up = &upstream.Side{Srv: srv, Dialer: dialer, Gates: s.gates, Linger: s.linger, Learn: learn,
+	l.up = &upstream.Side{Srv: srv, Dialer: dialer, Gates: s.gates, Learn: learn,
 		POP3InitialResponse: s.opts.POP3InitialResponse,
 		Pool:                upstream.NewPool(s.life, dialer.Dial, learn, l.log, max(s.opts.WarmConnections, 0), s.opts.WarmMaxAge)}
+	if s.reuseFor(srv.Protocol) > 0 {
+		l.up.Linger = s.linger
+	}
 	return l
+}
+
+// reuseFor is how long a session of proto is kept after its client leaves
+// (0: not at all).
+func (s *Server) reuseFor(proto config.Protocol) time.Duration {
+	switch proto {
+	case config.IMAP:
+		return s.opts.IMAPSessionReuse
+	case config.SMTP:
+		return s.opts.SMTPSessionReuse
+	}
+	return 0
 }
 
 // listener is the section served on port now (nil: none).
@@ -186,8 +202,8 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 	life := upstream.Life{Ctx: s.ctx, WG: &s.wg}
 	s.gates = upstream.NewGates(max(opts.MailboxLimit, 0))
 	s.gates.Shared = opts.SharedMailboxes
-	if opts.IMAPSessionReuse > 0 {
-		s.linger = upstream.NewLinger(life, opts.IMAPSessionReuse)
+	if opts.IMAPSessionReuse > 0 || opts.SMTPSessionReuse > 0 {
+		s.linger = upstream.NewLinger(life)
 		s.gates.Evict = s.linger.Evict
 	}
 	s.life = life
@@ -211,7 +227,7 @@ func (s *Server) Start() error {
 		case err == nil:
 			s.waiter = w
 			if s.linger != nil {
-				s.linger.Waiter = w // kept IMAP sessions are watched the same way
+				s.linger.Waiter = w // kept sessions are watched the same way
 			}
 		case !errors.Is(err, errors.ErrUnsupported):
 			s.log.Warn().Err(err).Msg("idle sessions keep their goroutines: cannot watch their sockets")

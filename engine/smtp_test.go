@@ -62,6 +62,27 @@ func dialSMTPClient(t *testing.T, addr string) *smtp.Client {
 	return c
 }
 
+// smtpSend sends body from from to each of to in one transaction.
+func smtpSend(t *testing.T, c *smtp.Client, from string, body []byte, to ...string) {
+	t.Helper()
+	if err := c.Mail(from); err != nil {
+		t.Fatal(err)
+	}
+	for _, rcpt := range to {
+		if err := c.Rcpt(rcpt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(body)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestSMTPNetSMTPClient(t *testing.T) {
 	env := startEnv(t, envOptions{servers: smtpServers})
 	msg := bigMail(10 << 20)
@@ -77,20 +98,7 @@ func TestSMTPNetSMTPClient(t *testing.T) {
 			if err := c.Auth(smtp.PlainAuth("", testAccount, testPassword, "127.0.0.1")); err != nil {
 				t.Fatalf("auth: %v", err)
 			}
-			if err := c.Mail(testAccount); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Rcpt("someone@example.net"); err != nil {
-				t.Fatal(err)
-			}
-			w, err := c.Data()
-			if err != nil {
-				t.Fatal(err)
-			}
-			w.Write(msg)
-			if err := w.Close(); err != nil {
-				t.Fatal(err)
-			}
+			smtpSend(t, c, testAccount, msg, "someone@example.net")
 			if err := c.Quit(); err != nil {
 				t.Fatal(err)
 			}

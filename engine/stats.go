@@ -8,7 +8,7 @@ type Stats struct {
 	Relays   int                  // authenticated sessions being relayed
 	Parked   int                  // relay directions parked (no goroutine; see Options.ParkAfter)
 	Warm     map[string]WarmStats // by server section
-	Reuse    upstream.ReuseStats  // IMAP session reuse (zero when off)
+	Reuse    upstream.ReuseStats  // IMAP and SMTP session reuse (zero when off)
 }
 
 // WarmStats describes one section's warm pool and its TLS handshakes

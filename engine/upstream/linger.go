@@ -19,7 +19,9 @@ import (
 	"github.com/emailproxy/emailproxy/protocol/imap"
 )
 
-// IMAP session reuse (opt-in, Options.IMAPSessionReuse). A poller logs
+// Session reuse (opt-in: Options.IMAPSessionReuse, SMTPSessionReuse).
+//
+// IMAP. A poller logs
 // in, reads its mail and logs out, every minute, for ever; each login
 // costs the provider a TLS handshake and an OAuth check and costs the
 // poller several round trips. With reuse on, the proxy answers a
@@ -30,6 +32,13 @@ import (
 // leave no state behind (see reusableCommands) are kept, and only on
 // servers that have UNSELECT. POP3 sessions are never reused: a POP3
 // session locks the maildrop and commits deletions only at QUIT.
+//
+// SMTP. An app that sends each message on a connection of its own (a
+// scanner, a notifier) costs a TLS handshake, an EHLO and an OAuth check
+// per message. With reuse on, the proxy answers the client's QUIT itself,
+// sends RSET (no transaction survives) and keeps the session for the next
+// login of the same account, password and server section. A session whose
+// client used a command other than a transaction's is not kept.
 
 // reusableCommands leave no session state that UNSELECT would not reset.
 // Any other command (ENABLE, COMPRESS, NOTIFY, extensions) makes the
@@ -64,10 +73,10 @@ func IsReusable(name []byte) bool {
 // only for their own commands, so the proxy recognises its answer.
 const ResetTag = "EPXRESET"
 
-// Linger holds authenticated IMAP upstream sessions between logins.
+// Linger holds authenticated IMAP and SMTP upstream sessions between
+// logins.
 type Linger struct {
 	life Life
-	ttl  time.Duration
 	salt [32]byte // keys hold a salted hash of the password, never the password
 	// Waiter, if set before the first Park, watches kept sessions'
 	// sockets: a kept session then holds no goroutine. Without it each
@@ -79,7 +88,7 @@ type Linger struct {
 	stats ReuseStats
 }
 
-// ReuseStats count IMAP sessions kept after LOGOUT (Parked), handed to a
+// ReuseStats count sessions kept after LOGOUT or QUIT (Parked), handed to a
 // later login (Reused), timed out (Expired) and lost while kept (Dropped).
 type ReuseStats struct {
 	Parked, Reused, Expired, Dropped int
@@ -102,8 +111,8 @@ type lingering struct {
 	done   bool
 }
 
-func NewLinger(life Life, ttl time.Duration) *Linger {
-	ls := &Linger{life: life, ttl: ttl, byKey: map[string][]*lingering{}}
+func NewLinger(life Life) *Linger {
+	ls := &Linger{life: life, byKey: map[string][]*lingering{}}
 	if _, err := rand.Read(ls.salt[:]); err != nil {
 		panic(err) // crypto/rand does not fail on supported systems
 	}
@@ -122,8 +131,8 @@ func (ls *Linger) Key(section, user, password string) string {
 	return section + "\x00" + strings.ToLower(user) + "\x00" + hex.EncodeToString(h.Sum(nil))
 }
 
-// Park keeps u for the next login under key.
-func (ls *Linger) Park(u *Conn, key, mailbox string, reply []byte) {
+// Park keeps u for the next login under key, for at most ttl.
+func (ls *Linger) Park(u *Conn, key, mailbox string, reply []byte, ttl time.Duration) {
 	lg := &lingering{u: u, reply: reply, key: key, mailbox: mailbox, watched: make(chan struct{})}
 	ls.mu.Lock()
 	if ls.life.Ctx.Err() != nil {
@@ -133,7 +142,7 @@ func (ls *Linger) Park(u *Conn, key, mailbox string, reply []byte) {
 	}
 	ls.byKey[key] = append(ls.byKey[key], lg)
 	ls.stats.Parked++
-	lg.timer = time.AfterFunc(ls.ttl, func() {
+	lg.timer = time.AfterFunc(ttl, func() {
 		if ls.remove(lg) {
 			ls.count(func(st *ReuseStats) { st.Expired++ })
 			lg.unwatch(ls)
@@ -372,9 +381,15 @@ func Retag(reply []byte, tag string) []byte {
 	return append(out, "\r\n"...)
 }
 
-// CanReuse reports whether sessions on this upstream may be reused.
+// CanReuse reports whether sessions on this upstream may be reused: IMAP
+// ones only where UNSELECT resets them; SMTP ones always (RSET is in
+// every SMTP server); POP3 ones never.
 func CanReuse(srv *config.Server, u *Conn, reply []byte) bool {
-	if srv.Protocol != config.IMAP {
+	switch srv.Protocol {
+	case config.SMTP:
+		return true
+	case config.IMAP:
+	default:
 		return false
 	}
 	return imap.HasCapability(u.Caps, "UNSELECT") || imap.HasCapability(u.Caps, "IMAP4rev2") ||

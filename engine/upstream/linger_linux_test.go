@@ -21,15 +21,16 @@ import (
 // sessions: the proxy's end of a real TLS connection whose server end
 // the test holds.
 type keptRig struct {
-	ls *Linger
-	w  *readwait.Waiter
+	ls  *Linger
+	w   *readwait.Waiter
+	ttl time.Duration
 }
 
 func newKeptRig(t *testing.T, withWaiter bool, ttl time.Duration) *keptRig {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	wg := &sync.WaitGroup{}
-	rig := &keptRig{ls: NewLinger(Life{Ctx: ctx, WG: wg}, ttl)}
+	rig := &keptRig{ls: NewLinger(Life{Ctx: ctx, WG: wg}), ttl: ttl}
 	if withWaiter {
 		w, err := readwait.New()
 		if err != nil {
@@ -50,7 +51,7 @@ func newKeptRig(t *testing.T, withWaiter bool, ttl time.Duration) *keptRig {
 func (k *keptRig) keep(t *testing.T, key string) *tls.Conn {
 	t.Helper()
 	srv, cl := loopback.TLSPair(t, RecordReader)
-	k.ls.Park(&Conn{TLS: cl}, key, "box", []byte("L OK done\r\n"))
+	k.ls.Park(&Conn{TLS: cl}, key, "box", []byte("L OK done\r\n"), k.ttl)
 	return srv
 }
 

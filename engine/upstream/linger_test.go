@@ -3,12 +3,11 @@ package upstream
 import (
 	"strings"
 	"testing"
-	"time"
 )
 
 // The store's keys separate accounts, passwords and server sections.
 func TestLingerKeysSeparateAccountsAndPasswords(t *testing.T) {
-	ls := NewLinger(Life{}, time.Second)
+	ls := NewLinger(Life{})
 	base := ls.Key("IMAP-1993", "a@x", "pw")
 	for _, k := range []string{ls.Key("IMAP-1993", "a@x", "pw2"), ls.Key("IMAP-1993", "b@x", "pw"), ls.Key("IMAP-2993", "a@x", "pw")} {
 		if k == base {
@@ -21,7 +20,7 @@ func TestLingerKeysSeparateAccountsAndPasswords(t *testing.T) {
 	if strings.Contains(base, "pw") && !strings.Contains("IMAP-1993\x00a@x", "pw") {
 		t.Fatal("the key holds the password")
 	}
-	other := NewLinger(Life{}, time.Second)
+	other := NewLinger(Life{})
 	if other.Key("IMAP-1993", "a@x", "pw") == base {
 		t.Fatal("keys are not salted per process")
 	}

@@ -18,7 +18,7 @@ type Side struct {
 	Dialer *Dialer
 	Pool   *Pool   // warm connections (nil or empty: every login dials)
 	Gates  *Gates  // per-mailbox caps, shared by every section
-	Linger *Linger // kept IMAP sessions, shared; nil: reuse is off
+	Linger *Linger // kept sessions, shared; nil: reuse is off for this section
 	// Learn sees every freshly dialled connection (its greeting and
 	// capabilities, for what clients are shown).
 	Learn func(*Conn)
@@ -33,7 +33,7 @@ type Request struct {
 	User  string
 	Token string
 	// ReuseKey names the kept sessions this login may take, and under
-	// which its own session may be kept after LOGOUT ("": neither).
+	// which its own session may be kept after LOGOUT or QUIT ("": neither).
 	ReuseKey string
 }
 
@@ -44,7 +44,7 @@ type Session struct {
 	Reply      []byte // the answer to relay to the client
 	LoginReply []byte // the server's own login answer, to answer later logins that reuse the session
 	Mailbox    string // MailboxKey of the account on this server
-	ReuseKey   string // "" when the session may not be kept after LOGOUT
+	ReuseKey   string // "" when the session may not be kept after LOGOUT or QUIT
 	Reused     bool   // a kept session was taken
 }
 
@@ -64,7 +64,11 @@ func (f *Failure) Error() string { return f.Text }
 func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
 	sess := &Session{Mailbox: MailboxKey(s.Srv, req.User), ReuseKey: req.ReuseKey}
 	if lg := s.Linger.Take(req.ReuseKey); lg != nil {
-		if reply := Retag(lg.reply, req.Tag); reply != nil {
+		reply := lg.reply // SMTP's 235 line, as the server said it
+		if s.Srv.Protocol == config.IMAP {
+			reply = Retag(lg.reply, req.Tag)
+		}
+		if reply != nil {
 			sess.Conn, sess.Reply, sess.LoginReply, sess.Reused = lg.u, reply, lg.reply, true
 			return sess, nil
 		}

@@ -35,7 +35,7 @@ type flags struct {
 	pendingLimit                                int
 	frontEnd                                    string
 	warmConns, mailboxLimit                     int
-	warmMaxAge, imapReuse                       time.Duration
+	warmMaxAge, imapReuse, smtpReuse            time.Duration
 	statsAddr, metricsAddr                      string
 	pop3IR                                      bool
 }
@@ -75,6 +75,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.warmMaxAge, "warm-max-age", 40*time.Second, "replace a warm upstream connection this old (servers drop idle unauthenticated ones: Exchange after 60s)")
 	fs.IntVar(&f.mailboxLimit, "mailbox-limit", 16, "most concurrent upstream sessions per mailbox and server; logins over it wait in line (0: no limit)")
 	fs.DurationVar(&f.imapReuse, "imap-session-reuse", 0, "keep an IMAP upstream session this long after the client's LOGOUT, for the next login of the same account and password (0: off)")
+	fs.DurationVar(&f.smtpReuse, "smtp-session-reuse", 0, "keep an SMTP upstream session this long after the client's QUIT, for the next login of the same account and password (0: off)")
 	fs.BoolVar(&f.pop3IR, "pop3-initial-response", false, "send POP3 AUTH XOAUTH2 with the response on the same line, saving a round trip per login (servers must accept RFC 5034 initial responses; Exchange Online documents the two-step form)")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics, and /healthz and /readyz (e.g. 127.0.0.1:9100; off by default)")
 	fs.StringVar(&f.statsAddr, "stats-addr", "", "serve runtime and proxy statistics as JSON on http://ADDR/debug/vars (e.g. 127.0.0.1:9090; off by default)")

@@ -136,7 +136,7 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	eopts.PendingLimit = fl.pendingLimit
 	eopts.RelayBuffer = fl.relayBuffer
 	eopts.WarmConnections, eopts.MailboxLimit = orNone(fl.warmConns), orNone(fl.mailboxLimit)
-	eopts.WarmMaxAge, eopts.IMAPSessionReuse = fl.warmMaxAge, fl.imapReuse
+	eopts.WarmMaxAge, eopts.IMAPSessionReuse, eopts.SMTPSessionReuse = fl.warmMaxAge, fl.imapReuse, fl.smtpReuse
 	eopts.POP3InitialResponse = fl.pop3IR
 	eopts.IMAPLimits.MaxLine, eopts.IMAPLimits.MaxLiteral, eopts.IMAPLimits.MaxErrors = fl.maxLine, fl.maxLine, fl.maxErrors
 	eopts.POPLimits.MaxLine, eopts.POPLimits.MaxErrors = fl.maxLine, fl.maxErrors
