@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
 // smtpReuseEnv is the mock provider and the proxy with SMTP session reuse
@@ -265,5 +266,44 @@ func TestSMTPSessionReuseNeedsTheResetAnswered(t *testing.T) {
 				t.Fatalf("a session whose RSET got %q was kept: %+v", onReset, st)
 			}
 		})
+	}
+}
+
+// A kept SMTP session holds one of its mailbox's slots. A login that
+// cannot take it (here: through the other section to the same server)
+// and finds the mailbox at its cap closes it and gets the slot at once;
+// a login queued for the slot gets it at the next QUIT, whose session is
+// then not kept.
+func TestSMTPKeptSessionGivesWayAtTheMailboxCap(t *testing.T) {
+	env := startEnv(t, envOptions{servers: smtpServers[:2],
+		engine: Options{SMTPSessionReuse: time.Minute, MailboxLimit: 1, LoginTimeout: 20 * time.Second}})
+	const pw = "pw-cap"
+	a, ok := smtpRawLogin(t, env.addrs["smtp465"], pw)
+	if !strings.HasPrefix(ok, "235") {
+		t.Fatalf("first login: %q", ok)
+	}
+	a.send("QUIT\r\n")
+	a.until("221")
+	waitFor(t, "the session to be kept", func() bool { return env.srv.linger.Snapshot().Parked == 1 })
+	logins := env.up.Logins()
+	b, ok := smtpRawLogin(t, env.addrs["smtp587"], pw)
+	if !strings.HasPrefix(ok, "235") || env.up.Logins() != logins+1 {
+		t.Fatalf("login through the other section: %q, %d fresh upstream logins", ok, env.up.Logins()-logins)
+	}
+	if env.srv.linger.Snapshot().Reused != 0 {
+		t.Fatal("a kept session was taken through another section")
+	}
+	c := dialRaw(t, env.addrs["smtp587"])
+	c.line()
+	c.send("EHLO c\r\nAUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+testAccount+"\x00"+pw)) + "\r\n")
+	key := upstream.MailboxKey(env.listenerFor(env.addrs["smtp587"]).srv, testAccount)
+	waitFor(t, "the next login to queue", func() bool { _, waiting := env.srv.gates.Held(key); return waiting == 1 })
+	b.send("QUIT\r\n")
+	b.until("221")
+	if l := c.until("235"); !strings.HasPrefix(l[len(l)-1], "235") {
+		t.Fatalf("queued login: %q", l)
+	}
+	if st := env.srv.linger.Snapshot(); st.Parked != 1 || st.Reused != 0 {
+		t.Fatalf("a session was kept while a login waited: %+v", st)
 	}
 }
