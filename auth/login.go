@@ -8,13 +8,18 @@ import (
 	"time"
 
 	"github.com/emailproxy/emailproxy/config"
+	"golang.org/x/oauth2"
 )
 
 // Grant is a login's go-ahead: the token to present upstream, and what
 // the upstream's verdict on it means for the account (Accepted or
 // Refused, called once).
 type Grant struct {
-	Token    string
+	Token string
+	// Expiry is when Token expires (zero: not known). A session
+	// authenticated with it is not reused past it (see engine's session
+	// reuse), as a client logging in itself would need a fresh token.
+	Expiry   time.Time
 	p        *Provider
 	user     string
 	password string
@@ -32,7 +37,7 @@ func (p *Provider) Login(ctx context.Context, user, password, client string) (*G
 	if err != nil {
 		return nil, err
 	}
-	return &Grant{Token: tok, p: p, user: user, password: password, claimed: claimed}, nil
+	return &Grant{Token: tok.AccessToken, Expiry: tok.Expiry, p: p, user: user, password: password, claimed: claimed}, nil
 }
 
 // Accepted records that the upstream accepted the token. The first
@@ -78,12 +83,15 @@ func (g *Grant) Refused(serverReply string) *LoginError {
 // authorize is Login's work: the token, or why not.
 func (p *Provider) authorize(ctx context.Context, user, password, client string) (string, error) {
 	tok, _, err := p.authorizeClaim(ctx, user, password, client)
-	return tok, err
+	if err != nil {
+		return "", err
+	}
+	return tok.AccessToken, nil
 }
 
 // authorizeClaim is authorize, also reporting whether the login shares
 // this proxy's claim on the account's key (released here if it fails).
-func (p *Provider) authorizeClaim(ctx context.Context, user, password, client string) (tok string, claimed bool, err error) {
+func (p *Provider) authorizeClaim(ctx context.Context, user, password, client string) (tok *oauth2.Token, claimed bool, err error) {
 	tok, a, claimed, err := p.authorizeAccount(ctx, user, password, client)
 	if err != nil && claimed {
 		p.releaseClaim(a)
@@ -92,17 +100,17 @@ func (p *Provider) authorizeClaim(ctx context.Context, user, password, client st
 	return tok, claimed, err
 }
 
-func (p *Provider) authorizeAccount(ctx context.Context, user, password, client string) (tok string, a *account, claimed bool, err error) {
+func (p *Provider) authorizeAccount(ctx context.Context, user, password, client string) (tok *oauth2.Token, a *account, claimed bool, err error) {
 	if password == "" {
-		return "", nil, false, loginErr(false, nil, "login failed - no password provided for account %s", user)
+		return nil, nil, false, loginErr(false, nil, "login failed - no password provided for account %s", user)
 	}
 	now := time.Now()
 	if wait, addressWide := p.limit.blocked(user, client, now); wait > 0 {
 		retry := wait.Round(time.Second) + time.Second
 		if addressWide {
-			return "", nil, false, loginErr(true, ErrLockedOut, "login failed - too many failed logins from this address; try again in %s", retry)
+			return nil, nil, false, loginErr(true, ErrLockedOut, "login failed - too many failed logins from this address; try again in %s", retry)
 		}
-		return "", nil, false, loginErr(true, ErrLockedOut, "login failed - too many wrong passwords for account %s from this address; try again in %s", user, retry)
+		return nil, nil, false, loginErr(true, ErrLockedOut, "login failed - too many wrong passwords for account %s from this address; try again in %s", user, retry)
 	}
 	a, lerr := p.account(user)
 	if lerr != nil && errors.Is(lerr, config.ErrNoAccount) {
@@ -110,30 +118,30 @@ func (p *Provider) authorizeAccount(ctx context.Context, user, password, client 
 		// be enumerated; the hint is for the operator only.
 		p.limit.fail(user, client, now)
 		p.log.Warn().Str("account", user).Str("client", client).Msg(lerr.Message)
-		return "", nil, false, loginErr(false, ErrUnknownAccount, "%s", p.badPasswordFor(user).Message)
+		return nil, nil, false, loginErr(false, ErrUnknownAccount, "%s", p.badPasswordFor(user).Message)
 	}
 	if lerr != nil {
-		return "", nil, false, lerr
+		return nil, nil, false, lerr
 	}
 	tok, claimed, err = p.authorizeUnlocked(ctx, a, user, password, client, now)
 	return tok, a, claimed, err
 }
 
 // authorizeUnlocked is authorizeAccount once the account is known.
-func (p *Provider) authorizeUnlocked(ctx context.Context, a *account, user, password, client string, now time.Time) (tok string, claimed bool, err error) {
+func (p *Provider) authorizeUnlocked(ctx context.Context, a *account, user, password, client string, now time.Time) (tok *oauth2.Token, claimed bool, err error) {
 	claimed, lerr := p.checkPassword(ctx, a, password)
 	if lerr != nil {
 		if errors.Is(lerr, ErrBadPassword) {
 			p.limit.fail(user, client, now)
 			p.log.Warn().Str("account", user).Str("client", client).Msg("wrong password")
 		}
-		return "", claimed, lerr
+		return nil, claimed, lerr
 	}
 	p.limit.succeed(user, client, now)
 	a.mu.Lock()
 	if t := a.tok; t != nil && time.Until(t.Expiry) > a.usableLeft() {
 		a.mu.Unlock()
-		return t.AccessToken, claimed, nil
+		return t, claimed, nil
 	}
 	if a.flow == "password" {
 		a.loginPassword = password
@@ -147,14 +155,14 @@ func (p *Provider) authorizeUnlocked(ctx context.Context, a *account, user, pass
 		if a.lastErr != nil && time.Now().Before(a.retryAt) {
 			err := a.lastErr
 			a.mu.Unlock()
-			return "", claimed, err
+			return nil, claimed, err
 		}
 		if !p.canFetchLocked(a) {
 			a.mu.Unlock()
 			if !a.unattended() && p.opts.Interactive != nil {
-				return "", claimed, p.startInteractive(a, password)
+				return nil, claimed, p.startInteractive(a, password)
 			}
-			return "", claimed, p.cannotFetch(a)
+			return nil, claimed, p.cannotFetch(a)
 		}
 		call = p.startFetchLocked(a)
 	}
@@ -162,11 +170,11 @@ func (p *Provider) authorizeUnlocked(ctx context.Context, a *account, user, pass
 	select {
 	case <-call.done:
 		if call.err != nil {
-			return "", claimed, call.err
+			return nil, claimed, call.err
 		}
-		return call.tok.AccessToken, claimed, nil
+		return call.tok, claimed, nil
 	case <-ctx.Done():
-		return "", claimed, loginErr(true, ctx.Err(), "timed out waiting for an OAuth 2.0 token for account %s", user)
+		return nil, claimed, loginErr(true, ctx.Err(), "timed out waiting for an OAuth 2.0 token for account %s", user)
 	}
 }
 

@@ -70,7 +70,8 @@ type envOptions struct {
 	mailboxCap  int           // the mock refuses sessions of a mailbox beyond this many
 	quitDelay   time.Duration // the mock's POP3 sessions end this long after their QUIT is answered
 	preAuthTO   time.Duration
-	store       auth.Store // the token cache (default: in memory)
+	tokenLife   time.Duration // the mock's token lifetime (0: an hour)
+	store       auth.Store    // the token cache (default: in memory)
 	// servers are extra server sections, by name; each gets a free local
 	// port, reachable as env.addrs[name].
 	servers []serverSpec
@@ -118,7 +119,7 @@ func startEnv(t *testing.T, o envOptions) *proxyEnv {
 	if o.mailboxes == nil {
 		o.mailboxes = map[string][]mock.Message{testAccount: {{UID: "u1", Body: []byte("Subject: hi\r\n\r\nhello\r\n")}}}
 	}
-	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca, SMTPOAuthBearerOnly: o.oauthBearer, MailboxLimit: o.mailboxCap, PreAuthTimeout: o.preAuthTO, QuitCloseDelay: o.quitDelay})
+	up, err := mock.Start(mock.Options{ClientID: testClientID, ClientSecret: testSecret, Scope: testScope, Mailboxes: o.mailboxes, CA: o.ca, SMTPOAuthBearerOnly: o.oauthBearer, MailboxLimit: o.mailboxCap, PreAuthTimeout: o.preAuthTO, QuitCloseDelay: o.quitDelay, TokenLifetime: o.tokenLife})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -70,7 +70,7 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 	if err != nil {
 		return nil, auth.AsLoginError(err)
 	}
-	req := upstream.Request{Tag: tag, User: creds.Username, Token: grant.Token}
+	req := upstream.Request{Tag: tag, User: creds.Username, Token: grant.Token, TokenExpiry: grant.Expiry}
 	if l.up.Linger != nil {
 		req.ReuseKey = l.up.Linger.Key(l.srv.Section, creds.Username, creds.Password)
 	}
@@ -90,5 +90,5 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 		}
 	}
 	return &loginResult{l: l, proto: l.srv.Protocol, user: creds.Username, up: sess.Conn, reply: sess.Reply, loginReply: sess.LoginReply,
-		mailbox: sess.Mailbox, reuseKey: sess.ReuseKey, reused: sess.Reused}, nil
+		mailbox: sess.Mailbox, reuseKey: sess.ReuseKey, reused: sess.Reused, expiry: sess.Expiry}, nil
 }

@@ -163,9 +163,12 @@ func (s *Server) keepOrClose(r *relay, res *loginResult, keep bool, ttl time.Dur
 			keep = false
 		}
 	}
+	if keep && !res.expiry.IsZero() && !time.Now().Before(res.expiry) {
+		keep = false // its token has expired: the next login logs in afresh
+	}
 	if keep {
 		res.up.TLS.SetDeadline(time.Time{})
-		s.linger.Park(res.up, res.reuseKey, res.mailbox, res.loginReply, ttl)
+		s.linger.Park(res.up, res.reuseKey, res.mailbox, res.loginReply, ttl, res.expiry)
 	} else {
 		r.close()
 	}

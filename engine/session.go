@@ -65,10 +65,11 @@ type loginResult struct {
 	user  string
 	err   *auth.LoginError
 
-	mailbox    string // mailboxKey of the account on this upstream
-	reuseKey   string // non-empty: the session may be kept after LOGOUT
-	loginReply []byte // the upstream's original login answer (reply may be re-tagged)
-	reused     bool   // the login took a lingering session
+	mailbox    string    // mailboxKey of the account on this upstream
+	reuseKey   string    // non-empty: the session may be kept after LOGOUT or QUIT
+	loginReply []byte    // the upstream's original login answer (reply may be re-tagged)
+	reused     bool      // the login took a lingering session
+	expiry     time.Time // when the token the upstream session logged in with expires (zero: not known)
 }
 
 // session is one plaintext client connection on the gnet event loop.

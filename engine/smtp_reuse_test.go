@@ -307,3 +307,27 @@ func TestSMTPKeptSessionGivesWayAtTheMailboxCap(t *testing.T) {
 		t.Fatalf("a session was kept while a login waited: %+v", st)
 	}
 }
+
+// A kept session is not reused past the expiry of the token it logged in
+// with, however long --smtp-session-reuse would keep it: it is dropped
+// then, and the next login logs in afresh, with a fresh token, as a
+// client logging in itself would.
+func TestKeptSessionEndsWithItsToken(t *testing.T) {
+	env := startEnv(t, envOptions{servers: smtpServers[:1], tokenLife: 4 * time.Second,
+		engine: Options{SMTPSessionReuse: time.Hour}})
+	addr := env.addrs["smtp465"]
+	r, ok := smtpRawLogin(t, addr, "pw-exp")
+	if !strings.HasPrefix(ok, "235") {
+		t.Fatalf("login: %q", ok)
+	}
+	r.send("QUIT\r\n")
+	r.until("221")
+	waitFor(t, "the session to be kept", func() bool { return env.srv.linger.Snapshot().Parked == 1 })
+	// Kept for an hour, but its token lasts seconds: waitFor's 30 s are
+	// enough only if the token's expiry ends it.
+	waitFor(t, "the session to be dropped at its token's expiry", func() bool { return env.srv.linger.Snapshot().Expired == 1 })
+	logins := env.up.Logins()
+	if _, ok := smtpRawLogin(t, addr, "pw-exp"); !strings.HasPrefix(ok, "235") || env.up.Logins() != logins+1 {
+		t.Fatalf("next login: %q, %d fresh upstream logins", ok, env.up.Logins()-logins)
+	}
+}

@@ -59,6 +59,8 @@ type Options struct {
 	// it, like a server that tears a session down after its goodbye
 	// (0: none).
 	QuitCloseDelay time.Duration
+	// TokenLifetime is the token endpoint's expires_in (0: an hour).
+	TokenLifetime time.Duration
 }
 
 // Upstream is a running mock provider on 127.0.0.1: a token endpoint
@@ -126,6 +128,9 @@ func Start(opts Options) (*Upstream, error) {
 		conns:     map[net.Conn]struct{}{},
 		sessions:  map[string]int{},
 		peak:      map[string]int{},
+	}
+	if opts.TokenLifetime > 0 {
+		up.Authority.Lifetime = opts.TokenLifetime
 	}
 	for addr, msgs := range opts.Mailboxes {
 		up.mailboxes[addr] = append([]Message(nil), msgs...)

@@ -96,7 +96,8 @@ type ReuseStats struct {
 
 type lingering struct {
 	u       *Conn
-	reply   []byte // the upstream's login answer; its last line is tagged
+	reply   []byte    // the upstream's login answer; its last line is tagged
+	expiry  time.Time // when the token it logged in with expires (zero: not known)
 	key     string
 	mailbox string // MailboxKey, for eviction by the mailbox cap
 	timer   *time.Timer
@@ -131,9 +132,14 @@ func (ls *Linger) Key(section, user, password string) string {
 	return section + "\x00" + strings.ToLower(user) + "\x00" + hex.EncodeToString(h.Sum(nil))
 }
 
-// Park keeps u for the next login under key, for at most ttl.
-func (ls *Linger) Park(u *Conn, key, mailbox string, reply []byte, ttl time.Duration) {
-	lg := &lingering{u: u, reply: reply, key: key, mailbox: mailbox, watched: make(chan struct{})}
+// Park keeps u for the next login under key, for at most ttl, and not
+// past expiry (when the token it logged in with expires; zero: not
+// known): a login is not served by a session its token no longer covers.
+func (ls *Linger) Park(u *Conn, key, mailbox string, reply []byte, ttl time.Duration, expiry time.Time) {
+	if !expiry.IsZero() {
+		ttl = min(ttl, time.Until(expiry))
+	}
+	lg := &lingering{u: u, reply: reply, expiry: expiry, key: key, mailbox: mailbox, watched: make(chan struct{})}
 	ls.mu.Lock()
 	if ls.life.Ctx.Err() != nil {
 		ls.mu.Unlock()

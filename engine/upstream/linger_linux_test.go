@@ -51,7 +51,7 @@ func newKeptRig(t *testing.T, withWaiter bool, ttl time.Duration) *keptRig {
 func (k *keptRig) keep(t *testing.T, key string) *tls.Conn {
 	t.Helper()
 	srv, cl := loopback.TLSPair(t, RecordReader)
-	k.ls.Park(&Conn{TLS: cl}, key, "box", []byte("L OK done\r\n"), k.ttl)
+	k.ls.Park(&Conn{TLS: cl}, key, "box", []byte("L OK done\r\n"), k.ttl, time.Time{})
 	return srv
 }
 
@@ -136,5 +136,27 @@ func TestKeptSessionExpires(t *testing.T) {
 	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadAll(srv); err != nil {
 		t.Fatalf("the expired session was not closed: %v", err)
+	}
+}
+
+// A kept session is dropped when the token it logged in with expires,
+// even if its time to be kept runs longer; and Take hands the expiry on.
+func TestKeptSessionEndsWithItsToken(t *testing.T) {
+	k := newKeptRig(t, true, time.Hour)
+	srv, cl := loopback.TLSPair(t, RecordReader)
+	expiry := time.Now().Add(300 * time.Millisecond)
+	k.ls.Park(&Conn{TLS: cl}, "key", "box", []byte("L OK done\r\n"), k.ttl, expiry)
+	if lg := k.ls.Take("key"); lg == nil || !lg.expiry.Equal(expiry) {
+		t.Fatalf("taken: %+v", lg)
+	} else {
+		k.ls.Park(lg.u, "key", "box", lg.reply, k.ttl, lg.expiry)
+	}
+	waitUntil(t, "expired", func() bool { return k.ls.Snapshot().Expired == 1 })
+	if time.Now().Before(expiry) {
+		t.Fatal("dropped before its token expired")
+	}
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(srv); err != nil {
+		t.Fatalf("the session was not closed: %v", err)
 	}
 }

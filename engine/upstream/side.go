@@ -32,6 +32,8 @@ type Request struct {
 	Tag   string // the client's IMAP tag, used upstream so answers need no rewriting
 	User  string
 	Token string
+	// TokenExpiry is when Token expires (zero: not known).
+	TokenExpiry time.Time
 	// ReuseKey names the kept sessions this login may take, and under
 	// which its own session may be kept after LOGOUT or QUIT ("": neither).
 	ReuseKey string
@@ -46,6 +48,9 @@ type Session struct {
 	Mailbox    string // MailboxKey of the account on this server
 	ReuseKey   string // "" when the session may not be kept after LOGOUT or QUIT
 	Reused     bool   // a kept session was taken
+	// Expiry is when the token the session logged in with expires (zero:
+	// not known): a kept session is not reused past it.
+	Expiry time.Time
 }
 
 // Failure is a login the upstream side could not serve for a reason
@@ -62,14 +67,14 @@ func (f *Failure) Error() string { return f.Text }
 // a fresh dial once. A token the server refuses is a *RefusedError; any
 // other failure a *Failure.
 func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
-	sess := &Session{Mailbox: MailboxKey(s.Srv, req.User), ReuseKey: req.ReuseKey}
+	sess := &Session{Mailbox: MailboxKey(s.Srv, req.User), ReuseKey: req.ReuseKey, Expiry: req.TokenExpiry}
 	if lg := s.Linger.Take(req.ReuseKey); lg != nil {
 		reply := lg.reply // SMTP's 235 line, as the server said it
 		if s.Srv.Protocol == config.IMAP {
 			reply = Retag(lg.reply, req.Tag)
 		}
 		if reply != nil {
-			sess.Conn, sess.Reply, sess.LoginReply, sess.Reused = lg.u, reply, lg.reply, true
+			sess.Conn, sess.Reply, sess.LoginReply, sess.Reused, sess.Expiry = lg.u, reply, lg.reply, true, lg.expiry
 			return sess, nil
 		}
 		lg.u.Close()
