@@ -28,8 +28,9 @@ func TestDovecotPythonClients(t *testing.T) {
 		{FrontEndGnet, Options{FrontEnd: FrontEndGnet}},
 		{FrontEndGoroutines, Options{FrontEnd: FrontEndGoroutines}},
 		// The script's second IMAP login takes the session its first
-		// one's LOGOUT left.
-		{"imap-session-reuse", Options{IMAPSessionReuse: time.Minute}},
+		// one's LOGOUT left, and each second SMTP login the session its
+		// first one's QUIT left.
+		{"session-reuse", Options{IMAPSessionReuse: time.Minute, SMTPSessionReuse: time.Minute}},
 	} {
 		t.Run(run.name, func(t *testing.T) {
 			dv, _ := startDovecotWithIdP(t)
@@ -59,18 +60,22 @@ func TestDovecotPythonClients(t *testing.T) {
 			if !strings.Contains(logs, `"dir":"client->proxy"`) {
 				t.Fatal("no protocol trace in the log: the check above proves nothing")
 			}
-			if run.opts.IMAPSessionReuse > 0 && !strings.Contains(logs, `"reused":true`) {
-				t.Fatal("no IMAP login reused a kept session")
+			if reuse := run.opts.IMAPSessionReuse > 0; reuse {
+				// Two IMAP logins and four SMTP ones, each second one of
+				// a kind taking the session the first left.
+				if n := px.srv.linger.Snapshot().Reused; n != 3 {
+					t.Fatalf("%d logins reused a kept session, want 3", n)
+				}
 			}
 			relayed := dv.relay.messages()
-			if len(relayed) != 2 {
-				t.Fatalf("Dovecot relayed %d messages, want 2 (one per SMTP port)", len(relayed))
+			if len(relayed) != 4 {
+				t.Fatalf("Dovecot relayed %d messages, want 4 (two per SMTP port)", len(relayed))
 			}
-			for i, via := range []string{"starttls", "implicit-tls"} {
+			for i, subject := range []string{"starttls #1", "starttls #2", "implicit-tls #1", "implicit-tls #2"} {
 				m := relayed[i]
 				data := string(m.data)
 				if m.from != dovecotUser || len(m.to) != 1 || m.to[0] != "python@example.net" ||
-					!strings.Contains(data, "Subject: python via "+via+"\r\n") || !strings.Contains(data, "\r\n.leading dot\r\n") {
+					!strings.Contains(data, "Subject: python via "+subject+"\r\n") || !strings.Contains(data, "\r\n.leading dot\r\nQUIT\r\n") {
 					t.Fatalf("relayed message %d: from %q to %v\n%s", i+1, m.from, m.to, data)
 				}
 			}

@@ -40,6 +40,11 @@ type reuseBase struct {
 	fromUp   int64
 	upErr    error
 	keep     bool
+	// lastWord, if set (before the reset goes out), is the client's
+	// answer to write when the relay finishes: after the session is kept,
+	// so that a client that logs in again as soon as it has its answer
+	// finds the session there.
+	lastWord atomic.Pointer[string]
 }
 
 // send copies p upstream.
@@ -128,7 +133,9 @@ func (b *reuseBase) upEnded(error) {
 	if errors.Is(b.upErr, errSendTimeout) {
 		r.endFor("send timeout: the client stopped reading")
 	}
-	r.closeClient()
+	if b.lastWord.Load() == nil {
+		r.closeClient()
+	}
 }
 
 // runReuseRelay starts the relay of a session that may be kept for ttl
@@ -145,34 +152,37 @@ func (s *Server) runReuseRelay(b *reuseBase, client net.Conn, leftover []byte, l
 	down.take, down.end = fromUp, b.upEnded
 	b.upReader = down.cr
 	b.r.finish = func() {
-		kept := s.keepOrClose(b.r, b.res, b.keep, ttl)
+		kept := b.keep && s.mayKeep(b.res)
+		if kept {
+			b.res.up.TLS.SetDeadline(time.Time{})
+			s.linger.Park(b.res.up, b.res.reuseKey, b.res.mailbox, b.res.loginReply, ttl, b.res.expiry)
+		} else {
+			b.res.up.Close()
+		}
+		if word := b.lastWord.Load(); word != nil {
+			// The answer goes after the session is kept (or closed), and
+			// then the client (the server's direction left it open).
+			b.letGo(*word)
+		}
+		if !kept {
+			b.r.close()
+		}
 		s.endRelay(b.r, log, b.res.user, b.fromClient, b.fromUp, start, opened).Bool("kept_upstream", kept).Msg("connection closed")
 		s.wg.Done()
 	}
 	s.runRelay(b.r, up, down, b.res.up)
 }
 
-// keepOrClose ends a reusable session's relay: its upstream session is
-// kept for ttl if keep says it may be, else closed. It reports which.
-func (s *Server) keepOrClose(r *relay, res *loginResult, keep bool, ttl time.Duration) bool {
-	if keep {
-		if _, waiting := s.gates.Held(res.mailbox); waiting > 0 {
-			// Logins of this mailbox wait for a slot: closing gives the
-			// first one this session's slot now; keeping it would hold
-			// the slot until the session's linger ends.
-			keep = false
-		}
+// mayKeep reports whether a session its relay would keep may be: not
+// while logins of its mailbox wait for a slot (closing it gives the first
+// of them this session's slot now; keeping it would hold the slot until
+// its time runs out), nor once its token has expired (the next login logs
+// in afresh with the current token).
+func (s *Server) mayKeep(res *loginResult) bool {
+	if _, waiting := s.gates.Held(res.mailbox); waiting > 0 {
+		return false
 	}
-	if keep && !res.expiry.IsZero() && !time.Now().Before(res.expiry) {
-		keep = false // its token has expired: the next login logs in afresh
-	}
-	if keep {
-		res.up.TLS.SetDeadline(time.Time{})
-		s.linger.Park(res.up, res.reuseKey, res.mailbox, res.loginReply, ttl, res.expiry)
-	} else {
-		r.close()
-	}
-	return keep
+	return res.expiry.IsZero() || time.Now().Before(res.expiry)
 }
 
 // reuseRelay is the relay of an IMAP session that may be kept after its

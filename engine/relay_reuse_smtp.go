@@ -49,13 +49,10 @@ type smtpReuseRelay struct {
 
 	// Shared by the two directions: replies the commands sent so far are
 	// owed (expected), the number of the reply that answers the last
-	// DATA (dataAt) and its code once read (dataCode), replies relayed to
-	// the client (relayed), the number of the reply to the proxy's RSET
-	// (resetAt, 0: not sent), and whether the client waits for an answer
-	// to its QUIT.
-	expected, dataAt, relayed, resetAt atomic.Int64
-	dataCode                           atomic.Int32
-	answerQuit                         atomic.Bool
+	// DATA (dataAt) and its code once read (dataCode), and the number of
+	// the reply to the proxy's RSET (resetAt, 0: not sent).
+	expected, dataAt, resetAt atomic.Int64
+	dataCode                  atomic.Int32
 
 	// The client's direction: its stream, whether every command so far
 	// leaves the session reusable (once false, bytes are only copied),
@@ -131,16 +128,13 @@ func (sr *smtpReuseRelay) fromClientChunk(chunk []byte) bool {
 	return sr.send(chunk)
 }
 
-// quit sends what came before the client's QUIT, then RSET. A client with
-// every reply already written gets its 221 at once and is let go; else
-// the server's direction gives it after the RSET's reply.
+// quit sends what came before the client's QUIT, then RSET. The client
+// gets its 221 once the RSET's reply is in and the session kept: a client
+// that logs in again as soon as it has it (an app sending one message per
+// connection) finds the session waiting, instead of logging in afresh
+// while this one is still being reset.
 func (sr *smtpReuseRelay) quit(before []byte) bool {
 	if len(before) > 0 && !sr.send(before) {
-		return false
-	}
-	if len(before) == 0 && sr.relayed.Load() == sr.expected.Load() {
-		sr.letGo(smtpQuitReply)
-		sr.resetSent = sr.reset(false)
 		return false
 	}
 	sr.resetSent = sr.reset(true)
@@ -153,15 +147,19 @@ func (sr *smtpReuseRelay) clientEnded(readErr error) {
 }
 
 // reset sends RSET and tells the server's direction which reply answers
-// it, and whether to answer the client's QUIT then.
+// it; the client's QUIT, if it sent one, is answered when the relay
+// finishes, whatever the RSET got.
 func (sr *smtpReuseRelay) reset(answerQuit bool) bool {
-	sr.answerQuit.Store(answerQuit)
+	if answerQuit {
+		sr.lastWord.Store(ptr(smtpQuitReply))
+	}
 	sr.resetAt.Store(sr.expected.Add(1))
 	return sr.sendReset("RSET\r\n")
 }
 
 // fromUpChunk copies replies to the client until the reply to the proxy's
-// RSET, which it keeps: then it answers the QUIT and stops. False: stop.
+// RSET, which it keeps: then it stops, the session to be kept if the
+// reply says so. False: stop.
 func (sr *smtpReuseRelay) fromUpChunk(chunk []byte) bool {
 	lineStart, off, seen := 0, 0, sr.seen
 	for off < len(chunk) {
@@ -185,9 +183,6 @@ func (sr *smtpReuseRelay) fromUpChunk(chunk []byte) bool {
 			if !sr.writeToClient(chunk[:lineStart]) {
 				return false
 			}
-			if sr.answerQuit.Load() {
-				sr.writeToClient([]byte(smtpQuitReply))
-			}
 			// More after the reply, or a reply nobody asked for before
 			// it: do not trust the session.
 			sr.keep = code == 250 && off == len(chunk) && !sr.spoiled
@@ -199,11 +194,7 @@ func (sr *smtpReuseRelay) fromUpChunk(chunk []byte) bool {
 		lineStart = off
 	}
 	sr.seen = seen
-	if !sr.writeToClient(chunk) {
-		return false
-	}
-	sr.relayed.Store(seen) // only once the replies are written
-	return true
+	return sr.writeToClient(chunk)
 }
 
 // hasChunking reports whether the server's EHLO keywords offer BDAT.

@@ -100,21 +100,24 @@ check("POP3 dele", p.dele(1).startswith(b"+OK"), None)
 check("POP3 rset", p.rset().startswith(b"+OK"), None)
 check("POP3 quit", p.quit().startswith(b"+OK"), None)
 
-# SMTP: both kinds of upstream port; the test reads what Dovecot relayed.
+# SMTP: both kinds of upstream port, a message on each of two connections
+# (with session reuse on, the second takes the session the first's QUIT
+# left); the test reads what Dovecot relayed.
 for name, addr in (("starttls", smtp_starttls_addr), ("implicit-tls", smtp_tls_addr)):
-    s = smtplib.SMTP(*hostport(addr), timeout=30)
-    code, _ = s.ehlo("python.example")
-    check("SMTP %s EHLO" % name, code == 250 and "starttls" not in s.esmtp_features, s.esmtp_features)
-    if name == "starttls":  # smtplib tries PLAIN, then LOGIN: two wrong passwords
-        try:
-            s.login(user, "not the password")
-            raise SystemExit("SMTP: a wrong password logged in")
-        except smtplib.SMTPAuthenticationError as e:
-            check("SMTP wrong password refused", e.smtp_code == 535, e)
-    s.login(user, password)
-    msg = email.message.EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = user, "python@example.net", "python via " + name
-    msg.set_content(".leading dot\nna\u00efve\n")
-    check("SMTP %s send_message" % name, s.send_message(msg) == {}, None)
-    s.quit()
+    for round in (1, 2):
+        s = smtplib.SMTP(*hostport(addr), timeout=30)
+        code, _ = s.ehlo("python.example")
+        check("SMTP %s EHLO" % name, code == 250 and "starttls" not in s.esmtp_features, s.esmtp_features)
+        if name == "starttls" and round == 1:  # smtplib tries PLAIN, then LOGIN: two wrong passwords
+            try:
+                s.login(user, "not the password")
+                raise SystemExit("SMTP: a wrong password logged in")
+            except smtplib.SMTPAuthenticationError as e:
+                check("SMTP wrong password refused", e.smtp_code == 535, e)
+        s.login(user, password)
+        msg = email.message.EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = user, "python@example.net", "python via %s #%d" % (name, round)
+        msg.set_content(".leading dot\nQUIT\nna\u00efve\n")
+        check("SMTP %s send_message #%d" % (name, round), s.send_message(msg) == {}, None)
+        check("SMTP %s quit #%d" % (name, round), s.quit()[0] == 221, None)
 print("all checks passed")
