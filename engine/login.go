@@ -72,7 +72,7 @@ func (s *Server) login(ctx context.Context, l *listener, tag string, creds sasl.
 	}
 	req := upstream.Request{Tag: tag, User: creds.Username, Token: grant.Token, TokenExpiry: grant.Expiry}
 	if l.up.Linger != nil {
-		req.ReuseKey = l.up.Linger.Key(l.srv.Section, creds.Username, creds.Password)
+		req.ReuseKey = l.up.Linger.Key(l.reuseScope, creds.Username, creds.Password)
 	}
 	sess, err := l.up.Open(ctx, req)
 	var refused *upstream.RefusedError

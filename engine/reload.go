@@ -15,7 +15,9 @@ import (
 // relayed go on); an added section starts listening (on the goroutine
 // front end: a running gnet engine cannot take a new port); a removed
 // one stops (on gnet, where a port cannot be closed alone, newcomers are
-// turned away with a goodbye). On an error nothing changes.
+// turned away with a goodbye). Upstream sessions kept for reuse by a
+// changed or removed section are closed: a login never gets a session
+// made under another configuration. On an error nothing changes.
 func (s *Server) Reload(cfg *config.Config) error {
 	if len(cfg.Servers) == 0 {
 		return errors.New("the new configuration has no server sections; keeping the running one")
@@ -66,6 +68,11 @@ func (s *Server) Reload(cfg *config.Config) error {
 		}
 	}
 	s.lsn.Store(&next)
+	for port, ol := range old {
+		if ol.reuseScope != "" && (next[port] != ol || ol.removed.Load()) {
+			s.linger.CloseScope(ol.reuseScope) // kept for a configuration gone
+		}
+	}
 	for _, l := range added {
 		s.serveOnGoroutines(l, l.ln)
 		l.log.Info().Str("listen", l.srv.ListenAddr()).Msg("listening (added by a reload)")

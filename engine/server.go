@@ -77,7 +77,8 @@ type Server struct {
 	// detachedClient).
 	detached sync.Map
 
-	draining atomic.Bool // Drain has begun: new clients are turned away
+	draining  atomic.Bool  // Drain has begun: new clients are turned away
+	listeners atomic.Int64 // listeners made, for their reuse scopes
 }
 
 // listener is one server section's state shared by its connections.
@@ -88,6 +89,9 @@ type listener struct {
 	up  *upstream.Side
 	log zerolog.Logger
 	m   *telemetry.Server
+	// reuseScope names this configuration of the section in the keys of
+	// its kept sessions (unique per listener: see Linger.Key).
+	reuseScope string
 
 	// Connections of this section, for the metrics.
 	preLogin, sessions atomic.Int64
@@ -160,6 +164,7 @@ func (s *Server) newListener(srv *config.Server) *listener {
 		Pool:                upstream.NewPool(s.life, dialer.Dial, learn, l.log, max(s.opts.WarmConnections, 0), s.opts.WarmMaxAge)}
 	if s.reuseFor(srv.Protocol) > 0 {
 		l.up.Linger = s.linger
+		l.reuseScope = fmt.Sprintf("%s#%d", srv.Section, s.listeners.Add(1))
 	}
 	return l
 }

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +10,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
@@ -365,4 +368,44 @@ func TestMailboxCapIsPerProtocol(t *testing.T) {
 	r.send("L2 LOGOUT\r\n")
 	r.until("L2 ")
 	p.ok("QUIT")
+}
+
+// A reload that changes a section closes the sessions it kept: a login
+// after it gets a session made under the new configuration, never one
+// made under the old (another server, perhaps).
+func TestReloadClosesKeptSessionsOfAChangedSection(t *testing.T) {
+	env := startEnv(t, envOptions{engine: Options{IMAPSessionReuse: time.Minute}})
+	c, ok := imapLogin(t, env.imapAddr, testAccount, "pw-reload")
+	if !strings.HasPrefix(ok, "L1 OK") {
+		t.Fatalf("login: %q", ok)
+	}
+	c.send("Q1 LOGOUT\r\n")
+	c.until("Q1 ")
+	waitFor(t, "the session to be kept", func() bool { return env.srv.linger.Snapshot().Parked == 1 })
+	if now, _ := env.up.Sessions("imap", testAccount); now != 1 {
+		t.Fatalf("%d IMAP sessions upstream, want the kept one", now)
+	}
+	text, err := os.ReadFile(env.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := fmt.Sprintf("[IMAP-%d]\nserver_address = 127.0.0.1\n", portOfAddr(t, env.imapAddr))
+	changed := strings.Replace(string(text), section, strings.Replace(section, "127.0.0.1", "localhost", 1), 1)
+	if changed == string(text) {
+		t.Fatal("the section to change is not in the config")
+	}
+	os.WriteFile(env.cfg.Path, []byte(changed), 0o600)
+	cfg, err := config.Load(env.cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.srv.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the kept session to be closed", func() bool { now, _ := env.up.Sessions("imap", testAccount); return now == 0 })
+	logins := env.up.Logins()
+	if _, ok := imapLogin(t, env.imapAddr, testAccount, "pw-reload"); !strings.HasPrefix(ok, "L1 OK") ||
+		env.up.Logins() != logins+1 || env.srv.linger.Snapshot().Reused != 0 {
+		t.Fatalf("login after the reload: %q, %d fresh upstream logins, %+v", ok, env.up.Logins()-logins, env.srv.linger.Snapshot())
+	}
 }

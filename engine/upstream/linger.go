@@ -120,16 +120,17 @@ func NewLinger(life Life) *Linger {
 	return ls
 }
 
-// Key names the sessions one login may take: same server section, same
-// account, same password.
-func (ls *Linger) Key(section, user, password string) string {
+// Key names the sessions one login may take: same server section (scope:
+// one configuration of it, so that a reload that changes the section
+// leaves its kept sessions to nobody), same account, same password.
+func (ls *Linger) Key(scope, user, password string) string {
 	if ls == nil {
 		return ""
 	}
 	h := sha256.New()
 	h.Write(ls.salt[:])
 	h.Write([]byte(password))
-	return section + "\x00" + strings.ToLower(user) + "\x00" + hex.EncodeToString(h.Sum(nil))
+	return scope + "\x00" + strings.ToLower(user) + "\x00" + hex.EncodeToString(h.Sum(nil))
 }
 
 // Park keeps u for the next login under key, for at most ttl, and not
@@ -340,16 +341,27 @@ func (ls *Linger) Evict(mailbox string) bool {
 }
 
 // CloseAll ends every lingering session (the server is stopping).
-func (ls *Linger) CloseAll() {
+func (ls *Linger) CloseAll() { ls.closeWhere(func(string) bool { return true }) }
+
+// CloseScope ends the lingering sessions kept under scope (a reload
+// changed or removed their section).
+func (ls *Linger) CloseScope(scope string) {
+	ls.closeWhere(func(key string) bool { return strings.HasPrefix(key, scope+"\x00") })
+}
+
+// closeWhere ends the lingering sessions whose key matches.
+func (ls *Linger) closeWhere(match func(key string) bool) {
 	if ls == nil {
 		return
 	}
 	ls.mu.Lock()
 	var all []*lingering
-	for _, list := range ls.byKey {
-		all = append(all, list...)
+	for key, list := range ls.byKey {
+		if match(key) {
+			all = append(all, list...)
+			delete(ls.byKey, key)
+		}
 	}
-	ls.byKey = map[string][]*lingering{}
 	ls.mu.Unlock()
 	for _, lg := range all {
 		lg.timer.Stop()
