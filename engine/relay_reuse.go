@@ -55,8 +55,10 @@ func (b *reuseBase) send(p []byte) bool {
 	return err == nil
 }
 
-// letGo answers the client's LOGOUT or QUIT and closes it, from the
-// client's direction, once every answer before it has been written.
+// letGo answers the client's LOGOUT or QUIT and closes it, once every
+// answer before it has been written: from the client's direction (an
+// IMAP LOGOUT with nothing outstanding) or as the relay finishes
+// (lastWord).
 func (b *reuseBase) letGo(goodbye string) {
 	b.answered.Store(true)
 	// Not through toClient, which the server's direction owns.
