@@ -331,3 +331,32 @@ func TestKeptSessionEndsWithItsToken(t *testing.T) {
 		t.Fatalf("next login: %q, %d fresh upstream logins", ok, env.up.Logins()-logins)
 	}
 }
+
+// A client that pipelines commands and never reads their replies cannot
+// hold a reusable session (or its memory) for ever: the send timeout ends
+// it, the session is not kept, and its mailbox slot comes back.
+func TestSMTPReuseRelayNonReader(t *testing.T) {
+	env := startEnv(t, envOptions{servers: smtpServers[:1],
+		engine: Options{SMTPSessionReuse: time.Minute, SendTimeout: 300 * time.Millisecond}})
+	r, ok := smtpRawLogin(t, env.addrs["smtp465"], "pw-flood")
+	if !strings.HasPrefix(ok, "235") {
+		t.Fatalf("login: %q", ok)
+	}
+	flood := []byte(strings.Repeat("NOOP\r\n", 1<<16))
+	r.c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	var werr error
+	for sent := 0; werr == nil && sent < 256<<20; sent += len(flood) {
+		_, werr = r.c.Write(flood)
+	}
+	if werr == nil {
+		t.Fatal("256 MiB of commands went through without a reply read")
+	}
+	waitFor(t, "the session to end", func() bool { return env.srv.Stats().Relays == 0 })
+	if st := env.srv.linger.Snapshot(); st.Parked != 0 {
+		t.Fatalf("a non-reading client's session was kept: %+v", st)
+	}
+	key := upstream.MailboxKey(env.listenerFor(env.addrs["smtp465"]).srv, testAccount)
+	if held, _ := env.srv.gates.Held(key); held != 0 {
+		t.Fatalf("%d mailbox slots still held", held)
+	}
+}
