@@ -140,11 +140,12 @@ func (b *reuseBase) upEnded(error) {
 	}
 }
 
-// runReuseRelay starts the relay of a session that may be kept for ttl
-// once its client has left: fromClient and fromUp take each direction's
-// chunks (false: stop), clientEnded ends the client's direction.
+// runReuseRelay starts the relay of a session that may be kept once its
+// client has left (for its protocol's reuse time): fromClient and fromUp
+// take each direction's chunks (false: stop), clientEnded ends the
+// client's direction.
 func (s *Server) runReuseRelay(b *reuseBase, client net.Conn, leftover []byte, log connLog, opened time.Time,
-	fromClient, fromUp func([]byte) bool, clientEnded func(error), ttl time.Duration) {
+	fromClient, fromUp func([]byte) bool, clientEnded func(error)) {
 	start := time.Now()
 	s.wg.Add(1) // done by finish
 	up, down := s.newRelayDir(b.r, client), s.newRelayDir(b.r, b.res.up.TLS)
@@ -157,7 +158,7 @@ func (s *Server) runReuseRelay(b *reuseBase, client net.Conn, leftover []byte, l
 		kept := b.keep && s.mayKeep(b.res)
 		if kept {
 			b.res.up.TLS.SetDeadline(time.Time{})
-			s.linger.Park(b.res.up, b.res.reuseKey, b.res.mailbox, b.res.loginReply, ttl, b.res.expiry)
+			s.linger.Park(b.res.up, b.res.reuseKey, b.res.mailbox, b.res.loginReply, s.reuseFor(b.res.proto), b.res.expiry)
 		} else {
 			b.res.up.Close()
 		}
@@ -211,7 +212,7 @@ type reuseRelay struct {
 // startReuseRelay runs a reusable IMAP session's relay.
 func (s *Server) startReuseRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time, r *relay) {
 	rr := &reuseRelay{reuseBase: reuseBase{r: r, res: res}, reusable: true}
-	s.runReuseRelay(&rr.reuseBase, client, leftover, log, opened, rr.fromClientChunk, rr.fromUpChunk, rr.clientEnded, s.opts.IMAPSessionReuse)
+	s.runReuseRelay(&rr.reuseBase, client, leftover, log, opened, rr.fromClientChunk, rr.fromUpChunk, rr.clientEnded)
 }
 
 // fromClientChunk copies client commands upstream. At the client's

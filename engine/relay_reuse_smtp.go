@@ -74,7 +74,7 @@ type smtpReuseRelay struct {
 // startSMTPReuseRelay runs a reusable SMTP session's relay.
 func (s *Server) startSMTPReuseRelay(client net.Conn, res *loginResult, leftover []byte, log connLog, opened time.Time, r *relay) {
 	sr := &smtpReuseRelay{reuseBase: reuseBase{r: r, res: res}, reusable: true, chunking: hasChunking(res.up.Caps)}
-	s.runReuseRelay(&sr.reuseBase, client, leftover, log, opened, sr.fromClientChunk, sr.fromUpChunk, sr.clientEnded, s.opts.SMTPSessionReuse)
+	s.runReuseRelay(&sr.reuseBase, client, leftover, log, opened, sr.fromClientChunk, sr.fromUpChunk, sr.clientEnded)
 }
 
 // fromClientChunk copies client commands and content upstream. At the

@@ -77,8 +77,8 @@ type Server struct {
 	// detachedClient).
 	detached sync.Map
 
-	draining  atomic.Bool  // Drain has begun: new clients are turned away
-	listeners atomic.Int64 // listeners made, for their reuse scopes
+	draining      atomic.Bool  // Drain has begun: new clients are turned away
+	listenersMade atomic.Int64 // for the listeners' reuse scopes
 }
 
 // listener is one server section's state shared by its connections.
@@ -164,7 +164,7 @@ func (s *Server) newListener(srv *config.Server) *listener {
 		Pool:                upstream.NewPool(s.life, dialer.Dial, learn, l.log, max(s.opts.WarmConnections, 0), s.opts.WarmMaxAge)}
 	if s.reuseFor(srv.Protocol) > 0 {
 		l.up.Linger = s.linger
-		l.reuseScope = fmt.Sprintf("%s#%d", srv.Section, s.listeners.Add(1))
+		l.reuseScope = fmt.Sprintf("%s#%d", srv.Section, s.listenersMade.Add(1))
 	}
 	return l
 }
