@@ -202,6 +202,23 @@ encrypt_client_secret_on_first_use = False
 		imapAddr: fmt.Sprintf("127.0.0.1:%d", imapPort), popAddr: fmt.Sprintf("127.0.0.1:%d", popPort)}
 }
 
+// reloadWith writes text as the proxy's config file and reloads it, as
+// SIGHUP does; it returns the configuration loaded.
+func (e *proxyEnv) reloadWith(text string) *config.Config {
+	e.t.Helper()
+	if err := os.WriteFile(e.cfg.Path, []byte(text), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	cfg, err := config.Load(e.cfg.Path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.srv.Reload(cfg); err != nil {
+		e.t.Fatal(err)
+	}
+	return cfg
+}
+
 // startServer starts the proxy with cfg, provider and opts, and stops it
 // when the test ends.
 func startServer(t *testing.T, cfg *config.Config, provider *auth.Provider, opts Options) *Server {

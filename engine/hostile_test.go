@@ -461,14 +461,7 @@ func testReloadServerSections(t *testing.T, fe string) {
 	oldPort := portOfAddr(t, env.imapAddr)
 	newPort := freePort(t)
 	moved := strings.Replace(string(text), fmt.Sprintf("[IMAP-%d]", oldPort), fmt.Sprintf("[IMAP-%d]", newPort), 1)
-	os.WriteFile(env.cfg.Path, []byte(moved), 0o600)
-	cfg, err := config.Load(env.cfg.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := env.srv.Reload(cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfg := env.reloadWith(moved)
 	waitFor(t, "the added section's greeting learned", learned(newPort))
 	// The removed section: refused, or (on gnet) turned away.
 	if c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second); err == nil {

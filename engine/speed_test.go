@@ -10,7 +10,6 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
-	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
@@ -394,14 +393,7 @@ func TestReloadClosesKeptSessionsOfAChangedSection(t *testing.T) {
 	if changed == string(text) {
 		t.Fatal("the section to change is not in the config")
 	}
-	os.WriteFile(env.cfg.Path, []byte(changed), 0o600)
-	cfg, err := config.Load(env.cfg.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := env.srv.Reload(cfg); err != nil {
-		t.Fatal(err)
-	}
+	env.reloadWith(changed)
 	waitFor(t, "the kept session to be closed", func() bool { now, _ := env.up.Sessions("imap", testAccount); return now == 0 })
 	logins := env.up.Logins()
 	if _, ok := imapLogin(t, env.imapAddr, testAccount, "pw-reload"); !strings.HasPrefix(ok, "L1 OK") ||
