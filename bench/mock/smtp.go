@@ -99,6 +99,9 @@ func (s *smtpSession) Data(r io.Reader) error {
 	s.up.mu.Lock()
 	s.up.smtpMsgs = append(s.up.smtpMsgs, s.msg)
 	s.up.mu.Unlock()
+	if f := s.up.opts.OnMessage; f != nil {
+		f(s.msg)
+	}
 	return nil
 }
 

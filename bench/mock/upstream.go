@@ -61,6 +61,9 @@ type Options struct {
 	QuitCloseDelay time.Duration
 	// TokenLifetime is the token endpoint's expires_in (0: an hour).
 	TokenLifetime time.Duration
+	// OnMessage, if set, is called with each message the SMTP servers
+	// accept (the demo prints it).
+	OnMessage func(SMTPMessage)
 }
 
 // Upstream is a running mock provider on 127.0.0.1: a token endpoint

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/smtp"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -287,7 +288,8 @@ encrypt_client_secret_on_first_use = False
 	}
 }
 
-// The README's first command: --demo serves the mock mailbox.
+// The README's first command: --demo serves the mock mailbox over POP3
+// and takes a message over SMTP, which the mock provider reports.
 func TestDemo(t *testing.T) {
 	cmd := exec.Command(binary, "--demo", "--log-format", "json")
 	stdout, _ := cmd.StdoutPipe()
@@ -298,21 +300,30 @@ func TestDemo(t *testing.T) {
 	}
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
 	sc := bufio.NewScanner(stdout)
-	var popAddr string
-	re := regexp.MustCompile(`POP3 on (127\.0\.0\.1:\d+)`)
+	var popAddr, smtpAddr string
+	popRE := regexp.MustCompile(`POP3 on (127\.0\.0\.1:\d+)`)
+	smtpRE := regexp.MustCompile(`SMTP on (127\.0\.0\.1:\d+)`)
 	for sc.Scan() {
-		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+		if m := popRE.FindStringSubmatch(sc.Text()); m != nil {
 			popAddr = m[1]
+		}
+		if m := smtpRE.FindStringSubmatch(sc.Text()); m != nil {
+			smtpAddr = m[1]
 		}
 		if strings.Contains(sc.Text(), "Ctrl-C") {
 			break
 		}
 	}
-	if popAddr == "" {
-		t.Fatalf("demo printed no POP3 address; log:\n%s", logs.String())
+	if popAddr == "" || smtpAddr == "" {
+		t.Fatalf("demo printed no POP3 or SMTP address; log:\n%s", logs.String())
 	}
+	printed := make(chan string, 16)
 	go func() {
 		for sc.Scan() {
+			select {
+			case printed <- sc.Text():
+			default:
+			}
 		}
 	}()
 	var conn net.Conn
@@ -335,6 +346,24 @@ func TestDemo(t *testing.T) {
 	br.ReadString('\n')
 	if l, _ := br.ReadString('\n'); !strings.HasPrefix(l, "+OK 1 ") {
 		t.Fatalf("STAT %q\n%s", l, logs.String())
+	}
+
+	host, _, _ := net.SplitHostPort(smtpAddr)
+	auth := smtp.PlainAuth("", "demo@example.com", "try", host)
+	msg := "Subject: hello\r\n\r\nsent through the demo\r\n"
+	if err := smtp.SendMail(smtpAddr, auth, "demo@example.com", []string{"someone@example.com"}, []byte(msg)); err != nil {
+		t.Fatalf("send: %v\n%s", err, logs.String())
+	}
+	want := fmt.Sprintf("accepted a message from demo@example.com to someone@example.com (%d bytes), sent as demo@example.com", len(msg))
+	for timeout := time.After(10 * time.Second); ; {
+		select {
+		case l := <-printed:
+			if strings.Contains(l, want) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("the demo did not print %q", want)
+		}
 	}
 }
 

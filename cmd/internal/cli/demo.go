@@ -39,6 +39,10 @@ func startDemo(fl *flags, out io.Writer) (*demo, error) {
 	up, err := mock.Start(mock.Options{
 		ClientID: "demo-client", ClientSecret: "demo-secret", Scope: demoScope,
 		Mailboxes: map[string][]mock.Message{demoAccount: {{UID: "demo-1", Body: body}}},
+		OnMessage: func(m mock.SMTPMessage) {
+			fmt.Fprintf(out, "mock provider: accepted a message from %s to %s (%d bytes), sent as %s\n",
+				m.From, strings.Join(m.To, ", "), len(m.Data), m.User)
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -49,10 +53,11 @@ func startDemo(fl *flags, out io.Writer) (*demo, error) {
 		return nil, err
 	}
 	d := &demo{up: up, dir: dir, configPath: filepath.Join(dir, "emailproxy.config")}
-	imapPort, popPort := demoPort(1993), demoPort(1995)
+	imapPort, popPort, smtpPort := demoPort(1993), demoPort(1995), demoPort(1587)
 	host := func(addr string) (string, string) { h, p, _ := net.SplitHostPort(addr); return h, p }
 	ih, ip := host(up.IMAPAddr)
 	ph, pp := host(up.POPAddr)
+	sh, sp := host(up.SMTPStartTLSAddr)
 	cfg := fmt.Sprintf(`[Email OAuth 2.0 Proxy configuration file]
 documentation = Written by emailproxy --demo: a mock provider stands in for Exchange Online.
 
@@ -66,31 +71,41 @@ server_address = %s
 server_port = %s
 local_address = 127.0.0.1
 
+[SMTP-%d]
+server_address = %s
+server_port = %s
+server_starttls = True
+local_address = 127.0.0.1
+
 [%s]
 token_url = %s
 oauth2_scope = %s
 oauth2_flow = client_credentials
 client_id = demo-client
 client_secret = demo-secret
-`, imapPort, ih, ip, popPort, ph, pp, demoAccount, up.TokenURL, demoScope)
+`, imapPort, ih, ip, popPort, ph, pp, smtpPort, sh, sp, demoAccount, up.TokenURL, demoScope)
 	if err := os.WriteFile(d.configPath, []byte(cfg), 0o600); err != nil {
 		d.Close()
 		return nil, err
 	}
 	fmt.Fprintf(out, strings.TrimLeft(`
 emailproxy demo
-  mock provider: token endpoint %s, TLS IMAP %s, TLS POP3 %s
+  mock provider: token endpoint %s, TLS IMAP %s, TLS POP3 %s,
+                 SMTP %s (STARTTLS, like Exchange Online's port 587)
   config:        %s
-  proxy:         IMAP on 127.0.0.1:%d, POP3 on 127.0.0.1:%d (plaintext, like a legacy app expects)
+  proxy:         IMAP on 127.0.0.1:%d, POP3 on 127.0.0.1:%d, SMTP on 127.0.0.1:%d
+                 (plaintext, like a legacy app expects)
 
 Try it with any plain client; the first password you use becomes the account's password:
   curl -v --user '%s:any-password' 'pop3://127.0.0.1:%d/1'
   curl -v --user '%s:any-password' 'imap://127.0.0.1:%d/INBOX;UID=1'
+  echo 'Subject: hello' | curl -v --user '%s:any-password' --mail-from %s \
+    --mail-rcpt someone@example.com --upload-file - 'smtp://127.0.0.1:%d'
 or by hand:  nc 127.0.0.1 %d   then   USER %s / PASS any-password / STAT / RETR 1 / QUIT
 
 Press Ctrl-C to stop.
-`, "\n"), up.TokenURL, up.IMAPAddr, up.POPAddr, d.configPath, imapPort, popPort,
-		demoAccount, popPort, demoAccount, imapPort, popPort, demoAccount)
+`, "\n"), up.TokenURL, up.IMAPAddr, up.POPAddr, up.SMTPStartTLSAddr, d.configPath, imapPort, popPort, smtpPort,
+		demoAccount, popPort, demoAccount, imapPort, demoAccount, demoAccount, smtpPort, popPort, demoAccount)
 	return d, nil
 }
 
