@@ -122,25 +122,7 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	provider.Start()
 	defer provider.Close()
 
-	eopts.FrontEnd = fl.frontEnd
-	eopts.EventLoops = fl.eventLoops
-	eopts.LoginTimeout = fl.loginTimeout
-	eopts.DialTimeout = fl.dialTimeout
-	eopts.IdleTimeout = fl.idleTimeout
-	eopts.SendTimeout = fl.sendTimeout
-	eopts.IMAPIdleTimeout, eopts.POP3IdleTimeout, eopts.SMTPIdleTimeout = fl.imapIdle, fl.pop3Idle, fl.smtpIdle
-	eopts.ParkAfter = fl.parkAfter
-	if eopts.ParkAfter <= 0 {
-		eopts.ParkAfter = -1 // never
-	}
-	eopts.PendingLimit = fl.pendingLimit
-	eopts.RelayBuffer = fl.relayBuffer
-	eopts.WarmConnections, eopts.MailboxLimit = orNone(fl.warmConns), orNone(fl.mailboxLimit)
-	eopts.WarmMaxAge, eopts.IMAPSessionReuse, eopts.SMTPSessionReuse = fl.warmMaxAge, fl.imapReuse, fl.smtpReuse
-	eopts.POP3InitialResponse = fl.pop3IR
-	eopts.IMAPLimits.MaxLine, eopts.IMAPLimits.MaxLiteral, eopts.IMAPLimits.MaxErrors = fl.maxLine, fl.maxLine, fl.maxErrors
-	eopts.POPLimits.MaxLine, eopts.POPLimits.MaxErrors = fl.maxLine, fl.maxErrors
-	eopts.SMTPLimits.MaxLine, eopts.SMTPLimits.MaxErrors = fl.maxLine, fl.maxErrors
+	applyTuning(&eopts, fl)
 	eopts.Logger = log
 	srv := engine.New(cfg, provider, eopts)
 	if err := srv.Start(); err != nil {
@@ -173,9 +155,46 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 		log.Info().Str("url", "http://"+fl.statsAddr+"/debug/vars").Msg("serving statistics")
 	}
 
+	// Signals stay caught until the end: one during the final stop must
+	// not kill the process before the token store is closed.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, append([]os.Signal{syscall.SIGINT, syscall.SIGTERM}, extraSignals...)...)
 	defer signal.Stop(sigs)
+	code := serveUntilStopped(fl, log, srv, provider, sigs, stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Stop(ctx)
+	return code
+}
+
+// applyTuning copies the tuning flags into the engine's options.
+func applyTuning(eopts *engine.Options, fl *flags) {
+	eopts.FrontEnd = fl.frontEnd
+	eopts.EventLoops = fl.eventLoops
+	eopts.LoginTimeout = fl.loginTimeout
+	eopts.DialTimeout = fl.dialTimeout
+	eopts.IdleTimeout = fl.idleTimeout
+	eopts.SendTimeout = fl.sendTimeout
+	eopts.IMAPIdleTimeout, eopts.POP3IdleTimeout, eopts.SMTPIdleTimeout = fl.imapIdle, fl.pop3Idle, fl.smtpIdle
+	eopts.ParkAfter = fl.parkAfter
+	if eopts.ParkAfter <= 0 {
+		eopts.ParkAfter = -1 // never
+	}
+	eopts.PendingLimit = fl.pendingLimit
+	eopts.RelayBuffer = fl.relayBuffer
+	eopts.WarmConnections, eopts.MailboxLimit = orNone(fl.warmConns), orNone(fl.mailboxLimit)
+	eopts.WarmMaxAge, eopts.IMAPSessionReuse, eopts.SMTPSessionReuse = fl.warmMaxAge, fl.imapReuse, fl.smtpReuse
+	eopts.POP3InitialResponse = fl.pop3IR
+	eopts.IMAPLimits.MaxLine, eopts.IMAPLimits.MaxLiteral, eopts.IMAPLimits.MaxErrors = fl.maxLine, fl.maxLine, fl.maxErrors
+	eopts.POPLimits.MaxLine, eopts.POPLimits.MaxErrors = fl.maxLine, fl.maxErrors
+	eopts.SMTPLimits.MaxLine, eopts.SMTPLimits.MaxErrors = fl.maxLine, fl.maxErrors
+}
+
+// serveUntilStopped handles signals (and the Windows service's controls)
+// until the proxy is to stop: SIGHUP reloads, SIGUSR1 toggles debug
+// logging, the first SIGINT or SIGTERM (or stop) drains, a second one or
+// the end of the drain stops. It returns the exit status.
+func serveUntilStopped(fl *flags, log zerolog.Logger, srv *engine.Server, provider *auth.Provider, sigs <-chan os.Signal, stop <-chan struct{}) int {
 	code := 0
 	// reload applies the whole configuration file again: servers and
 	// accounts added, changed or removed; a file that does not load
@@ -238,9 +257,6 @@ loop:
 			break loop
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	srv.Stop(ctx)
 	return code
 }
 
