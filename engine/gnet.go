@@ -9,6 +9,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/emailproxy/emailproxy/internal/contain"
 	"github.com/emailproxy/emailproxy/telemetry"
 	"github.com/panjf2000/gnet/v2"
 	"github.com/rs/zerolog"
@@ -23,7 +24,13 @@ func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
 
 // OnOpen implements gnet.EventHandler: greet at once if the upstream's
 // greeting is known, else fetch it off the loop.
-func (s *Server) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+func (s *Server) OnOpen(c gnet.Conn) (out []byte, action gnet.Action) {
+	defer func() {
+		if v := recover(); v != nil {
+			contain.Recovered(s.log, "front_end", v)
+			out, action = nil, gnet.Close
+		}
+	}()
 	port := 0
 	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
 		port = a.Port
@@ -72,8 +79,15 @@ func (sess *session) startGreeting() []byte {
 	return sess.greet(prof)
 }
 
-// OnTraffic implements gnet.EventHandler.
-func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
+// OnTraffic implements gnet.EventHandler. A panic in one session's code
+// closes that session, not the loop and every session on it.
+func (s *Server) OnTraffic(c gnet.Conn) (action gnet.Action) {
+	defer func() {
+		if v := recover(); v != nil {
+			contain.Recovered(s.log, "front_end", v)
+			action = gnet.Close
+		}
+	}()
 	sess, ok := c.Context().(*session)
 	if !ok {
 		return gnet.Close
@@ -83,6 +97,11 @@ func (s *Server) OnTraffic(c gnet.Conn) gnet.Action {
 
 // OnClose implements gnet.EventHandler.
 func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
+	defer func() {
+		if v := recover(); v != nil {
+			contain.Recovered(s.log, "front_end", v)
+		}
+	}()
 	if sess, ok := c.Context().(*session); ok {
 		sess.l.preLogin.Add(-1)
 		s.removeSession(sess)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/emailproxy/emailproxy/engine/upstream"
+	"github.com/emailproxy/emailproxy/internal/contain"
 	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/proxyproto"
 	"github.com/emailproxy/emailproxy/telemetry"
@@ -80,6 +81,13 @@ func (s *Server) untrack(c net.Conn) {
 // logged its opening.
 func (s *Server) serveConn(l *listener, raw net.Conn, accepted time.Time) {
 	defer s.wg.Done()
+	// A panic in this client's code closes this connection only (the
+	// deferred close below runs first).
+	defer func() {
+		if v := recover(); v != nil {
+			contain.Recovered(s.log, "front_end", v)
+		}
+	}()
 	tracked := raw // as accept tracked it, for Stop and Drain
 	remote := raw.RemoteAddr().String()
 	if l.srv.ProxyProtocol {

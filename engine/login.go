@@ -9,6 +9,7 @@ import (
 
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/engine/upstream"
+	"github.com/emailproxy/emailproxy/internal/contain"
 	"github.com/emailproxy/emailproxy/protocol"
 	"github.com/emailproxy/emailproxy/protocol/sasl"
 	"github.com/emailproxy/emailproxy/telemetry"
@@ -17,7 +18,7 @@ import (
 // runLogin runs one login and logs its outcome.
 func (s *Server) runLogin(ctx context.Context, l *listener, log connLog, act protocol.Action, client string) *loginResult {
 	start := time.Now()
-	res, lerr := s.login(ctx, l, act.Tag, act.Creds, client)
+	res, lerr := s.loginContained(ctx, l, log, act, client)
 	ev := log.Info()
 	if lerr != nil {
 		ev = log.Warn().Str("error", lerr.Message)
@@ -31,6 +32,27 @@ func (s *Server) runLogin(ctx context.Context, l *listener, log connLog, act pro
 		Bool("reused", res.reused).Dur("took_ms", took).Msg("login")
 	return res
 }
+
+// loginContained is login, where a panic fails this login only.
+func (s *Server) loginContained(ctx context.Context, l *listener, log connLog, act protocol.Action, client string) (res *loginResult, lerr *auth.LoginError) {
+	defer func() {
+		if v := recover(); v != nil {
+			contain.Recovered(log.logger(), "login", v)
+			res, lerr = nil, &auth.LoginError{Message: "internal error, logged by the proxy; try again later", Temporary: true}
+		}
+	}()
+	if h := testHookLogin; h != nil {
+		h(act.Creds.Username)
+	}
+	return s.login(ctx, l, act.Tag, act.Creds, client)
+}
+
+// Tests make the code serving one connection panic through these hooks
+// (nil in the proxy), to prove that the panic ends that connection only.
+var (
+	testHookLogin      func(user string)
+	testHookRelayChunk func(chunk []byte)
+)
 
 // loginResultKind names what became of a login, for the metrics.
 func loginResultKind(lerr *auth.LoginError) string {

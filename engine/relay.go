@@ -19,6 +19,7 @@ import (
 	"github.com/emailproxy/emailproxy/engine/internal/readwait"
 	"github.com/emailproxy/emailproxy/engine/internal/tlstrim"
 	"github.com/emailproxy/emailproxy/engine/upstream"
+	"github.com/emailproxy/emailproxy/internal/contain"
 	"github.com/emailproxy/emailproxy/telemetry"
 )
 
@@ -425,7 +426,7 @@ func (s *Server) newRelayDir(r *relay, src net.Conn) *relayDir {
 // run pumps until the direction stops or parks; the last direction of
 // a relay to stop finishes it.
 func (d *relayDir) run() {
-	parked, rerr := d.pump()
+	parked, rerr := d.pumpContained()
 	if parked {
 		return
 	}
@@ -437,6 +438,19 @@ func (d *relayDir) run() {
 	if d.r.live.Add(-1) == 0 {
 		d.r.finish()
 	}
+}
+
+// pumpContained is pump, where a panic (in the code that follows a
+// protocol's stream, say) ends this relay only, as a read error would.
+func (d *relayDir) pumpContained() (parked bool, rerr error) {
+	defer func() {
+		if v := recover(); v != nil {
+			rerr = contain.Recovered(d.s.log.With().Str("account", d.r.user).Logger(), "relay", v)
+			parked = false
+			d.r.close()
+		}
+	}()
+	return d.pump()
 }
 
 // pump hands chunks to take until it or start says stop (rerr nil), the
@@ -451,6 +465,9 @@ func (d *relayDir) pump() (parked bool, rerr error) {
 	}
 	for {
 		chunk, rerr := d.cr.next()
+		if h := testHookRelayChunk; h != nil {
+			h(chunk)
+		}
 		if len(chunk) > 0 && !d.take(chunk) {
 			return false, nil
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/internal/readwait"
 	"github.com/emailproxy/emailproxy/engine/upstream"
+	"github.com/emailproxy/emailproxy/internal/contain"
 	"github.com/emailproxy/emailproxy/telemetry"
 )
 
@@ -158,7 +159,14 @@ func (s *Server) newListener(srv *config.Server) *listener {
 	s.gauges(srv.LocalPort, srv.Section)
 	dialer := upstream.NewDialer(srv, s.opts.RootCAs, s.opts.DialTimeout)
 	dialer.Trace = l.traceUpstream
-	learn := func(u *upstream.Conn) { l.learn(u) }
+	learn := func(u *upstream.Conn) {
+		defer func() { // a panic reading the server's greeting fails nothing else
+			if v := recover(); v != nil {
+				contain.Recovered(l.log, "dial", v)
+			}
+		}()
+		l.learn(u)
+	}
 	l.up = &upstream.Side{Srv: srv, Dialer: dialer, Gates: s.gates, Learn: learn,
 		POP3InitialResponse: s.opts.POP3InitialResponse,
 		Pool:                upstream.NewPool(s.life, dialer.Dial, learn, l.log, max(s.opts.WarmConnections, 0), s.opts.WarmMaxAge)}
@@ -380,14 +388,7 @@ func (s *Server) Stop(ctx context.Context) error {
 // capabilities, then greets the clients that were waiting.
 func (s *Server) fetchProfile(l *listener) {
 	defer s.wg.Done()
-	u, err := l.up.Dialer.Dial(s.ctx)
-	var prof *profile
-	if err == nil {
-		prof = l.learn(u)
-		l.up.Pool.Offer(u) // the first login can use it
-	} else {
-		l.log.Error().Err(err).Msg("upstream server unavailable")
-	}
+	prof := s.dialAndLearn(l)
 	l.mu.Lock()
 	waiting := l.waiting
 	l.waiting, l.fetching = nil, false
@@ -395,6 +396,31 @@ func (s *Server) fetchProfile(l *listener) {
 	for _, f := range waiting {
 		f(prof)
 	}
+}
+
+// dialAndLearn connects upstream and learns its profile; the connection
+// goes to the warm pool (the first login can use it). A panic in it
+// (reading what the server sent) leaves the profile unknown, as a failed
+// dial does: the clients waiting for it are told, not left waiting.
+func (s *Server) dialAndLearn(l *listener) (prof *profile) {
+	var u *upstream.Conn
+	defer func() {
+		if v := recover(); v != nil {
+			contain.Recovered(l.log, "dial", v)
+			if u != nil {
+				u.Close()
+			}
+			prof = nil
+		}
+	}()
+	var err error
+	if u, err = l.up.Dialer.Dial(s.ctx); err != nil {
+		l.log.Error().Err(err).Msg("upstream server unavailable")
+		return nil
+	}
+	prof = l.learn(u)
+	l.up.Pool.Offer(u)
+	return prof
 }
 
 // gauges registers what the metrics read of a section at each scrape;

@@ -145,6 +145,9 @@ func (c connLog) Warn() *zerolog.Event  { return c.base.Warn().Str("client", c.c
 func (c connLog) Error() *zerolog.Event { return c.base.Error().Str("client", c.client) }
 func (c connLog) Debug() *zerolog.Event { return c.base.Debug().Str("client", c.client) }
 
+// logger is a logger with the client's address in every line.
+func (c connLog) logger() zerolog.Logger { return c.base.With().Str("client", c.client).Logger() }
+
 func (s *session) logOpen() {
 	if e := s.l.log.Info(); e.Enabled() {
 		e.Str("client", s.remote).Str("proto", string(s.l.srv.Protocol)).Msg("connection opened")

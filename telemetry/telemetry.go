@@ -92,6 +92,13 @@ func Gauge(name string, f func() float64) {
 // Write writes every metric in the Prometheus text format.
 func Write(w io.Writer) { Set.WritePrometheus(w) }
 
+// Panicked counts a panic recovered in the code serving one connection
+// (where: front_end, login, relay, dial), which ended that connection
+// only.
+func Panicked(where string) {
+	Set.GetOrCreateCounter(fmt.Sprintf(`emailproxy_panics_total{where=%q}`, where)).Inc()
+}
+
 // SharedStoreDegraded counts the times a shared token store (Redis) could
 // not be used and the proxy went on alone (op: fetch_lock or load).
 func SharedStoreDegraded(op string) {

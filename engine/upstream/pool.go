@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emailproxy/emailproxy/internal/contain"
 	"github.com/rs/zerolog"
 )
 
@@ -133,7 +134,7 @@ func (p *Pool) dialOne() {
 		case <-p.life.Ctx.Done():
 		}
 	}
-	u, err := p.dial(p.life.Ctx)
+	u, err := p.dialContained()
 	if err != nil {
 		p.mu.Lock()
 		p.dialing--
@@ -147,6 +148,17 @@ func (p *Pool) dialOne() {
 	if !p.keep(u) {
 		u.Close() // not needed after all
 	}
+}
+
+// dialContained is p.dial, where a panic (reading what the server sent)
+// fails this dial only.
+func (p *Pool) dialContained() (u *Conn, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			u, err = nil, contain.Recovered(p.log, "dial", v)
+		}
+	}()
+	return p.dial(p.life.Ctx)
 }
 
 // keep adds a freshly dialled connection to the pool if it is still
