@@ -19,6 +19,7 @@ import (
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/bench/mock"
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
 // A real Dovecot (Debian's dovecot-imapd, dovecot-pop3d and
@@ -142,7 +143,7 @@ service submission-login {
 }
 `, dir, imapPort, popPort, d.relay.port, subPort, subsPort)), 0o644)
 	cmd := exec.Command(bin, "-F", "-c", conf)
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -273,7 +274,7 @@ func startDovecotWithIdP(t *testing.T) (*dovecot, *mock.Authority) {
 type proxiedDovecot struct {
 	srv                              *Server
 	imap, pop, smtpStartTLS, smtp465 string
-	logs                             *syncBuffer
+	logs                             *syncbuf.Buffer
 }
 
 // startProxyFor runs the proxy in front of Dovecot (IMAP, POP3 and two
@@ -318,7 +319,7 @@ client_secret = %s
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := proxiedDovecot{logs: &syncBuffer{}}
+	p := proxiedDovecot{logs: &syncbuf.Buffer{}}
 	log := zerolog.New(p.logs).Level(zerolog.DebugLevel)
 	provider := auth.NewProvider(cfg, auth.Options{Logger: log})
 	provider.Start()

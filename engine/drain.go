@@ -13,7 +13,7 @@ import (
 // Stop after it.
 func (s *Server) Drain(ctx context.Context) {
 	s.draining.Store(true)
-	s.closeTLSListeners()
+	s.closeListeners()
 	// Clients before login: a goodbye, then closed.
 	s.sessMu.Lock()
 	var pre []*session

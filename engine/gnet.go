@@ -15,13 +15,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// OnBoot implements gnet.EventHandler.
-func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
-	s.eng = eng
-	close(s.booted)
-	return gnet.None
-}
-
 // OnOpen implements gnet.EventHandler: greet at once if the upstream's
 // greeting is known, else fetch it off the loop.
 func (s *Server) OnOpen(c gnet.Conn) (out []byte, action gnet.Action) {

@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
 	"time"
 
@@ -22,36 +21,6 @@ import (
 // reads nothing (TCP backpressure), a write that makes no progress for
 // SendTimeout fails, and the idle timeout runs from the last whole
 // command.
-
-// accept serves ln's connections until the server stops (or a reload
-// removes its section); each goes to the section on port now.
-func (s *Server) accept(port int, ln net.Listener) {
-	defer s.wg.Done()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return // stopping, draining, or the section was removed
-			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				continue
-			}
-			s.log.Error().Err(err).Int("port", port).Msg("accept failed")
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		l := s.listener(port)
-		if l == nil || l.removed.Load() || !s.track(c, l) {
-			c.Close()
-			if s.ctx.Err() != nil {
-				return
-			}
-			continue
-		}
-		s.wg.Add(1)
-		go s.serveConn(l, c, time.Time{})
-	}
-}
 
 // track remembers a pre-login connection so Stop can close it.
 func (s *Server) track(c net.Conn, l *listener) bool {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
 // A real HAProxy (Debian's haproxy; .ci/run installs it) with
@@ -41,7 +42,7 @@ backend proxy
   server emailproxy %s send-proxy-v2
 `, front, env.addrs["pp"])), 0o600)
 	cmd := exec.Command(bin, "-db", "-f", cfg)
-	var out syncBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/bench/mock"
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
 const (
@@ -26,24 +27,6 @@ const (
 	testScope    = "https://outlook.office365.com/.default"
 )
 
-// syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type proxyEnv struct {
 	t        *testing.T
 	up       *mock.Upstream
@@ -51,7 +34,7 @@ type proxyEnv struct {
 	srv      *Server
 	imapAddr string
 	popAddr  string
-	logs     *syncBuffer
+	logs     *syncbuf.Buffer
 	cfg      *config.Config
 	addrs    map[string]string
 }
@@ -183,7 +166,7 @@ encrypt_client_secret_on_first_use = False
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	provider := auth.NewProvider(cfg, auth.Options{TokenTimeout: o.tokenTO, Logger: log, MaxBackoff: 200 * time.Millisecond,
 		Store: o.store, Iterations: 1000})

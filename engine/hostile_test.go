@@ -385,7 +385,7 @@ func TestNonReadingPipelinerOverTLS(t *testing.T) {
 }
 
 // A graceful stop: clients before login get a goodbye, new clients are
-// turned away with one, authenticated sessions go on until they end or
+// refused, authenticated sessions go on until they end or
 // the drain's time is up; then IMAP clients are told BYE.
 func TestDrain(t *testing.T) { eachFrontEnd(t, testDrain) }
 
@@ -407,16 +407,10 @@ func testDrain(t *testing.T, fe string) {
 		t.Fatalf("client before login: %q", got)
 	}
 	pre.expectEOF()
-	// A new client is refused (the goroutine front end closes its
-	// listeners) or, where the event loop cannot close its listener,
-	// turned away with a goodbye.
+	// A new client is refused: every listener is closed.
 	if late, err := net.DialTimeout("tcp", env.popAddr, 5*time.Second); err == nil {
-		defer late.Close()
-		late.SetReadDeadline(time.Now().Add(5 * time.Second))
-		got, _ := bufio.NewReader(late).ReadString('\n')
-		if !strings.HasPrefix(got, "-ERR [SYS/TEMP] emailproxy is shutting down") {
-			t.Fatalf("new client: %q", got)
-		}
+		late.Close()
+		t.Fatal("a new client could connect during the drain")
 	}
 	pop.ok("NOOP") // authenticated sessions go on
 	pop.ok("QUIT")
@@ -463,14 +457,10 @@ func testReloadServerSections(t *testing.T, fe string) {
 	moved := strings.Replace(string(text), fmt.Sprintf("[IMAP-%d]", oldPort), fmt.Sprintf("[IMAP-%d]", newPort), 1)
 	cfg := env.reloadWith(moved)
 	waitFor(t, "the added section's greeting learned", learned(newPort))
-	// The removed section: refused, or (on gnet) turned away.
+	// The removed section: refused.
 	if c, err := net.DialTimeout("tcp", env.imapAddr, 5*time.Second); err == nil {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		got, _ := bufio.NewReader(c).ReadString('\n')
 		c.Close()
-		if !strings.HasPrefix(got, "* BYE") {
-			t.Fatalf("removed section: %q", got)
-		}
+		t.Fatal("the removed section's port still takes clients")
 	}
 	// The added one serves.
 	r, l := imapLogin(t, fmt.Sprintf("127.0.0.1:%d", newPort), testAccount, "pw")

@@ -23,6 +23,7 @@ import (
 	"github.com/emailproxy/emailproxy/engine/internal/loopback"
 	"github.com/emailproxy/emailproxy/engine/internal/readwait"
 	"github.com/emailproxy/emailproxy/engine/upstream"
+	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
 // relayGoroutines counts the goroutines copying a relay direction.
@@ -39,12 +40,12 @@ type parkRig struct {
 	s    *Server
 	app  net.Conn
 	srv  *tls.Conn
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 }
 
 func newParkRig(t *testing.T, opts Options) *parkRig {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	opts.Logger = zerolog.New(logs)
 	opts.defaults()
 	s := &Server{opts: opts, log: opts.Logger, relays: map[*relay]struct{}{}}

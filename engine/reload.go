@@ -2,20 +2,16 @@ package engine
 
 import (
 	"errors"
-	"fmt"
 	"net"
 
 	"github.com/emailproxy/emailproxy/config"
-	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
 // Reload applies a new configuration's server sections (SIGHUP): sections
 // that did not change go on as they are, with their sessions; a changed
 // section serves its new settings to the next clients (sessions already
-// relayed go on); an added section starts listening (on the goroutine
-// front end: a running gnet engine cannot take a new port); a removed
-// one stops (on gnet, where a port cannot be closed alone, newcomers are
-// turned away with a goodbye). Upstream sessions kept for reuse by a
+// relayed go on); an added section starts listening; a removed one
+// stops. Upstream sessions kept for reuse by a
 // changed or removed section are closed: a login never gets a session
 // made under another configuration. On an error nothing changes.
 func (s *Server) Reload(cfg *config.Config) error {
@@ -36,18 +32,13 @@ func (s *Server) Reload(cfg *config.Config) error {
 			s.closeAll(added)
 			return err
 		}
-		switch {
-		case ol != nil && ol.ln != nil: // on goroutines: its accept loop serves the new one
+		if ol != nil { // the port's accept loop serves the new section
 			nl.ln = ol.ln
-		case ol != nil && nl.tlsCfg != nil:
-			s.closeAll(added)
-			return fmt.Errorf("[%s]: moving a port from plaintext to local TLS needs a restart", srv.Section)
-		case ol != nil: // on gnet: the loop looks the port's section up for each client
-		default:
-			ln, err := net.Listen("tcp", srv.ListenAddr())
+		} else {
+			ln, err := s.listen(srv)
 			if err != nil {
 				s.closeAll(added)
-				return fmt.Errorf("cannot listen on %s for [%s]: %s", srv.ListenAddr(), srv.Section, upstream.ShortNetErr(err))
+				return err
 			}
 			nl.ln = ln
 			added = append(added, nl)
@@ -61,11 +52,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 			continue
 		}
 		ol.removed.Store(true)
-		if ol.ln != nil {
-			closing = append(closing, ol.ln)
-		} else {
-			next[port] = ol // gnet keeps the port: turn newcomers away
-		}
+		closing = append(closing, ol.ln)
 	}
 	s.lsn.Store(&next)
 	for port, ol := range old {
@@ -74,7 +61,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 		}
 	}
 	for _, l := range added {
-		s.serveOnGoroutines(l, l.ln)
+		s.serve(l)
 		l.log.Info().Str("listen", l.srv.ListenAddr()).Msg("listening (added by a reload)")
 	}
 	for _, ln := range closing {

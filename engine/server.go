@@ -39,17 +39,17 @@ type Server struct {
 	lsn  atomic.Pointer[map[int]*listener] // by local port (unique across sections); replaced whole by Reload
 	life upstream.Life
 
-	eng    gnet.Engine
-	booted chan struct{}
-	done   chan error
+	// loops are the gnet event loops serving the plaintext listeners
+	// (nil: none; see accept.go).
+	loops *gnet.Client
 
 	ctx    context.Context // cancelled on Stop: ends logins in flight
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // login, profile and relay goroutines
 
-	gnetStarted bool
-	lnMu        sync.Mutex
-	tlsLns      []net.Listener // the goroutine front end's listeners
+	lnMu    sync.Mutex
+	lns     []net.Listener // every listener, closed by Drain and Stop
+	accepts sync.WaitGroup // the accept loops
 	// gnet clients, for the idle sweep: an intrusive list, so that
 	// tracking a connection allocates nothing.
 	sessMu    sync.Mutex
@@ -96,9 +96,8 @@ type listener struct {
 
 	// Connections of this section, for the metrics.
 	preLogin, sessions atomic.Int64
-	// ln is the section's listener on the goroutine front end (nil: on
-	// gnet); removed: a reload took the section away (gnet cannot stop
-	// listening on one port, so newcomers there are turned away).
+	// ln is the section's listener (see accept.go); removed: a reload
+	// took the section away.
 	ln      net.Listener
 	removed atomic.Bool
 
@@ -206,8 +205,6 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 	opts.defaults()
 	s := &Server{
 		cfg: cfg, provider: provider, opts: opts, log: opts.Logger,
-		booted: make(chan struct{}),
-		done:   make(chan error, 1),
 		relays: map[*relay]struct{}{},
 		conns:  map[net.Conn]*listener{},
 	}
@@ -254,56 +251,29 @@ func (s *Server) Start() error {
 }
 
 func (s *Server) start() error {
-	var addrs []string
+	loopServed := false
 	for _, srv := range s.cfg.Servers {
 		l := s.listener(srv.LocalPort)
 		if err := l.setupTLS(); err != nil {
-			s.closeTLSListeners()
+			s.closeListeners()
 			return err
 		}
-		if l.tlsCfg == nil && s.opts.FrontEnd == FrontEndGnet {
-			// gnet reports a busy port as a bad file descriptor, for all
-			// its addresses at once: try each here first, for a clear reason.
-			probe, err := net.Listen("tcp", srv.ListenAddr())
-			if err != nil {
-				s.closeTLSListeners()
-				return fmt.Errorf("cannot listen on %s for [%s] (is the proxy already running?): %s", srv.ListenAddr(), srv.Section, upstream.ShortNetErr(err))
-			}
-			probe.Close()
-			addrs = append(addrs, "tcp://"+srv.ListenAddr())
-			continue
-		}
-		ln, err := net.Listen("tcp", srv.ListenAddr())
+		ln, err := s.listen(srv)
 		if err != nil {
-			s.closeTLSListeners()
-			return fmt.Errorf("cannot listen on %s for [%s] (is the proxy already running?): %s", srv.ListenAddr(), srv.Section, upstream.ShortNetErr(err))
+			s.closeListeners()
+			return err
 		}
-		s.serveOnGoroutines(l, ln)
+		l.ln = ln
+		loopServed = loopServed || (l.tlsCfg == nil && s.opts.FrontEnd == FrontEndGnet)
 	}
-	if len(addrs) > 0 {
-		go func() {
-			s.done <- gnet.Rotate(s, addrs,
-				gnet.WithMulticore(true),
-				gnet.WithNumEventLoop(s.opts.EventLoops),
-				gnet.WithReuseAddr(true),
-				gnet.WithTCPKeepAlive(s.opts.TCPKeepAlive),
-				gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-				gnet.WithLogger(gnetLogger{s.log}),
-				gnet.WithTicker(true),
-			)
-		}()
-		select {
-		case <-s.booted:
-			s.gnetStarted = true
-		case err := <-s.done:
-			if err == nil {
-				err = errors.New("event loop stopped at start")
-			}
-			s.cancel()
-			s.closeTLSListeners()
-			s.wg.Wait()
-			return fmt.Errorf("cannot listen on %v (is the proxy already running?): %w", addrs, err)
+	if loopServed {
+		if err := s.startLoops(); err != nil {
+			s.closeListeners()
+			return err
 		}
+	}
+	for _, srv := range s.cfg.Servers {
+		s.serve(s.listener(srv.LocalPort))
 	}
 	telemetry.Gauge(`emailproxy_session_reuse_hits_total`, func() float64 { return float64(s.linger.Snapshot().Reused) })
 	telemetry.Gauge(`emailproxy_mailbox_queue_length`, func() float64 { return float64(s.gates.Waiting()) })
@@ -339,36 +309,15 @@ func (l *listener) learnEarly(s *Server) {
 	l.profileOr(s, func(*profile) {})
 }
 
-func (s *Server) closeTLSListeners() {
-	s.lnMu.Lock()
-	defer s.lnMu.Unlock()
-	for _, ln := range s.tlsLns {
-		ln.Close()
-	}
-}
-
-// serveOnGoroutines accepts l's connections from ln on the goroutine
-// front end.
-func (s *Server) serveOnGoroutines(l *listener, ln net.Listener) {
-	s.lnMu.Lock()
-	s.tlsLns = append(s.tlsLns, ln)
-	s.lnMu.Unlock()
-	l.ln = ln
-	s.wg.Add(1)
-	go s.accept(l.srv.LocalPort, ln)
-}
-
-// Done reports the event loop's end (after Stop, or on a fatal error).
-func (s *Server) Done() <-chan error { return s.done }
-
 // Stop closes the listeners and every connection, ends logins in flight
 // and waits for all goroutines the server started.
 func (s *Server) Stop(ctx context.Context) error {
 	s.cancel()
-	s.closeTLSListeners()
+	s.closeListeners()
+	s.accepts.Wait() // no client is on its way to the loops
 	var err error
-	if s.gnetStarted {
-		err = s.eng.Stop(ctx)
+	if s.loops != nil {
+		err = s.loops.Stop()
 	}
 	s.relayMu.Lock()
 	for r := range s.relays {

@@ -17,27 +17,17 @@ import (
 	"github.com/emailproxy/emailproxy/bench/mock"
 	"github.com/emailproxy/emailproxy/internal/awstest"
 	"github.com/emailproxy/emailproxy/internal/redistest"
+	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
 // fleetProxy is one emailproxy process of a fleet.
 type fleetProxy struct {
 	popAddr string
-	mu      sync.Mutex
-	logs    bytes.Buffer
+	logs    syncbuf.Buffer
 	cmd     *exec.Cmd
 }
 
-func (p *fleetProxy) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.Write(b)
-}
-
-func (p *fleetProxy) log() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.String()
-}
+func (p *fleetProxy) log() string { return p.logs.String() }
 
 // startFleetProxy runs the real binary with its own configuration file
 // (its own POP3 port) and the token cache in store (--cache-store).
@@ -55,7 +45,7 @@ func startFleetProxy(t *testing.T, up *mock.Upstream, caFile, store string, acco
 	p := &fleetProxy{popAddr: fmt.Sprintf("127.0.0.1:%d", port)}
 	p.cmd = exec.Command(binary, "--no-gui", "--config-file", path, "--cache-store", store, "--mailbox-limit", "2", "--log-format", "json")
 	p.cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caFile)
-	p.cmd.Stdout, p.cmd.Stderr = p, p
+	p.cmd.Stdout, p.cmd.Stderr = &p.logs, &p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
 var binary string
@@ -288,48 +289,62 @@ encrypt_client_secret_on_first_use = False
 	}
 }
 
-// The README's first command: --demo serves the mock mailbox over POP3
-// and takes a message over SMTP, which the mock provider reports.
-func TestDemo(t *testing.T) {
-	cmd := exec.Command(binary, "--demo", "--log-format", "json")
+// demoRun is `emailproxy --demo` running: the addresses it printed, its
+// log, and the lines it prints later.
+type demoRun struct {
+	popAddr, smtpAddr string
+	logs              *syncbuf.Buffer
+	printed           chan string
+	cmd               *exec.Cmd
+}
+
+// startDemo runs cmd (the binary with --demo, perhaps under a shell) and
+// waits for it to say where it listens; it is stopped when the test ends.
+func startDemo(t *testing.T, cmd *exec.Cmd) *demoRun {
+	t.Helper()
 	stdout, _ := cmd.StdoutPipe()
-	var logs bytes.Buffer
-	cmd.Stderr = &logs
+	d := &demoRun{logs: &syncbuf.Buffer{}, printed: make(chan string, 16), cmd: cmd}
+	cmd.Stderr = d.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
 	sc := bufio.NewScanner(stdout)
-	var popAddr, smtpAddr string
 	popRE := regexp.MustCompile(`POP3 on (127\.0\.0\.1:\d+)`)
 	smtpRE := regexp.MustCompile(`SMTP on (127\.0\.0\.1:\d+)`)
 	for sc.Scan() {
 		if m := popRE.FindStringSubmatch(sc.Text()); m != nil {
-			popAddr = m[1]
+			d.popAddr = m[1]
 		}
 		if m := smtpRE.FindStringSubmatch(sc.Text()); m != nil {
-			smtpAddr = m[1]
+			d.smtpAddr = m[1]
 		}
 		if strings.Contains(sc.Text(), "Ctrl-C") {
 			break
 		}
 	}
-	if popAddr == "" || smtpAddr == "" {
-		t.Fatalf("demo printed no POP3 or SMTP address; log:\n%s", logs.String())
+	if d.popAddr == "" || d.smtpAddr == "" {
+		t.Fatalf("demo printed no POP3 or SMTP address; log:\n%s", d.logs.String())
 	}
-	printed := make(chan string, 16)
 	go func() {
 		for sc.Scan() {
 			select {
-			case printed <- sc.Text():
+			case d.printed <- sc.Text():
 			default:
 			}
 		}
 	}()
+	return d
+}
+
+// popLogin logs in to the demo's POP3 port and checks STAT's reply; the
+// connection stays open until the test ends.
+func (d *demoRun) popLogin(t *testing.T) (net.Conn, *bufio.Reader) {
+	t.Helper()
 	var conn net.Conn
 	var err error
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if conn, err = net.Dial("tcp", popAddr); err == nil {
+		if conn, err = net.Dial("tcp", d.popAddr); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -337,7 +352,7 @@ func TestDemo(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(15 * time.Second))
 	br := bufio.NewReader(conn)
 	br.ReadString('\n')
@@ -345,19 +360,27 @@ func TestDemo(t *testing.T) {
 	br.ReadString('\n')
 	br.ReadString('\n')
 	if l, _ := br.ReadString('\n'); !strings.HasPrefix(l, "+OK 1 ") {
-		t.Fatalf("STAT %q\n%s", l, logs.String())
+		t.Fatalf("STAT %q\n%s", l, d.logs.String())
 	}
+	return conn, br
+}
 
-	host, _, _ := net.SplitHostPort(smtpAddr)
+// The README's first command: --demo serves the mock mailbox over POP3
+// and takes a message over SMTP, which the mock provider reports.
+func TestDemo(t *testing.T) {
+	d := startDemo(t, exec.Command(binary, "--demo", "--log-format", "json"))
+	d.popLogin(t)
+
+	host, _, _ := net.SplitHostPort(d.smtpAddr)
 	auth := smtp.PlainAuth("", "demo@example.com", "try", host)
 	msg := "Subject: hello\r\n\r\nsent through the demo\r\n"
-	if err := smtp.SendMail(smtpAddr, auth, "demo@example.com", []string{"someone@example.com"}, []byte(msg)); err != nil {
-		t.Fatalf("send: %v\n%s", err, logs.String())
+	if err := smtp.SendMail(d.smtpAddr, auth, "demo@example.com", []string{"someone@example.com"}, []byte(msg)); err != nil {
+		t.Fatalf("send: %v\n%s", err, d.logs.String())
 	}
 	want := fmt.Sprintf("accepted a message from demo@example.com to someone@example.com (%d bytes), sent as demo@example.com", len(msg))
 	for timeout := time.After(10 * time.Second); ; {
 		select {
-		case l := <-printed:
+		case l := <-d.printed:
 			if strings.Contains(l, want) {
 				return
 			}

@@ -1,37 +1,18 @@
 package cli
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
-// lockedBuffer is a bytes.Buffer the logger's goroutine and Run may both
-// write (os.Stderr is safe for that; a bare bytes.Buffer is not).
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func run(args ...string) (code int, stdout, stderr string) {
-	var out, errOut lockedBuffer
+	var out, errOut syncbuf.Buffer
 	code = Run(args, &out, &errOut, nil)
 	return code, out.String(), errOut.String()
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
 // Go reads SSL_CERT_FILE once per process: every mock of these tests
@@ -220,7 +221,7 @@ func TestReloadKeepsRunningOnABadFile(t *testing.T) {
 	first, second := freeAddr(t), freeAddr(t)
 	cfg := filepath.Join(dir, "emailproxy.config")
 	os.WriteFile(cfg, []byte(section(first)+account), 0o600)
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	stop := make(chan struct{})
 	done := make(chan int)
 	go func() { done <- Run([]string{"--config-file", cfg, "--drain-timeout", "1s"}, io.Discard, &logs, stop) }()

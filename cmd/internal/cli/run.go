@@ -160,11 +160,11 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, append([]os.Signal{syscall.SIGINT, syscall.SIGTERM}, extraSignals...)...)
 	defer signal.Stop(sigs)
-	code := serveUntilStopped(fl, log, srv, provider, sigs, stop)
+	serveUntilStopped(fl, log, srv, provider, sigs, stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv.Stop(ctx)
-	return code
+	return 0
 }
 
 // applyTuning copies the tuning flags into the engine's options.
@@ -193,9 +193,8 @@ func applyTuning(eopts *engine.Options, fl *flags) {
 // serveUntilStopped handles signals (and the Windows service's controls)
 // until the proxy is to stop: SIGHUP reloads, SIGUSR1 toggles debug
 // logging, the first SIGINT or SIGTERM (or stop) drains, a second one or
-// the end of the drain stops. It returns the exit status.
-func serveUntilStopped(fl *flags, log zerolog.Logger, srv *engine.Server, provider *auth.Provider, sigs <-chan os.Signal, stop <-chan struct{}) int {
-	code := 0
+// the end of the drain stops.
+func serveUntilStopped(fl *flags, log zerolog.Logger, srv *engine.Server, provider *auth.Provider, sigs <-chan os.Signal, stop <-chan struct{}) {
 	// reload applies the whole configuration file again: servers and
 	// accounts added, changed or removed; a file that does not load
 	// leaves the running configuration in place.
@@ -249,15 +248,8 @@ loop:
 			stop = nil
 		case <-drained: // nil until a drain begins
 			break loop
-		case err := <-srv.Done():
-			if err != nil {
-				log.Error().Err(err).Msg("event loop stopped")
-				code = 1
-			}
-			break loop
 		}
 	}
-	return code
 }
 
 // orNone maps a flag's 0 ("none") to the engine's negative "none" (its

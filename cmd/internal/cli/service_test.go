@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
 // The service runs with the flags given at install; file paths become
@@ -41,11 +43,11 @@ func TestServiceElsewhere(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		return // the Windows command is exercised under Wine (scripts/wine-test.sh)
 	}
-	var out, errOut lockedBuffer
+	var out, errOut syncbuf.Buffer
 	if code := Run([]string{"service", "install"}, &out, &errOut, nil); code != 2 || !strings.Contains(errOut.String(), "systemd") {
 		t.Fatalf("exit %d: %q", code, errOut.String())
 	}
-	var help lockedBuffer
+	var help syncbuf.Buffer
 	if code := Run([]string{"service", "--help"}, &help, &errOut, nil); code != 0 || !strings.Contains(help.String(), "uninstall") {
 		t.Fatalf("help: exit %d: %q", code, help.String())
 	}
