@@ -526,7 +526,7 @@ func (s *session) tryHandoff() gnet.Action {
 	if out := s.c.OutboundBuffered(); out > 0 {
 		return s.awaitDrain(out) // on Close, onClose ends the upstream session
 	}
-	res := s.login.handoff
+	res, tag := s.login.handoff, s.login.tag
 	s.mu.Lock()
 	s.login = nil
 	s.mu.Unlock()
@@ -539,20 +539,26 @@ func (s *session) tryHandoff() gnet.Action {
 	}
 	fd, err := s.c.Dup()
 	if err != nil {
-		log := s.logger()
-		log.Error().Err(err).Msg("cannot hand the connection to the relay")
-		res.up.Close()
-		return gnet.Close
+		return s.handoffFailed(res, tag, err)
 	}
-	s.phase = phRelay
 	client, err := fileConn(fd, s.l.eng.opts.TCPKeepAlive)
 	if err != nil {
-		log := s.logger()
-		log.Error().Err(err).Msg("cannot hand the connection to the relay")
-		res.up.Close()
-		return gnet.Close
+		return s.handoffFailed(res, tag, err)
 	}
+	s.phase = phRelay
 	s.l.eng.startRelay(client, res, leftover, s.logger(), time.Unix(0, s.start))
+	return gnet.Close
+}
+
+// handoffFailed ends a login whose client could not be given to a relay
+// (no file descriptor left for the duplicate): the upstream session is
+// closed and the client, which has not had its answer, is told to try
+// again.
+func (s *session) handoffFailed(res *loginResult, tag string, err error) gnet.Action {
+	log := s.logger()
+	log.Error().Err(err).Msg("cannot hand the connection to the relay")
+	res.up.Close()
+	s.c.Write(s.m.loginFailed(tag, "emailproxy: cannot take the session over ("+err.Error()+"); try again later", true))
 	return gnet.Close
 }
 

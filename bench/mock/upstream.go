@@ -353,10 +353,17 @@ type trackingListener struct {
 	up *Upstream
 }
 
+// Accept waits and tries again while accepting fails for want of file
+// descriptors (the demo shares the proxy's limit), as a real server
+// does; it fails only once the listener is closed.
 func (l *trackingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for delay := 5 * time.Millisecond; err != nil; delay = min(2*delay, time.Second) {
+		if errors.Is(err, net.ErrClosed) {
+			return nil, err
+		}
+		time.Sleep(delay)
+		c, err = l.Listener.Accept()
 	}
 	// The connection's first answer also carries half a round trip for
 	// the TCP handshake (SYN / SYN-ACK); paid on the connection's own
