@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -67,6 +68,14 @@ func (s *Server) serve(l *listener) {
 	s.lnMu.Unlock()
 	s.accepts.Add(1)
 	go s.accept(l.srv.LocalPort, l.ln)
+}
+
+// stopListening closes ln (a section a reload removed) and forgets it.
+func (s *Server) stopListening(ln net.Listener) {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	s.lns = slices.DeleteFunc(s.lns, func(l net.Listener) bool { return l == ln })
+	ln.Close()
 }
 
 // closeListeners stops every accept loop: no new client is taken.

@@ -65,7 +65,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 		l.log.Info().Str("listen", l.srv.ListenAddr()).Msg("listening (added by a reload)")
 	}
 	for _, ln := range closing {
-		ln.Close()
+		s.stopListening(ln)
 	}
 	for _, l := range fresh {
 		l.learnEarly(s)
