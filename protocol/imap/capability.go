@@ -128,7 +128,7 @@ func ParseCapabilityLine(line []byte) (caps []string, ok bool) {
 // "* OK" greeting.
 func GreetingCapabilities(greeting []byte) (caps []string, ok bool) {
 	const code = "[CAPABILITY "
-	i := bytes.Index(bytes.ToUpper(greeting), []byte(code))
+	i := indexASCIIFold(greeting, code)
 	if i < 0 {
 		return nil, false
 	}
@@ -145,11 +145,11 @@ func GreetingCapabilities(greeting []byte) (caps []string, ok bool) {
 // reference: clients read capabilities from the greeting).
 func ProxyGreeting(greeting []byte, caps []string) []byte {
 	g := bytes.TrimRight(greeting, "\r\n")
-	if !bytes.HasPrefix(bytes.ToUpper(g), []byte("* OK")) {
+	if len(g) < 4 || indexASCIIFold(g[:4], "* OK") != 0 {
 		return []byte("* OK [CAPABILITY " + strings.Join(caps, " ") + "] IMAP4 proxy ready\r\n")
 	}
 	const code = "[CAPABILITY "
-	i := bytes.Index(bytes.ToUpper(g), []byte(code))
+	i := indexASCIIFold(g, code)
 	if i >= 0 {
 		if end := bytes.IndexByte(g[i:], ']'); end >= 0 {
 			out := append([]byte{}, g[:i]...)
@@ -159,6 +159,30 @@ func ProxyGreeting(greeting []byte, caps []string) []byte {
 		}
 	}
 	return append(append([]byte{}, g...), "\r\n"...)
+}
+
+// indexASCIIFold is the index of sub, which is ASCII, in s, ignoring
+// ASCII case. Upper-casing s first would move bytes: some runes change
+// length in upper case, and an index found in the copy could fall past
+// the end of s.
+func indexASCIIFold(s []byte, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		j := 0
+		for j < len(sub) && lowerASCII(s[i+j]) == lowerASCII(sub[j]) {
+			j++
+		}
+		if j == len(sub) {
+			return i
+		}
+	}
+	return -1
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // Status is the kind of a server response line.

@@ -288,7 +288,10 @@ func ProxyCapa(upstream []string) []string {
 	out := make([]string, 0, len(upstream)+2)
 	hasSASL, hasUser := false, false
 	for _, l := range upstream {
-		w := strings.ToUpper(strings.Fields(l + " ")[0])
+		w := "" // a blank line has no keyword
+		if f := strings.Fields(l); len(f) > 0 {
+			w = strings.ToUpper(f[0])
+		}
 		switch w {
 		case "SASL":
 			if !hasSASL {
