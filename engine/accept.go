@@ -16,17 +16,16 @@ import (
 
 // Every listener is a net.Listener with an accept loop of its own, on
 // both front ends: a plaintext client accepted there is handed to the gnet
-// event loops (enroll), any other goes to a goroutine (serveConn). gnet
-// accepts nothing itself. Its accept treats running out of descriptors
-// (EMFILE) as fatal and shuts every loop down, so a burst of clients at
-// the open-file limit would end the proxy. Here accept fails, the loop
-// waits and tries again (the client waits in the kernel's queue), and
-// sessions already open go on. It also lets a reload add or remove a
-// plaintext port, and a drain close every port.
-
-// Enroll returns once the client is on a loop (OnOpen has greeted it), so
-// Stop, which waits for the accept loops before it stops the event loops,
-// leaves none behind.
+// event loops (gnet.Client.Enroll), any other goes to a goroutine
+// (serveConn). gnet accepts nothing itself: its accept treats running out
+// of descriptors (EMFILE) as fatal and shuts every loop down, so a burst
+// of clients at the open-file limit would end the proxy. Here accept
+// fails, the loop waits and tries again (the client waits in the kernel's
+// queue), and sessions already open go on. It also lets a reload add or
+// remove a plaintext port, and a drain close every port. Enroll returns
+// once the client is on a loop (OnOpen has greeted it), so Stop, which
+// waits for the accept loops before it stops the event loops, leaves no
+// client behind.
 
 // listen binds srv's local address, with the keepalive period the
 // accepted clients get.
@@ -44,7 +43,6 @@ func (s *Server) startLoops() error {
 	loops, err := gnet.NewClient(s,
 		gnet.WithMulticore(true),
 		gnet.WithNumEventLoop(s.opts.EventLoops),
-		gnet.WithLoadBalancing(gnet.LeastConnections),
 		// Set on the accepted socket already (listen, and Go's own
 		// TCP_NODELAY): gnet setting them again would cost system calls.
 		gnet.WithTCPNoDelay(gnet.TCPDelay),
