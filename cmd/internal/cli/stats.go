@@ -99,7 +99,10 @@ func serveMetrics(addr string, provider *auth.Provider) (stop func(), err error)
 
 // serveHTTP serves mux on ln until the returned stop is called.
 func serveHTTP(ln net.Listener, mux *http.ServeMux) (stop func()) {
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// A client that holds a connection open and silent does not keep it
+	// (or its goroutine). No write timeout: a CPU profile streams for as
+	// many seconds as asked.
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
 	go hs.Serve(ln)
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
