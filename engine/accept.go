@@ -76,6 +76,13 @@ func (s *Server) stopListening(ln net.Listener) {
 	ln.Close()
 }
 
+// closeAll closes the listeners of ls, bound but not served.
+func (s *Server) closeAll(ls []*listener) {
+	for _, l := range ls {
+		l.ln.Close()
+	}
+}
+
 // closeListeners stops every accept loop: no new client is taken.
 func (s *Server) closeListeners() {
 	s.lnMu.Lock()

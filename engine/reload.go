@@ -72,9 +72,3 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	return nil
 }
-
-func (s *Server) closeAll(ls []*listener) {
-	for _, l := range ls {
-		l.ln.Close()
-	}
-}

@@ -252,23 +252,25 @@ func (s *Server) Start() error {
 
 func (s *Server) start() error {
 	loopServed := false
+	var bound []*listener // closed again if a later step fails
 	for _, srv := range s.cfg.Servers {
 		l := s.listener(srv.LocalPort)
 		if err := l.setupTLS(); err != nil {
-			s.closeListeners()
+			s.closeAll(bound)
 			return err
 		}
 		ln, err := s.listen(srv)
 		if err != nil {
-			s.closeListeners()
+			s.closeAll(bound)
 			return err
 		}
 		l.ln = ln
+		bound = append(bound, l)
 		loopServed = loopServed || (l.tlsCfg == nil && s.opts.FrontEnd == FrontEndGnet)
 	}
 	if loopServed {
 		if err := s.startLoops(); err != nil {
-			s.closeListeners()
+			s.closeAll(bound)
 			return err
 		}
 	}
