@@ -17,12 +17,18 @@ import (
 // while it has no descriptor left (the clients wait in the kernel's
 // queue), says so once, goes on relaying the sessions it has, and serves
 // clients again once descriptors are free. It used to exit: gnet's own
-// accept took EMFILE as fatal.
+// accept took EMFILE as fatal. Both front ends share the accept loop.
 func TestOpenFileLimit(t *testing.T) {
+	for _, fe := range []string{"gnet", "goroutines"} {
+		t.Run(fe, func(t *testing.T) { testOpenFileLimit(t, fe) })
+	}
+}
+
+func testOpenFileLimit(t *testing.T, frontEnd string) {
 	const limit = 200
 	// The demo's mock provider shares the proxy's limit, so at the limit
 	// it accepts nothing either: a login's dial waits for --dial-timeout.
-	d := startDemo(t, exec.Command("sh", "-c", fmt.Sprintf("ulimit -n %d && exec %s --demo --log-format json --dial-timeout 2s", limit, binary)))
+	d := startDemo(t, exec.Command("sh", "-c", fmt.Sprintf("ulimit -n %d && exec %s --demo --log-format json --dial-timeout 2s --front-end %s", limit, binary, frontEnd)))
 	held, br := d.popLogin(t)
 
 	var flood []net.Conn
