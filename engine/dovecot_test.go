@@ -74,10 +74,6 @@ func startDovecot(t *testing.T, ca *mock.CA, authority *mock.Authority) *dovecot
 	}
 	os.WriteFile(filepath.Join(dir, "cert.pem"), certPEM, 0o644)
 	os.WriteFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600)
-	imapPort, popPort := freePort(t), freePort(t)
-	d.imaps, d.pop3s = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", popPort)
-	subPort, subsPort := freePort(t), freePort(t)
-	d.submission, d.submissions = fmt.Sprintf("127.0.0.1:%d", subPort), fmt.Sprintf("127.0.0.1:%d", subsPort)
 	d.relay = startRelaySink(t)
 	os.WriteFile(filepath.Join(dir, "oauth2.conf"), []byte(fmt.Sprintf(`introspection_mode = post
 introspection_url = %s/introspect
@@ -86,8 +82,18 @@ active_attribute = active
 active_value = true
 force_introspection = yes
 `, intro.URL)), 0o644)
-	conf := filepath.Join(dir, "dovecot.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf(`protocols = imap pop3 submission
+	// The ports are picked free, but a test running beside this one in
+	// another process may bind one before Dovecot does: then Dovecot
+	// fails to start, and it is tried again on other ports.
+	var cmd *exec.Cmd
+	var out *syncbuf.Buffer
+	for attempt := 1; ; attempt++ {
+		imapPort, popPort := freePort(t), freePort(t)
+		d.imaps, d.pop3s = fmt.Sprintf("127.0.0.1:%d", imapPort), fmt.Sprintf("127.0.0.1:%d", popPort)
+		subPort, subsPort := freePort(t), freePort(t)
+		d.submission, d.submissions = fmt.Sprintf("127.0.0.1:%d", subPort), fmt.Sprintf("127.0.0.1:%d", subsPort)
+		conf := filepath.Join(dir, "dovecot.conf")
+		os.WriteFile(conf, []byte(fmt.Sprintf(`protocols = imap pop3 submission
 listen = 127.0.0.1
 hostname = mail.example.test
 submission_relay_host = 127.0.0.1
@@ -142,24 +148,26 @@ service submission-login {
   }
 }
 `, dir, imapPort, popPort, d.relay.port, subPort, subsPort)), 0o644)
-	cmd := exec.Command(bin, "-F", "-c", conf)
-	out := &syncbuf.Buffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
+		cmd = exec.Command(bin, "-F", "-c", conf)
+		out = &syncbuf.Buffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		if dovecotListens(t, out, exited, d.imaps, d.pop3s, d.submission, d.submissions) {
+			t.Cleanup(func() {
+				cmd.Process.Kill()
+				<-exited
+			})
+			break
+		}
 		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	for _, addr := range []string{d.imaps, d.pop3s, d.submission, d.submissions} {
-		waitFor(t, "Dovecot to listen on "+addr, func() bool {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return err == nil
-		})
+		<-exited
+		if attempt == 3 {
+			t.Fatalf("Dovecot did not start:\n%s", out.String())
+		}
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -329,4 +337,36 @@ client_secret = %s
 	local := func(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
 	p.imap, p.pop, p.smtpStartTLS, p.smtp465 = local(ports[0]), local(ports[1]), local(ports[2]), local(ports[3])
 	return p
+}
+
+// dovecotListens waits until Dovecot accepts on every addr, and reports
+// false if it could not bind them all: it exits, or says so, having
+// perhaps bound some first (and another process may hold a port it
+// wanted, and answer there).
+func dovecotListens(t *testing.T, out *syncbuf.Buffer, exited <-chan struct{}, addrs ...string) bool {
+	t.Helper()
+	failed := func() bool {
+		select {
+		case <-exited:
+			return true
+		default:
+			return strings.Contains(out.String(), "Failed to start listeners")
+		}
+	}
+	for _, addr := range addrs {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if failed() {
+				return false
+			}
+			if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Dovecot does not listen on %s:\n%s", addr, out.String())
+			}
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // a failure to bind a later listener shows by now
+	return !failed()
 }
