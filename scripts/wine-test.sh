@@ -135,6 +135,11 @@ wineserver -k 2>/dev/null || true
 sleep 1
 
 echo "wine-test: the proxy as a Windows service"
+# Wine's server exits a few seconds after its last process that is not a
+# system one (services.exe is), and takes the service with it: with only
+# Linux clients talking to the service, that ended it mid-test, now and
+# then. A persistent server stays until cleanup kills it.
+wineserver -p
 exe_win=$(winepath -w "$work/emailproxy.exe")
 wine "$work/emailproxy.exe" service install --config-file "$cfg_win"
 wine "$work/emailproxy.exe" service start
