@@ -3,13 +3,11 @@ package engine
 import (
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/emailproxy/emailproxy/auth"
-	"github.com/emailproxy/emailproxy/config"
 )
 
 // A port in use fails the start with a clear reason, and the ports bound
@@ -25,14 +23,7 @@ func TestStartFailingReleasesThePortsItBound(t *testing.T) {
 		text := fmt.Sprintf("[POP-%d]\nserver_address = 127.0.0.1\nserver_port = 995\nlocal_address = 127.0.0.1\n\n"+
 			"[IMAP-%d]\nserver_address = 127.0.0.1\nserver_port = 993\nlocal_address = 127.0.0.1\n",
 			free, busy.Addr().(*net.TCPAddr).Port)
-		path := filepath.Join(t.TempDir(), "emailproxy.config")
-		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := config.Load(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cfg := writeConfig(t, filepath.Join(t.TempDir(), "emailproxy.config"), text)
 		provider := auth.NewProvider(cfg, auth.Options{})
 		defer provider.Close()
 		srv := New(cfg, provider, Options{FrontEnd: fe})

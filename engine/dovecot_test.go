@@ -18,7 +18,6 @@ import (
 
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/bench/mock"
-	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
@@ -321,12 +320,7 @@ client_id = %s
 client_secret = %s
 `, ports[0], upPort(dv.imaps), ports[1], upPort(dv.pop3s), ports[2], upPort(dv.submission), ports[3], upPort(dv.submissions),
 		dovecotUser, tokenURL, testScope, testClientID, testSecret)
-	path := filepath.Join(t.TempDir(), "emailproxy.config")
-	os.WriteFile(path, []byte(text), 0o600)
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := writeConfig(t, filepath.Join(t.TempDir(), "emailproxy.config"), text)
 	p := proxiedDovecot{logs: &syncbuf.Buffer{}}
 	log := zerolog.New(p.logs).Level(zerolog.DebugLevel)
 	provider := auth.NewProvider(cfg, auth.Options{Logger: log})

@@ -158,14 +158,7 @@ client_secret = %s
 delete_account_token_on_password_error = True
 encrypt_client_secret_on_first_use = False
 %s`, popPort, ph, pp, imapPort, ih, ip, testAccount, tokenURL, testScope, testClientID, testSecret, strings.ReplaceAll(o.extraConfig, "{TOKEN}", tokenURL))
-	path := filepath.Join(t.TempDir(), "emailproxy.config")
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := writeConfig(t, filepath.Join(t.TempDir(), "emailproxy.config"), text)
 	logs := &syncbuf.Buffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	provider := auth.NewProvider(cfg, auth.Options{TokenTimeout: o.tokenTO, Logger: log, MaxBackoff: 200 * time.Millisecond,
@@ -189,15 +182,22 @@ encrypt_client_secret_on_first_use = False
 // SIGHUP does; it returns the configuration loaded.
 func (e *proxyEnv) reloadWith(text string) *config.Config {
 	e.t.Helper()
-	if err := os.WriteFile(e.cfg.Path, []byte(text), 0o600); err != nil {
-		e.t.Fatal(err)
-	}
-	cfg, err := config.Load(e.cfg.Path)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	cfg := writeConfig(e.t, e.cfg.Path, text)
 	if err := e.srv.Reload(cfg); err != nil {
 		e.t.Fatal(err)
+	}
+	return cfg
+}
+
+// writeConfig writes text as the configuration file at path and loads it.
+func writeConfig(t *testing.T, path, text string) *config.Config {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return cfg
 }
