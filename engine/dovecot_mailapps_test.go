@@ -1,0 +1,343 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Mail programs nobody here wrote, of the kinds that scripts and legacy
+// apps poll and send with, through the proxy to a real Dovecot: curl,
+// fetchmail, getmail and mbsync read (POP3 and IMAP), curl, msmtp, swaks
+// and neomutt send. Every reader must get each message as it was stored
+// (up to the headers it adds and its line endings), every sender's
+// message must reach Dovecot's relay, a wrong password must be reported
+// as one, and no password may reach the proxy's log.
+func TestDovecotMailApps(t *testing.T) {
+	for _, name := range []string{"curl", "fetchmail", "getmail", "mbsync", "msmtp", "swaks", "neomutt"} {
+		if _, err := exec.LookPath(name); err != nil {
+			t.Fatalf("this test needs %s: apt-get install curl fetchmail getmail6 isync msmtp swaks neomutt (bash .ci/run does)", name)
+		}
+	}
+	// Both front ends: the goroutine one is Windows' default.
+	for _, frontEnd := range []string{FrontEndGnet, FrontEndGoroutines} {
+		t.Run(frontEnd, func(t *testing.T) { testMailApps(t, frontEnd) })
+	}
+}
+
+func testMailApps(t *testing.T, frontEnd string) {
+	dv, _ := startDovecotWithIdP(t)
+	px := startProxyFor(t, dv, Options{FrontEnd: frontEnd})
+	const user, password = dovecotUser, "correct horse 9"
+	apps := mailApps{t: t, dir: t.TempDir()}
+	home := apps.mkdir("home") // fetchmail and neomutt keep state there
+	env := []string{"HOME=" + home}
+
+	// Two messages: one small with lines that POP3 must dot-stuff and
+	// 8-bit text, one large enough to cross every buffer on the way.
+	small := []byte("From: " + user + "\r\nTo: someone@example.net\r\nSubject: small\r\n\r\n" +
+		".leading dot\r\n..two dots\r\n.\r\nna\xc3\xafve\r\n")
+	var big bytes.Buffer
+	big.WriteString("From: " + user + "\r\nTo: someone@example.net\r\nSubject: big\r\n\r\n")
+	for i := 0; big.Len() < 300_000; i++ {
+		fmt.Fprintf(&big, "%06d %s\r\n", i, strings.Repeat("x", 70))
+	}
+	stored := [][]byte{small, big.Bytes()}
+	creds := user + ":" + password
+	for i, m := range stored {
+		// A file, not standard input: curl must know the size for the
+		// literal.
+		file := apps.write(fmt.Sprintf("stored-%d.eml", i+1), 0o600, string(m))
+		apps.run(nil, nil, "curl", "-sS", "--user", creds, "-T", file, "imap://"+px.imap+"/INBOX")
+		if out := apps.run(nil, nil, "curl", "-sS", "--user", creds, "imap://"+px.imap+"/INBOX?ALL"); !strings.Contains(out, fmt.Sprint(" ", i+1)) {
+			t.Fatalf("curl: the message appended is not in INBOX: %q", out)
+		}
+	}
+	host, imapPort := splitHostPort(t, px.imap)
+	_, popPort := splitHostPort(t, px.pop)
+	_, smtpPort := splitHostPort(t, px.smtpStartTLS)
+
+	t.Run("curl", func(t *testing.T) {
+		var imap, pop [][]byte
+		for i := range stored {
+			imap = append(imap, []byte(apps.run(nil, nil, "curl", "-sS", "--user", creds, fmt.Sprintf("imap://%s/INBOX;UID=%d", px.imap, i+1))))
+			pop = append(pop, []byte(apps.run(nil, nil, "curl", "-sS", "--user", creds, fmt.Sprintf("pop3://%s/%d", px.pop, i+1))))
+		}
+		expectMessages(t, "curl (IMAP)", imap, stored)
+		expectMessages(t, "curl (POP3)", pop, stored)
+	})
+
+	t.Run("fetchmail", func(t *testing.T) {
+		for _, proto := range []string{"POP3", "IMAP"} {
+			port := map[string]string{"POP3": popPort, "IMAP": imapPort}[proto]
+			out := apps.mkdir("fetchmail-" + proto)
+			// sslproto '': this listener speaks plaintext, and fetchmail
+			// would otherwise insist on STLS (the README says so).
+			rc := apps.write("fetchmailrc-"+proto, 0o600, fmt.Sprintf(`set no syslog
+poll %s service %s protocol %s auth password
+  user "%s" there password "%s" sslproto '' keep fetchall
+  mda "/bin/sh -c 'cat > %s/m.$$'"
+`, host, port, proto, user, password, out))
+			apps.run(env, nil, "fetchmail", "-f", rc)
+			expectMessages(t, "fetchmail ("+proto+")", apps.files(out), stored)
+		}
+		// A wrong password: fetchmail's own exit status for a failed
+		// login (3), nothing delivered.
+		out := apps.mkdir("fetchmail-wrong")
+		rc := apps.write("fetchmailrc-wrong", 0o600, fmt.Sprintf(`set no syslog
+poll %s service %s protocol POP3 auth password
+  user "%s" there password "not the password" sslproto '' keep fetchall
+  mda "/bin/sh -c 'cat > %s/m.$$'"
+`, host, popPort, user, out))
+		if code, text := apps.runStatus(env, "fetchmail", "-f", rc); code != 3 {
+			t.Fatalf("fetchmail with a wrong password: exit status %d, want 3 (authentication failed)\n%s", code, text)
+		}
+		if got := apps.files(out); len(got) != 0 {
+			t.Fatalf("fetchmail with a wrong password delivered %d messages", len(got))
+		}
+	})
+
+	t.Run("getmail", func(t *testing.T) {
+		for _, retriever := range []string{"SimplePOP3Retriever", "SimpleIMAPRetriever"} {
+			port := map[string]string{"SimplePOP3Retriever": popPort, "SimpleIMAPRetriever": imapPort}[retriever]
+			out := apps.mkdir("getmail-" + retriever)
+			// An external MDA: getmail will not deliver to a maildir as
+			// root, which CI runs as.
+			rc := apps.write("getmailrc-"+retriever, 0o600, fmt.Sprintf(`[retriever]
+type = %s
+server = %s
+port = %s
+username = %s
+password = %s
+
+[destination]
+type = MDA_external
+path = /bin/sh
+arguments = ("-c", "cat > %s/m.$$")
+allow_root_commands = true
+
+[options]
+read_all = true
+delete = false
+`, retriever, host, port, user, password, out))
+			apps.run(nil, nil, "getmail", "--rcfile", rc, "--getmaildir", apps.mkdir("getmail-state-"+retriever))
+			expectMessages(t, "getmail ("+retriever+")", apps.files(out), stored)
+		}
+	})
+
+	t.Run("mbsync", func(t *testing.T) {
+		local := apps.mkdir("mbsync")
+		rc := apps.write("mbsyncrc", 0o600, fmt.Sprintf(`IMAPAccount proxy
+Host %s
+Port %s
+User %s
+Pass "%s"
+SSLType None
+
+IMAPStore remote
+Account proxy
+
+MaildirStore local
+Path %s/
+Inbox %s/INBOX
+
+Channel inbox
+Far :remote:
+Near :local:
+Patterns INBOX
+Create Near
+Sync Pull
+SyncState *
+`, host, imapPort, user, password, local, local))
+		apps.run(nil, nil, "mbsync", "-c", rc, "-a")
+		expectMessages(t, "mbsync", apps.files(filepath.Join(local, "INBOX", "cur")), stored)
+	})
+
+	t.Run("senders", func(t *testing.T) {
+		before := len(dv.relay.messages())
+		message := func(subject string) []byte {
+			return []byte("From: " + user + "\r\nTo: x@example.net\r\nSubject: " + subject + "\r\n\r\nsent by " + subject + "\r\n.dot line\r\n")
+		}
+		apps.run(nil, message("curl"), "curl", "-sS", "--user", creds, "--mail-from", user, "--mail-rcpt", "curl@example.net", "-T", "-", "smtp://"+px.smtpStartTLS)
+		// msmtp will not send a password over plaintext with "auth on";
+		// "auth plain" is the README's advice for such a listener.
+		apps.run(nil, message("msmtp"), "msmtp", "--host="+host, "--port="+smtpPort, "--tls=off", "--auth=plain",
+			"--user="+user, "--passwordeval=echo "+password, "--from="+user, "msmtp@example.net")
+		for _, mech := range []string{"LOGIN", "PLAIN"} {
+			apps.run(nil, nil, "swaks", "--server", px.smtpStartTLS, "--auth", mech, "--auth-user", user, "--auth-password", password,
+				"--from", user, "--to", "swaks@example.net", "--h-Subject", "swaks "+mech)
+		}
+		apps.run(env, []byte("sent by neomutt\n"), "neomutt", "-n", "-F", "/dev/null", "-e",
+			fmt.Sprintf("set smtp_url='smtp://%s@%s' smtp_pass='%s' from='%s' ssl_starttls=no ssl_force_tls=no",
+				strings.ReplaceAll(user, "@", "%40"), px.smtpStartTLS, password, user),
+			"-s", "neomutt", "neomutt@example.net")
+		relayed := dv.relay.messages()[before:]
+		want := []struct{ to, subject string }{
+			{"curl@example.net", "curl"}, {"msmtp@example.net", "msmtp"},
+			{"swaks@example.net", "swaks LOGIN"}, {"swaks@example.net", "swaks PLAIN"}, {"neomutt@example.net", "neomutt"},
+		}
+		if len(relayed) != len(want) {
+			t.Fatalf("Dovecot relayed %d messages, want %d", len(relayed), len(want))
+		}
+		for i, w := range want {
+			m := relayed[i]
+			if m.from != user || len(m.to) != 1 || m.to[0] != w.to || !bytes.Contains(m.data, []byte("\r\nSubject: "+w.subject+"\r\n")) {
+				t.Fatalf("message %d: from %q to %v, want %s's to %s:\n%s", i+1, m.from, m.to, w.subject, w.to, m.data)
+			}
+		}
+	})
+
+	requireNoSecrets(t, px.logs.String(), user, password)
+}
+
+// mailApps runs mail programs in a temporary directory.
+type mailApps struct {
+	t   *testing.T
+	dir string
+}
+
+func (a mailApps) mkdir(name string) string {
+	p := filepath.Join(a.dir, name)
+	if err := os.MkdirAll(p, 0o700); err != nil {
+		a.t.Fatal(err)
+	}
+	return p
+}
+
+func (a mailApps) write(name string, mode os.FileMode, text string) string {
+	p := filepath.Join(a.dir, name)
+	if err := os.WriteFile(p, []byte(text), mode); err != nil {
+		a.t.Fatal(err)
+	}
+	return p
+}
+
+// files reads every file in dir.
+func (a mailApps) files(dir string) [][]byte {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	var got [][]byte
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			a.t.Fatal(err)
+		}
+		got = append(got, b)
+	}
+	return got
+}
+
+// run runs a program to success, with stdin, and returns its output.
+func (a mailApps) run(env []string, stdin []byte, name string, args ...string) string {
+	a.t.Helper()
+	out, err := a.command(env, stdin, name, args...).Output()
+	if err != nil {
+		var stderr []byte
+		if e, ok := err.(*exec.ExitError); ok {
+			stderr = e.Stderr
+		}
+		a.t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, stderr)
+	}
+	return string(out)
+}
+
+// runStatus runs a program and returns its exit status and output.
+func (a mailApps) runStatus(env []string, name string, args ...string) (int, string) {
+	a.t.Helper()
+	out, err := a.command(env, nil, name, args...).CombinedOutput()
+	if e, ok := err.(*exec.ExitError); ok {
+		return e.ExitCode(), string(out)
+	} else if err != nil {
+		a.t.Fatalf("%s: %v", name, err)
+	}
+	return 0, string(out)
+}
+
+func (a mailApps) command(env []string, stdin []byte, name string, args ...string) *exec.Cmd {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	a.t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir, cmd.Env = a.dir, append(os.Environ(), env...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	return cmd
+}
+
+// expectMessages checks that the messages a program retrieved are the
+// ones stored, in any order: the same body, and every header stored,
+// whatever headers the program added and whichever line endings it
+// writes.
+func expectMessages(t *testing.T, who string, got, want [][]byte) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s retrieved %d messages, want %d", who, len(got), len(want))
+	}
+	used := make([]bool, len(got))
+next:
+	for i, w := range want {
+		for j, g := range got {
+			if !used[j] && sameMessage(g, w) {
+				used[j] = true
+				continue next
+			}
+		}
+		t.Fatalf("%s did not retrieve message %d as stored; what it retrieved begins:\n%.400s", who, i+1, got[0])
+	}
+}
+
+func sameMessage(got, want []byte) bool {
+	lf := func(b []byte) []byte { return bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")) }
+	gotHead, gotBody, ok1 := bytes.Cut(lf(got), []byte("\n\n"))
+	wantHead, wantBody, ok2 := bytes.Cut(lf(want), []byte("\n\n"))
+	if !ok1 || !ok2 || !bytes.Equal(gotBody, wantBody) {
+		return false
+	}
+	have := map[string]bool{}
+	for _, h := range strings.Split(string(gotHead), "\n") {
+		have[h] = true
+	}
+	for _, h := range strings.Split(string(wantHead), "\n") {
+		if !have[h] {
+			return false
+		}
+	}
+	return true
+}
+
+func splitHostPort(t *testing.T, addr string) (host, port string) {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return host, port
+}
+
+// requireNoSecrets fails the test if the proxy's debug log, protocol
+// trace included, holds the password in any form a client sends it (as is
+// in LOGIN and PASS, in SASL PLAIN, in AUTH LOGIN's base64) or a token.
+func requireNoSecrets(t *testing.T, logs, user, password string) {
+	t.Helper()
+	if !strings.Contains(logs, `"dir":"client->proxy"`) {
+		t.Fatal("no protocol trace in the log: the checks below would prove nothing")
+	}
+	b64 := base64.StdEncoding.EncodeToString
+	for _, secret := range []string{password, b64([]byte(password)), b64([]byte("\x00" + user + "\x00" + password))} {
+		if strings.Contains(logs, secret) {
+			t.Fatalf("the log holds a password: %q", secret)
+		}
+	}
+	if tok := regexp.MustCompile(`mock-[0-9a-f]{16,}`).FindString(logs); tok != "" {
+		t.Fatalf("the log holds a token: %q", tok)
+	}
+}
