@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"strings"
 	"time"
 
 	"github.com/emailproxy/emailproxy/config"
@@ -35,10 +34,9 @@ type dialect struct {
 // profile is what clients are shown before login: the upstream's greeting
 // and capabilities, rewritten for the proxy (one field per protocol).
 type profile struct {
-	imap         *imap.Profile
-	pop          *pop3.Profile
-	smtp         *smtp.Profile
-	smtpGreeting []byte
+	imap *imap.Profile
+	pop  *pop3.Profile
+	smtp *smtp.Profile
 }
 
 // clientMachine is the pre-login state machine of one client connection;
@@ -99,18 +97,8 @@ type popMachine struct{ *pop3.Machine }
 func (m popMachine) loginFailed(_, msg string, temp bool) []byte { return m.LoginFailed(msg, temp) }
 
 var smtpDialect = &dialect{
-	profile: func(u *upstream.Conn) *profile {
-		// "220 mx.example.com ESMTP ..." : the first word names the server.
-		domain := "localhost"
-		if f := strings.Fields(string(u.Greeting)); len(f) > 0 {
-			domain = f[0]
-		}
-		return &profile{
-			smtp:         &smtp.Profile{Domain: domain, Caps: smtp.ProxyCaps(u.Caps)},
-			smtpGreeting: []byte("220 " + string(u.Greeting) + "\r\n"),
-		}
-	},
-	greeting: func(p *profile, _, _ bool) []byte { return p.smtpGreeting },
+	profile:  func(u *upstream.Conn) *profile { return &profile{smtp: smtp.NewProfile(u.Greeting, u.Caps)} },
+	greeting: func(p *profile, _, _ bool) []byte { return p.smtp.Greeting },
 	newMachine: func(p *profile, offered, active bool, o *Options) clientMachine {
 		// STARTTLS offered locally means required before AUTH.
 		return smtpMachine{smtp.New(p.smtp, smtp.TLS{Offered: offered, Active: active, Required: offered}, o.SMTPLimits)}

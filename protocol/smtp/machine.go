@@ -26,8 +26,23 @@ var DefaultLimits = Limits{MaxLine: 8192, MaxErrors: 10}
 
 // Profile is what the machine tells clients about the server.
 type Profile struct {
-	Domain string   // name in the greeting and the EHLO reply
-	Caps   []string // EHLO keywords to offer, already rewritten (see ProxyCaps)
+	Greeting []byte   // the 220 line clients are greeted with, CRLF included
+	Domain   string   // name in the greeting and the EHLO reply
+	Caps     []string // EHLO keywords to offer, already rewritten (see ProxyCaps)
+}
+
+// NewProfile makes the profile from the upstream's greeting text (the
+// first line's, after "220 ") and its EHLO keywords (the lines after the
+// first, domain line).
+func NewProfile(upstreamGreeting []byte, upstreamCaps []string) *Profile {
+	// "220 mx.example.com ESMTP ...": the first word names the server.
+	domain := "localhost"
+	if f := strings.Fields(string(upstreamGreeting)); len(f) > 0 {
+		domain = f[0]
+	}
+	greeting := make([]byte, 0, len(upstreamGreeting)+6)
+	greeting = append(append(append(greeting, "220 "...), upstreamGreeting...), "\r\n"...)
+	return &Profile{Greeting: greeting, Domain: domain, Caps: ProxyCaps(upstreamCaps)}
 }
 
 // TLS says how the client side may use TLS.
@@ -273,15 +288,21 @@ func (m *Machine) closeWith(s string) protocol.Action {
 // first, domain line) into the ones the proxy offers: AUTH lines (both
 // "AUTH ..." and the non-standard "AUTH=...") and STARTTLS go, since the
 // proxy adds its own; SIZE, 8BITMIME, PIPELINING, SMTPUTF8, CHUNKING,
-// ENHANCEDSTATUSCODES and the rest pass unchanged.
+// ENHANCEDSTATUSCODES and the rest pass unchanged. A keyword is told by
+// its first word, whatever the case and the blanks around it, and blank
+// lines go: a server's "STARTTLS " must not offer the client a STARTTLS
+// the proxy does not do.
 func ProxyCaps(upstream []string) []string {
 	out := make([]string, 0, len(upstream))
 	for _, c := range upstream {
-		u := strings.ToUpper(c)
-		if u == "STARTTLS" || u == "AUTH" || strings.HasPrefix(u, "AUTH ") || strings.HasPrefix(u, "AUTH=") {
+		words := strings.Fields(c)
+		if len(words) == 0 {
 			continue
 		}
-		out = append(out, c)
+		if w := strings.ToUpper(words[0]); w == "STARTTLS" || w == "AUTH" || strings.HasPrefix(w, "AUTH=") {
+			continue
+		}
+		out = append(out, strings.TrimSpace(c))
 	}
 	return out
 }
@@ -312,13 +333,20 @@ func ParseReply(line []byte) (code int, more bool, text string, ok bool) {
 }
 
 // AuthMechanisms lists the SASL mechanisms of upstream EHLO keywords, from
-// both the "AUTH A B" and the "AUTH=A B" forms.
+// both the "AUTH A B" and the "AUTH=A B" forms, whatever the blanks.
 func AuthMechanisms(caps []string) []string {
 	var mechs []string
 	for _, c := range caps {
-		u := strings.ToUpper(c)
-		if strings.HasPrefix(u, "AUTH ") || strings.HasPrefix(u, "AUTH=") {
-			mechs = append(mechs, strings.Fields(u[5:])...)
+		words := strings.Fields(strings.ToUpper(c))
+		switch {
+		case len(words) == 0:
+		case words[0] == "AUTH":
+			mechs = append(mechs, words[1:]...)
+		case strings.HasPrefix(words[0], "AUTH="):
+			if m := words[0][len("AUTH="):]; m != "" {
+				mechs = append(mechs, m)
+			}
+			mechs = append(mechs, words[1:]...)
 		}
 	}
 	return mechs

@@ -131,6 +131,16 @@ func TestHelpers(t *testing.T) {
 	if got := strings.Join(AuthMechanisms([]string{"SIZE 1", "AUTH LOGIN XOAUTH2", "AUTH=OAUTHBEARER"}), " "); got != "LOGIN XOAUTH2 OAUTHBEARER" {
 		t.Fatalf("mechs %q", got)
 	}
+	// Blanks other than one space, and a lower-case keyword, as a careless
+	// server may send them.
+	if got := strings.Join(AuthMechanisms([]string{"auth\txoauth2  plain ", " AUTH=", "AUTHX Y"}), " "); got != "XOAUTH2 PLAIN" {
+		t.Fatalf("mechs %q", got)
+	}
+	// What the proxy does itself is not offered twice, however it is
+	// written; blank keywords go; the rest passes, its blanks trimmed.
+	if got := strings.Join(ProxyCaps([]string{"starttls ", "", "  ", "Auth\tPLAIN", "auth=login", "AUTHX 1", " SIZE 10 "}), "|"); got != "AUTHX 1|SIZE 10" {
+		t.Fatalf("caps %q", got)
+	}
 	for _, c := range []struct {
 		line     string
 		code     int
