@@ -39,8 +39,6 @@ func testMailApps(t *testing.T, frontEnd string) {
 	px := startProxyFor(t, dv, Options{FrontEnd: frontEnd})
 	const user, password = dovecotUser, "correct horse 9"
 	apps := mailApps{t: t, dir: t.TempDir()}
-	home := apps.mkdir("home") // fetchmail and neomutt keep state there
-	env := []string{"HOME=" + home}
 
 	// Two messages: one small with lines that POP3 must dot-stuff and
 	// 8-bit text, one large enough to cross every buffer on the way.
@@ -57,8 +55,8 @@ func testMailApps(t *testing.T, frontEnd string) {
 		// A file, not standard input: curl must know the size for the
 		// literal.
 		file := apps.write(fmt.Sprintf("stored-%d.eml", i+1), 0o600, string(m))
-		apps.run(nil, nil, "curl", "-sS", "--user", creds, "-T", file, "imap://"+px.imap+"/INBOX")
-		if out := apps.run(nil, nil, "curl", "-sS", "--user", creds, "imap://"+px.imap+"/INBOX?ALL"); !strings.Contains(out, fmt.Sprint(" ", i+1)) {
+		apps.run(nil, "curl", "-sS", "--user", creds, "-T", file, "imap://"+px.imap+"/INBOX")
+		if out := apps.run(nil, "curl", "-sS", "--user", creds, "imap://"+px.imap+"/INBOX?ALL"); !strings.Contains(out, fmt.Sprint(" ", i+1)) {
 			t.Fatalf("curl: the message appended is not in INBOX: %q", out)
 		}
 	}
@@ -69,8 +67,8 @@ func testMailApps(t *testing.T, frontEnd string) {
 	t.Run("curl", func(t *testing.T) {
 		var imap, pop [][]byte
 		for i := range stored {
-			imap = append(imap, []byte(apps.run(nil, nil, "curl", "-sS", "--user", creds, fmt.Sprintf("imap://%s/INBOX;UID=%d", px.imap, i+1))))
-			pop = append(pop, []byte(apps.run(nil, nil, "curl", "-sS", "--user", creds, fmt.Sprintf("pop3://%s/%d", px.pop, i+1))))
+			imap = append(imap, []byte(apps.run(nil, "curl", "-sS", "--user", creds, fmt.Sprintf("imap://%s/INBOX;UID=%d", px.imap, i+1))))
+			pop = append(pop, []byte(apps.run(nil, "curl", "-sS", "--user", creds, fmt.Sprintf("pop3://%s/%d", px.pop, i+1))))
 		}
 		expectMessages(t, "curl (IMAP)", imap, stored)
 		expectMessages(t, "curl (POP3)", pop, stored)
@@ -87,7 +85,7 @@ poll %s service %s protocol %s auth password
   user "%s" there password "%s" sslproto '' keep fetchall
   mda "/bin/sh -c 'cat > %s/m.$$'"
 `, host, port, proto, user, password, out))
-			apps.run(env, nil, "fetchmail", "-f", rc)
+			apps.run(nil, "fetchmail", "-f", rc)
 			expectMessages(t, "fetchmail ("+proto+")", apps.files(out), stored)
 		}
 		// A wrong password: fetchmail's own exit status for a failed
@@ -98,7 +96,7 @@ poll %s service %s protocol POP3 auth password
   user "%s" there password "not the password" sslproto '' keep fetchall
   mda "/bin/sh -c 'cat > %s/m.$$'"
 `, host, popPort, user, out))
-		if code, text := apps.runStatus(env, "fetchmail", "-f", rc); code != 3 {
+		if code, text := apps.runStatus("fetchmail", "-f", rc); code != 3 {
 			t.Fatalf("fetchmail with a wrong password: exit status %d, want 3 (authentication failed)\n%s", code, text)
 		}
 		if got := apps.files(out); len(got) != 0 {
@@ -129,7 +127,7 @@ allow_root_commands = true
 read_all = true
 delete = false
 `, retriever, host, port, user, password, out))
-			apps.run(nil, nil, "getmail", "--rcfile", rc, "--getmaildir", apps.mkdir("getmail-state-"+retriever))
+			apps.run(nil, "getmail", "--rcfile", rc, "--getmaildir", apps.mkdir("getmail-state-"+retriever))
 			expectMessages(t, "getmail ("+retriever+")", apps.files(out), stored)
 		}
 	})
@@ -158,7 +156,7 @@ Create Near
 Sync Pull
 SyncState *
 `, host, imapPort, user, password, local, local))
-		apps.run(nil, nil, "mbsync", "-c", rc, "-a")
+		apps.run(nil, "mbsync", "-c", rc, "-a")
 		expectMessages(t, "mbsync", apps.files(filepath.Join(local, "INBOX", "cur")), stored)
 	})
 
@@ -167,16 +165,16 @@ SyncState *
 		message := func(subject string) []byte {
 			return []byte("From: " + user + "\r\nTo: x@example.net\r\nSubject: " + subject + "\r\n\r\nsent by " + subject + "\r\n.dot line\r\n")
 		}
-		apps.run(nil, message("curl"), "curl", "-sS", "--user", creds, "--mail-from", user, "--mail-rcpt", "curl@example.net", "-T", "-", "smtp://"+px.smtpStartTLS)
+		apps.run(message("curl"), "curl", "-sS", "--user", creds, "--mail-from", user, "--mail-rcpt", "curl@example.net", "-T", "-", "smtp://"+px.smtpStartTLS)
 		// msmtp will not send a password over plaintext with "auth on";
 		// "auth plain" is the README's advice for such a listener.
-		apps.run(nil, message("msmtp"), "msmtp", "--host="+host, "--port="+smtpPort, "--tls=off", "--auth=plain",
+		apps.run(message("msmtp"), "msmtp", "--host="+host, "--port="+smtpPort, "--tls=off", "--auth=plain",
 			"--user="+user, "--passwordeval=echo "+password, "--from="+user, "msmtp@example.net")
 		for _, mech := range []string{"LOGIN", "PLAIN"} {
-			apps.run(nil, nil, "swaks", "--server", px.smtpStartTLS, "--auth", mech, "--auth-user", user, "--auth-password", password,
+			apps.run(nil, "swaks", "--server", px.smtpStartTLS, "--auth", mech, "--auth-user", user, "--auth-password", password,
 				"--from", user, "--to", "swaks@example.net", "--h-Subject", "swaks "+mech)
 		}
-		apps.run(env, []byte("sent by neomutt\n"), "neomutt", "-n", "-F", "/dev/null", "-e",
+		apps.run([]byte("sent by neomutt\n"), "neomutt", "-n", "-F", "/dev/null", "-e",
 			fmt.Sprintf("set smtp_url='smtp://%s@%s' smtp_pass='%s' from='%s' ssl_starttls=no ssl_force_tls=no",
 				strings.ReplaceAll(user, "@", "%40"), px.smtpStartTLS, password, user),
 			"-s", "neomutt", "neomutt@example.net")
@@ -239,9 +237,9 @@ func (a mailApps) files(dir string) [][]byte {
 }
 
 // run runs a program to success, with stdin, and returns its output.
-func (a mailApps) run(env []string, stdin []byte, name string, args ...string) string {
+func (a mailApps) run(stdin []byte, name string, args ...string) string {
 	a.t.Helper()
-	out, err := a.command(env, stdin, name, args...).Output()
+	out, err := a.command(stdin, name, args...).Output()
 	if err != nil {
 		var stderr []byte
 		if e, ok := err.(*exec.ExitError); ok {
@@ -253,9 +251,9 @@ func (a mailApps) run(env []string, stdin []byte, name string, args ...string) s
 }
 
 // runStatus runs a program and returns its exit status and output.
-func (a mailApps) runStatus(env []string, name string, args ...string) (int, string) {
+func (a mailApps) runStatus(name string, args ...string) (int, string) {
 	a.t.Helper()
-	out, err := a.command(env, nil, name, args...).CombinedOutput()
+	out, err := a.command(nil, name, args...).CombinedOutput()
 	if e, ok := err.(*exec.ExitError); ok {
 		return e.ExitCode(), string(out)
 	} else if err != nil {
@@ -264,11 +262,14 @@ func (a mailApps) runStatus(env []string, name string, args ...string) (int, str
 	return 0, string(out)
 }
 
-func (a mailApps) command(env []string, stdin []byte, name string, args ...string) *exec.Cmd {
+// command makes a program's command, its home the test's own: no
+// configuration of the machine's user is read, and what the program
+// keeps (fetchmail's UIDs, neomutt's cache) stays in the test.
+func (a mailApps) command(stdin []byte, name string, args ...string) *exec.Cmd {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	a.t.Cleanup(cancel)
 	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Dir, cmd.Env = a.dir, append(os.Environ(), env...)
+	cmd.Dir, cmd.Env = a.dir, append(os.Environ(), "HOME="+a.mkdir("home"))
 	cmd.Stdin = bytes.NewReader(stdin)
 	return cmd
 }
