@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -19,6 +20,13 @@ import (
 //     held back by the address-wide count, and nothing another address
 //     does touches it. Its success clears its own failures only, so an
 //     attacker gets no fresh guesses when the victim logs in.
+//   - An IPv6 client is also counted by its /64 network, which is one
+//     host's or subscriber's and costs nothing to move around in: the
+//     network's wrong passwords per account, and the accounts it tried,
+//     have the same limits as one address's, so rotating addresses
+//     buys no guesses. A pair trusted as above is held back by neither.
+//     An IPv4 address written as IPv6 (::ffff:a.b.c.d) is the IPv4
+//     address.
 //
 // Refusals are immediate (nothing sleeps, so no worker is held). Records
 // are kept in memory, at most maxTracked of them.
@@ -51,19 +59,52 @@ func newLimiter(base time.Duration) *limiter {
 func pairKey(account, addr string) string { return "pair\x00" + addr + "\x00" + account }
 func addrKey(addr string) string          { return "addr\x00" + addr }
 
+// source is where a login comes from, as the limiter counts it.
+type source struct {
+	addr    string // the address, IPv4 unmapped
+	network string // IPv6: the address's /64 ("2001:db8:1:2::/64"); else ""
+}
+
+func sourceOf(addr string) source {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return source{addr: addr} // not an address (a test's name): as it is
+	}
+	ip = ip.Unmap().WithZone("")
+	if ip.Is4() {
+		return source{addr: ip.String()}
+	}
+	prefix, _ := ip.Prefix(64)
+	return source{addr: ip.String(), network: prefix.String()}
+}
+
+// wide is what the address-wide count is kept for.
+func (s source) wide() string {
+	if s.network != "" {
+		return s.network
+	}
+	return s.addr
+}
+
 // blocked reports how long a login of account from addr must wait, and
 // whether the address-wide count (rather than the pair's) holds it.
 func (l *limiter) blocked(account, addr string, now time.Time) (wait time.Duration, addressWide bool) {
+	src := sourceOf(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	p := l.m[pairKey(account, addr)]
+	p := l.m[pairKey(account, src.addr)]
 	if p != nil && now.Before(p.until) {
 		return p.until.Sub(now), false
 	}
 	if p != nil && now.Sub(p.trusted) < trustFor {
 		return 0, false
 	}
-	if a := l.m[addrKey(addr)]; a != nil && now.Before(a.until) {
+	if src.network != "" {
+		if n := l.m[pairKey(account, src.network)]; n != nil && now.Before(n.until) {
+			return n.until.Sub(now), false
+		}
+	}
+	if a := l.m[addrKey(src.wide())]; a != nil && now.Before(a.until) {
 		return a.until.Sub(now), true
 	}
 	return 0, false
@@ -71,33 +112,40 @@ func (l *limiter) blocked(account, addr string, now time.Time) (wait time.Durati
 
 // fail records a wrong password (or unknown account) for the pair.
 func (l *limiter) fail(account, addr string, now time.Time) {
+	src := sourceOf(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	p := l.recordLocked(pairKey(account, addr), now)
-	if now.Sub(p.last) > failureMemory && now.After(p.until) {
-		p.count = 0 // old failures are forgiven
+	p := l.countLocked(pairKey(account, src.addr), maxFreeFailures, now)
+	first := p.count == 1 // the first failure of this account from here
+	if src.network != "" {
+		first = l.countLocked(pairKey(account, src.network), maxFreeFailures, now).count == 1
 	}
-	p.count++
-	p.last = now
-	l.lockLocked(p, maxFreeFailures, now)
-	if p.count == 1 && now.Sub(p.trusted) >= trustFor {
+	if first && now.Sub(p.trusted) >= trustFor {
 		// A new account tried from this address without success.
-		a := l.recordLocked(addrKey(addr), now)
-		if now.Sub(a.last) > failureMemory && now.After(a.until) {
-			a.count = 0
-		}
-		a.count++
-		a.last = now
-		l.lockLocked(a, maxFreeAccounts, now)
+		l.countLocked(addrKey(src.wide()), maxFreeAccounts, now)
 	}
 }
 
 // succeed records that the pair presented the right password.
 func (l *limiter) succeed(account, addr string, now time.Time) {
+	src := sourceOf(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	p := l.recordLocked(pairKey(account, addr), now)
+	p := l.recordLocked(pairKey(account, src.addr), now)
 	p.count, p.until, p.last, p.trusted = 0, time.Time{}, now, now
+}
+
+// countLocked counts one more failure in key's record (after forgiving
+// old ones) and locks it out once free are used up.
+func (l *limiter) countLocked(key string, free int, now time.Time) *failures {
+	f := l.recordLocked(key, now)
+	if now.Sub(f.last) > failureMemory && now.After(f.until) {
+		f.count = 0 // old failures are forgiven
+	}
+	f.count++
+	f.last = now
+	l.lockLocked(f, free, now)
+	return f
 }
 
 func (l *limiter) lockLocked(f *failures, free int, now time.Time) {

@@ -392,6 +392,52 @@ func TestPasswordSprayDoesNotLockOutTheApp(t *testing.T) {
 	}
 }
 
+// An IPv6 client is counted by its /64 too: rotating through its
+// addresses buys no guesses, at one account or across accounts, while an
+// app of the same network that logged in is not held back, and another
+// network is not touched. An IPv4 address written as IPv6 is the IPv4
+// address.
+func TestIPv6NetworkCountsAsOneAddress(t *testing.T) {
+	now := time.Now()
+	l := newLimiter(time.Minute)
+	const app = "2001:db8:1:2::100"
+	l.succeed("a@x", app, now)
+	for i := 1; i <= 5; i++ {
+		addr := fmt.Sprintf("2001:db8:1:2:%x::1", i)
+		if d, _ := l.blocked("a@x", addr, now); d != 0 {
+			t.Fatalf("guess %d held back already", i)
+		}
+		l.fail("a@x", addr, now)
+	}
+	if d, wide := l.blocked("a@x", "2001:db8:1:2:ffff::1", now); d != time.Minute || wide {
+		t.Fatalf("a sixth address of the network: held back %v (address-wide %v), want the pair's minute", d, wide)
+	}
+	if d, _ := l.blocked("a@x", "2001:db8:1:3::1", now); d != 0 {
+		t.Fatalf("another network is held back: %v", d)
+	}
+	if d, _ := l.blocked("a@x", app, now); d != 0 {
+		t.Fatalf("the network's app that logged in is held back: %v", d)
+	}
+	// Ten accounts tried in vain from addresses of one network: an
+	// eleventh account is held back network-wide.
+	for i := 0; i < 10; i++ {
+		l.fail(fmt.Sprintf("u%d@x", i), fmt.Sprintf("2001:db8:9:9::%x", i+1), now)
+	}
+	if d, wide := l.blocked("u99@x", "2001:db8:9:9::abcd", now); d != time.Minute || !wide {
+		t.Fatalf("a spray across accounts from one network: held back %v (address-wide %v)", d, wide)
+	}
+	// ::ffff:192.0.2.7 and 192.0.2.7 are one address, with no network.
+	for i := 0; i < 5; i++ {
+		l.fail("a@x", "::ffff:192.0.2.7", now)
+	}
+	if d, _ := l.blocked("a@x", "192.0.2.7", now); d != time.Minute {
+		t.Fatalf("IPv4 written as IPv6 counted apart: %v", d)
+	}
+	if d, _ := l.blocked("a@x", "192.0.2.8", now); d != 0 {
+		t.Fatalf("a neighbouring IPv4 address is held back: %v", d)
+	}
+}
+
 // An unknown account is answered exactly like a wrong password (the hint
 // to add a section goes to the log only) and is counted like one; an
 // address that tries many accounts is slowed down, but not for the
