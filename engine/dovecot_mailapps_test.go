@@ -342,3 +342,39 @@ func requireNoSecrets(t *testing.T, logs, user, password string) {
 		t.Fatalf("the log holds a token: %q", tok)
 	}
 }
+
+// Jakarta Mail (JavaMail), the library most Java business apps poll and
+// send with, through the proxy to a real Dovecot with its default
+// settings: testdata/JakartaMailClient.java logs in over IMAP, appends a
+// message and reads it back, is refused a wrong password, reads the
+// message over POP3 and sends one over SMTP; here the message it sent is
+// checked as Dovecot relayed it.
+func TestDovecotJakartaMail(t *testing.T) {
+	java, err := exec.LookPath("java")
+	if err != nil {
+		t.Fatal("this test needs Java: apt-get install default-jdk-headless (bash .ci/run does)")
+	}
+	const jars = "/usr/share/java/jakarta-mail.jar:/usr/share/java/jakarta-activation.jar"
+	for _, jar := range strings.Split(jars, ":") {
+		if _, err := os.Stat(jar); err != nil {
+			t.Fatalf("this test needs Jakarta Mail: apt-get install libjakarta-mail-java (bash .ci/run does): %v", err)
+		}
+	}
+	dv, _ := startDovecotWithIdP(t)
+	px := startProxyFor(t, dv, Options{})
+	const user, password = dovecotUser, "correct horse 9"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// A single-file program: java compiles it in memory.
+	out, err := exec.CommandContext(ctx, java, "-cp", jars, "testdata/JakartaMailClient.java",
+		px.imap, px.pop, px.smtpStartTLS, user, password).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "all checks passed") {
+		t.Fatalf("Jakarta Mail: %v\n%s", err, out)
+	}
+	relayed := dv.relay.messages()
+	if len(relayed) != 1 || relayed[0].from != user || len(relayed[0].to) != 1 || relayed[0].to[0] != "jakarta@example.net" ||
+		!bytes.Contains(relayed[0].data, []byte("\r\nSubject: sent by jakarta mail\r\n")) || !bytes.Contains(relayed[0].data, []byte("\r\n\r\nsent\r\n.dot line\r\n")) {
+		t.Fatalf("Dovecot relayed %d messages, want Jakarta Mail's one: %q", len(relayed), relayed)
+	}
+	requireNoSecrets(t, px.logs.String(), user, password)
+}
