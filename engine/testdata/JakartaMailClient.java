@@ -50,6 +50,17 @@ public class JakartaMailClient {
         return out.toString(StandardCharsets.UTF_8);
     }
 
+    // find is the folder's message with this subject, or null.
+    static Message find(Folder folder, String subject) throws Exception {
+        Message found = null;
+        for (Message x : folder.getMessages()) {
+            if (subject.equals(x.getSubject())) {
+                found = x;
+            }
+        }
+        return found;
+    }
+
     public static void main(String[] args) throws Exception {
         String imapAddr = args[0], popAddr = args[1], smtpAddr = args[2], user = args[3], password = args[4];
         String subject = "jakarta mail " + System.nanoTime();
@@ -68,12 +79,7 @@ public class JakartaMailClient {
         m.setText(body, "UTF-8");
         m.saveChanges();
         inbox.appendMessages(new Message[] {m});
-        Message found = null;
-        for (Message x : inbox.getMessages()) {
-            if (subject.equals(x.getSubject())) {
-                found = x;
-            }
-        }
+        Message found = find(inbox, subject);
         check("IMAP append, then the message found by its subject", found != null, inbox.getMessageCount());
         check("IMAP message content as appended", body.equals(found.getContent()), found.getContent());
         found.setFlag(Flags.Flag.FLAGGED, true);
@@ -95,12 +101,7 @@ public class JakartaMailClient {
         pop.connect(user, password);
         Folder popInbox = pop.getFolder("INBOX");
         popInbox.open(Folder.READ_ONLY);
-        Message popFound = null;
-        for (Message x : popInbox.getMessages()) {
-            if (subject.equals(x.getSubject())) {
-                popFound = x;
-            }
-        }
+        Message popFound = find(popInbox, subject);
         check("POP3 message found by its subject", popFound != null, popInbox.getMessageCount());
         check("POP3 message content as appended", body.equals(popFound.getContent()), popFound.getContent());
         popInbox.close(false);
