@@ -378,3 +378,40 @@ func TestDovecotJakartaMail(t *testing.T) {
 	}
 	requireNoSecrets(t, px.logs.String(), user, password)
 }
+
+// The script languages help desks and CRMs poll mailboxes with, through
+// the proxy to a real Dovecot: PHP's imap extension (the UW c-client
+// library) over IMAP and POP3, and Perl's Mail::IMAPClient, Net::POP3 and
+// Net::SMTP. Each script appends a message, finds it and reads it back,
+// and checks each answer; here the message Perl sent is checked as
+// Dovecot relayed it.
+func TestDovecotScriptClients(t *testing.T) {
+	php, err := exec.LookPath("php")
+	if err != nil {
+		t.Fatal("this test needs PHP: apt-get install php-cli php-imap (bash .ci/run does)")
+	}
+	perl, err := exec.LookPath("perl")
+	if err != nil {
+		t.Fatal("this test needs Perl: apt-get install perl libmail-imapclient-perl libauthen-sasl-perl (bash .ci/run does)")
+	}
+	dv, _ := startDovecotWithIdP(t)
+	px := startProxyFor(t, dv, Options{})
+	const user, password = dovecotUser, "correct horse 9"
+	run := func(name string, args ...string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "all checks passed") {
+			t.Fatalf("%s: %v\n%s", args[0], err, out)
+		}
+	}
+	run(php, "testdata/php_imap_client.php", px.imap, px.pop, user, password)
+	run(perl, "testdata/perl_clients.pl", px.imap, px.pop, px.smtpStartTLS, user, password)
+	relayed := dv.relay.messages()
+	if len(relayed) != 1 || relayed[0].from != user || len(relayed[0].to) != 1 || relayed[0].to[0] != "perl@example.net" ||
+		!bytes.Contains(relayed[0].data, []byte("\r\nSubject: sent by perl\r\n\r\nsent\r\n.dot line\r\n")) {
+		t.Fatalf("Dovecot relayed %d messages, want Perl's one: %q", len(relayed), relayed)
+	}
+	requireNoSecrets(t, px.logs.String(), user, password)
+}
