@@ -381,10 +381,11 @@ func TestDovecotJakartaMail(t *testing.T) {
 
 // The script languages help desks and CRMs poll mailboxes with, through
 // the proxy to a real Dovecot: PHP's imap extension (the UW c-client
-// library) over IMAP and POP3, and Perl's Mail::IMAPClient, Net::POP3 and
-// Net::SMTP. Each script appends a message, finds it and reads it back,
-// and checks each answer; here the message Perl sent is checked as
-// Dovecot relayed it.
+// library) over IMAP and POP3, Perl's Mail::IMAPClient, Net::POP3 and
+// Net::SMTP, and Ruby's net-imap, net-pop and net-smtp. Each script
+// appends a message, finds it and reads it back, is refused a wrong
+// password, and checks each answer; here the messages Perl and Ruby sent
+// are checked as Dovecot relayed them.
 func TestDovecotScriptClients(t *testing.T) {
 	php, err := exec.LookPath("php")
 	if err != nil {
@@ -393,6 +394,10 @@ func TestDovecotScriptClients(t *testing.T) {
 	perl, err := exec.LookPath("perl")
 	if err != nil {
 		t.Fatal("this test needs Perl: apt-get install perl libmail-imapclient-perl libauthen-sasl-perl (bash .ci/run does)")
+	}
+	ruby, err := exec.LookPath("ruby")
+	if err != nil {
+		t.Fatal("this test needs Ruby: apt-get install ruby (bash .ci/run does)")
 	}
 	dv, _ := startDovecotWithIdP(t)
 	px := startProxyFor(t, dv, Options{})
@@ -408,10 +413,16 @@ func TestDovecotScriptClients(t *testing.T) {
 	}
 	run(php, "testdata/php_imap_client.php", px.imap, px.pop, user, password)
 	run(perl, "testdata/perl_clients.pl", px.imap, px.pop, px.smtpStartTLS, user, password)
+	run(ruby, "testdata/ruby_clients.rb", px.imap, px.pop, px.smtpStartTLS, user, password)
 	relayed := dv.relay.messages()
-	if len(relayed) != 1 || relayed[0].from != user || len(relayed[0].to) != 1 || relayed[0].to[0] != "perl@example.net" ||
-		!bytes.Contains(relayed[0].data, []byte("\r\nSubject: sent by perl\r\n\r\nsent\r\n.dot line\r\n")) {
-		t.Fatalf("Dovecot relayed %d messages, want Perl's one: %q", len(relayed), relayed)
+	if len(relayed) != 2 {
+		t.Fatalf("Dovecot relayed %d messages, want Perl's and Ruby's: %q", len(relayed), relayed)
+	}
+	for i, lang := range []string{"perl", "ruby"} {
+		if m := relayed[i]; m.from != user || len(m.to) != 1 || m.to[0] != lang+"@example.net" ||
+			!bytes.Contains(m.data, []byte("\r\nSubject: sent by "+lang+"\r\n\r\nsent\r\n.dot line\r\n")) {
+			t.Fatalf("message %d relayed: from %q to %v, want %s's:\n%s", i+1, m.from, m.to, lang, m.data)
+		}
 	}
 	requireNoSecrets(t, px.logs.String(), user, password)
 }
