@@ -14,8 +14,8 @@ function check(string $what, bool $ok, $got): void {
     echo "ok   $what\n";
 }
 
-// c-client would ask for STARTTLS on its own: /notls, as for any
-// plaintext server (the proxy listens on 127.0.0.1).
+// /notls: c-client would take STARTTLS if a listener offered it; this
+// one is plaintext, as a legacy app's usually is.
 $subject = "php imap " . hrtime(true);
 $body = "line one\r\n.leading dot\r\n..two dots\r\nna\xc3\xafve\r\n";
 $message = "From: $user\r\nSubject: $subject\r\n\r\n$body";
