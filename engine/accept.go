@@ -110,10 +110,14 @@ func (s *Server) accept(port int, ln net.Listener) {
 		switch {
 		case l == nil || l.removed.Load():
 			c.Close()
-		case l.tlsCfg == nil && s.loops != nil:
+		case l.tlsCfg == nil && s.loops != nil && !failing.loopsFull():
 			// The loops take a duplicate of c's descriptor: at the limit,
-			// that fails like accept (and c is closed).
-			if _, err := s.loops.Enroll(c); err != nil && s.ctx.Err() == nil {
+			// that fails like accept, and gnet closes c without a word.
+			// For a while after, plaintext clients are served on
+			// goroutines, which need no second descriptor, so no other
+			// client is lost that way.
+			if err := s.enroll(c); err != nil && s.ctx.Err() == nil {
+				failing.enrollFailed(s, port, err)
 				failing.wait(s, port, err)
 				continue
 			}
@@ -127,14 +131,56 @@ func (s *Server) accept(port int, ln net.Listener) {
 	}
 }
 
+// enroll hands a plaintext client to the event loops.
+func (s *Server) enroll(c net.Conn) error {
+	if h := testHookEnroll; h != nil {
+		if err := h(c); err != nil {
+			return err
+		}
+	}
+	_, err := s.loops.Enroll(c)
+	return err
+}
+
+// testHookEnroll, when set by a test, runs before each hand-over to the
+// event loops; an error it returns fails the hand-over (it must close c,
+// as gnet does).
+var testHookEnroll func(c net.Conn) error
+
+// loopsFullFor is how long plaintext clients go to goroutines after the
+// event loops could not take one.
+const loopsFullFor = 30 * time.Second
+
 // acceptFailures paces an accept loop while accept fails: out of file
 // descriptors (EMFILE, ENFILE) or of memory. It waits 5 ms after the
 // first failure, doubling up to a second, as net/http does, and logs the
-// start and the end of each episode rather than every failure.
+// start and the end of each episode rather than every failure. It also
+// remembers when the event loops last failed to take a client.
 type acceptFailures struct {
-	n     int
-	delay time.Duration
-	since time.Time
+	n         int
+	delay     time.Duration
+	since     time.Time
+	loopsFail time.Time // zero: never
+}
+
+// loopsFull reports whether the event loops failed to take a client
+// within loopsFullFor.
+func (f *acceptFailures) loopsFull() bool {
+	if f.loopsFail.IsZero() {
+		return false
+	}
+	if time.Since(f.loopsFail) < loopsFullFor {
+		return true
+	}
+	f.loopsFail = time.Time{}
+	return false
+}
+
+func (f *acceptFailures) enrollFailed(s *Server, port int, err error) {
+	if f.loopsFail.IsZero() {
+		s.log.Warn().Err(err).Int("port", port).Dur("for", loopsFullFor).Msg("the event loops cannot take clients (out of file descriptors?); new plaintext clients are served on goroutines for a while")
+	}
+	f.loopsFail = time.Now()
 }
 
 func (f *acceptFailures) wait(s *Server, port int, err error) {

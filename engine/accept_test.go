@@ -1,10 +1,12 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/emailproxy/emailproxy/auth"
@@ -37,4 +39,33 @@ func TestStartFailingReleasesThePortsItBound(t *testing.T) {
 		}
 		again.Close()
 	})
+}
+
+// When the event loops cannot take a client (gnet's hand-over duplicates
+// the descriptor, which fails at the open-file limit, and closes the
+// client), the plaintext clients after it are served on goroutines,
+// which need no second descriptor: they are greeted and log in, and the
+// failure is logged once.
+func TestClientsGoToGoroutinesWhenTheLoopsCannotTakeThem(t *testing.T) {
+	// Every hand-over fails, as while the process stays at its limit.
+	var enrolls atomic.Int32
+	testHookEnroll = func(c net.Conn) error {
+		enrolls.Add(1)
+		c.Close()
+		return errors.New("dup: too many open files")
+	}
+	t.Cleanup(func() { testHookEnroll = nil })
+	env := startEnv(t, envOptions{engine: Options{FrontEnd: FrontEndGnet}})
+	dialRaw(t, env.popAddr).expectEOF() // the client the loops could not take
+	for i := 0; i < 3; i++ {
+		p := popLogin(t, env.popAddr, testAccount, testPassword)
+		p.ok("STAT")
+		p.ok("QUIT")
+	}
+	if n := enrolls.Load(); n != 1 {
+		t.Fatalf("%d hand-overs to the event loops, want only the one that failed", n)
+	}
+	if n := strings.Count(env.logs.String(), "the event loops cannot take clients"); n != 1 {
+		t.Fatalf("the failure was logged %d times, want once:\n%s", n, env.logs.String())
+	}
 }
