@@ -70,6 +70,9 @@ func sourceOf(addr string) source {
 	if err != nil {
 		return source{addr: addr} // not an address (a test's name): as it is
 	}
+	if ip.Is4() {
+		return source{addr: addr} // IPv4 has one text form: no need to print it again
+	}
 	ip = ip.Unmap().WithZone("")
 	if ip.Is4() {
 		return source{addr: ip.String()}
