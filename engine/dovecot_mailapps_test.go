@@ -363,19 +363,9 @@ func TestDovecotJakartaMail(t *testing.T) {
 	dv, _ := startDovecotWithIdP(t)
 	px := startProxyFor(t, dv, Options{})
 	const user, password = dovecotUser, "correct horse 9"
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	// A single-file program: java compiles it in memory.
-	out, err := exec.CommandContext(ctx, java, "-cp", jars, "testdata/JakartaMailClient.java",
-		px.imap, px.pop, px.smtpStartTLS, user, password).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "all checks passed") {
-		t.Fatalf("Jakarta Mail: %v\n%s", err, out)
-	}
-	relayed := dv.relay.messages()
-	if len(relayed) != 1 || relayed[0].from != user || len(relayed[0].to) != 1 || relayed[0].to[0] != "jakarta@example.net" ||
-		!bytes.Contains(relayed[0].data, []byte("\r\nSubject: sent by jakarta mail\r\n")) || !bytes.Contains(relayed[0].data, []byte("\r\n\r\nsent\r\n.dot line\r\n")) {
-		t.Fatalf("Dovecot relayed %d messages, want Jakarta Mail's one: %q", len(relayed), relayed)
-	}
+	runClient(t, px, java, "-cp", jars, "testdata/JakartaMailClient.java", px.imap, px.pop, px.smtpStartTLS, user, password)
+	requireSentBy(t, dv.relay.messages(), user, "jakarta")
 	requireNoSecrets(t, px.logs.String(), user, password)
 }
 
@@ -402,27 +392,37 @@ func TestDovecotScriptClients(t *testing.T) {
 	dv, _ := startDovecotWithIdP(t)
 	px := startProxyFor(t, dv, Options{})
 	const user, password = dovecotUser, "correct horse 9"
-	run := func(name string, args ...string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "all checks passed") {
-			t.Fatalf("%s: %v\n%s", args[0], err, out)
-		}
-	}
-	run(php, "testdata/php_imap_client.php", px.imap, px.pop, user, password)
-	run(perl, "testdata/perl_clients.pl", px.imap, px.pop, px.smtpStartTLS, user, password)
-	run(ruby, "testdata/ruby_clients.rb", px.imap, px.pop, px.smtpStartTLS, user, password)
-	relayed := dv.relay.messages()
-	if len(relayed) != 2 {
-		t.Fatalf("Dovecot relayed %d messages, want Perl's and Ruby's: %q", len(relayed), relayed)
-	}
-	for i, lang := range []string{"perl", "ruby"} {
-		if m := relayed[i]; m.from != user || len(m.to) != 1 || m.to[0] != lang+"@example.net" ||
-			!bytes.Contains(m.data, []byte("\r\nSubject: sent by "+lang+"\r\n\r\nsent\r\n.dot line\r\n")) {
-			t.Fatalf("message %d relayed: from %q to %v, want %s's:\n%s", i+1, m.from, m.to, lang, m.data)
-		}
-	}
+	runClient(t, px, php, "testdata/php_imap_client.php", px.imap, px.pop, user, password)
+	runClient(t, px, perl, "testdata/perl_clients.pl", px.imap, px.pop, px.smtpStartTLS, user, password)
+	runClient(t, px, ruby, "testdata/ruby_clients.rb", px.imap, px.pop, px.smtpStartTLS, user, password)
+	requireSentBy(t, dv.relay.messages(), user, "perl", "ruby")
 	requireNoSecrets(t, px.logs.String(), user, password)
+}
+
+// runClient runs a client program of testdata through the proxy px: it
+// checks every answer itself and says "all checks passed" when all held.
+func runClient(t *testing.T, px proxiedDovecot, name string, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "all checks passed") {
+		t.Fatalf("%s %s: %v\n%s\nproxy log:\n%s", name, strings.Join(args, " "), err, out, px.logs.String())
+	}
+}
+
+// requireSentBy checks that Dovecot relayed one message from each client
+// named, in order, as the client programs send it: from user to
+// NAME@example.net, with the subject "sent by NAME" and a dot line.
+func requireSentBy(t *testing.T, relayed []relayed, user string, names ...string) {
+	t.Helper()
+	if len(relayed) != len(names) {
+		t.Fatalf("Dovecot relayed %d messages, want one from each of %v: %q", len(relayed), names, relayed)
+	}
+	for i, name := range names {
+		if m := relayed[i]; m.from != user || len(m.to) != 1 || m.to[0] != name+"@example.net" ||
+			!bytes.Contains(m.data, []byte("\r\nSubject: sent by "+name+"\r\n")) || !bytes.Contains(m.data, []byte("\r\n\r\nsent\r\n.dot line\r\n")) {
+			t.Fatalf("message %d relayed: from %q to %v, want %s's:\n%s", i+1, m.from, m.to, name, m.data)
+		}
+	}
 }

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"context"
 	"os/exec"
 	"strings"
 	"testing"
@@ -33,15 +32,8 @@ func TestDovecotPythonClients(t *testing.T) {
 		t.Run(run.name, func(t *testing.T) {
 			dv, _ := startDovecotWithIdP(t)
 			px := startProxyFor(t, dv, run.opts)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
 			const password = "the app's password"
-			cmd := exec.CommandContext(ctx, python, "testdata/python_clients.py",
-				px.imap, px.pop, px.smtpStartTLS, px.smtp465, dovecotUser, password)
-			out, err := cmd.CombinedOutput()
-			if err != nil || !strings.Contains(string(out), "all checks passed") {
-				t.Fatalf("python clients: %v\n%s\nproxy log:\n%s", err, out, px.logs.String())
-			}
+			runClient(t, px, python, "testdata/python_clients.py", px.imap, px.pop, px.smtpStartTLS, px.smtp465, dovecotUser, password)
 			requireNoSecrets(t, px.logs.String(), dovecotUser, password)
 			if reuse := run.opts.IMAPSessionReuse > 0; reuse {
 				// Two IMAP logins and four SMTP ones, each second one of

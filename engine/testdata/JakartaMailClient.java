@@ -112,7 +112,7 @@ public class JakartaMailClient {
         MimeMessage s = new MimeMessage(smtp);
         s.setFrom(new InternetAddress(user));
         s.setRecipient(Message.RecipientType.TO, new InternetAddress("jakarta@example.net"));
-        s.setSubject("sent by jakarta mail");
+        s.setSubject("sent by jakarta");
         s.setText("sent\r\n.dot line\r\n", "UTF-8");
         Transport.send(s, user, password);
         check("SMTP send", true, null);
