@@ -288,11 +288,11 @@ func ProxyCapa(upstream []string) []string {
 	out := make([]string, 0, len(upstream)+2)
 	hasSASL, hasUser := false, false
 	for _, l := range upstream {
-		w := "" // a blank line has no keyword
-		if f := strings.Fields(l); len(f) > 0 {
-			w = strings.ToUpper(f[0])
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue // a blank line offers nothing
 		}
-		switch w {
+		switch strings.ToUpper(f[0]) {
 		case "SASL":
 			if !hasSASL {
 				out = append(out, "SASL PLAIN")

@@ -14,6 +14,7 @@ func FuzzProfile(f *testing.F) {
 	f.Add([]byte("+OK ready <1.2@host>"), "USER\nSASL XOAUTH2 PLAIN\nSTLS\nTOP")
 	f.Add([]byte("-ERR no"), "")
 	f.Add([]byte("+OK <@"), "..\n. \nsasl")
+	f.Add([]byte("+OK"), "USER\n \t\nTOP")
 	f.Fuzz(func(t *testing.T, greeting []byte, capa string) {
 		if bytes.ContainsAny(greeting, "\r\n") || strings.Contains(capa, "\r") {
 			return // the dialer reads lines: none can hold a line end
@@ -36,6 +37,9 @@ func FuzzProfile(f *testing.F) {
 			for _, l := range out[1 : len(out)-1] {
 				if l == "." || strings.Contains(l, "\n") {
 					t.Fatalf("CAPA line %q ends or splits the answer early: %q", l, out)
+				}
+				if strings.TrimSpace(l) == "" {
+					t.Fatalf("CAPA answer holds a blank line: %q", out)
 				}
 			}
 		}
