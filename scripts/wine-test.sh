@@ -116,11 +116,18 @@ echo "wine-test: --demo"
 (cd "$work" && wine "$work/emailproxy.exe" --demo > "$work/demo.log" 2>&1) &
 pids+=($!)
 for _ in $(seq 100); do grep -q "POP3 on" "$work/demo.log" 2>/dev/null && break; sleep 0.3; done
-python3 - <<'PY'
-import imaplib, poplib
-m = imaplib.IMAP4("127.0.0.1", 1993, timeout=30); m.login("demo@example.com", "any"); m.select("INBOX"); m.logout()
-p = poplib.POP3("127.0.0.1", 1995, timeout=30); p.user("demo@example.com"); p.pass_("any"); p.stat(); p.quit()
-print("wine-test: --demo: ok")
+# The ports the demo printed: it takes others when 1993 and 1995 are busy
+# (another demo running on this machine), and the clients must reach this one.
+python3 - "$work/demo.log" <<'PY'
+import imaplib, poplib, re, sys
+text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
+ports = re.search(r"IMAP on 127\.0\.0\.1:(\d+), POP3 on 127\.0\.0\.1:(\d+)", text)
+if not ports:
+    sys.exit("wine-test: --demo printed no ports:\n" + text)
+imap_port, pop_port = int(ports.group(1)), int(ports.group(2))
+m = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30); m.login("demo@example.com", "any"); m.select("INBOX"); m.logout()
+p = poplib.POP3("127.0.0.1", pop_port, timeout=30); p.user("demo@example.com"); p.pass_("any"); p.stat(); p.quit()
+print("wine-test: --demo: ok (IMAP %d, POP3 %d)" % (imap_port, pop_port))
 PY
 kill "${pids[-1]}" 2>/dev/null || true
 wineserver -k 2>/dev/null || true
