@@ -134,28 +134,7 @@ delete = false
 
 	t.Run("mbsync", func(t *testing.T) {
 		local := apps.mkdir("mbsync")
-		rc := apps.write("mbsyncrc", 0o600, fmt.Sprintf(`IMAPAccount proxy
-Host %s
-Port %s
-User %s
-Pass "%s"
-SSLType None
-
-IMAPStore remote
-Account proxy
-
-MaildirStore local
-Path %s/
-Inbox %s/INBOX
-
-Channel inbox
-Far :remote:
-Near :local:
-Patterns INBOX
-Create Near
-Sync Pull
-SyncState *
-`, host, imapPort, user, password, local, local))
+		rc := apps.write("mbsyncrc", 0o600, mbsyncRC(host, imapPort, user, password, "SSLType None", local))
 		apps.run(nil, "mbsync", "-c", rc, "-a")
 		expectMessages(t, "mbsync", apps.files(filepath.Join(local, "INBOX", "cur")), stored)
 	})
@@ -195,6 +174,34 @@ SyncState *
 	})
 
 	requireNoSecrets(t, px.logs.String(), user, password)
+}
+
+// mbsyncRC is an mbsync configuration that pulls INBOX from the proxy's
+// IMAP listener at host:port into the maildir local, with tls the
+// account's TLS lines.
+func mbsyncRC(host, port, user, password, tls, local string) string {
+	return fmt.Sprintf(`IMAPAccount proxy
+Host %s
+Port %s
+User %s
+Pass "%s"
+%s
+
+IMAPStore remote
+Account proxy
+
+MaildirStore local
+Path %s/
+Inbox %s/INBOX
+
+Channel inbox
+Far :remote:
+Near :local:
+Patterns INBOX
+Create Near
+Sync Pull
+SyncState *
+`, host, port, user, password, tls, local, local)
 }
 
 // mailApps runs mail programs in a temporary directory.

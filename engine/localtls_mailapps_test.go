@@ -60,29 +60,8 @@ poll localhost service %s protocol POP3 auth password
 
 	t.Run("mbsync", func(t *testing.T) {
 		local := apps.mkdir("mbsync")
-		rc := apps.write("mbsyncrc", 0o600, fmt.Sprintf(`IMAPAccount proxy
-Host localhost
-Port %s
-User %s
-Pass "%s"
-SSLType STARTTLS
-CertificateFile %s
-
-IMAPStore remote
-Account proxy
-
-MaildirStore local
-Path %s/
-Inbox %s/INBOX
-
-Channel inbox
-Far :remote:
-Near :local:
-Patterns INBOX
-Create Near
-Sync Pull
-SyncState *
-`, port("imap-starttls"), user, password, caFile, local, local))
+		rc := apps.write("mbsyncrc", 0o600, mbsyncRC("localhost", port("imap-starttls"), user, password,
+			"SSLType STARTTLS\nCertificateFile "+caFile, local))
 		apps.run(nil, "mbsync", "-c", rc, "-a")
 		// Unseen on the server: mbsync files it under new.
 		if got := apps.files(local + "/INBOX/new"); len(got) != 1 || !strings.Contains(string(got[0]), "hello") {
