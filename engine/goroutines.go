@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/emailproxy/emailproxy/engine/upstream"
@@ -88,7 +89,7 @@ func (s *Server) serveConn(l *listener, raw net.Conn, accepted time.Time) {
 		tc := tls.Server(c, l.tlsCfg)
 		tc.SetDeadline(time.Now().Add(s.opts.DialTimeout))
 		if err := tc.Handshake(); err != nil {
-			reason = "TLS handshake failed: " + upstream.ShortNetErr(err)
+			reason = "TLS handshake failed: " + upstream.ShortNetErr(err) + oldTLSHint(err)
 			return false
 		}
 		tc.SetDeadline(time.Time{})
@@ -242,4 +243,14 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return c.Conn.Read(p)
+}
+
+// oldTLSHint says what to do about a client that offered only TLS 1.0
+// or 1.1 (PHP's c-client does on STARTTLS): crypto/tls's own words name
+// the versions in hexadecimal.
+func oldTLSHint(err error) string {
+	if strings.Contains(err.Error(), "client offered only unsupported versions") {
+		return " (the client offers only TLS 1.0 or 1.1; the proxy takes TLS 1.2 or later: configure the client for TLS 1.2, implicit TLS, or plaintext on a trusted network)"
+	}
+	return ""
 }
