@@ -17,13 +17,16 @@ func (s *Server) Drain(ctx context.Context) {
 	// Clients before login: a goodbye, then closed.
 	s.sessMu.Lock()
 	var pre []*session
-	for sess := s.sessHead; sess != nil; sess = sess.next {
-		pre = append(pre, sess)
-	}
+	s.sessions.each(func(sess *session) { pre = append(pre, sess) })
+	silent := s.takeSilentLocked(func(*silentClient) bool { return true })
 	s.sessMu.Unlock()
 	for _, sess := range pre {
 		sess.c.AsyncWrite(sess.l.d.shutdownBye, nil) // goroutine-safe, ignored once closed
 		sess.c.Close()
+	}
+	for _, w := range silent {
+		w.c.AsyncWrite(w.l.d.shutdownBye, nil)
+		w.c.Close()
 	}
 	s.relayMu.Lock()
 	for c, l := range s.conns {

@@ -41,7 +41,12 @@ func (s *Server) OnOpen(c gnet.Conn) (out []byte, action gnet.Action) {
 			return nil, gnet.Close
 		}
 	}
-	sess := newSession(l, c)
+	if !l.srv.ProxyProtocol {
+		if prof := l.knownProfile(); prof != nil {
+			return s.greetSilent(l, c, prof), gnet.None // a session once it speaks
+		}
+	}
+	sess := newSession(l, c, time.Now().UnixNano())
 	l.preLogin.Add(1)
 	c.SetContext(sess)
 	s.addSession(sess)
@@ -81,11 +86,13 @@ func (s *Server) OnTraffic(c gnet.Conn) (action gnet.Action) {
 			action = gnet.Close
 		}
 	}()
-	sess, ok := c.Context().(*session)
-	if !ok {
-		return gnet.Close
+	switch x := c.Context().(type) {
+	case *session:
+		return x.onTraffic()
+	case *silentClient:
+		return s.wakeSilent(x)
 	}
-	return sess.onTraffic()
+	return gnet.Close
 }
 
 // OnClose implements gnet.EventHandler.
@@ -95,10 +102,13 @@ func (s *Server) OnClose(c gnet.Conn, err error) gnet.Action {
 			contain.Recovered(s.log, "front_end", v)
 		}
 	}()
-	if sess, ok := c.Context().(*session); ok {
-		sess.l.preLogin.Add(-1)
-		s.removeSession(sess)
-		sess.onClose(err)
+	switch x := c.Context().(type) {
+	case *session:
+		x.l.preLogin.Add(-1)
+		s.removeSession(x)
+		x.onClose(err)
+	case *silentClient:
+		s.closeSilent(x, err)
 	}
 	return gnet.None
 }
@@ -112,44 +122,36 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	limit := s.opts.IdleTimeout.Nanoseconds()
 	var idle []*session
 	s.sessMu.Lock()
-	for sess := s.sessHead; sess != nil; sess = sess.next {
+	s.sessions.each(func(sess *session) {
 		if sess.idleCheck.Load() && now-sess.lastSeen.Load() > limit {
 			sess.idleCheck.Store(false)
 			idle = append(idle, sess)
 		}
-	}
+	})
+	silent := s.takeSilentLocked(func(w *silentClient) bool { return now-w.opened > limit })
 	s.sessMu.Unlock()
 	for _, sess := range idle {
 		telemetry.Ended("idle_before_login")
 		sess.c.AsyncWrite(sess.l.d.idleBye, nil)
 		sess.c.Close()
 	}
+	for _, w := range silent {
+		telemetry.Ended("idle_before_login")
+		w.c.AsyncWrite(w.l.d.idleBye, nil)
+		w.c.Close()
+	}
 	return min(s.opts.IdleTimeout/4, 10*time.Second), gnet.None
 }
 
 func (s *Server) addSession(sess *session) {
 	s.sessMu.Lock()
-	sess.next = s.sessHead
-	if s.sessHead != nil {
-		s.sessHead.prev = sess
-	}
-	s.sessHead = sess
-	s.sessCount++
+	s.sessions.push(sess)
 	s.sessMu.Unlock()
 }
 
 func (s *Server) removeSession(sess *session) {
 	s.sessMu.Lock()
-	if sess.prev != nil {
-		sess.prev.next = sess.next
-	} else if s.sessHead == sess {
-		s.sessHead = sess.next
-	}
-	if sess.next != nil {
-		sess.next.prev = sess.prev
-	}
-	sess.prev, sess.next = nil, nil
-	s.sessCount--
+	s.sessions.remove(sess)
 	s.sessMu.Unlock()
 }
 

@@ -50,11 +50,11 @@ type Server struct {
 	lnMu    sync.Mutex
 	lns     []net.Listener // every listener, closed by Drain and Stop
 	accepts sync.WaitGroup // the accept loops
-	// gnet clients, for the idle sweep: an intrusive list, so that
-	// tracking a connection allocates nothing.
-	sessMu    sync.Mutex
-	sessHead  *session
-	sessCount int
+	// The event loops' clients, for the idle sweep and a drain: those
+	// with a session, and the silent ones (silent.go).
+	sessMu   sync.Mutex
+	sessions chain[session, *session]
+	silent   chain[silentClient, *silentClient]
 
 	// relayBufs holds the relays' full-size buffers: one size only, so
 	// every buffer taken is one that was given back.
@@ -128,6 +128,13 @@ func (l *listener) profileOr(s *Server, later func(*profile)) *profile {
 		go s.fetchProfile(l)
 	}
 	return nil
+}
+
+// knownProfile returns the upstream's profile, nil if not yet known.
+func (l *listener) knownProfile() *profile {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.prof
 }
 
 // waitProfile blocks until the profile is known (nil: unavailable).

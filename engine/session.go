@@ -79,9 +79,10 @@ type loginResult struct {
 // results go through mu, and they only call the gnet.Conn's
 // goroutine-safe methods (Wake; the idle sweep: AsyncWrite and Close),
 // which gnet ignores once the connection is gone.
-// It is kept small: a fleet's clients spend most of their time connected
-// and silent, so the state machine is built at the first command and the
-// logger only when there is something to log.
+// A client greeted at once has no session until it sends something (it
+// waits as a silentClient); the session is kept small all the same, and
+// builds its state machine at the first command and its logger only when
+// there is something to log.
 type session struct {
 	l      *listener
 	c      gnet.Conn
@@ -101,7 +102,7 @@ type session struct {
 	// every byte of this struct is paid by each of them.
 	login *loginState
 
-	prev, next *session // Server's list of gnet sessions (sessMu)
+	onChain links[session] // on the Server's chain of sessions (sessMu)
 
 	// Read by the idle sweep off the loop.
 	lastSeen atomic.Int64 // UnixNano of the last complete client command (or open)
@@ -118,8 +119,9 @@ type session struct {
 	closed    bool // guarded by mu
 }
 
-func newSession(l *listener, c gnet.Conn) *session {
-	sess := &session{l: l, c: c, start: time.Now().UnixNano()}
+// newSession makes the session of client c, accepted at start (UnixNano).
+func newSession(l *listener, c gnet.Conn, start int64) *session {
+	sess := &session{l: l, c: c, start: start}
 	if a := c.RemoteAddr(); a != nil {
 		sess.remote = a.String()
 	}
@@ -127,6 +129,8 @@ func newSession(l *listener, c gnet.Conn) *session {
 	sess.idleCheck.Store(true)
 	return sess
 }
+
+func (s *session) chainLinks() *links[session] { return &s.onChain }
 
 // logger makes the connection's log events.
 func (s *session) logger() connLog { return connLog{base: s.l.log, client: s.remote} }
@@ -608,14 +612,18 @@ func (s *session) onClose(err error) {
 		return // the relay logs the end of the session
 	}
 	// On the event loop: log without building a per-session logger.
-	ev := s.l.log.Info()
-	if !ev.Enabled() {
-		return
+	if ev := s.l.log.Info(); ev.Enabled() {
+		logClosed(ev.Str("client", s.remote), s.start, err)
 	}
+}
+
+// logClosed writes ev, which names the client, as the end of a
+// connection opened at start (UnixNano) that was not relayed.
+func logClosed(ev *zerolog.Event, start int64, err error) {
 	if err != nil && !errors.Is(err, io.EOF) { // EOF: the client hung up, as clients do
 		ev = ev.Str("error", err.Error())
 	}
-	ev.Str("client", s.remote).Dur("duration_ms", time.Duration(time.Now().UnixNano()-s.start)).Msg("connection closed")
+	ev.Dur("duration_ms", time.Duration(time.Now().UnixNano()-start)).Msg("connection closed")
 }
 
 // readProxyHeader reads the PROXY protocol header a balancer sends first;

@@ -22,7 +22,7 @@ type WarmStats struct {
 func (s *Server) Stats() Stats {
 	st := Stats{Warm: map[string]WarmStats{}, Reuse: s.linger.Snapshot()}
 	s.sessMu.Lock()
-	st.PreLogin = s.sessCount
+	st.PreLogin = s.sessions.n + s.silent.n
 	s.sessMu.Unlock()
 	s.relayMu.Lock()
 	st.PreLogin += len(s.conns) // the goroutine front end's
