@@ -63,6 +63,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	for _, l := range added {
 		s.serve(l)
 		l.log.Info().Str("listen", l.srv.ListenAddr()).Msg("listening (added by a reload)")
+		l.warnIfExposed()
 	}
 	for _, ln := range closing {
 		s.stopListening(ln)

@@ -130,6 +130,23 @@ func (l *listener) profileOr(s *Server, later func(*profile)) *profile {
 	return nil
 }
 
+// warnIfExposed warns, once the section listens, when its clients log in
+// in plaintext on an address other machines can reach: emailproxy.py's
+// default local_address, ::, is every interface, and a config without
+// the key sends the apps' passwords across the network in clear.
+func (l *listener) warnIfExposed() {
+	if l.ln == nil || l.tlsCfg != nil {
+		return
+	}
+	a, ok := l.ln.Addr().(*net.TCPAddr)
+	if !ok || a.IP.IsLoopback() {
+		return
+	}
+	l.log.Warn().Str("listen", a.String()).
+		Msg("plaintext listener reachable from other machines: passwords cross the network unencrypted; " +
+			"set local_address = 127.0.0.1 if the apps run on this machine, or give the section local_certificate_path and local_key_path")
+}
+
 // knownProfile returns the upstream's profile, nil if not yet known.
 func (l *listener) knownProfile() *profile {
 	l.mu.Lock()
@@ -303,6 +320,7 @@ func (s *Server) start() error {
 		}
 		s.log.Info().Str("server", srv.Section).Str("listen", srv.ListenAddr()).Str("local", mode).
 			Str("upstream", srv.UpstreamAddr()).Str("upstream_tls", upMode).Msg("listening")
+		l.warnIfExposed()
 	}
 	for _, srv := range s.cfg.Servers {
 		s.listener(srv.LocalPort).learnEarly(s)
