@@ -1,9 +1,10 @@
 package engine
 
 // The event-loop front end: gnet's callbacks for the plaintext
-// listeners. Each connection is a session (session.go) driven on its
-// loop; the idle sweep runs off the loops and uses only gnet's
-// goroutine-safe calls.
+// listeners. A connection greeted at once is a silent client (silent.go)
+// until its first bytes, then a session (session.go) driven on its loop;
+// the idle sweep runs off the loops and uses only gnet's goroutine-safe
+// calls.
 
 import (
 	"net"
