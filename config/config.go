@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net/netip"
 	"os"
@@ -37,6 +38,10 @@ type Server struct {
 	ProxyFrom     string
 	LocalCertPath string
 	LocalKeyPath  string
+	// LocalTLSMin is the oldest TLS version the client side takes
+	// (local_tls_min_version; default TLS 1.2): 1.0 only for legacy apps
+	// that can offer nothing newer.
+	LocalTLSMin uint16
 }
 
 // ListenAddr is the host:port the local listener binds.
@@ -188,8 +193,20 @@ func parseServer(f *File, name string, proto Protocol, portText string) (*Server
 	if srv.LocalStartTLS && (srv.LocalCertPath == "" || srv.LocalKeyPath == "") {
 		return nil, fmt.Errorf("[%s]: local_starttls needs both local_certificate_path and local_key_path", name)
 	}
+	srv.LocalTLSMin = tls.VersionTLS12
+	if v, ok := f.Lookup(name, "local_tls_min_version"); ok && strings.TrimSpace(v) != "" {
+		if srv.LocalTLSMin, ok = tlsVersions[strings.TrimSpace(v)]; !ok {
+			return nil, fmt.Errorf("[%s]: local_tls_min_version %q must be 1.0, 1.1, 1.2 or 1.3", name, v)
+		}
+		if srv.LocalCertPath == "" || srv.LocalKeyPath == "" {
+			return nil, fmt.Errorf("[%s]: local_tls_min_version needs both local_certificate_path and local_key_path", name)
+		}
+	}
 	return srv, nil
 }
+
+// tlsVersions are local_tls_min_version's values.
+var tlsVersions = map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11, "1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
 
 // ParseBool accepts configparser's boolean words.
 func ParseBool(v string) (bool, error) {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"strings"
 	"testing"
 )
@@ -81,6 +82,8 @@ func TestErrors(t *testing.T) {
 		{"local port zero", "[IMAP-0]\nserver_address = x\nserver_port = 993\n", "local port must be between 1 and 65535"},
 		{"bad boolean", "[emailproxy]\nallow_catch_all_accounts = maybe\n", "allow_catch_all_accounts: not a boolean"},
 		{"local starttls without cert", "[SMTP-1587]\nserver_address = x\nserver_port = 587\nlocal_starttls = True\n", "needs both local_certificate_path and local_key_path"},
+		{"TLS version unknown", "[SMTP-1587]\nserver_address = x\nserver_port = 587\nlocal_certificate_path = c\nlocal_key_path = k\nlocal_tls_min_version = 1\n", "local_tls_min_version \"1\" must be 1.0, 1.1, 1.2 or 1.3"},
+		{"TLS version without cert", "[SMTP-1587]\nserver_address = x\nserver_port = 587\nlocal_tls_min_version = 1.0\n", "local_tls_min_version needs both local_certificate_path and local_key_path"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,5 +161,30 @@ func TestFlowForcedByPermissionURL(t *testing.T) {
 	b, _ := cfg.Account("b@x")
 	if a.Flow() != "authorization_code" || b.Flow() != "device" {
 		t.Fatalf("%q %q", a.Flow(), b.Flow())
+	}
+}
+
+// local_tls_min_version: TLS 1.2 unless a section names another version.
+func TestLocalTLSMinVersion(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want uint16
+	}{
+		{"", tls.VersionTLS12},
+		{"local_tls_min_version = 1.0\n", tls.VersionTLS10},
+		{"local_tls_min_version = 1.1\n", tls.VersionTLS11},
+		{"local_tls_min_version =  1.3 \n", tls.VersionTLS13},
+	} {
+		f, err := Parse(strings.NewReader("[SMTP-1587]\nserver_address = x\nserver_port = 587\nlocal_certificate_path = c\nlocal_key_path = k\n" + tc.line))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := FromFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Servers[0].LocalTLSMin; got != tc.want {
+			t.Errorf("%q: LocalTLSMin = %#x, want %#x", tc.line, got, tc.want)
+		}
 	}
 }

@@ -371,9 +371,40 @@ func TestDovecotJakartaMail(t *testing.T) {
 	px := startProxyFor(t, dv, Options{})
 	const user, password = dovecotUser, "correct horse 9"
 	// A single-file program: java compiles it in memory.
-	runClient(t, px, java, "-cp", jars, "testdata/JakartaMailClient.java", px.imap, px.pop, px.smtpStartTLS, user, password)
+	runClient(t, px.logs, java, "-cp", jars, "testdata/JakartaMailClient.java", px.imap, px.pop, px.smtpStartTLS, user, password)
 	requireSentBy(t, dv.relay.messages(), user, "jakarta")
 	requireNoSecrets(t, px.logs.String(), user, password)
+}
+
+// .NET's System.Net.Mail.SmtpClient (on Mono), which Windows business
+// apps send their notifications with, through the proxy to a real
+// Dovecot: it logs in (AUTH LOGIN) and sends, and a wrong password is
+// refused with an SmtpException.
+func TestDovecotDotNetSmtp(t *testing.T) {
+	client := buildDotNetSmtpClient(t)
+	dv, _ := startDovecotWithIdP(t)
+	px := startProxyFor(t, dv, Options{})
+	const user, password = dovecotUser, "correct horse 9"
+	runClient(t, px.logs, "mono", client, "plain", px.smtpStartTLS, user, password)
+	requireSentBy(t, dv.relay.messages(), user, "dotnet")
+	requireNoSecrets(t, px.logs.String(), user, password)
+}
+
+// buildDotNetSmtpClient compiles testdata/DotNetSmtpClient.cs with Mono's
+// C# compiler and returns the program's path.
+func buildDotNetSmtpClient(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"mcs", "mono"} {
+		if _, err := exec.LookPath(name); err != nil {
+			t.Fatalf("this test needs Mono: apt-get install mono-mcs (bash .ci/run does): %v", err)
+		}
+	}
+	exe := filepath.Join(t.TempDir(), "DotNetSmtpClient.exe")
+	// 618: SmtpClient is marked obsolete, and is what the apps use.
+	if out, err := exec.Command("mcs", "-nologo", "-nowarn:618", "-r:System.dll", "-out:"+exe, "testdata/DotNetSmtpClient.cs").CombinedOutput(); err != nil {
+		t.Fatalf("mcs: %v\n%s", err, out)
+	}
+	return exe
 }
 
 // The script languages help desks and CRMs poll mailboxes with, through
@@ -399,22 +430,22 @@ func TestDovecotScriptClients(t *testing.T) {
 	dv, _ := startDovecotWithIdP(t)
 	px := startProxyFor(t, dv, Options{})
 	const user, password = dovecotUser, "correct horse 9"
-	runClient(t, px, php, "testdata/php_imap_client.php", px.imap, px.pop, user, password)
-	runClient(t, px, perl, "testdata/perl_clients.pl", px.imap, px.pop, px.smtpStartTLS, user, password)
-	runClient(t, px, ruby, "testdata/ruby_clients.rb", px.imap, px.pop, px.smtpStartTLS, user, password)
+	runClient(t, px.logs, php, "testdata/php_imap_client.php", px.imap, px.pop, user, password)
+	runClient(t, px.logs, perl, "testdata/perl_clients.pl", px.imap, px.pop, px.smtpStartTLS, user, password)
+	runClient(t, px.logs, ruby, "testdata/ruby_clients.rb", px.imap, px.pop, px.smtpStartTLS, user, password)
 	requireSentBy(t, dv.relay.messages(), user, "perl", "ruby")
 	requireNoSecrets(t, px.logs.String(), user, password)
 }
 
-// runClient runs a client program of testdata through the proxy px: it
+// runClient runs a client program of testdata through the proxy (whose log is proxyLog): it
 // checks every answer itself and says "all checks passed" when all held.
-func runClient(t *testing.T, px proxiedDovecot, name string, args ...string) {
+func runClient(t *testing.T, proxyLog fmt.Stringer, name string, args ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "all checks passed") {
-		t.Fatalf("%s %s: %v\n%s\nproxy log:\n%s", name, strings.Join(args, " "), err, out, px.logs.String())
+		t.Fatalf("%s %s: %v\n%s\nproxy log:\n%s", name, strings.Join(args, " "), err, out, proxyLog.String())
 	}
 }
 

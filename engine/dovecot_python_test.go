@@ -33,7 +33,7 @@ func TestDovecotPythonClients(t *testing.T) {
 			dv, _ := startDovecotWithIdP(t)
 			px := startProxyFor(t, dv, run.opts)
 			const password = "the app's password"
-			runClient(t, px, python, "testdata/python_clients.py", px.imap, px.pop, px.smtpStartTLS, px.smtp465, dovecotUser, password)
+			runClient(t, px.logs, python, "testdata/python_clients.py", px.imap, px.pop, px.smtpStartTLS, px.smtp465, dovecotUser, password)
 			requireNoSecrets(t, px.logs.String(), dovecotUser, password)
 			if reuse := run.opts.IMAPSessionReuse > 0; reuse {
 				// Two IMAP logins and four SMTP ones, each second one of

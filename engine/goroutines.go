@@ -250,7 +250,8 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 // the versions in hexadecimal.
 func oldTLSHint(err error) string {
 	if strings.Contains(err.Error(), "client offered only unsupported versions") {
-		return " (the client offers only TLS 1.0 or 1.1; the proxy takes TLS 1.2 or later: configure the client for TLS 1.2, implicit TLS, or plaintext on a trusted network)"
+		return " (the client offers only TLS versions older than this section takes, local_tls_min_version, default 1.2: " +
+			"configure the client for TLS 1.2 or plaintext on a trusted network, or set local_tls_min_version = 1.0 for a legacy app that can do no better)"
 	}
 	return ""
 }

@@ -36,7 +36,15 @@ func (l *listener) setupTLS() error {
 	if err := l.certs.load(); err != nil {
 		return fmt.Errorf("[%s]: %w", l.srv.Section, err)
 	}
-	l.tlsCfg = &tls.Config{GetCertificate: l.certs.get, MinVersion: tls.VersionTLS12}
+	oldest := l.srv.LocalTLSMin
+	if oldest == 0 {
+		oldest = tls.VersionTLS12
+	}
+	l.tlsCfg = &tls.Config{GetCertificate: l.certs.get, MinVersion: oldest}
+	if oldest < tls.VersionTLS12 {
+		l.log.Warn().Str("local_tls_min_version", tls.VersionName(oldest)).
+			Msg("clients may use TLS older than 1.2 on this section: for legacy apps on this machine or a trusted network only")
+	}
 	l.startTLS = l.srv.LocalStartTLS
 	return nil
 }
