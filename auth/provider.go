@@ -187,10 +187,8 @@ func (p *Provider) Start() {
 		if err != nil {
 			continue
 		}
-		for _, k := range []string{"client_id", "client_secret"} {
-			if strings.Contains(acct.Get(k), "*** your") {
-				p.log.Warn().Str("account", s.Name).Str("key", k).Msg("value looks like the sample's placeholder")
-			}
+		for _, k := range acct.Placeholders() {
+			p.log.Warn().Str("account", s.Name).Str("key", k).Msg("value looks like the sample's placeholder")
 		}
 		a, lerr := p.account(s.Name)
 		if lerr != nil {

@@ -54,6 +54,18 @@ func (a *Account) Get(key string) string {
 	return v
 }
 
+// Placeholders returns the keys whose value is still the sample
+// configuration's "*** your client id here ***" text.
+func (a *Account) Placeholders() []string {
+	var keys []string
+	for _, k := range []string{"client_id", "client_secret"} {
+		if strings.Contains(a.Get(k), "*** your") {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
 // Lookup is Get that also says whether the key was set anywhere.
 func (a *Account) Lookup(key string) (string, bool) {
 	for _, s := range a.chain {

@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
 	"strings"
@@ -42,6 +43,13 @@ func Check(cfg *Config) Report {
 			if _, err := tls.LoadX509KeyPair(s.LocalCertPath, s.LocalKeyPath); err != nil {
 				r.Errors = append(r.Errors, fmt.Sprintf("[%s]: local_certificate_path / local_key_path: %v", s.Section, err))
 			}
+			if s.LocalTLSMin != 0 && s.LocalTLSMin < tls.VersionTLS12 {
+				r.Warnings = append(r.Warnings, fmt.Sprintf("[%s]: local_tls_min_version lets clients use %s: for a legacy app on this machine or a trusted network only",
+					s.Section, tls.VersionName(s.LocalTLSMin)))
+			}
+		} else if !loopbackName(s.LocalAddress) {
+			r.Warnings = append(r.Warnings, fmt.Sprintf("[%s]: plaintext on local_address %s, which other machines may reach: their passwords would cross the network unencrypted; "+
+				"set local_address = 127.0.0.1 if the apps run on this machine, or give the section local_certificate_path and local_key_path", s.Section, s.LocalAddress))
 		}
 		r.Servers = append(r.Servers, fmt.Sprintf("%s: %s (%s) -> %s (%s)", s.Section, s.ListenAddr(), local, s.UpstreamAddr(), up))
 	}
@@ -77,6 +85,9 @@ func (r *Report) checkAccount(cfg *Config, name string) {
 		return
 	}
 	r.Accounts = append(r.Accounts, fmt.Sprintf("%s: %s", name, a.Flow()))
+	for _, k := range a.Placeholders() {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("account %s: %s is still the sample configuration's placeholder: put your app registration's value there", name, k))
+	}
 	files := []string{"jwt_certificate_path", "jwt_key_path"}
 	if a.Flow() == "service_account" && a.Get("client_id") == "file" {
 		files = append(files, "client_secret") // the key file's path
@@ -90,4 +101,13 @@ func (r *Report) checkAccount(cfg *Config, name string) {
 			}
 		}
 	}
+}
+
+// loopbackName reports whether a local_address names this machine only.
+func loopbackName(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return err == nil && a.IsLoopback()
 }

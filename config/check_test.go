@@ -22,6 +22,18 @@ server_port = 993
 [IMAP-1995x]
 server_address = x
 
+[POP-1996]
+server_address = outlook.office365.com
+server_port = 995
+
+[SMTP-1588]
+server_address = smtp.office365.com
+server_port = 587
+local_address = localhost
+local_certificate_path = `+filepath.Join(dir, "missing.pem")+`
+local_key_path = `+filepath.Join(dir, "missing.key")+`
+local_tls_min_version = 1.0
+
 [SMTP-1587]
 server_address = smtp.office365.com
 server_port = 587
@@ -35,6 +47,13 @@ oauth2_scope = s
 oauth2_flow = client_credentials
 client_id = c
 client_secret = s
+
+[sample@example.com]
+token_url = https://t
+oauth2_scope = s
+oauth2_flow = client_credentials
+client_id = *** your client id here ***
+client_secret = *** your client secret here ***
 
 [typo@example.com]
 token_url = https://t
@@ -61,21 +80,31 @@ token_url = https://t
 		"account half@example.com: set token_url, oauth2_scope, client_id",
 		"[SMTP-1587]: local_certificate_path / local_key_path",
 		"[@example.com] is a catch-all section",
+		"[POP-1996]: plaintext on local_address ::, which other machines may reach",
+		"[SMTP-1588]: local_tls_min_version lets clients use TLS 1.0",
+		"account sample@example.com: client_id is still the sample configuration's placeholder",
+		"account sample@example.com: client_secret is still the sample configuration's placeholder",
 	} {
 		if !strings.Contains(all, strings.Replace(want, "account half@example.com: set", "entry for account half@example.com: set", 1)) {
 			t.Errorf("missing %q in:\n%s", want, all)
 		}
 	}
-	if len(r.Servers) != 2 || !strings.Contains(r.Servers[0], "IMAP-1993: 127.0.0.1:1993 (plaintext) -> outlook.office365.com:993 (TLS)") ||
-		!strings.Contains(r.Servers[1], "(STARTTLS)") {
+	if len(r.Servers) != 4 || !strings.Contains(r.Servers[0], "IMAP-1993: 127.0.0.1:1993 (plaintext) -> outlook.office365.com:993 (TLS)") ||
+		!strings.Contains(r.Servers[3], "(STARTTLS)") {
 		t.Errorf("servers: %q", r.Servers)
 	}
-	if len(r.Accounts) != 1 || r.Accounts[0] != "good@example.com: client_credentials" {
+	if len(r.Accounts) != 2 || r.Accounts[0] != "good@example.com: client_credentials" {
 		t.Errorf("accounts: %q", r.Accounts)
 	}
 	for _, w := range r.Warnings {
-		if strings.Contains(w, "IMAP-1993]") {
-			t.Errorf("a real server section was warned about: %q", w)
+		if strings.Contains(w, "IMAP-1993]") || strings.Contains(w, "[SMTP-1587]") || strings.Contains(w, "[SMTP-1588]: plaintext") {
+			t.Errorf("a section on loopback, or with TLS, was warned about: %q", w)
+		}
+	}
+	for host, want := range map[string]bool{"localhost": true, "LOCALHOST": true, "127.0.0.1": true, "127.1.2.3": true, "::1": true, "[::1]": true,
+		"::": false, "0.0.0.0": false, "192.0.2.1": false, "mail.example.com": false} {
+		if got := loopbackName(host); got != want {
+			t.Errorf("loopbackName(%q) = %v, want %v", host, got, want)
 		}
 	}
 }
