@@ -99,6 +99,9 @@ func TestStartupErrors(t *testing.T) {
 	if n := strings.Count(errOut, "unable to load configuration file"); code != 1 || n != 1 {
 		t.Fatalf("missing file, logging to stderr: %d, said %d times: %q", code, n, errOut)
 	}
+	if !strings.Contains(errOut, "write one there") || !strings.Contains(errOut, "--demo") {
+		t.Fatalf("a missing file's error does not say what to do: %q", errOut)
+	}
 	logFile := filepath.Join(dir, "ep.log")
 	code, _, errOut = run("--config-file", missing, "--log-file", logFile)
 	logged, _ := os.ReadFile(logFile)

@@ -8,8 +8,10 @@ import (
 	"bufio"
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"runtime"
@@ -75,6 +77,10 @@ func Run(args []string, stdout, stderr io.Writer, stop <-chan struct{}) int {
 	}
 
 	cfg, err := config.Load(fl.configFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		err = fmt.Errorf("%w; write one there (the README's Configuration section has an example), "+
+			"or run with --demo to try the proxy against a built-in mock mail provider", err)
+	}
 	if err != nil {
 		cannotStart(fl, log, stderr, err)
 		return 1
