@@ -21,12 +21,10 @@ func (s *Server) Drain(ctx context.Context) {
 	silent := s.takeSilentLocked(func(*silentClient) bool { return true })
 	s.sessMu.Unlock()
 	for _, sess := range pre {
-		sess.c.AsyncWrite(sess.l.d.shutdownBye, nil) // goroutine-safe, ignored once closed
-		sess.c.Close()
+		sayByeAndClose(sess.c, sess.l.d.shutdownBye)
 	}
 	for _, w := range silent {
-		w.c.AsyncWrite(w.l.d.shutdownBye, nil)
-		w.c.Close()
+		sayByeAndClose(w.c, w.l.d.shutdownBye)
 	}
 	s.relayMu.Lock()
 	for c, l := range s.conns {

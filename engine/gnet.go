@@ -133,15 +133,20 @@ func (s *Server) OnTick() (time.Duration, gnet.Action) {
 	s.sessMu.Unlock()
 	for _, sess := range idle {
 		telemetry.Ended("idle_before_login")
-		sess.c.AsyncWrite(sess.l.d.idleBye, nil)
-		sess.c.Close()
+		sayByeAndClose(sess.c, sess.l.d.idleBye)
 	}
 	for _, w := range silent {
 		telemetry.Ended("idle_before_login")
-		w.c.AsyncWrite(w.l.d.idleBye, nil)
-		w.c.Close()
+		sayByeAndClose(w.c, w.l.d.idleBye)
 	}
 	return min(s.opts.IdleTimeout/4, 10*time.Second), gnet.None
+}
+
+// sayByeAndClose queues bye for the client and then its close; safe off
+// the loop, and a no-op once the connection is gone.
+func sayByeAndClose(c gnet.Conn, bye []byte) {
+	c.AsyncWrite(bye, nil)
+	c.Close()
 }
 
 func (s *Server) addSession(sess *session) {
