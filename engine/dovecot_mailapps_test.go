@@ -390,6 +390,26 @@ func TestDovecotDotNetSmtp(t *testing.T) {
 	requireNoSecrets(t, px.logs.String(), user, password)
 }
 
+// Node.js mail libraries, as Node apps and automation tools (n8n's IMAP
+// and e-mail nodes) read and send with, through the proxy to a real
+// Dovecot: ImapFlow appends, finds and reads back a message, node-imap
+// reads it too, Nodemailer sends; a wrong password is refused to each.
+func TestDovecotNodeClients(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatal("this test needs Node.js 20 or later (bash .ci/run installs it when missing)")
+	}
+	if _, err := os.Stat("testdata/node/node_modules/imapflow"); err != nil {
+		t.Fatal("this test needs its npm packages: run npm ci in engine/testdata/node (bash .ci/run does)")
+	}
+	dv, _ := startDovecotWithIdP(t)
+	px := startProxyFor(t, dv, Options{})
+	const user, password = dovecotUser, "correct horse 9"
+	runClient(t, px.logs, node, "testdata/node/node_clients.mjs", px.imap, px.smtpStartTLS, user, password)
+	requireSentBy(t, dv.relay.messages(), user, "nodemailer")
+	requireNoSecrets(t, px.logs.String(), user, password)
+}
+
 // buildDotNetSmtpClient compiles testdata/DotNetSmtpClient.cs with Mono's
 // C# compiler and returns the program's path.
 func buildDotNetSmtpClient(t *testing.T) string {
