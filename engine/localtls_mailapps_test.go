@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -14,13 +15,14 @@ import (
 // as the README says for the apps that insist on TLS: curl over implicit
 // TLS and STARTTLS/STLS for all three protocols, fetchmail's STLS with
 // its certificate check, mbsync's STARTTLS, msmtp's STARTTLS with "auth
-// on", .NET's SmtpClient with EnableSsl (STARTTLS), and PHP's imap_open
-// over implicit TLS. Each must log in and get
+// on", .NET's SmtpClient with EnableSsl (STARTTLS), ImapFlow over
+// implicit TLS and Nodemailer over STARTTLS, and PHP's imap_open over
+// implicit TLS. Each must log in and get
 // the mailbox's message, or send one.
 func TestLocalTLSMailApps(t *testing.T) {
-	for _, name := range []string{"curl", "fetchmail", "mbsync", "msmtp", "php", "mono"} {
+	for _, name := range []string{"curl", "fetchmail", "mbsync", "msmtp", "php", "mono", "node"} {
 		if _, err := exec.LookPath(name); err != nil {
-			t.Fatalf("this test needs %s: apt-get install curl fetchmail isync msmtp php-cli php-imap mono-mcs (bash .ci/run does)", name)
+			t.Fatalf("this test needs %s: apt-get install curl fetchmail isync msmtp php-cli php-imap mono-mcs nodejs (bash .ci/run does)", name)
 		}
 	}
 	pc := newProxyCert(t)
@@ -96,6 +98,13 @@ poll localhost service %s protocol POP3 auth password
 		runClient(t, env.logs, "mono", client, "starttls", "localhost:"+port("smtp-starttls-tls10"), user, password, pc.certPath)
 	})
 
+	t.Run("node", func(t *testing.T) {
+		if _, err := os.Stat("testdata/node/node_modules/imapflow"); err != nil {
+			t.Fatal("this test needs its npm packages: run npm ci in engine/testdata/node (bash .ci/run does)")
+		}
+		runClient(t, env.logs, "node", "testdata/node/node_tls_clients.mjs", "localhost:"+port("imaps"), "localhost:"+port("smtp-starttls"), user, password, caFile)
+	})
+
 	t.Run("php", func(t *testing.T) {
 		// c-client over implicit TLS (/ssl), checking the certificate
 		// against OpenSSL's trust, which SSL_CERT_FILE names. (Its
@@ -128,8 +137,8 @@ echo imap_body($m, 1);`, mailbox, user, password)
 	for _, m := range env.up.SMTPMessages() {
 		sent[m.To[0]] = true
 	}
-	if !sent["curl@example.net"] || !sent["msmtp@example.net"] || !sent["dotnet@example.net"] || len(env.up.SMTPMessages()) != 4 {
-		t.Fatalf("the mock accepted %d messages, want curl's two, msmtp's one and SmtpClient's one: %+v", len(env.up.SMTPMessages()), env.up.SMTPMessages())
+	if !sent["curl@example.net"] || !sent["msmtp@example.net"] || !sent["dotnet@example.net"] || !sent["nodemailer@example.net"] || len(env.up.SMTPMessages()) != 5 {
+		t.Fatalf("the mock accepted %d messages, want curl's two and one each from msmtp, SmtpClient and Nodemailer: %+v", len(env.up.SMTPMessages()), env.up.SMTPMessages())
 	}
 	requireNoSecrets(t, env.logs.String(), user, password)
 }
