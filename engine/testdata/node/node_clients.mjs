@@ -8,18 +8,9 @@
 import { ImapFlow } from "imapflow";
 import Imap from "imap";
 import nodemailer from "nodemailer";
+import { check, hostPort } from "./checks.mjs";
 
 const [imapAddr, smtpAddr, user, password] = process.argv.slice(2);
-
-function check(what, ok, got) {
-  if (!ok) throw new Error(`${what}: got ${JSON.stringify(got)}`);
-  console.log(`ok   ${what}`);
-}
-
-function hostPort(addr) {
-  const i = addr.lastIndexOf(":");
-  return [addr.slice(0, i), Number(addr.slice(i + 1))];
-}
 
 const [imapHost, imapPort] = hostPort(imapAddr);
 const [smtpHost, smtpPort] = hostPort(smtpAddr);

@@ -8,19 +8,10 @@
 import { readFileSync } from "node:fs";
 import { ImapFlow } from "imapflow";
 import nodemailer from "nodemailer";
+import { check, hostPort } from "./checks.mjs";
 
 const [imapAddr, smtpAddr, user, password, caFile] = process.argv.slice(2);
 const ca = readFileSync(caFile);
-
-function check(what, ok, got) {
-  if (!ok) throw new Error(`${what}: got ${JSON.stringify(got)}`);
-  console.log(`ok   ${what}`);
-}
-
-function hostPort(addr) {
-  const i = addr.lastIndexOf(":");
-  return [addr.slice(0, i), Number(addr.slice(i + 1))];
-}
 
 const [imapHost, imapPort] = hostPort(imapAddr);
 const client = new ImapFlow({ host: imapHost, port: imapPort, secure: true, tls: { ca }, auth: { user, pass: password }, logger: false });
