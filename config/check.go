@@ -48,8 +48,8 @@ func Check(cfg *Config) Report {
 					s.Section, tls.VersionName(s.LocalTLSMin)))
 			}
 		} else if !loopbackName(s.LocalAddress) {
-			r.Warnings = append(r.Warnings, fmt.Sprintf("[%s]: plaintext on local_address %s, which other machines may reach: their passwords would cross the network unencrypted; "+
-				"set local_address = 127.0.0.1 if the apps run on this machine, or give the section local_certificate_path and local_key_path", s.Section, s.LocalAddress))
+			r.Warnings = append(r.Warnings, fmt.Sprintf("[%s]: plaintext on local_address %s, which other machines may reach: their passwords would cross the network unencrypted; %s",
+				s.Section, s.LocalAddress, ExposedAdvice))
 		}
 		r.Servers = append(r.Servers, fmt.Sprintf("%s: %s (%s) -> %s (%s)", s.Section, s.ListenAddr(), local, s.UpstreamAddr(), up))
 	}
@@ -102,6 +102,10 @@ func (r *Report) checkAccount(cfg *Config, name string) {
 		}
 	}
 }
+
+// ExposedAdvice is what to do about a plaintext section other machines
+// may reach (said by Check, and by the proxy when it listens).
+const ExposedAdvice = "set local_address = 127.0.0.1 if the apps run on this machine, or give the section local_certificate_path and local_key_path"
 
 // loopbackName reports whether a local_address names this machine only.
 func loopbackName(host string) bool {

@@ -143,8 +143,7 @@ func (l *listener) warnIfExposed() {
 		return
 	}
 	l.log.Warn().Str("listen", a.String()).
-		Msg("plaintext listener reachable from other machines: passwords cross the network unencrypted; " +
-			"set local_address = 127.0.0.1 if the apps run on this machine, or give the section local_certificate_path and local_key_path")
+		Msg("plaintext listener reachable from other machines: passwords cross the network unencrypted; " + config.ExposedAdvice)
 }
 
 // knownProfile returns the upstream's profile, nil if not yet known.
