@@ -125,8 +125,11 @@ func (s *Server) serveConn(l *listener, raw net.Conn, accepted time.Time) {
 	if err := send(l.d.greeting(prof, l.startTLS, active)); err != nil {
 		return
 	}
-	buf := make([]byte, 0, 1024)
-	rbuf := make([]byte, 4096)
+	// Most clients send a command or two before login, and many are
+	// silent for long: the read buffer starts small (a goroutine holds it
+	// while it waits) and grows once a read fills it.
+	var buf []byte
+	rbuf := make([]byte, 256)
 	for {
 		for len(buf) > 0 {
 			confidential := m.Confidential()
@@ -181,6 +184,9 @@ func (s *Server) serveConn(l *listener, raw net.Conn, accepted time.Time) {
 		n, err := c.Read(rbuf)
 		if n > 0 {
 			buf = append(buf, rbuf[:n]...)
+		}
+		if n == len(rbuf) && n < 4096 {
+			rbuf = make([]byte, 4096) // a pipeline: fewer, larger reads
 		}
 		if err != nil && n == 0 {
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
