@@ -53,16 +53,19 @@ func (s *Server) takeSilentLocked(pick func(*silentClient) bool) []*silentClient
 // wakeSilent makes the session of a silent client whose first bytes have
 // come, and lets it read them; on the loop, from OnTraffic.
 func (s *Server) wakeSilent(w *silentClient) gnet.Action {
+	sess := newSession(w.l, w.c, w.opened)
+	sess.prof, sess.phase = w.l.knownProfile(), phPreLogin
+	// One hold of the lock moves the client from one list to the other.
 	s.sessMu.Lock()
 	listed := s.silent.remove(w)
+	if listed {
+		s.sessions.push(sess)
+	}
 	s.sessMu.Unlock()
 	if !listed {
 		return gnet.None // swept or drained: the goodbye is queued, then the close
 	}
-	sess := newSession(w.l, w.c, w.opened)
-	sess.prof, sess.phase = w.l.knownProfile(), phPreLogin
 	w.c.SetContext(sess)
-	s.addSession(sess)
 	return sess.onTraffic()
 }
 
