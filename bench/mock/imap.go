@@ -21,13 +21,40 @@ type imapSession struct {
 	*imapmemserver.UserSession
 	up         *Upstream
 	endSession func()
+	// selection is held by Idle for as long as it runs and by whatever
+	// changes the selected mailbox. go-imap runs Idle on a goroutine of
+	// its own and, when the line that ends an IDLE is not DONE (or the
+	// read fails), goes on to the next command without waiting for that
+	// goroutine; a SELECT, CLOSE or logout that follows at once would
+	// then change the mailbox under it.
+	selection sync.Mutex
 }
 
 func (s *imapSession) Close() error {
+	s.selection.Lock()
+	defer s.selection.Unlock()
 	if s.endSession != nil {
 		s.endSession()
 	}
 	return s.UserSession.Close()
+}
+
+func (s *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	s.selection.Lock()
+	defer s.selection.Unlock()
+	return s.UserSession.Idle(w, stop)
+}
+
+func (s *imapSession) Select(name string, options *imap.SelectOptions) (*imap.SelectData, error) {
+	s.selection.Lock()
+	defer s.selection.Unlock()
+	return s.UserSession.Select(name, options)
+}
+
+func (s *imapSession) Unselect() error {
+	s.selection.Lock()
+	defer s.selection.Unlock()
+	return s.UserSession.Unselect()
 }
 
 var errLoginDisabled = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodePrivacyRequired,

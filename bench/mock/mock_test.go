@@ -162,3 +162,55 @@ func TestRecordedResponsesAreCapped(t *testing.T) {
 		t.Fatalf("%d responses kept", n)
 	}
 }
+
+// An IDLE that a client ends with anything but DONE, followed at once by
+// commands that change the selected mailbox, leaves the mock consistent.
+// go-imap does not wait for its IDLE goroutine in that case; under
+// `go test -race` this test fails if the mock does not serialise them.
+func TestIMAPIdleEndedWithoutDone(t *testing.T) {
+	up := startMock(t, Options{})
+	tok, _, _ := token(t, up, "secret")
+	c, err := tls.Dial("tcp", up.IMAPAddr, &tls.Config{RootCAs: up.CA.Pool, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	// until reads up to the tagged answer for tag and returns it.
+	until := func(tag string) string {
+		t.Helper()
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("waiting for %s: %v", tag, err)
+			}
+			if strings.HasPrefix(l, tag+" ") {
+				return strings.TrimRight(l, "\r\n")
+			}
+		}
+	}
+	until("*")
+	io.WriteString(c, "a AUTHENTICATE XOAUTH2 "+xoauth2("a@x", tok)+"\r\n")
+	if got := until("a"); !strings.HasPrefix(got, "a OK") {
+		t.Fatalf("login: %q", got)
+	}
+	for i := range 40 {
+		// Written in one go: the IDLE, a line that is not DONE, then a
+		// CLOSE, a SELECT and a CLOSE before the IDLE goroutine has run.
+		io.WriteString(c, "s SELECT INBOX\r\ni IDLE\r\nnot-done\r\nc CLOSE\r\nt SELECT INBOX\r\nu CLOSE\r\n")
+		if got := until("s"); !strings.HasPrefix(got, "s OK") {
+			t.Fatalf("round %d: select: %q", i, got)
+		}
+		if got := until("i"); !strings.HasPrefix(got, "i BAD") {
+			t.Fatalf("round %d: an IDLE ended by a line other than DONE: %q", i, got)
+		}
+		until("c")
+		if got := until("t"); !strings.HasPrefix(got, "t OK") {
+			t.Fatalf("round %d: select after the IDLE: %q", i, got)
+		}
+		until("u")
+	}
+	io.WriteString(c, "z LOGOUT\r\n")
+	until("z")
+}
