@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -20,6 +21,7 @@ import (
 	"github.com/emailproxy/emailproxy/bench/mock"
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/engine/upstream"
+	"github.com/emailproxy/emailproxy/telemetry"
 )
 
 // eachFrontEnd runs test once per front end: the same bounds, timeouts
@@ -492,6 +494,29 @@ func TestHangUpDuringStalledLoginFreesTheSlot(t *testing.T) {
 	c.c.Close()
 	env.up.SetUserFault(testAccount, mock.NoFault)
 	waitFor(t, "the slot to be free", func() bool { held, _ := env.srv.gates.Held(key); return held == 0 })
+	// The stopped login is the client's doing: logged as such at info
+	// level, counted as client_gone, and not blamed on the server (whose
+	// exchange, cut short by a deadline, reads as a timeout).
+	section := env.listenerFor(env.popAddr).srv.Section
+	logins := func(result string) uint64 {
+		return telemetry.Set.GetOrCreateCounter(fmt.Sprintf(`emailproxy_logins_total{proto="POP",server=%q,result=%q}`, section, result)).Get()
+	}
+	waitFor(t, "the login to be logged", func() bool { return logins(telemetry.ClientGone) == 1 })
+	if n := logins(telemetry.UpstreamUnavailable); n != 0 {
+		t.Fatalf("%d logins counted as upstream_unavailable", n)
+	}
+	var line map[string]any
+	for _, l := range strings.Split(env.logs.String(), "\n") {
+		if strings.Contains(l, `"message":"login"`) {
+			json.Unmarshal([]byte(l), &line)
+		}
+	}
+	if line["level"] != "info" || line["error"] != "the client hung up during the login" || line["ok"] != false {
+		t.Fatalf("the login's log line: %v", line)
+	}
+	if logs := env.logs.String(); strings.Contains(logs, "failed during authentication") || strings.Contains(logs, "timeout") {
+		t.Fatalf("the hang-up was logged as the server's failure:\n%s", logs)
+	}
 	p := popLogin(t, env.popAddr, testAccount, "pw") // well within the one-minute login timeout
 	p.ok("QUIT")
 }

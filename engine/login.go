@@ -2,10 +2,11 @@ package engine
 
 import (
 	"context"
-	"net"
-
 	"errors"
+	"net"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/emailproxy/emailproxy/auth"
 	"github.com/emailproxy/emailproxy/engine/upstream"
@@ -15,19 +16,34 @@ import (
 	"github.com/emailproxy/emailproxy/telemetry"
 )
 
+// Why a login's context is cancelled (context.Cause) before its time is up.
+var (
+	errClientGone = errors.New("the client hung up during the login")
+	errStopping   = errors.New("the proxy is stopping")
+)
+
 // runLogin runs one login and logs its outcome.
 func (s *Server) runLogin(ctx context.Context, l *listener, log connLog, act protocol.Action, client string) *loginResult {
 	start := time.Now()
 	res, lerr := s.loginContained(ctx, l, log, act, client)
-	ev := log.Info()
-	if lerr != nil {
+	kind := loginResultKind(lerr)
+	var ev *zerolog.Event
+	switch {
+	case lerr == nil:
+		ev = log.Info()
+	case abandoned(ctx, kind):
+		// Not the server's failure, nor the account's: an info line, and
+		// the metrics do not count it as the server being unavailable.
+		kind = telemetry.ClientGone
+		ev = log.Info().Str("error", errClientGone.Error())
+	default:
 		ev = log.Warn().Str("error", lerr.Message)
 	}
 	if lerr != nil {
 		res = &loginResult{user: act.Creds.Username, err: lerr}
 	}
 	took := time.Since(start)
-	l.m.Login(loginResultKind(lerr), took)
+	l.m.Login(kind, took)
 	ev.Str("proto", string(l.srv.Protocol)).Str("account", act.Creds.Username).Bool("ok", lerr == nil).
 		Bool("reused", res.reused).Dur("took_ms", took).Msg("login")
 	return res
@@ -74,6 +90,20 @@ func loginResultKind(lerr *auth.LoginError) string {
 		return telemetry.TokenUnavailable
 	}
 	return telemetry.Other
+}
+
+// abandoned says whether a login that failed as kind failed because its
+// client hung up: a verdict on the credentials or the token stands, since
+// it was reached before the hang-up stopped anything.
+func abandoned(ctx context.Context, kind string) bool {
+	if !errors.Is(context.Cause(ctx), errClientGone) {
+		return false
+	}
+	switch kind {
+	case telemetry.UpstreamUnavailable, telemetry.TokenUnavailable, telemetry.Other:
+		return true
+	}
+	return false
 }
 
 // hostOf is the address part of a client's remote address.

@@ -49,7 +49,7 @@ func newParkRig(t *testing.T, opts Options) *parkRig {
 	opts.Logger = zerolog.New(logs)
 	opts.defaults()
 	s := &Server{opts: opts, log: opts.Logger, relays: map[*relay]struct{}{}}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	w, err := readwait.New()
 	if err != nil {
 		t.Fatal(err)

@@ -43,8 +43,8 @@ type Server struct {
 	// (nil: none; see accept.go).
 	loops *gnet.Client
 
-	ctx    context.Context // cancelled on Stop: ends logins in flight
-	cancel context.CancelFunc
+	ctx    context.Context // cancelled on Stop (errStopping): ends logins in flight
+	cancel context.CancelCauseFunc
 	wg     sync.WaitGroup // login, profile and relay goroutines
 
 	lnMu    sync.Mutex
@@ -231,7 +231,7 @@ func New(cfg *config.Config, provider *auth.Provider, opts Options) *Server {
 		relays: map[*relay]struct{}{},
 		conns:  map[net.Conn]*listener{},
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	life := upstream.Life{Ctx: s.ctx, WG: &s.wg}
 	s.gates = upstream.NewGates(max(opts.MailboxLimit, 0))
 	s.gates.Shared = opts.SharedMailboxes
@@ -338,7 +338,7 @@ func (l *listener) learnEarly(s *Server) {
 // Stop closes the listeners and every connection, ends logins in flight
 // and waits for all goroutines the server started.
 func (s *Server) Stop(ctx context.Context) error {
-	s.cancel()
+	s.cancel(errStopping)
 	s.closeListeners()
 	s.accepts.Wait() // no client is on its way to the loops
 	var err error

@@ -52,9 +52,9 @@ type pending struct {
 // loginState is what a session holds while a login runs and until its
 // connection is handed to a relay.
 type loginState struct {
-	tag     string             // IMAP tag of the login command
-	cancel  context.CancelFunc // guarded by session.mu
-	handoff *loginResult       // phHandoff: the login waiting for the flush
+	tag     string       // IMAP tag of the login command
+	cancel  func()       // stops the login: its client is gone (guarded by session.mu)
+	handoff *loginResult // phHandoff: the login waiting for the flush
 }
 
 type loginResult struct {
@@ -364,9 +364,10 @@ func (s *session) process() gnet.Action {
 func (s *session) startLogin(act protocol.Action) {
 	s.phase = phLogin
 	s.idleCheck.Store(false)
-	ctx, cancel := context.WithTimeout(s.l.eng.ctx, s.l.eng.opts.LoginTimeout)
+	clientCtx, hangUp := context.WithCancelCause(s.l.eng.ctx)
+	ctx, cancel := context.WithTimeout(clientCtx, s.l.eng.opts.LoginTimeout)
 	s.mu.Lock()
-	s.login = &loginState{tag: act.Tag, cancel: cancel}
+	s.login = &loginState{tag: act.Tag, cancel: func() { hangUp(errClientGone) }}
 	s.mu.Unlock()
 	// The goroutine gets copies: the session's gnet.Conn belongs to the
 	// loop and may be released while the login runs.
@@ -374,6 +375,7 @@ func (s *session) startLogin(act protocol.Action) {
 	s.l.eng.wg.Add(1)
 	go func() {
 		defer s.l.eng.wg.Done()
+		defer hangUp(nil)
 		defer cancel()
 		res := s.l.eng.runLogin(ctx, s.l, log, act, client)
 		if s.deliver(res) {
@@ -570,9 +572,9 @@ func (s *session) onClose(err error) {
 	d := s.detach(err)
 	s.mu.Lock()
 	s.closed = true
-	var cancel context.CancelFunc
+	var stopLogin func()
 	if s.login != nil {
-		cancel = s.login.cancel
+		stopLogin = s.login.cancel
 	}
 	res := s.pend.login
 	if d != nil && res == nil && s.pend.loginGone {
@@ -595,8 +597,8 @@ func (s *session) onClose(err error) {
 		}
 		return
 	}
-	if cancel != nil {
-		cancel()
+	if stopLogin != nil {
+		stopLogin()
 	}
 	if res != nil && res.up != nil {
 		res.up.Close()

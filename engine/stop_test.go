@@ -19,8 +19,8 @@ func TestRelayStartedDuringStopIsClosed(t *testing.T) {
 	opts := Options{Logger: zerolog.Nop(), ParkAfter: -1}
 	opts.defaults()
 	s := &Server{opts: opts, log: opts.Logger, relays: map[*relay]struct{}{}}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.cancel() // Stop has begun
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.cancel(errStopping) // Stop has begun
 
 	_, up := loopback.TLSPair(t, upstream.RecordReader)
 	proxySide, _ := loopback.TCPPair(t)

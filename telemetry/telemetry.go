@@ -27,10 +27,11 @@ const (
 	TokenUnavailable    = "token_unavailable"
 	UpstreamRefused     = "upstream_refused"
 	UpstreamUnavailable = "upstream_unavailable"
+	ClientGone          = "client_gone" // the client hung up before its login was answered
 	Other               = "other"
 )
 
-var results = []string{OK, WrongPassword, UnknownAccount, LockedOut, TokenUnavailable, UpstreamRefused, UpstreamUnavailable, Other}
+var results = []string{OK, WrongPassword, UnknownAccount, LockedOut, TokenUnavailable, UpstreamRefused, UpstreamUnavailable, ClientGone, Other}
 
 // Server is the metrics of one server section, made once.
 type Server struct {
@@ -48,7 +49,9 @@ func ForServer(proto, section string) *Server {
 	return s
 }
 
-// Login counts one login and its duration.
+// Login counts one login and its duration. The duration of a login whose
+// client hung up says how long the client waited, not how long a login
+// takes, and is left out.
 func (s *Server) Login(result string, took time.Duration) {
 	if s == nil {
 		return
@@ -58,7 +61,9 @@ func (s *Server) Login(result string, took time.Duration) {
 		c = s.logins[Other]
 	}
 	c.Inc()
-	s.latency.Update(took.Seconds())
+	if result != ClientGone {
+		s.latency.Update(took.Seconds())
+	}
 }
 
 // Proxy-wide counters.

@@ -83,6 +83,9 @@ func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
 	release, err := s.Gates.Acquire(ctx, sess.Mailbox)
 	telemetry.MailboxWait.UpdateDuration(queued)
 	if err != nil {
+		if f := stopped(ctx); f != nil {
+			return nil, f
+		}
 		return nil, &Failure{fmt.Sprintf("too many sessions of mailbox %s are open upstream (limit %d); waited for one to end until the login timed out",
 			req.User, s.Gates.Limit())}
 	}
@@ -102,6 +105,9 @@ func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
 		}
 		if u == nil {
 			if u, err = s.Dialer.Dial(ctx); err != nil {
+				if f := stopped(ctx); f != nil {
+					return nil, f
+				}
 				return nil, &Failure{"upstream server unavailable: " + err.Error()}
 			}
 			s.Learn(u)
@@ -140,8 +146,23 @@ func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
 			freshDial = true
 			continue
 		}
+		if f := stopped(ctx); f != nil {
+			return nil, f
+		}
 		return nil, &Failure{"upstream server failed during authentication: " + ShortNetErr(err)}
 	}
+}
+
+// stopped is the failure of a login stopped from outside (its client
+// gone, or the proxy stopping: ctx cancelled, not timed out), whichever
+// step it was at; nil if ctx was not cancelled. The step's own error
+// would blame the server or the mailbox's limit: an exchange cut short
+// reads as a timeout, since it is cut short by a deadline.
+func stopped(ctx context.Context) *Failure {
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		return nil
+	}
+	return &Failure{"login stopped: " + context.Cause(ctx).Error()}
 }
 
 // IsTimeout says whether err is a deadline passing (a read or write

@@ -100,4 +100,27 @@ func TestOpenRedialsOnlyForADroppedWarmConnection(t *testing.T) {
 	if n := conns.Load(); n != 3 {
 		t.Fatalf("connections after a silent warm one: %d, want 3 (no dial once the login's time was up)", n)
 	}
+
+	// A login stopped from outside (its client gone) says why, at every
+	// step, and blames neither the server whose answer it stopped waiting
+	// for nor the mailbox's limit.
+	gone := errors.New("the client went")
+	stopped := func(what string) {
+		t.Helper()
+		sctx, stop := context.WithCancelCause(context.Background())
+		time.AfterFunc(50*time.Millisecond, func() { stop(gone) })
+		_, err := side.Open(sctx, Request{Tag: "L2", User: "u@example.test", Token: "t"})
+		if !errors.As(err, &f) || f.Text != "login stopped: the client went" {
+			t.Fatalf("a login stopped %s: %v", what, err)
+		}
+	}
+	warm("silent")
+	stopped("while the server was silent")
+	side.Gates = NewGates(1)
+	release, err := side.Gates.Acquire(context.Background(), MailboxKey(cs, "u@example.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	stopped("while waiting for the mailbox's slot")
 }
