@@ -28,10 +28,11 @@ const (
 	PasswordSpray Hostile = "password-spray"      // wrong passwords for the honest accounts, from other addresses
 	UpstreamReset Hostile = "upstream-reset"      // logins of mailboxes whose server resets mid-login
 	TokenHang     Hostile = "token-endpoint-hang" // logins that need a token while the endpoint hangs
+	RandomScripts Hostile = "random-scripts"      // IMAP, POP3 and SMTP sessions put together at random (see randomScript)
 )
 
 // HostileKinds lists the kinds in the order the abuse scenario runs them.
-var HostileKinds = []Hostile{HangUpStorm, NonReader, LoginFlood, StalledReads, Slowloris, PasswordSpray, UpstreamReset, TokenHang}
+var HostileKinds = []Hostile{HangUpStorm, NonReader, LoginFlood, StalledReads, Slowloris, PasswordSpray, UpstreamReset, TokenHang, RandomScripts}
 
 // ParseHostile reads a comma-separated list of hostile kinds.
 func ParseHostile(list string) ([]Hostile, error) {
@@ -144,6 +145,12 @@ func (t *Target) Attack(ctx context.Context, a Attack) (opened int64, held *Held
 			}
 			cancel()
 			sleep(ctx, 20*time.Millisecond)
+		})
+	case RandomScripts:
+		workers(16, func(i int) {
+			r := rand.New(rand.NewPCG(rand.Uint64(), uint64(i)))
+			t.randomScript(ctx, a.Accounts[i%len(a.Accounts)], r)
+			count()
 		})
 	default:
 		panic(fmt.Sprintf("load: unknown hostile kind %q", a.Kind))

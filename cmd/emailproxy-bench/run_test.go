@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emailproxy/emailproxy/bench/load"
 	"github.com/emailproxy/emailproxy/bench/report"
 	"github.com/emailproxy/emailproxy/cmd/internal/cli"
 )
@@ -224,15 +225,27 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 // A short abuse run against our proxy: every hostile kind runs beside
 // honest clients; the proxy stays up, the honest clients see no error,
 // and its goroutines and the upstream sessions go back to where they were.
+// The proxy is this test binary: under -race, a data race it meets is in
+// its log, and fails the test.
 func TestAbuseScenario(t *testing.T) {
+	workdir := t.TempDir()
 	// The large message must be larger than what the sockets' kernel
 	// buffers hold, or a stalled download is no stall for the proxy.
 	rep, out := runJSON(t, "--scenarios", "abuse", "--duration", "1500ms", "--concurrency", "4", "--mailboxes", "7",
 		"--messages", "2", "--big-size", "12000000", "--big-mailboxes", "1", "--rtt", "2ms", "--token-delay", "0",
-		"--abuse-slowloris", "100", "--abuse-stalled", "4", "--abuse-settle", "20s",
-		"--proxy-args", "--send-timeout 1s")
+		"--abuse-slowloris", "100", "--abuse-stalled", "4", "--abuse-settle", "20s", "--workdir", workdir,
+		"--proxy-args", "--send-timeout 1s --imap-session-reuse 1m --smtp-session-reuse 1m --park-after 100ms")
+	proxyLog, err := os.ReadFile(filepath.Join(workdir, "proxy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"DATA RACE", "panic"} {
+		if bytes.Contains(proxyLog, []byte(bad)) {
+			t.Fatalf("%q in the proxy's log:\n%s", bad, proxyLog)
+		}
+	}
 	a := rep.Abuse
-	if a == nil || a.Clean == nil || len(a.Kinds) != 8 {
+	if a == nil || a.Clean == nil || len(a.Kinds) != len(load.HostileKinds) {
 		t.Fatalf("abuse results: %+v\n%s", a, out)
 	}
 	for _, r := range append([]report.AbuseRow{*a.Clean}, a.Kinds...) {
