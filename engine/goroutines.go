@@ -3,8 +3,11 @@ package engine
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emailproxy/emailproxy/engine/upstream"
@@ -19,9 +22,9 @@ import (
 // no TLS: implicit TLS, or STARTTLS / STLS offered, with crypto/tls) and,
 // with FrontEndGoroutines, the plaintext ones. It drives the same state
 // machines as the event loop, under the same bounds: a login in flight
-// reads nothing (TCP backpressure), a write that makes no progress for
-// SendTimeout fails, and the idle timeout runs from the last whole
-// command.
+// reads at most PendingLimit (then TCP backpressure), a write that makes
+// no progress for SendTimeout fails, and the idle timeout runs from the
+// last whole command.
 
 // track remembers a pre-login connection so Stop can close it.
 func (s *Server) track(c net.Conn, l *listener) bool {
@@ -104,8 +107,9 @@ func (s *Server) serveConn(l *listener, raw net.Conn, accepted time.Time) {
 		active = true
 	}
 	// Every write to a client that does not read fails after SendTimeout;
-	// reads wait at most IdleTimeout; a login in flight reads nothing, so
-	// TCP flow control bounds what the client can send meanwhile.
+	// reads wait at most IdleTimeout; a login in flight reads at most the
+	// pending limit (clientWatch), so TCP flow control bounds what the
+	// client can send meanwhile.
 	send := func(b []byte) error {
 		c.SetWriteDeadline(time.Now().Add(s.opts.SendTimeout))
 		_, err := c.Write(b)
@@ -158,9 +162,14 @@ func (s *Server) serveConn(l *listener, raw net.Conn, accepted time.Time) {
 				}
 				m.TLSStarted()
 			case protocol.Login:
-				ctx, cancel := context.WithTimeout(s.ctx, s.opts.LoginTimeout)
+				clientCtx, hangUp := context.WithCancelCause(s.ctx)
+				ctx, cancel := context.WithTimeout(clientCtx, s.opts.LoginTimeout)
+				w := watchClient(c, s.opts.PendingLimit, len(buf) > 0, hangUp)
 				res := s.runLogin(ctx, l, log, act, hostOf(remote))
 				cancel()
+				hangUp(nil)
+				// The idle timeout runs again from this answer.
+				buf = append(buf, w.stop(time.Now().Add(s.opts.IdleTimeout))...)
 				if res.err != nil {
 					if err := send(m.loginFailed(act.Tag, "emailproxy: "+res.err.Message, res.err.Temporary)); err != nil {
 						return
@@ -198,6 +207,84 @@ func (s *Server) serveConn(l *listener, raw net.Conn, accepted time.Time) {
 			return
 		}
 	}
+}
+
+// clientWatch reads from a client whose login is slow (past watchAfter),
+// as the event loop does for every login: a client that hangs up stops
+// its login (its mailbox slot and upstream connection are not held until
+// the login's timeout), and what it sends meanwhile is kept for after the
+// login, up to the pending limit; past that it is not read (TCP
+// backpressure). A client that ends its sending with commands after its
+// login (a script piping them) is still served: only an end with nothing
+// after the login, or a reset, counts as hanging up. A fast login is not
+// watched: a reader woken and stopped for each would cost every session
+// two goroutine wake-ups.
+type clientWatch struct {
+	c      net.Conn
+	limit  int
+	more   bool // the client sent something after its login command
+	hangUp context.CancelCauseFunc
+	timer  *time.Timer
+
+	mu      sync.Mutex
+	stopped bool          // the login is over: do not start
+	done    chan struct{} // non-nil once started; closed when reading ends
+	got     []byte        // owned by the reader until done is closed
+}
+
+// watchAfter is how long a login runs before its client is watched.
+var watchAfter = 500 * time.Millisecond // a variable for tests
+
+func watchClient(c net.Conn, limit int, more bool, hangUp context.CancelCauseFunc) *clientWatch {
+	w := &clientWatch{c: c, limit: limit, more: more, hangUp: hangUp}
+	w.timer = time.AfterFunc(watchAfter, w.read)
+	return w
+}
+
+// read runs on the timer's goroutine.
+func (w *clientWatch) read() {
+	w.mu.Lock()
+	if w.stopped {
+		w.mu.Unlock()
+		return
+	}
+	w.done = make(chan struct{})
+	defer close(w.done)
+	w.c.SetReadDeadline(time.Time{}) // before stop can set its own
+	w.mu.Unlock()
+	var rbuf [512]byte
+	for len(w.got) < w.limit {
+		n, err := w.c.Read(rbuf[:])
+		w.got = append(w.got, rbuf[:n]...)
+		switch {
+		case err == nil:
+		case upstream.IsTimeout(err): // stop's doing
+			return
+		case errors.Is(err, io.EOF) && (w.more || len(w.got) > 0):
+			return // the rest of its session is here: the login goes on
+		default:
+			w.hangUp(errClientGone)
+			return
+		}
+	}
+}
+
+// stop ends the watch once the login is over, sets the client's read
+// deadline to next, and returns what the client sent meanwhile. A read the
+// watch left unfinished is resumed by the next one: an interrupted read of
+// a TLS record keeps what it had.
+func (w *clientWatch) stop(next time.Time) []byte {
+	w.timer.Stop()
+	w.mu.Lock()
+	w.stopped = true
+	done := w.done
+	w.mu.Unlock()
+	if done != nil {
+		w.c.SetReadDeadline(time.Now())
+		<-done
+	}
+	w.c.SetReadDeadline(next)
+	return w.got
 }
 
 // readProxyHeader reads the PROXY protocol header a balancer sends before

@@ -481,44 +481,93 @@ func testReloadServerSections(t *testing.T, fe string) {
 }
 
 // A client that hangs up while the server sits on its login frees the
-// mailbox slot at once: the next login of the mailbox does not wait for
-// the first one's timeout.
+// mailbox slot at once, whether it closes or resets: the next login of
+// the mailbox does not wait for the first one's timeout. On both front
+// ends (the goroutine one watches the client while its login runs).
 func TestHangUpDuringStalledLoginFreesTheSlot(t *testing.T) {
-	env := startEnv(t, envOptions{mailboxCap: 1, engine: Options{MailboxLimit: 1, LoginTimeout: time.Minute, WarmConnections: -1}})
-	env.up.SetUserFault(testAccount, mock.StallLogin)
-	c := dialPOP(t, env.popAddr)
-	c.ok("USER %s", testAccount)
-	c.send("PASS pw")
+	eachFrontEnd(t, testHangUpDuringStalledLoginFreesTheSlot)
+}
+
+func testHangUpDuringStalledLoginFreesTheSlot(t *testing.T, fe string) {
+	env := startEnv(t, envOptions{mailboxCap: 1, engine: Options{FrontEnd: fe, MailboxLimit: 1, LoginTimeout: time.Minute, WarmConnections: -1}})
 	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv, testAccount)
-	waitFor(t, "the stalled login to hold the slot", func() bool { held, _ := env.srv.gates.Held(key); return held == 1 })
-	c.c.Close()
+	for _, reset := range []bool{false, true} {
+		env.up.SetUserFault(testAccount, mock.StallLogin)
+		c := dialPOP(t, env.popAddr)
+		c.ok("USER %s", testAccount)
+		c.send("PASS pw")
+		waitFor(t, "the stalled login to hold the slot", func() bool { held, _ := env.srv.gates.Held(key); return held == 1 })
+		if reset {
+			c.c.(*net.TCPConn).SetLinger(0)
+		}
+		c.c.Close()
+		// The server still stalls: only the hang-up can free the slot.
+		waitFor(t, "the slot to be free", func() bool { held, _ := env.srv.gates.Held(key); return held == 0 })
+	}
 	env.up.SetUserFault(testAccount, mock.NoFault)
-	waitFor(t, "the slot to be free", func() bool { held, _ := env.srv.gates.Held(key); return held == 0 })
-	// The stopped login is the client's doing: logged as such at info
+	// The stopped logins are the client's doing: logged as such at info
 	// level, counted as client_gone, and not blamed on the server (whose
 	// exchange, cut short by a deadline, reads as a timeout).
 	section := env.listenerFor(env.popAddr).srv.Section
 	logins := func(result string) uint64 {
 		return telemetry.Set.GetOrCreateCounter(fmt.Sprintf(`emailproxy_logins_total{proto="POP",server=%q,result=%q}`, section, result)).Get()
 	}
-	waitFor(t, "the login to be logged", func() bool { return logins(telemetry.ClientGone) == 1 })
+	waitFor(t, "the logins to be logged", func() bool { return logins(telemetry.ClientGone) == 2 })
 	if n := logins(telemetry.UpstreamUnavailable); n != 0 {
 		t.Fatalf("%d logins counted as upstream_unavailable", n)
 	}
-	var line map[string]any
+	var lines []map[string]any
 	for _, l := range strings.Split(env.logs.String(), "\n") {
 		if strings.Contains(l, `"message":"login"`) {
+			var line map[string]any
 			json.Unmarshal([]byte(l), &line)
+			lines = append(lines, line)
 		}
 	}
-	if line["level"] != "info" || line["error"] != "the client hung up during the login" || line["ok"] != false {
-		t.Fatalf("the login's log line: %v", line)
+	for _, line := range lines {
+		if line["level"] != "info" || line["error"] != "the client hung up during the login" || line["ok"] != false {
+			t.Fatalf("a stopped login's log line: %v", line)
+		}
 	}
-	if logs := env.logs.String(); strings.Contains(logs, "failed during authentication") || strings.Contains(logs, "timeout") {
-		t.Fatalf("the hang-up was logged as the server's failure:\n%s", logs)
+	if logs := env.logs.String(); len(lines) != 2 || strings.Contains(logs, "failed during authentication") || strings.Contains(logs, "timeout") {
+		t.Fatalf("the hang-ups were not logged as the clients' doing:\n%s", logs)
 	}
 	p := popLogin(t, env.popAddr, testAccount, "pw") // well within the one-minute login timeout
 	p.ok("QUIT")
+}
+
+// Commands a client sends while its login waits (here for the mailbox's
+// one slot) are kept and answered once it is logged in, on both front
+// ends; so is a client that ends its sending after them (its end is not
+// a hang-up: the login goes on).
+func TestCommandsSentDuringLoginAreAnswered(t *testing.T) {
+	defer func(d time.Duration) { watchAfter = d }(watchAfter)
+	watchAfter = time.Millisecond // the goroutine front end watches the client from here
+	eachFrontEnd(t, testCommandsSentDuringLoginAreAnswered)
+}
+
+func testCommandsSentDuringLoginAreAnswered(t *testing.T, fe string) {
+	env := startEnv(t, envOptions{mailboxCap: 1, engine: Options{FrontEnd: fe, MailboxLimit: 1}})
+	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv, testAccount)
+	for _, shut := range []bool{false, true} {
+		first := popLogin(t, env.popAddr, testAccount, "pw")
+		c := dialPOP(t, env.popAddr)
+		c.ok("USER %s", testAccount)
+		c.send("PASS pw")
+		waitFor(t, "the second login to wait for the slot", func() bool { _, waiting := env.srv.gates.Held(key); return waiting == 1 })
+		c.send("STAT")
+		c.send("QUIT")
+		if shut {
+			c.c.(*net.TCPConn).CloseWrite()
+		}
+		time.Sleep(50 * time.Millisecond) // for the watch to read them (either way, they are answered)
+		first.ok("QUIT")
+		for _, want := range []string{"+OK", "+OK 1 ", "+OK"} {
+			if got := c.status(); !strings.HasPrefix(got, want) {
+				t.Fatalf("half-closed %v: %q, want %s (PASS, STAT, QUIT)", shut, got, want)
+			}
+		}
+	}
 }
 
 // proxyClient connects through a pretend balancer: header, then POP3.

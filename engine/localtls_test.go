@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/emailproxy/emailproxy/bench/mock"
+	"github.com/emailproxy/emailproxy/engine/upstream"
 )
 
 // proxyCert writes a certificate for the proxy's own listeners, signed by
@@ -312,4 +313,41 @@ func portOfAddr(t *testing.T, addr string) int {
 		t.Fatal(err)
 	}
 	return a.Port
+}
+
+// Over local TLS, the client watched while its login waits (see
+// clientWatch) keeps its TLS session: the watch's read, cut short when
+// the login ends, is resumed by the next, and the commands sent meanwhile
+// are answered; a close_notify after them is an end of sending, not a
+// hang-up.
+func TestCommandsSentDuringLoginOverTLS(t *testing.T) {
+	defer func(d time.Duration) { watchAfter = d }(watchAfter)
+	watchAfter = time.Millisecond
+	pc := newProxyCert(t)
+	env := startEnv(t, envOptions{servers: tlsServers(pc)[2:3], mailboxCap: 1, engine: Options{MailboxLimit: 1}})
+	key := upstream.MailboxKey(env.listenerFor(env.addrs["pop3s"]).srv, testAccount)
+	for _, shut := range []bool{false, true} {
+		first := popLogin(t, env.popAddr, testAccount, testPassword) // the same mailbox, in plaintext
+		tc, err := tls.Dial("tcp", env.addrs["pop3s"], pc.client())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := popOver(t, tc)
+		p.ok("USER %s", testAccount)
+		p.send("PASS %s", testPassword)
+		waitFor(t, "the login to wait for the slot", func() bool { _, waiting := env.srv.gates.Held(key); return waiting == 1 })
+		time.Sleep(20 * time.Millisecond) // for the watch to be reading: its read is the one cut short
+		p.send("STAT")
+		p.send("QUIT")
+		if shut {
+			tc.CloseWrite()
+		}
+		time.Sleep(50 * time.Millisecond) // for the watch to read them (either way, they are answered)
+		first.ok("QUIT")
+		for _, want := range []string{"+OK", "+OK 1 ", "+OK"} {
+			if got := p.status(); !strings.HasPrefix(got, want) {
+				t.Fatalf("close_notify %v: %q, want %s (PASS, STAT, QUIT)", shut, got, want)
+			}
+		}
+	}
 }
