@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"errors"
 	"net"
 	"strings"
 
@@ -64,3 +65,10 @@ func dialectOf(proto config.Protocol) dialect {
 
 // maxAuthLines bounds the lines an upstream may send while authenticating.
 const maxAuthLines = 64
+
+// maxCapLines bounds the lines of an upstream's answer to CAPA or
+// CAPABILITY (a dozen at the big providers): a server that never ends
+// its list fails the connection instead of growing the proxy.
+const maxCapLines = 256
+
+var errTooManyCapLines = errors.New("the server's capability list does not end")

@@ -114,3 +114,54 @@ func TestIMAPCapabilitiesAskedOnce(t *testing.T) {
 		t.Fatalf("CAPABILITY asked %d times in 4 connections, want 1", n)
 	}
 }
+
+// A server whose capability list never ends fails the connection after
+// maxCapLines lines instead of growing the proxy for as long as the dial
+// timeout lets it talk.
+func TestEndlessCapabilityListIsRefused(t *testing.T) {
+	ca, leaf := testCA(t)
+	stop := make(chan struct{})
+	var handlers sync.WaitGroup
+	t.Cleanup(func() { close(stop); handlers.Wait() })
+	endless := func(greeting, answer, line string) func(*tls.Conn) {
+		return func(tc *tls.Conn) {
+			handlers.Add(1)
+			defer handlers.Done()
+			tc.Write([]byte(greeting))
+			br := bufio.NewReader(tc)
+			if _, err := br.ReadString('\n'); err != nil {
+				return
+			}
+			tc.Write([]byte(answer))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := tc.Write([]byte(line)); err != nil {
+					return
+				}
+			}
+		}
+	}
+	for _, tc := range []struct {
+		proto config.Protocol
+		serve func(*tls.Conn)
+	}{
+		{config.POP, endless("+OK ready\r\n", "+OK Capability list follows\r\n", "X-CAPABILITY-NUMBER-SOMETHING\r\n")},
+		{config.IMAP, endless("* OK ready\r\n", "", "* CAPABILITY IMAP4rev1 AUTH=XOAUTH2\r\n")},
+	} {
+		addr := serveTLS(t, &tls.Config{Certificates: []tls.Certificate{leaf}}, tc.serve)
+		_, port, _ := net.SplitHostPort(addr)
+		d := NewDialer(&config.Server{Protocol: tc.proto, ServerAddress: "localhost", ServerPort: atoi(t, port)}, ca.Pool, 30*time.Second)
+		u, err := d.Dial(context.Background())
+		if err == nil {
+			u.Close()
+			t.Fatalf("%s: an endless capability list was taken", tc.proto)
+		}
+		if !strings.Contains(err.Error(), "did not greet as a") || !strings.Contains(err.Error(), "capability list does not end") {
+			t.Fatalf("%s: %v", tc.proto, err)
+		}
+	}
+}

@@ -273,7 +273,11 @@ func (d *Dialer) Dial(ctx context.Context) (*Conn, error) {
 	}
 	if err := dialectOf(d.srv.Protocol).greet(u, d.srv.ServerStartTLS); err != nil {
 		conn.Close()
-		return nil, &Error{fmt.Sprintf("%s did not greet as an %s server: %s", addr, d.srv.Protocol, ShortNetErr(err)), err}
+		server := "an " + string(d.srv.Protocol) // an IMAP, an SMTP
+		if d.srv.Protocol == config.POP {
+			server = "a POP3"
+		}
+		return nil, &Error{fmt.Sprintf("%s did not greet as %s server: %s", addr, server, ShortNetErr(err)), err}
 	}
 	if u.asked {
 		d.caps.Store(&listed{caps: u.Caps, at: time.Now()})

@@ -43,7 +43,7 @@ func (u *Conn) imapCapability() error {
 	if err := u.send(u.TLS, []byte("C0 CAPABILITY\r\n"), -1); err != nil {
 		return err
 	}
-	for {
+	for range maxCapLines {
 		line, err := u.readLine()
 		if err != nil {
 			return err
@@ -60,6 +60,7 @@ func (u *Conn) imapCapability() error {
 			return nil
 		}
 	}
+	return errTooManyCapLines
 }
 
 // authIMAP sends AUTHENTICATE XOAUTH2 with the client's tag and returns

@@ -30,7 +30,7 @@ func (u *Conn) popCapa() error {
 	if !strings.HasPrefix(string(line), "+OK") {
 		return nil
 	}
-	for {
+	for range maxCapLines {
 		line, err := u.readLine()
 		if err != nil {
 			return err
@@ -40,6 +40,7 @@ func (u *Conn) popCapa() error {
 		}
 		u.Caps = append(u.Caps, string(line))
 	}
+	return errTooManyCapLines
 }
 
 // authPOP sends AUTH XOAUTH2 and returns the +OK line to relay: in two
