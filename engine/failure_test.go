@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
+	"io"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -172,6 +174,52 @@ func TestFailuresEndToEnd(t *testing.T) {
 		}
 		if !strings.Contains(env.logs.String(), "cannot connect to "+closed) {
 			t.Fatalf("log does not say what failed:\n%s", env.logs.String())
+		}
+		// Each client that arrives while the server is away tries to
+		// reach it; the error is logged once (per section and minute),
+		// not once per client, and the server's return once.
+		for range 5 {
+			r := dialRaw(t, env.imapAddr)
+			r.line()
+			r.expectEOF()
+		}
+		if n := strings.Count(env.logs.String(), `"level":"error"`); n != 2 { // IMAP's and POP3's
+			t.Fatalf("%d error lines for one unreachable server per section:\n%s", n, env.logs.String())
+		}
+		ln, err := net.Listen("tcp", closed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() { // the server is back (through a forwarder on its address)
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					up, err := net.Dial("tcp", env.up.IMAPAddr)
+					if err != nil {
+						return
+					}
+					defer up.Close()
+					go io.Copy(up, c)
+					io.Copy(c, up)
+				}()
+			}
+		}()
+		r = dialRaw(t, env.imapAddr)
+		if l := r.line(); !strings.HasPrefix(l, "* OK") {
+			t.Fatalf("IMAP once the server is back: %q", l)
+		}
+		r.c.Close()
+		failed := -1
+		if m := regexp.MustCompile(`"failed_dials":(\d+)[^}]*"message":"upstream server reachable again"`).FindStringSubmatch(env.logs.String()); m != nil {
+			failed, _ = strconv.Atoi(m[1])
+		}
+		if failed < 6 {
+			t.Fatalf("the server's return is not logged with the failed dials (the six clients' at least):\n%s", env.logs.String())
 		}
 	})
 	t.Run("untrusted certificate", func(t *testing.T) {

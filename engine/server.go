@@ -110,6 +110,8 @@ type listener struct {
 	prof     *profile
 	fetching bool
 	waiting  []func(*profile) // called with nil when the upstream is unavailable
+	// down is touched only by the fetch running (fetching), one at a time.
+	down outage
 }
 
 // profileOr returns the upstream's profile if it is known. If not, it
@@ -390,8 +392,15 @@ func (s *Server) dialAndLearn(l *listener) (prof *profile) {
 	}()
 	var err error
 	if u, err = l.up.Dialer.Dial(s.ctx); err != nil {
-		l.log.Error().Err(err).Msg("upstream server unavailable")
+		if log, n := l.down.failed(time.Now(), err.Error()); log {
+			l.log.Error().Err(err).Int("failed_dials", n).Msg("upstream server unavailable")
+		} else {
+			l.log.Debug().Err(err).Msg("upstream server unavailable")
+		}
 		return nil
+	}
+	if away, n := l.down.reached(time.Now()); n > 0 {
+		l.log.Info().Dur("unavailable_ms", away).Int("failed_dials", n).Msg("upstream server reachable again")
 	}
 	prof = l.learn(u)
 	l.up.Pool.Offer(u)
