@@ -205,8 +205,13 @@ type reuseRelay struct {
 	// leaves the session reusable, and whether it is in IDLE.
 	cmds             imap.Stream
 	reusable, idling bool
-	// The server's direction: its scanner.
+	// The server's direction: its scanner, and whether it has answered
+	// as a session with CONDSTORE on (then it is not kept: see
+	// upstream.ShowsCondstore; a command of the client's that turns it on
+	// makes the session single-use already, but only the start of a long
+	// command is seen).
 	answers imap.Stream
+	modSeq  bool
 }
 
 // startReuseRelay runs a reusable IMAP session's relay.
@@ -223,6 +228,7 @@ func (rr *reuseRelay) fromClientChunk(chunk []byte) bool {
 	st := &rr.cmds
 	lineStart, off := 0, 0
 	for off < len(chunk) {
+		fresh := st.Idle() // the line starts in this read, at off
 		n, done := st.Scan(chunk[off:])
 		off += n
 		if !done {
@@ -247,7 +253,7 @@ func (rr *reuseRelay) fromClientChunk(chunk []byte) bool {
 			return false
 		default:
 			rr.outstanding.Add(1)
-			rr.reusable = rr.reusable && upstream.IsReusable(name)
+			rr.reusable = rr.reusable && upstream.IsReusable(name) && !turnsOnCondstore(st.Head(), fresh, chunk[lineStart:off])
 			rr.idling = bytes.EqualFold(name, []byte("IDLE"))
 		}
 		lineStart = off
@@ -258,6 +264,38 @@ func (rr *reuseRelay) fromClientChunk(chunk []byte) bool {
 // clientEnded: see reuseBase.clientEnded.
 func (rr *reuseRelay) clientEnded(readErr error) {
 	rr.reuseBase.clientEnded(readErr, rr.reusable && !rr.idling && rr.cmds.Idle(), func() bool { return rr.reset("") })
+}
+
+// condstoreWindow is how much of a command or an answer, as it came in
+// one read, is looked at for CONDSTORE: more than the stream's 64-byte
+// head (Dovecot's FETCH answers have their MODSEQ 80 bytes in), and only
+// up to the first literal, whose bytes are a message's (which may say
+// anything) and may be many.
+const condstoreWindow = 512
+
+// fresh says the line began in this read: inRead starts at the line's
+// start. Otherwise its first bytes may be a literal's, and only the head
+// is looked at.
+func beforeLiteral(fresh bool, b []byte) []byte {
+	if !fresh {
+		return nil
+	}
+	b = b[:min(len(b), condstoreWindow)]
+	if i := bytes.IndexByte(b, '{'); i >= 0 {
+		return b[:i]
+	}
+	return b
+}
+
+// turnsOnCondstore and showsCondstore look at a line's head (the stream's,
+// which a line begun in an earlier read still has; it ends before any
+// literal) and at the line's bytes in this read (beforeLiteral).
+func turnsOnCondstore(head []byte, fresh bool, inRead []byte) bool {
+	return upstream.TurnsOnCondstore(head) || upstream.TurnsOnCondstore(beforeLiteral(fresh, inRead))
+}
+
+func showsCondstore(head []byte, fresh bool, inRead []byte) bool {
+	return upstream.ShowsCondstore(head) || upstream.ShowsCondstore(beforeLiteral(fresh, inRead))
 }
 
 // reset sends the UNSELECT and tells the upstream direction which tag to
@@ -274,6 +312,7 @@ func (rr *reuseRelay) fromUpChunk(chunk []byte) bool {
 	st := &rr.answers
 	lineStart, off, completed := 0, 0, int64(0)
 	for off < len(chunk) {
+		fresh := st.Idle()
 		m, done := st.Scan(chunk[off:])
 		off += m
 		if !done {
@@ -289,12 +328,13 @@ func (rr *reuseRelay) fromUpChunk(chunk []byte) bool {
 				rr.writeToClient([]byte("* BYE emailproxy: logged out\r\n" + *logoutTag + " OK LOGOUT completed\r\n"))
 			}
 			// More after the answer: do not trust the session.
-			rr.keep = off == len(chunk)
+			rr.keep = off == len(chunk) && !rr.modSeq
 			return false
 		}
 		if len(tag) > 0 && tag[0] != '*' && tag[0] != '+' {
 			completed++
 		}
+		rr.modSeq = rr.modSeq || showsCondstore(st.Head(), fresh, chunk[lineStart:off])
 		lineStart = off
 	}
 	if !rr.writeToClient(chunk) {

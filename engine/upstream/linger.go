@@ -69,6 +69,54 @@ func IsReusable(name []byte) bool {
 	return reusableCommands[string(buf[:len(name)])]
 }
 
+// CONDSTORE (RFC 7162), once on, stays on for the rest of a session
+// (UNSELECT does not end it), and then every FETCH answer carries a MODSEQ
+// item the session's next client did not ask for: a session where it was
+// turned on is not kept. condstoreWords are the words of the commands
+// that turn it on: SELECT ... (CONDSTORE), FETCH ... (MODSEQ) or
+// (CHANGEDSINCE n), STORE (UNCHANGEDSINCE n), STATUS (HIGHESTMODSEQ),
+// SEARCH MODSEQ, ENABLE CONDSTORE.
+var condstoreWords = [...]string{"MODSEQ", "CHANGEDSINCE", "CONDSTORE"}
+
+// TurnsOnCondstore reports whether a command's start has one of
+// condstoreWords, ignoring case, without allocating.
+func TurnsOnCondstore(cmd []byte) bool {
+	for _, w := range condstoreWords {
+		if indexFold(cmd, w, 0) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// ShowsCondstore reports whether an answer's start has a MODSEQ item, as
+// a FETCH answer has once CONDSTORE is on; not [HIGHESTMODSEQ n], which
+// servers (Dovecot, Gmail) send on every SELECT of a mailbox that keeps
+// modification sequences.
+func ShowsCondstore(answer []byte) bool {
+	for i := indexFold(answer, "MODSEQ", 0); i >= 0; i = indexFold(answer, "MODSEQ", i+1) {
+		if i > 0 && (answer[i-1] == ' ' || answer[i-1] == '(') {
+			return true
+		}
+	}
+	return false
+}
+
+// indexFold is the index of word (upper-case letters) in b from from on,
+// ignoring case; -1 if it is not there.
+func indexFold(b []byte, word string, from int) int {
+	for i := from; i+len(word) <= len(b); i++ {
+		j := 0
+		for j < len(word) && b[i+j]&^0x20 == word[j] {
+			j++
+		}
+		if j == len(word) {
+			return i
+		}
+	}
+	return -1
+}
+
 // ResetTag tags the UNSELECT the proxy sends; clients' tags are echoed
 // only for their own commands, so the proxy recognises its answer.
 const ResetTag = "EPXRESET"

@@ -44,3 +44,33 @@ func TestIsReusable(t *testing.T) {
 		}
 	}
 }
+
+func TestCondstoreWords(t *testing.T) {
+	for line, want := range map[string]bool{
+		"a SELECT INBOX (CONDSTORE)":                       true,
+		"a uid fetch 1:* (flags) (changedsince 12)":        true,
+		"a UID STORE 1 (UNCHANGEDSINCE 5) +FLAGS (\\Seen)": true,
+		"a STATUS INBOX (MESSAGES HIGHESTMODSEQ)":          true,
+		"a SEARCH MODSEQ 5":                                true,
+		"a SELECT INBOX":                                   false,
+		"a UID FETCH 1:* (FLAGS BODY.PEEK[])":              false,
+		"a SEARCH SUBJECT \"MODSE\"":                       false,
+		"":                                                 false,
+		"\xcd\xcf\xc4\xd3\xc5\xd1":                         false, // MODSEQ with the high bit set
+	} {
+		if got := TurnsOnCondstore([]byte(line)); got != want {
+			t.Errorf("command %q: %v, want %v", line, got, want)
+		}
+	}
+	for line, want := range map[string]bool{
+		"* 1 FETCH (UID 4 MODSEQ (12) FLAGS ())":    true,
+		"* 1 FETCH (modseq (12) UID 4)":             true,
+		"* OK [HIGHESTMODSEQ 715194045007] Highest": false, // sent on every SELECT by some servers
+		"* 1 FETCH (UID 4 FLAGS (\\Seen))":          false,
+		"MODSEQ":                                    false,
+	} {
+		if got := ShowsCondstore([]byte(line)); got != want {
+			t.Errorf("answer %q: %v, want %v", line, got, want)
+		}
+	}
+}
