@@ -266,6 +266,23 @@ func TestAbuseScenario(t *testing.T) {
 	}
 }
 
+// The hang-up storm against the goroutine front end (Windows'): the
+// logins of clients that hung up are stopped, not queued for their
+// mailboxes' slots until their timeout, so the honest clients see no
+// error and the upstream sessions come back.
+func TestAbuseHangUpStormOnGoroutines(t *testing.T) {
+	rep, out := runJSON(t, "--scenarios", "abuse", "--abuse-kinds", "hangup-storm", "--duration", "3s",
+		"--concurrency", "4", "--mailboxes", "7", "--messages", "2", "--big-size", "100000", "--big-mailboxes", "1", "--rtt", "2ms",
+		"--token-delay", "0", "--abuse-settle", "10s", "--proxy-args", "--front-end goroutines")
+	a := rep.Abuse
+	if a == nil || len(a.Kinds) != 1 {
+		t.Fatalf("abuse results: %+v\n%s", a, out)
+	}
+	if r := a.Kinds[0]; !r.Alive || r.Errors != 0 || r.SettledS < 0 || r.HostileConnections == 0 {
+		t.Fatalf("%+v\n%s", r, out)
+	}
+}
+
 // runJSON runs the harness with args and returns its JSON report and what
 // it printed.
 func runJSON(t *testing.T, args ...string) (report.Report, string) {
