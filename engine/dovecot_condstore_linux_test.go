@@ -18,15 +18,18 @@ func TestDovecotCondstoreSessionIsNotKept(t *testing.T) {
 	dv, _ := startDovecotWithIdP(t)
 	px := startProxyFor(t, dv, Options{IMAPSessionReuse: time.Minute})
 	kept := func() int { return px.srv.linger.Snapshot().Parked } // sessions kept so far
-	session := func(commands ...string) []string {
+	small := "Subject: condstore\r\n\r\nhello\r\n"
+	// session logs in, appends body, sends commands and logs out; it
+	// returns the answers.
+	session := func(body string, commands ...string) []string {
 		t.Helper()
 		r, l := imapLogin(t, px.imap, dovecotUser, "pw")
 		if !strings.HasPrefix(l, "L1 OK") {
 			t.Fatalf("login: %q\n%s", l, px.logs.String())
 		}
-		r.send("A APPEND INBOX {29}\r\n")
+		r.send(fmt.Sprintf("A APPEND INBOX {%d}\r\n", len(body)))
 		r.until("+")
-		r.send("Subject: condstore\r\n\r\nhello\r\n\r\n")
+		r.send(body + "\r\n")
 		r.until("A ")
 		var all []string
 		for i, c := range commands {
@@ -41,11 +44,11 @@ func TestDovecotCondstoreSessionIsNotKept(t *testing.T) {
 		return all
 	}
 
-	session("SELECT INBOX", "UID FETCH 1:* (FLAGS)")
+	session(small, "SELECT INBOX", "UID FETCH 1:* (FLAGS)")
 	waitFor(t, "a plain session to be kept", func() bool { return kept() == 1 })
 
 	// The client turns CONDSTORE on at the start of its command.
-	got := session("SELECT INBOX (CONDSTORE)")
+	got := session(small, "SELECT INBOX (CONDSTORE)")
 	if !strings.Contains(strings.Join(got, "\n"), "HIGHESTMODSEQ") {
 		t.Fatalf("Dovecot did not turn CONDSTORE on: %q", got)
 	}
@@ -57,7 +60,7 @@ func TestDovecotCondstoreSessionIsNotKept(t *testing.T) {
 	// proxy keeps of each; it looks further into a command that came in
 	// one read.
 	long := "UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)]) (CHANGEDSINCE 1)"
-	got = session("SELECT INBOX", long)
+	got = session(small, "SELECT INBOX", long)
 	if !strings.Contains(strings.Join(got, "\n"), "MODSEQ") {
 		t.Fatalf("Dovecot did not answer with MODSEQ: %q", got)
 	}
@@ -70,7 +73,7 @@ func TestDovecotCondstoreSessionIsNotKept(t *testing.T) {
 	for i := 1; i <= 200; i++ {
 		fmt.Fprintf(&set, "%d,", i)
 	}
-	got = session("SELECT INBOX", "UID FETCH "+set.String()+"201 (FLAGS) (CHANGEDSINCE 1)")
+	got = session(small, "SELECT INBOX", "UID FETCH "+set.String()+"201 (FLAGS) (CHANGEDSINCE 1)")
 	if !strings.Contains(strings.Join(got, "\n"), "MODSEQ") {
 		t.Fatalf("Dovecot did not answer with MODSEQ: %q", got)
 	}
@@ -78,9 +81,27 @@ func TestDovecotCondstoreSessionIsNotKept(t *testing.T) {
 		t.Fatalf("%d sessions kept, want 1 (not the one whose answers carried MODSEQ):\n%s", n, strings.Join(got, "\n"))
 	}
 
+	// The same where each answer starts in one read and goes on for many
+	// (a 200 KB message): its MODSEQ, 80 bytes in, is seen where it starts.
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 2000)
+	var noSuchUIDs strings.Builder // then only the message just appended (*)
+	for i := 1000; i <= 1200; i++ {
+		fmt.Fprintf(&noSuchUIDs, "%d,", i)
+	}
+	got = session(big, "SELECT INBOX", "UID FETCH "+noSuchUIDs.String()+"* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]) (CHANGEDSINCE 1)")
+	if n := strings.Count(strings.Join(got, "\n"), " FETCH ("); n != 1 {
+		t.Fatalf("%d FETCH answers, want the big message's alone", n)
+	}
+	if !strings.Contains(strings.Join(got, "\n"), "MODSEQ") {
+		t.Fatalf("Dovecot did not answer with MODSEQ")
+	}
+	if n := kept(); n != 1 {
+		t.Fatalf("%d sessions kept, want 1 (not the one whose long answers carried MODSEQ)", n)
+	}
+
 	// The mailbox keeps modification sequences now, so Dovecot's SELECT
 	// says [HIGHESTMODSEQ n] in every session: that alone is no reason.
-	got = session("SELECT INBOX")
+	got = session(small, "SELECT INBOX")
 	if !strings.Contains(strings.Join(got, "\n"), "HIGHESTMODSEQ") {
 		t.Fatalf("Dovecot's SELECT: %q", got)
 	}

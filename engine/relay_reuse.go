@@ -315,6 +315,9 @@ func (rr *reuseRelay) fromUpChunk(chunk []byte) bool {
 		fresh := st.Idle()
 		m, done := st.Scan(chunk[off:])
 		off += m
+		// Looked at where the answer starts, ended or not: a FETCH answer
+		// with a message in it goes on for many reads.
+		rr.modSeq = rr.modSeq || showsCondstore(st.Head(), fresh, chunk[lineStart:off])
 		if !done {
 			break
 		}
@@ -334,7 +337,6 @@ func (rr *reuseRelay) fromUpChunk(chunk []byte) bool {
 		if len(tag) > 0 && tag[0] != '*' && tag[0] != '+' {
 			completed++
 		}
-		rr.modSeq = rr.modSeq || showsCondstore(st.Head(), fresh, chunk[lineStart:off])
 		lineStart = off
 	}
 	if !rr.writeToClient(chunk) {
