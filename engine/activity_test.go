@@ -48,11 +48,15 @@ func TestActivityOfOpenSession(t *testing.T) {
 	defer p.ok("QUIT")
 	p.ok("STAT")
 	after := time.Now().Unix()
+	// Any write passed on will do: a write less than ActivityEvery after
+	// the last one passed on waits for the next (or the session's end),
+	// so waiting for the very last write to be passed on could wait for
+	// ever when the sweep runs between the login's answer and STAT's.
 	waitFor(t, "the sweep to pass on the session's activity", func() bool {
 		env.srv.relayMu.Lock()
 		defer env.srv.relayMu.Unlock()
 		for r := range env.srv.relays {
-			if r.noted.Load() >= r.toClient.wrote.Load() && r.noted.Load() != 0 {
+			if r.noted.Load() != 0 {
 				return true
 			}
 		}
