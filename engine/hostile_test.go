@@ -516,14 +516,7 @@ func testHangUpDuringStalledLoginFreesTheSlot(t *testing.T, fe string) {
 	if n := logins(telemetry.UpstreamUnavailable); n != 0 {
 		t.Fatalf("%d logins counted as upstream_unavailable", n)
 	}
-	var lines []map[string]any
-	for _, l := range strings.Split(env.logs.String(), "\n") {
-		if strings.Contains(l, `"message":"login"`) {
-			var line map[string]any
-			json.Unmarshal([]byte(l), &line)
-			lines = append(lines, line)
-		}
-	}
+	lines := loginLines(env.logs.String())
 	for _, line := range lines {
 		if line["level"] != "info" || line["error"] != "the client hung up during the login" || line["ok"] != false {
 			t.Fatalf("a stopped login's log line: %v", line)
@@ -638,4 +631,43 @@ func testProxyProtocol(t *testing.T, fe string) {
 	if _, g := proxyClient(t, env.addrs["elsewhere"], v1("203.0.113.7")); g != "" {
 		t.Fatalf("a header from outside proxy_protocol_from: greeted %q", g)
 	}
+}
+
+// A login in flight when the proxy stops is logged as stopped by that, at
+// info level, and not counted as the server being unavailable.
+func TestLoginStoppedByTheProxyStopping(t *testing.T) {
+	env := startEnv(t, envOptions{engine: Options{LoginTimeout: time.Minute, WarmConnections: -1}})
+	env.up.SetUserFault(testAccount, mock.StallLogin)
+	key := upstream.MailboxKey(env.listenerFor(env.popAddr).srv, testAccount)
+	c := dialPOP(t, env.popAddr)
+	c.ok("USER %s", testAccount)
+	c.send("PASS pw")
+	waitFor(t, "the stalled login to hold the slot", func() bool { held, _ := env.srv.gates.Held(key); return held == 1 })
+	env.srv.cancel(errStopping) // what Stop does first
+	section := env.listenerFor(env.popAddr).srv.Section
+	logins := func(result string) uint64 {
+		return telemetry.Set.GetOrCreateCounter(fmt.Sprintf(`emailproxy_logins_total{proto="POP",server=%q,result=%q}`, section, result)).Get()
+	}
+	waitFor(t, "the login to be logged", func() bool { return logins(telemetry.Other) == 1 })
+	if n := logins(telemetry.UpstreamUnavailable); n != 0 {
+		t.Fatalf("%d logins counted as upstream_unavailable", n)
+	}
+	lines := loginLines(env.logs.String())
+	if len(lines) != 1 || lines[0]["level"] != "info" || lines[0]["error"] != "the proxy is stopping" {
+		t.Fatalf("the stopped login's log line: %v", lines)
+	}
+	env.up.SetUserFault(testAccount, mock.NoFault)
+}
+
+// loginLines returns the JSON log's "login" lines, decoded.
+func loginLines(logs string) []map[string]any {
+	var lines []map[string]any
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, `"message":"login"`) {
+			var line map[string]any
+			json.Unmarshal([]byte(l), &line)
+			lines = append(lines, line)
+		}
+	}
+	return lines
 }

@@ -27,15 +27,19 @@ func (s *Server) runLogin(ctx context.Context, l *listener, log connLog, act pro
 	start := time.Now()
 	res, lerr := s.loginContained(ctx, l, log, act, client)
 	kind := loginResultKind(lerr)
+	stopped := stoppedBy(ctx, kind)
 	var ev *zerolog.Event
 	switch {
 	case lerr == nil:
 		ev = log.Info()
-	case abandoned(ctx, kind):
+	case stopped != nil:
 		// Not the server's failure, nor the account's: an info line, and
 		// the metrics do not count it as the server being unavailable.
-		kind = telemetry.ClientGone
-		ev = log.Info().Str("error", errClientGone.Error())
+		kind = telemetry.Other
+		if stopped == errClientGone {
+			kind = telemetry.ClientGone
+		}
+		ev = log.Info().Str("error", stopped.Error())
 	default:
 		ev = log.Warn().Str("error", lerr.Message)
 	}
@@ -92,18 +96,20 @@ func loginResultKind(lerr *auth.LoginError) string {
 	return telemetry.Other
 }
 
-// abandoned says whether a login that failed as kind failed because its
-// client hung up: a verdict on the credentials or the token stands, since
-// it was reached before the hang-up stopped anything.
-func abandoned(ctx context.Context, kind string) bool {
-	if !errors.Is(context.Cause(ctx), errClientGone) {
-		return false
+// stoppedBy says why a login that failed as kind was stopped from outside
+// (errClientGone or errStopping), or nil if it was not: a verdict on the
+// credentials or the token stands, since it was reached before anything
+// stopped the login.
+func stoppedBy(ctx context.Context, kind string) error {
+	cause := context.Cause(ctx)
+	if cause != errClientGone && cause != errStopping {
+		return nil
 	}
 	switch kind {
 	case telemetry.UpstreamUnavailable, telemetry.TokenUnavailable, telemetry.Other:
-		return true
+		return cause
 	}
-	return false
+	return nil
 }
 
 // hostOf is the address part of a client's remote address.
