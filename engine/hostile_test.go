@@ -508,12 +508,8 @@ func testHangUpDuringStalledLoginFreesTheSlot(t *testing.T, fe string) {
 	// The stopped logins are the client's doing: logged as such at info
 	// level, counted as client_gone, and not blamed on the server (whose
 	// exchange, cut short by a deadline, reads as a timeout).
-	section := env.listenerFor(env.popAddr).srv.Section
-	logins := func(result string) uint64 {
-		return telemetry.Set.GetOrCreateCounter(fmt.Sprintf(`emailproxy_logins_total{proto="POP",server=%q,result=%q}`, section, result)).Get()
-	}
-	waitFor(t, "the logins to be logged", func() bool { return logins(telemetry.ClientGone) == 2 })
-	if n := logins(telemetry.UpstreamUnavailable); n != 0 {
+	waitFor(t, "the logins to be logged", func() bool { return env.popLogins(telemetry.ClientGone) == 2 })
+	if n := env.popLogins(telemetry.UpstreamUnavailable); n != 0 {
 		t.Fatalf("%d logins counted as upstream_unavailable", n)
 	}
 	lines := loginLines(env.logs.String())
@@ -644,12 +640,8 @@ func TestLoginStoppedByTheProxyStopping(t *testing.T) {
 	c.send("PASS pw")
 	waitFor(t, "the stalled login to hold the slot", func() bool { held, _ := env.srv.gates.Held(key); return held == 1 })
 	env.srv.cancel(errStopping) // what Stop does first
-	section := env.listenerFor(env.popAddr).srv.Section
-	logins := func(result string) uint64 {
-		return telemetry.Set.GetOrCreateCounter(fmt.Sprintf(`emailproxy_logins_total{proto="POP",server=%q,result=%q}`, section, result)).Get()
-	}
-	waitFor(t, "the login to be logged", func() bool { return logins(telemetry.Other) == 1 })
-	if n := logins(telemetry.UpstreamUnavailable); n != 0 {
+	waitFor(t, "the login to be logged", func() bool { return env.popLogins(telemetry.Other) == 1 })
+	if n := env.popLogins(telemetry.UpstreamUnavailable); n != 0 {
 		t.Fatalf("%d logins counted as upstream_unavailable", n)
 	}
 	lines := loginLines(env.logs.String())
@@ -657,6 +649,12 @@ func TestLoginStoppedByTheProxyStopping(t *testing.T) {
 		t.Fatalf("the stopped login's log line: %v", lines)
 	}
 	env.up.SetUserFault(testAccount, mock.NoFault)
+}
+
+// popLogins reads the POP3 section's login counter for result.
+func (e *proxyEnv) popLogins(result string) uint64 {
+	section := e.listenerFor(e.popAddr).srv.Section
+	return telemetry.Set.GetOrCreateCounter(fmt.Sprintf(`emailproxy_logins_total{proto="POP",server=%q,result=%q}`, section, result)).Get()
 }
 
 // loginLines returns the JSON log's "login" lines, decoded.
