@@ -15,19 +15,7 @@ import (
 // Online: a greeting without capabilities, no SASL-IR, two-step
 // AUTHENTICATE XOAUTH2, and untagged lines before the tagged OK.
 func exchangeIMAP(t *testing.T, env *proxyEnv, seen chan<- string) string {
-	t.Helper()
-	leaf, err := env.up.CA.Leaf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{leaf}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	acceptEach(t, ln, func(c net.Conn) {
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		br := bufio.NewReader(c)
+	return scriptedUpstream(t, env, func(c net.Conn, br *bufio.Reader) {
 		fmt.Fprint(c, "* OK The Microsoft Exchange IMAP4 service is ready. [TQBOADIAUABSADEAMgBDAEEAMAAwADEAMgAuAG4AYQBtAHAAcgBkADEAMgAuAHAAcgBvAGQALgBvAHUAdABsAG8AbwBrAC4AYwBvAG0A]\r\n")
 		for {
 			line, err := br.ReadString('\n')
@@ -51,6 +39,25 @@ func exchangeIMAP(t *testing.T, env *proxyEnv, seen chan<- string) string {
 				fmt.Fprintf(c, "%s BAD Command Error. 12\r\n", tag)
 			}
 		}
+	})
+}
+
+// scriptedUpstream runs serve for each connection to a TLS server with a
+// certificate of env's mock CA (for 10 s at most), and returns its address.
+func scriptedUpstream(t *testing.T, env *proxyEnv, serve func(c net.Conn, br *bufio.Reader)) string {
+	t.Helper()
+	leaf, err := env.up.CA.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{leaf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acceptEach(t, ln, func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		serve(c, bufio.NewReader(c))
 	})
 	return ln.Addr().String()
 }

@@ -40,6 +40,10 @@ func (s *Server) runLogin(ctx context.Context, l *listener, log connLog, act pro
 			kind = telemetry.ClientGone
 		}
 		ev = log.Info().Str("error", stopped.Error())
+	case kind == telemetry.Throttled && heldOff(lerr):
+		// The login that met the server's throttling was a warning; those
+		// the proxy answers for it meanwhile are not news.
+		ev = log.Info().Str("error", lerr.Message)
 	default:
 		ev = log.Warn().Str("error", lerr.Message)
 	}
@@ -77,6 +81,7 @@ var (
 // loginResultKind names what became of a login, for the metrics.
 func loginResultKind(lerr *auth.LoginError) string {
 	var failure *upstream.Failure
+	var throttled *upstream.Throttled
 	switch {
 	case lerr == nil:
 		return telemetry.OK
@@ -88,12 +93,21 @@ func loginResultKind(lerr *auth.LoginError) string {
 		return telemetry.WrongPassword
 	case errors.Is(lerr, auth.ErrTokenRefused):
 		return telemetry.UpstreamRefused
+	case errors.As(lerr, &throttled):
+		return telemetry.Throttled
 	case errors.As(lerr, &failure):
 		return telemetry.UpstreamUnavailable
 	case lerr.Temporary:
 		return telemetry.TokenUnavailable
 	}
 	return telemetry.Other
+}
+
+// heldOff says whether lerr is a login the proxy answered itself because
+// the server had throttled the mailbox.
+func heldOff(lerr *auth.LoginError) bool {
+	var t *upstream.Throttled
+	return errors.As(lerr, &t) && t.Said == ""
 }
 
 // stoppedBy says why a login that failed as kind was stopped from outside

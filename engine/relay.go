@@ -272,11 +272,24 @@ func (s *Server) runRelay(r *relay, up, down *relayDir, u *upstream.Conn) {
 		r.waiter = s.waiter
 		up.sock, down.sock = socketOf(r.client), u.Socket()
 	}
+	down.fromServer = true
 	r.dirs = [2]*relayDir{up, down}
 	r.live.Store(2)
 	s.trackRelay(r)
 	go up.run()
 	go down.run()
+}
+
+// serverThrottled heeds the last thing a relay's server said before the
+// session ended: that it throttles the mailbox. Until the time it asked
+// for has passed, the proxy answers the mailbox's logins itself.
+func (s *Server) serverThrottled(r *relay, t *upstream.Throttled) {
+	if r == nil || r.l == nil {
+		return
+	}
+	r.l.up.Gates.HoldOff(upstream.MailboxKey(r.l.srv, r.user), t)
+	r.l.log.Warn().Str("account", r.user).Str("said", t.Said).
+		Dur("hold_ms", t.Until.Sub(t.Since)).Msg("the server throttles this mailbox; the proxy answers its logins until the time the server asked for has passed")
 }
 
 // trackRelay lets the sweep and a shutdown see r. A relay started by a
@@ -380,6 +393,12 @@ type relayDir struct {
 	end     func(readErr error)
 	started bool
 
+	// fromServer: src is the upstream server. throttled is what the last
+	// chunk it sent said if that ended with a throttled command's answer:
+	// heeded when the session ends.
+	fromServer bool
+	throttled  *upstream.Throttled
+
 	// sock is src's socket, waited on while parked (nil: never parks).
 	sock syscall.RawConn
 	// askedPark: the sweep set a past read deadline on src so that the
@@ -434,6 +453,9 @@ func (d *relayDir) run() {
 	if rerr != nil && !errors.Is(rerr, io.EOF) && !errors.Is(rerr, net.ErrClosed) {
 		d.s.log.Debug().Err(rerr).Msg("relay read ended")
 	}
+	if d.throttled != nil {
+		d.s.serverThrottled(d.r, d.throttled)
+	}
 	d.end(rerr)
 	if d.r.live.Add(-1) == 0 {
 		d.r.finish()
@@ -468,8 +490,13 @@ func (d *relayDir) pump() (parked bool, rerr error) {
 		if h := testHookRelayChunk; h != nil {
 			h(chunk)
 		}
-		if len(chunk) > 0 && !d.take(chunk) {
-			return false, nil
+		if len(chunk) > 0 {
+			if d.fromServer {
+				d.throttled = upstream.ThrottleAtEnd(chunk)
+			}
+			if !d.take(chunk) {
+				return false, nil
+			}
 		}
 		if rerr != nil {
 			if d.askedPark.Load() && upstream.IsTimeout(rerr) {

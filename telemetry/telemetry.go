@@ -27,11 +27,12 @@ const (
 	TokenUnavailable    = "token_unavailable"
 	UpstreamRefused     = "upstream_refused"
 	UpstreamUnavailable = "upstream_unavailable"
+	Throttled           = "throttled"   // the server throttles the mailbox, or did and asked for time without logins
 	ClientGone          = "client_gone" // the client hung up before its login was answered
 	Other               = "other"
 )
 
-var results = []string{OK, WrongPassword, UnknownAccount, LockedOut, TokenUnavailable, UpstreamRefused, UpstreamUnavailable, ClientGone, Other}
+var results = []string{OK, WrongPassword, UnknownAccount, LockedOut, TokenUnavailable, UpstreamRefused, UpstreamUnavailable, Throttled, ClientGone, Other}
 
 // Server is the metrics of one server section, made once.
 type Server struct {

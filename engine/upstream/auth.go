@@ -14,11 +14,15 @@ type RefusedError struct{ Text string }
 func (e *RefusedError) Error() string { return "server rejected the token: " + e.Text }
 
 // refusal is the error for a server's "no" to an authentication: a
-// *Failure when the server says by a response code that it is busy (the
-// mailbox has too many sessions, the server is unavailable), which is no
-// verdict on the token and must not make the proxy drop it; else a
-// *RefusedError. codes are the protocol's busy codes.
+// *Throttled when it says it throttles the mailbox, a *Failure when it
+// says by a response code that it is busy (the mailbox has too many
+// sessions, the server is unavailable): neither is a verdict on the
+// token, and neither must make the proxy drop it; else a *RefusedError.
+// codes are the protocol's busy codes.
 func refusal(text string, codes ...string) error {
+	if t := throttledSaid(text); t != nil {
+		return t
+	}
 	upper := strings.ToUpper(strings.TrimSpace(text))
 	for _, c := range codes {
 		if strings.HasPrefix(upper, "["+c+"]") || strings.HasPrefix(upper, "["+c+" ") {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/emailproxy/emailproxy/config"
 )
@@ -25,6 +26,9 @@ type Gates struct {
 
 	mu    sync.Mutex
 	gates map[string]*gate
+	// throttled holds the mailboxes the server throttles, until when
+	// (throttle.go); an entry goes once its time has passed.
+	throttled map[string]*Throttled
 }
 
 type gate struct {
@@ -150,6 +154,49 @@ func (m *Gates) release(key string) {
 	if g.held <= 0 {
 		delete(m.gates, key)
 	}
+}
+
+// HoldOff records that the server throttles mailbox key as t says: its
+// logins are answered by Throttled until t.Until.
+func (m *Gates) HoldOff(key string, t *Throttled) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.throttled == nil {
+		m.throttled = map[string]*Throttled{}
+	}
+	if len(m.throttled) >= 64 { // forget the holds that are over
+		now := time.Now()
+		for k, h := range m.throttled {
+			if !now.Before(h.Until) {
+				delete(m.throttled, k)
+			}
+		}
+	}
+	if old := m.throttled[key]; old == nil || t.Until.After(old.Until) {
+		m.throttled[key] = t
+	}
+}
+
+// HeldOff returns why mailbox key's logins are not to go to the server
+// now (it throttles the mailbox), or nil.
+func (m *Gates) HeldOff(key string) *Throttled {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.throttled[key]
+	if t == nil {
+		return nil
+	}
+	if !time.Now().Before(t.Until) {
+		delete(m.throttled, key)
+		return nil
+	}
+	return &Throttled{Since: t.Since, Until: t.Until}
 }
 
 // Held reports how many slots of key are taken and how many logins wait.

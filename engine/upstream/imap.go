@@ -104,8 +104,11 @@ func (u *Conn) authIMAP(tag, user, token string, saslIR bool) ([]byte, error) {
 				return nil, err
 			}
 		case st == imap.Untagged && len(line) >= 5 && strings.EqualFold(string(line[:5]), "* BYE"):
-			// The server is closing (a warm connection it timed out): not
-			// a verdict on the token.
+			// The server is closing (a warm connection it timed out, or a
+			// mailbox it throttles): not a verdict on the token.
+			if t := throttledSaid(string(line[5:])); t != nil {
+				return nil, t
+			}
 			return nil, fmt.Errorf("server said %q", truncate(line))
 		case st == imap.Untagged:
 			reply = append(append(reply, line...), '\r', '\n')

@@ -71,7 +71,11 @@ func (u *Conn) authPOP(user, token string, initialResponse bool) ([]byte, error)
 			return append(append([]byte{}, line...), '\r', '\n'), nil
 		case strings.HasPrefix(s, "-ERR") && !sent:
 			// Refused before the token was sent (a warm connection the
-			// server timed out, say): not a verdict on the token.
+			// server timed out, a mailbox it throttles): not a verdict on
+			// the token.
+			if t := throttledSaid(strings.TrimSpace(s[4:])); t != nil {
+				return nil, t
+			}
 			return nil, fmt.Errorf("server refused AUTH: %q", truncate(line))
 		case strings.HasPrefix(s, "-ERR"):
 			return nil, refusal(strings.TrimSpace(s[4:]), pop3Busy...)

@@ -64,10 +64,15 @@ func (f *Failure) Error() string { return f.Text }
 // account and password if session reuse has one, else a warm or fresh
 // connection authenticated with req.Token once the mailbox has a free
 // slot. A warm connection the server has dropped meanwhile is replaced by
-// a fresh dial once. A token the server refuses is a *RefusedError; any
-// other failure a *Failure.
+// a fresh dial once. A token the server refuses is a *RefusedError; a
+// mailbox the server throttles a *Throttled (and its logins are answered
+// so until the time the server asked for has passed); any other failure
+// a *Failure.
 func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
 	sess := &Session{Mailbox: MailboxKey(s.Srv, req.User), ReuseKey: req.ReuseKey, Expiry: req.TokenExpiry}
+	if t := s.Gates.HeldOff(sess.Mailbox); t != nil {
+		return nil, t
+	}
 	if lg := s.Linger.Take(req.ReuseKey); lg != nil {
 		reply := lg.reply // SMTP's 235 line, as the server said it
 		if s.Srv.Protocol == config.IMAP {
@@ -136,6 +141,11 @@ func (s *Side) Open(ctx context.Context, req Request) (*Session, error) {
 		u.Close()
 		var rej *RefusedError
 		if errors.As(err, &rej) {
+			return nil, err
+		}
+		var throttled *Throttled
+		if errors.As(err, &throttled) {
+			s.Gates.HoldOff(sess.Mailbox, throttled)
 			return nil, err
 		}
 		// The server dropped the warm connection: once more, fresh. Not

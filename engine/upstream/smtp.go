@@ -108,8 +108,17 @@ func (u *Conn) authSMTP(host string, port int, user, token string) ([]byte, erro
 			return append(append([]byte{}, line...), '\r', '\n'), nil
 		case more:
 			continue
+		case code >= 400 && code < 500:
+			// A transient failure (RFC 4954: "454 4.7.0 Temporary
+			// authentication failure"; Gmail's "too many login attempts"):
+			// no verdict on the token.
+			said := fmt.Sprintf("%d %s", code, text)
+			if t := throttledSaid(said); t != nil {
+				return nil, t
+			}
+			return nil, &Failure{"the server is busy: " + said}
 		default:
-			return nil, &RefusedError{Text: fmt.Sprintf("%d %s", code, text)}
+			return nil, refusal(fmt.Sprintf("%d %s", code, text))
 		}
 	}
 	return nil, errors.New("too many lines while authenticating")
