@@ -47,11 +47,15 @@ func Check(cfg *Config) Report {
 				r.Warnings = append(r.Warnings, fmt.Sprintf("[%s]: local_tls_min_version lets clients use %s: for a legacy app on this machine or a trusted network only",
 					s.Section, tls.VersionName(s.LocalTLSMin)))
 			}
-		} else if !loopbackName(s.LocalAddress) {
+		} else if !loopbackName(s.LocalAddress) && !s.LoopbackClientsOnly() {
 			r.Warnings = append(r.Warnings, fmt.Sprintf("[%s]: plaintext on local_address %s, which other machines may reach: their passwords would cross the network unencrypted; %s",
 				s.Section, s.LocalAddress, ExposedAdvice))
 		}
-		r.Servers = append(r.Servers, fmt.Sprintf("%s: %s (%s) -> %s (%s)", s.Section, s.ListenAddr(), local, s.UpstreamAddr(), up))
+		line := fmt.Sprintf("%s: %s (%s) -> %s (%s)", s.Section, s.ListenAddr(), local, s.UpstreamAddr(), up)
+		if s.AllowedClients != "" {
+			line += "; clients from " + s.AllowedClients + " only"
+		}
+		r.Servers = append(r.Servers, line)
 	}
 	for _, sec := range cfg.File.Sections {
 		name := sec.Name

@@ -41,6 +41,11 @@ server_starttls = True
 local_certificate_path = `+filepath.Join(dir, "missing.pem")+`
 local_key_path = `+filepath.Join(dir, "missing.key")+`
 
+[POP-1997]
+server_address = outlook.office365.com
+server_port = 995
+allowed_clients = 127.0.0.1, ::1
+
 [good@example.com]
 token_url = https://t
 oauth2_scope = s
@@ -89,16 +94,16 @@ token_url = https://t
 			t.Errorf("missing %q in:\n%s", want, all)
 		}
 	}
-	if len(r.Servers) != 4 || !strings.Contains(r.Servers[0], "IMAP-1993: 127.0.0.1:1993 (plaintext) -> outlook.office365.com:993 (TLS)") ||
-		!strings.Contains(r.Servers[3], "(STARTTLS)") {
+	if len(r.Servers) != 5 || !strings.Contains(r.Servers[0], "IMAP-1993: 127.0.0.1:1993 (plaintext) -> outlook.office365.com:993 (TLS)") ||
+		!strings.Contains(r.Servers[3], "(STARTTLS)") || !strings.HasSuffix(r.Servers[4], "(TLS); clients from 127.0.0.1, ::1 only") {
 		t.Errorf("servers: %q", r.Servers)
 	}
 	if len(r.Accounts) != 2 || r.Accounts[0] != "good@example.com: client_credentials" {
 		t.Errorf("accounts: %q", r.Accounts)
 	}
 	for _, w := range r.Warnings {
-		if strings.Contains(w, "IMAP-1993]") || strings.Contains(w, "[SMTP-1587]") || strings.Contains(w, "[SMTP-1588]: plaintext") {
-			t.Errorf("a section on loopback, or with TLS, was warned about: %q", w)
+		if strings.Contains(w, "IMAP-1993]") || strings.Contains(w, "[SMTP-1587]") || strings.Contains(w, "[SMTP-1588]: plaintext") || strings.Contains(w, "[POP-1997]") {
+			t.Errorf("a section on loopback, with TLS, or for this machine's clients only, was warned about: %q", w)
 		}
 	}
 	for host, want := range map[string]bool{"localhost": true, "LOCALHOST": true, "127.0.0.1": true, "127.1.2.3": true, "::1": true, "[::1]": true,

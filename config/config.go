@@ -36,8 +36,13 @@ type Server struct {
 	// separated; default the loopback ones).
 	ProxyProtocol bool
 	ProxyFrom     string
-	LocalCertPath string
-	LocalKeyPath  string
+	// AllowedClients (allowed_clients: addresses or networks, comma
+	// separated; "": every address, as emailproxy.py) are the clients the
+	// section serves; any other is closed without a greeting. Behind a
+	// PROXY protocol balancer, the address the header names is checked.
+	AllowedClients string
+	LocalCertPath  string
+	LocalKeyPath   string
 	// LocalTLSMin is the oldest TLS version the client side takes
 	// (local_tls_min_version; default TLS 1.2): 1.0 only for legacy apps
 	// that can offer nothing newer.
@@ -188,6 +193,13 @@ func parseServer(f *File, name string, proto Protocol, portText string) (*Server
 	if _, err := srv.ProxySources(); err != nil {
 		return nil, fmt.Errorf("[%s]: proxy_protocol_from: %w", name, err)
 	}
+	srv.AllowedClients, _ = f.Lookup(name, "allowed_clients")
+	srv.AllowedClients = strings.TrimSpace(srv.AllowedClients)
+	if nets, err := srv.ClientNetworks(); err != nil {
+		return nil, fmt.Errorf("[%s]: allowed_clients: %w", name, err)
+	} else if len(nets) == 0 && srv.AllowedClients != "" {
+		return nil, fmt.Errorf("[%s]: allowed_clients %q names no address or network", name, srv.AllowedClients)
+	}
 	srv.LocalCertPath, _ = f.Lookup(name, "local_certificate_path")
 	srv.LocalKeyPath, _ = f.Lookup(name, "local_key_path")
 	if srv.LocalStartTLS && (srv.LocalCertPath == "" || srv.LocalKeyPath == "") {
@@ -232,9 +244,56 @@ func boolKey(f *File, section, key string, def bool) (bool, error) {
 }
 
 // ProxySources are the networks a PROXY protocol header is accepted from.
-func (s *Server) ProxySources() ([]netip.Prefix, error) {
+func (s *Server) ProxySources() ([]netip.Prefix, error) { return networks(s.ProxyFrom) }
+
+// ClientNetworks are the networks of allowed_clients (nil: every address).
+func (s *Server) ClientNetworks() ([]netip.Prefix, error) { return networks(s.AllowedClients) }
+
+// LoopbackClientsOnly reports whether allowed_clients admits this
+// machine only: then a plaintext section on every interface still takes
+// no password from the network.
+func (s *Server) LoopbackClientsOnly() bool {
+	nets, err := s.ClientNetworks()
+	if err != nil || len(nets) == 0 {
+		return false
+	}
+	for _, n := range nets {
+		if !loopbackNetwork(n) {
+			return false
+		}
+	}
+	return true
+}
+
+// loopbackNetwork: n lies within 127.0.0.0/8 (written as IPv4 or
+// IPv4-mapped IPv6) or is ::1.
+func loopbackNetwork(n netip.Prefix) bool {
+	a, bits := n.Addr(), n.Bits()
+	switch {
+	case a.Is4():
+		return a.IsLoopback() && bits >= 8
+	case a.Is4In6():
+		return a.Unmap().IsLoopback() && bits >= 96+8
+	default:
+		return a.IsLoopback() && bits == 128
+	}
+}
+
+// InNetworks reports whether addr is in one of nets.
+func InNetworks(nets []netip.Prefix, addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, n := range nets {
+		if n.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// networks parses a comma-separated list of addresses and networks.
+func networks(list string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	for _, part := range strings.Split(s.ProxyFrom, ",") {
+	for _, part := range strings.Split(list, ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
 			continue
@@ -254,16 +313,4 @@ func (s *Server) ProxySources() ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
-}
-
-// ProxyAllowed reports whether a PROXY protocol header may come from addr.
-func (s *Server) ProxyAllowed(addr netip.Addr) bool {
-	nets, _ := s.ProxySources()
-	addr = addr.Unmap()
-	for _, n := range nets {
-		if n.Contains(addr) {
-			return true
-		}
-	}
-	return false
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"crypto/tls"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -83,6 +84,8 @@ func TestErrors(t *testing.T) {
 		{"bad boolean", "[emailproxy]\nallow_catch_all_accounts = maybe\n", "allow_catch_all_accounts: not a boolean"},
 		{"local starttls without cert", "[SMTP-1587]\nserver_address = x\nserver_port = 587\nlocal_starttls = True\n", "needs both local_certificate_path and local_key_path"},
 		{"TLS version unknown", "[SMTP-1587]\nserver_address = x\nserver_port = 587\nlocal_certificate_path = c\nlocal_key_path = k\nlocal_tls_min_version = 1\n", "local_tls_min_version \"1\" must be 1.0, 1.1, 1.2 or 1.3"},
+		{"allowed clients not a network", "[IMAP-1993]\nserver_address = x\nserver_port = 993\nallowed_clients = 10.0.0.0/8, office\n", "allowed_clients: \"office\" is neither an address nor a network"},
+		{"allowed clients empty list", "[IMAP-1993]\nserver_address = x\nserver_port = 993\nallowed_clients = ,\n", "allowed_clients \",\" names no address or network"},
 		{"TLS version without cert", "[SMTP-1587]\nserver_address = x\nserver_port = 587\nlocal_tls_min_version = 1.0\n", "local_tls_min_version needs both local_certificate_path and local_key_path"},
 	}
 	for _, tc := range tests {
@@ -185,6 +188,51 @@ func TestLocalTLSMinVersion(t *testing.T) {
 		}
 		if got := cfg.Servers[0].LocalTLSMin; got != tc.want {
 			t.Errorf("%q: LocalTLSMin = %#x, want %#x", tc.line, got, tc.want)
+		}
+	}
+}
+
+func TestAllowedClients(t *testing.T) {
+	for _, c := range []struct {
+		value        string
+		in, out      []string
+		loopbackOnly bool
+	}{
+		{"", nil, nil, false}, // every client: no networks to check
+		{"10.0.0.0/8, 192.168.1.7, 2001:db8::/32", []string{"10.1.2.3", "192.168.1.7", "::ffff:10.9.9.9", "2001:db8::1"}, []string{"192.168.1.8", "11.0.0.1", "2001:db9::1"}, false},
+		{"127.0.0.1, ::1", []string{"127.0.0.1", "::1"}, []string{"127.0.0.2", "10.0.0.1"}, true},
+		{"127.0.0.0/8", []string{"127.9.9.9"}, []string{"128.0.0.1"}, true},
+		{"127.0.0.0/7", nil, nil, false},
+		{"::/0", nil, nil, false},
+	} {
+		f, err := Parse(strings.NewReader("[IMAP-1993]\nserver_address = x\nserver_port = 993\nallowed_clients = " + c.value + "\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := FromFile(f)
+		if err != nil {
+			t.Fatalf("%q: %v", c.value, err)
+		}
+		srv := cfg.Servers[0]
+		nets, err := srv.ClientNetworks()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (c.value == "") != (nets == nil) {
+			t.Fatalf("%q: networks %v", c.value, nets)
+		}
+		for _, a := range c.in {
+			if !InNetworks(nets, netip.MustParseAddr(a)) {
+				t.Errorf("%q: %s refused", c.value, a)
+			}
+		}
+		for _, a := range c.out {
+			if InNetworks(nets, netip.MustParseAddr(a)) {
+				t.Errorf("%q: %s allowed", c.value, a)
+			}
+		}
+		if got := srv.LoopbackClientsOnly(); got != c.loopbackOnly {
+			t.Errorf("%q: loopback only %v, want %v", c.value, got, c.loopbackOnly)
 		}
 	}
 }

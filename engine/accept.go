@@ -110,6 +110,8 @@ func (s *Server) accept(port int, ln net.Listener) {
 		switch {
 		case l == nil || l.removed.Load():
 			c.Close()
+		case !l.admitsPeer(c.RemoteAddr()):
+			c.Close()
 		case l.tlsCfg == nil && s.loops != nil && !failing.loopsFull():
 			// The loops take a duplicate of c's descriptor: at the limit,
 			// that fails like accept, and gnet closes c without a word.

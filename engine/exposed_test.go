@@ -8,6 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/internal/syncbuf"
 )
 
@@ -23,22 +24,27 @@ func (a addrListener) Addr() net.Addr { return a.addr }
 
 // A plaintext section that listens where other machines reach it (the
 // compatible default, ::, or any address not loopback) is warned about,
-// with what to do; loopback and local TLS are not.
+// with what to do; loopback, local TLS and a section that serves this
+// machine's clients only (allowed_clients) are not.
 func TestPlaintextListenerReachableFromOtherMachinesIsWarned(t *testing.T) {
 	for _, c := range []struct {
-		ip   string
-		tls  bool
-		warn bool
+		ip      string
+		tls     bool
+		allowed string // allowed_clients
+		warn    bool
 	}{
-		{"::", false, true},
-		{"0.0.0.0", false, true},
-		{"192.0.2.7", false, true},
-		{"127.0.0.1", false, false},
-		{"::1", false, false},
-		{"::", true, false},
+		{"::", false, "", true},
+		{"0.0.0.0", false, "", true},
+		{"192.0.2.7", false, "", true},
+		{"127.0.0.1", false, "", false},
+		{"::1", false, "", false},
+		{"::", true, "", false},
+		{"::", false, "127.0.0.1, ::1", false},
+		{"::", false, "127.0.0.1, 10.0.0.0/8", true},
 	} {
 		logs := &syncbuf.Buffer{}
-		l := &listener{ln: addrListener{addr: &net.TCPAddr{IP: net.ParseIP(c.ip), Port: 1995}}, log: zerolog.New(logs)}
+		l := &listener{ln: addrListener{addr: &net.TCPAddr{IP: net.ParseIP(c.ip), Port: 1995}}, log: zerolog.New(logs),
+			srv: &config.Server{AllowedClients: c.allowed}}
 		if c.tls {
 			l.tlsCfg = &tls.Config{}
 		}
@@ -49,6 +55,9 @@ func TestPlaintextListenerReachableFromOtherMachinesIsWarned(t *testing.T) {
 		}
 		if c.warn && !strings.Contains(out, "local_address = 127.0.0.1") {
 			t.Errorf("%s: the warning does not say what to set: %s", c.ip, out)
+		}
+		if c.warn && c.allowed != "" && !strings.Contains(out, `"allowed_clients":"`+c.allowed+`"`) {
+			t.Errorf("%s: the warning does not name allowed_clients: %s", c.ip, out)
 		}
 	}
 }

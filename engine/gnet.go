@@ -36,12 +36,6 @@ func (s *Server) OnOpen(c gnet.Conn) (out []byte, action gnet.Action) {
 	if s.draining.Load() || l.removed.Load() {
 		return l.d.shutdownBye, gnet.Close
 	}
-	if l.srv.ProxyProtocol {
-		if a, ok := c.RemoteAddr().(*net.TCPAddr); !ok || !l.srv.ProxyAllowed(a.AddrPort().Addr()) {
-			l.log.Warn().Str("peer", c.RemoteAddr().String()).Msg("PROXY protocol header refused: not from proxy_protocol_from; closing without a greeting")
-			return nil, gnet.Close
-		}
-	}
 	if !l.srv.ProxyProtocol {
 		if prof := l.knownProfile(); prof != nil {
 			return s.greetSilent(l, c, prof), gnet.None // a session once it speaks

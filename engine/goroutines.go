@@ -65,7 +65,7 @@ func (s *Server) serveConn(l *listener, raw net.Conn, accepted time.Time) {
 	remote := raw.RemoteAddr().String()
 	if l.srv.ProxyProtocol {
 		var ok bool
-		if raw, remote, ok = s.readProxyHeader(l, raw); !ok {
+		if raw, remote, ok = s.readProxyHeader(l, raw); !ok || !l.admitsClient(remote) {
 			s.untrack(tracked)
 			raw.Close()
 			return
@@ -298,11 +298,7 @@ func (w *clientWatch) stop(next time.Time) []byte {
 // the dial timeout. It returns the connection to go on with (holding what
 // came after the header) and the client's address.
 func (s *Server) readProxyHeader(l *listener, raw net.Conn) (net.Conn, string, bool) {
-	peer := raw.RemoteAddr().String()
-	if a, ok := raw.RemoteAddr().(*net.TCPAddr); !ok || !l.srv.ProxyAllowed(a.AddrPort().Addr()) {
-		l.log.Warn().Str("peer", peer).Msg("PROXY protocol header refused: not from proxy_protocol_from; closing without a greeting")
-		return raw, peer, false
-	}
+	peer := raw.RemoteAddr().String() // from proxy_protocol_from: see accept
 	raw.SetReadDeadline(time.Now().Add(s.opts.DialTimeout))
 	defer raw.SetReadDeadline(time.Time{})
 	buf := make([]byte, 0, 256)

@@ -94,6 +94,9 @@ type listener struct {
 	// its kept sessions (unique per listener: see Linger.Key).
 	reuseScope string
 
+	// gate: which connections the section serves (allowed.go).
+	gate *clientGate
+
 	// Connections of this section, for the metrics.
 	preLogin, sessions atomic.Int64
 	// ln is the section's listener (see accept.go); removed: a reload
@@ -137,15 +140,18 @@ func (l *listener) profileOr(s *Server, later func(*profile)) *profile {
 // default local_address, ::, is every interface, and a config without
 // the key sends the apps' passwords across the network in clear.
 func (l *listener) warnIfExposed() {
-	if l.ln == nil || l.tlsCfg != nil {
+	if l.ln == nil || l.tlsCfg != nil || l.srv.LoopbackClientsOnly() {
 		return
 	}
 	a, ok := l.ln.Addr().(*net.TCPAddr)
 	if !ok || a.IP.IsLoopback() {
 		return
 	}
-	l.log.Warn().Str("listen", a.String()).
-		Msg("plaintext listener reachable from other machines: passwords cross the network unencrypted; " + config.ExposedAdvice)
+	ev := l.log.Warn().Str("listen", a.String())
+	if l.srv.AllowedClients != "" {
+		ev = ev.Str("allowed_clients", l.srv.AllowedClients)
+	}
+	ev.Msg("plaintext listener reachable from other machines: passwords cross the network unencrypted; " + config.ExposedAdvice)
 }
 
 // knownProfile returns the upstream's profile, nil if not yet known.
@@ -180,6 +186,7 @@ func (l *listener) learn(u *upstream.Conn) *profile {
 func (s *Server) newListener(srv *config.Server) *listener {
 	l := &listener{eng: s, srv: srv, d: dialectOf(srv.Protocol), log: s.opts.Logger.With().Str("server", srv.Section).Logger(),
 		m: telemetry.ForServer(string(srv.Protocol), srv.Section)}
+	l.gate = newClientGate(srv)
 	s.gauges(srv.LocalPort, srv.Section)
 	dialer := upstream.NewDialer(srv, s.opts.RootCAs, s.opts.DialTimeout)
 	dialer.Trace = l.traceUpstream

@@ -648,6 +648,9 @@ func (s *session) readProxyHeader() (act gnet.Action, done bool) {
 	if src.IsValid() {
 		s.remote = src.String()
 	}
+	if !s.l.admitsClient(s.remote) {
+		return gnet.Close, true
+	}
 	s.logOpen()
 	if g := s.startGreeting(); g != nil {
 		if _, err := s.c.Write(g); err != nil {
