@@ -43,8 +43,13 @@ func newClientGate(srv *config.Server) *clientGate {
 	// Both lists were checked when the configuration was read.
 	g.balancers, _ = srv.ProxySources()
 	g.clients, _ = srv.ClientNetworks()
-	g.notClient.init(srv.Section, "allowed_clients")
-	g.notFromLB.init(srv.Section, "proxy_protocol_from")
+	// The counters of the checks the section makes, and only those.
+	if g.clients != nil {
+		g.notClient.init(srv.Section, "allowed_clients")
+	}
+	if srv.ProxyProtocol {
+		g.notFromLB.init(srv.Section, "proxy_protocol_from")
+	}
 	return g
 }
 
