@@ -33,7 +33,8 @@ type Throttled struct {
 }
 
 func (e *Throttled) Error() string {
-	left := max(time.Until(e.Until), 0).Round(time.Second)
+	// Whole seconds, rounded up: "in 0s" would send the client back early.
+	left := (max(time.Until(e.Until), 0) + time.Second - 1).Truncate(time.Second)
 	if e.Said != "" {
 		return fmt.Sprintf("the server throttles this mailbox (it said: %s); try again in %s", e.Said, left)
 	}

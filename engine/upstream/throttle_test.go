@@ -220,3 +220,16 @@ func BenchmarkThrottleAtEnd(b *testing.B) {
 		})
 	}
 }
+
+func TestThrottledSaysWhenToComeBack(t *testing.T) {
+	now := time.Now()
+	for _, c := range []struct {
+		until time.Duration
+		want  string
+	}{{400 * time.Millisecond, "try again in 1s"}, {1500 * time.Millisecond, "try again in 2s"}, {5 * time.Minute, "try again in 5m0s"}} {
+		e := &Throttled{Since: now.Add(-time.Second), Until: now.Add(c.until)}
+		if got := e.Error(); !strings.HasSuffix(got, c.want) {
+			t.Errorf("%v left: %q, want it to end %q", c.until, got, c.want)
+		}
+	}
+}
