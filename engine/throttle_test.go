@@ -46,67 +46,74 @@ func throttlingIMAP(t *testing.T, env *proxyEnv, backoff time.Duration, logins *
 // it asked for has passed; the token is kept.
 func TestThrottledMailboxIsLeftAlone(t *testing.T) {
 	eachFrontEnd(t, func(t *testing.T, fe string) {
-		base := startEnv(t, envOptions{})
-		var logins atomic.Int32
-		const backoff = 1500 * time.Millisecond
-		addr := throttlingIMAP(t, base, backoff, &logins)
-		env := startEnv(t, envOptions{imapServer: addr, ca: base.up.CA, engine: Options{FrontEnd: fe}})
-		section := env.listenerFor(env.imapAddr).srv.Section
-		throttledLogins := telemetry.Set.GetOrCreateCounter(fmt.Sprintf(`emailproxy_logins_total{proto="IMAP",server=%q,result="throttled"}`, section))
-		before := throttledLogins.Get()
+		t.Run("relay", func(t *testing.T) { testThrottledMailboxIsLeftAlone(t, Options{FrontEnd: fe}) })
+		t.Run("reuse relay", func(t *testing.T) {
+			testThrottledMailboxIsLeftAlone(t, Options{FrontEnd: fe, IMAPSessionReuse: time.Minute})
+		})
+	})
+}
 
-		r := dialRaw(t, env.imapAddr)
-		r.line()
-		r.send("a LOGIN " + testAccount + " pw\r\n")
-		if l := r.line(); l != "a OK AUTHENTICATE completed." {
-			t.Fatalf("login: %q", l)
-		}
-		throttledAt := time.Now()
-		r.send("b SELECT INBOX\r\n")
-		if l := r.line(); !strings.HasPrefix(l, "b BAD Request is throttled.") {
-			t.Fatalf("the server's answer: %q", l)
-		}
-		if l := r.line(); l != "* BYE Connection closed. 14" {
-			t.Fatalf("after it: %q", l)
-		}
-		r.expectEOF()
+func testThrottledMailboxIsLeftAlone(t *testing.T, opts Options) {
+	base := startEnv(t, envOptions{})
+	var logins atomic.Int32
+	const backoff = 1500 * time.Millisecond
+	addr := throttlingIMAP(t, base, backoff, &logins)
+	env := startEnv(t, envOptions{imapServer: addr, ca: base.up.CA, engine: opts})
+	section := env.listenerFor(env.imapAddr).srv.Section
+	throttledLogins := telemetry.Set.GetOrCreateCounter(fmt.Sprintf(`emailproxy_logins_total{proto="IMAP",server=%q,result="throttled"}`, section))
+	before := throttledLogins.Get()
 
-		// The next logins: answered by the proxy, with how long to wait.
-		for i := range 2 {
-			r = dialRaw(t, env.imapAddr)
-			r.line()
-			r.send("c LOGIN " + testAccount + " pw\r\n")
-			l := r.line()
-			if !strings.HasPrefix(l, "c NO [UNAVAILABLE] emailproxy: the server throttled this mailbox") || !strings.Contains(l, "try again in") {
-				t.Fatalf("login %d while throttled: %q", i, l)
-			}
-		}
-		if n := logins.Load(); n != 1 {
-			t.Fatalf("%d logins reached the server, want 1", n)
-		}
-		if n := throttledLogins.Get() - before; n != 2 {
-			t.Fatalf("throttled logins counted: %d, want 2", n)
-		}
-		logs := env.logs.String()
-		if !strings.Contains(logs, "the server throttles this mailbox") || !strings.Contains(logs, `"said":"b BAD Request is throttled. Suggested Backoff Time: 1500 milliseconds"`) {
-			t.Fatalf("no warning with the server's words:\n%s", logs)
-		}
-		if strings.Contains(logs, "refused the token") {
-			t.Fatalf("throttling taken for a refused token:\n%s", logs)
-		}
+	r := dialRaw(t, env.imapAddr)
+	r.line()
+	r.send("a LOGIN " + testAccount + " pw\r\n")
+	if l := r.line(); l != "a OK AUTHENTICATE completed." {
+		t.Fatalf("login: %q", l)
+	}
+	throttledAt := time.Now()
+	r.send("b SELECT INBOX\r\n")
+	if l := r.line(); !strings.HasPrefix(l, "b BAD Request is throttled.") {
+		t.Fatalf("the server's answer: %q", l)
+	}
+	if l := r.line(); l != "* BYE Connection closed. 14" {
+		t.Fatalf("after it: %q", l)
+	}
+	r.expectEOF()
 
-		// Once the time asked for has passed, the server has the logins again.
-		time.Sleep(time.Until(throttledAt.Add(backoff + 50*time.Millisecond)))
+	// The next logins: answered by the proxy, with how long to wait.
+	for i := range 2 {
 		r = dialRaw(t, env.imapAddr)
 		r.line()
-		r.send("d LOGIN " + testAccount + " pw\r\n")
-		if l := r.line(); l != "d OK AUTHENTICATE completed." {
-			t.Fatalf("login after the backoff: %q", l)
+		r.send("c LOGIN " + testAccount + " pw\r\n")
+		l := r.line()
+		if !strings.HasPrefix(l, "c NO [UNAVAILABLE] emailproxy: the server throttled this mailbox") || !strings.Contains(l, "try again in") {
+			t.Fatalf("login %d while throttled: %q", i, l)
 		}
-		if n := logins.Load(); n != 2 {
-			t.Fatalf("%d logins reached the server, want 2", n)
-		}
-		r.send("e LOGOUT\r\n")
-		r.until("e OK")
-	})
+	}
+	if n := logins.Load(); n != 1 {
+		t.Fatalf("%d logins reached the server, want 1", n)
+	}
+	if n := throttledLogins.Get() - before; n != 2 {
+		t.Fatalf("throttled logins counted: %d, want 2", n)
+	}
+	logs := env.logs.String()
+	if !strings.Contains(logs, "the server throttles this mailbox") || !strings.Contains(logs, `"said":"b BAD Request is throttled. Suggested Backoff Time: 1500 milliseconds"`) {
+		t.Fatalf("no warning with the server's words:\n%s", logs)
+	}
+	if strings.Contains(logs, "refused the token") {
+		t.Fatalf("throttling taken for a refused token:\n%s", logs)
+	}
+
+	// Once the time asked for has passed, the server has the logins again.
+	time.Sleep(time.Until(throttledAt.Add(backoff + 50*time.Millisecond)))
+	r = dialRaw(t, env.imapAddr)
+	r.line()
+	r.send("d LOGIN " + testAccount + " pw\r\n")
+	if l := r.line(); l != "d OK AUTHENTICATE completed." {
+		t.Fatalf("login after the backoff: %q", l)
+	}
+	if n := logins.Load(); n != 2 {
+		t.Fatalf("%d logins reached the server, want 2", n)
+	}
+	r.send("e LOGOUT\r\n")
+	r.until("e OK")
 }
