@@ -37,11 +37,14 @@ type dovecot struct {
 	// endpoint whose tokens it accepts.
 	ca       *mock.CA
 	tokenURL string
+	logPath  string // Dovecot's log
 }
 
 const dovecotUser = "app@example.test"
 
-func startDovecot(t *testing.T, ca *mock.CA, authority *mock.Authority) *dovecot {
+// startDovecot starts Dovecot with mechs (its auth_mechanisms: "xoauth2
+// oauthbearer", or one of them).
+func startDovecot(t *testing.T, ca *mock.CA, authority *mock.Authority, mechs string) *dovecot {
 	t.Helper()
 	bin, err := exec.LookPath("dovecot")
 	if err != nil {
@@ -64,6 +67,7 @@ func startDovecot(t *testing.T, ca *mock.CA, authority *mock.Authority) *dovecot
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
+	d.logPath = filepath.Join(dir, "dovecot.log")
 	mail := filepath.Join(dir, "mail")
 	os.MkdirAll(mail, 0o777)
 	os.Chmod(mail, 0o777)
@@ -106,10 +110,10 @@ default_login_user = dovenull
 ssl = required
 ssl_cert = <%[1]s/cert.pem
 ssl_key = <%[1]s/key.pem
-auth_mechanisms = xoauth2 oauthbearer
+auth_mechanisms = %[7]s
 passdb {
   driver = oauth2
-  mechanisms = xoauth2 oauthbearer
+  mechanisms = %[7]s
   args = %[1]s/oauth2.conf
 }
 userdb {
@@ -146,7 +150,7 @@ service submission-login {
     ssl = yes
   }
 }
-`, dir, imapPort, popPort, d.relay.port, subPort, subsPort)), 0o644)
+`, dir, imapPort, popPort, d.relay.port, subPort, subsPort, mechs)), 0o644)
 		cmd = exec.Command(bin, "-F", "-c", conf)
 		out = &syncbuf.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
@@ -181,8 +185,16 @@ service submission-login {
 // the server refuses a revoked token, the client is answered within
 // Dovecot's own failure delay (no hang, no second refusal), a fresh token
 // is fetched at once, and the next login uses it.
+//
+// The same with a Dovecot that offers OAUTHBEARER (RFC 7628) only: the
+// proxy logs in with that, and ends a refused exchange as it says.
 func TestDovecotTokenRefusal(t *testing.T) {
-	dv, authority := startDovecotWithIdP(t)
+	t.Run("XOAUTH2", func(t *testing.T) { testDovecotTokenRefusal(t, "xoauth2 oauthbearer", "XOAUTH2") })
+	t.Run("OAUTHBEARER only", func(t *testing.T) { testDovecotTokenRefusal(t, "oauthbearer", "OAUTHBEARER") })
+}
+
+func testDovecotTokenRefusal(t *testing.T, mechs, used string) {
+	dv, authority := startDovecotWithIdPMechs(t, mechs)
 	px := startProxyFor(t, dv, Options{})
 	imapAddr, popAddr, logs := px.imap, px.pop, px.logs
 
@@ -199,6 +211,17 @@ func TestDovecotTokenRefusal(t *testing.T) {
 	p := popLogin(t, popAddr, dovecotUser, "pw")
 	p.ok("STAT")
 	p.ok("QUIT")
+	for _, proto := range []string{"imap", "pop3"} {
+		waitFor(t, "Dovecot's "+proto+" login line", func() bool {
+			log, _ := os.ReadFile(dv.logPath)
+			for _, l := range strings.Split(string(log), "\n") {
+				if strings.Contains(l, proto+"-login:") && strings.Contains(l, "Login: user=<"+dovecotUser+">, method="+used+",") {
+					return true
+				}
+			}
+			return false
+		})
+	}
 
 	requests := authority.Requests()
 	authority.RevokeAll()
@@ -261,6 +284,13 @@ func TestDovecotTokenRefusal(t *testing.T) {
 // endpoint and a Dovecot that checks its tokens.
 func startDovecotWithIdP(t *testing.T) (*dovecot, *mock.Authority) {
 	t.Helper()
+	return startDovecotWithIdPMechs(t, "xoauth2 oauthbearer")
+}
+
+// startDovecotWithIdPMechs is startDovecotWithIdP with Dovecot offering
+// the SASL mechanisms mechs.
+func startDovecotWithIdPMechs(t *testing.T, mechs string) (*dovecot, *mock.Authority) {
+	t.Helper()
 	ca, err := mock.NewCA("test CA")
 	if err != nil {
 		t.Fatal(err)
@@ -271,7 +301,7 @@ func startDovecotWithIdP(t *testing.T) (*dovecot, *mock.Authority) {
 		tokens.Close()
 		authority.Release()
 	})
-	dv := startDovecot(t, ca, authority)
+	dv := startDovecot(t, ca, authority, mechs)
 	dv.ca, dv.tokenURL = ca, tokens.URL
 	return dv, authority
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/emailproxy/emailproxy/config"
+	"github.com/emailproxy/emailproxy/protocol/sasl"
 )
 
 // RefusedError is a server's refusal of the token; Text is what it said.
@@ -38,8 +39,29 @@ var (
 	imapBusy = []string{"INUSE", "UNAVAILABLE", "LIMIT"}
 )
 
-// Authenticate logs in on u with XOAUTH2 (SMTP: or OAUTHBEARER, when that
-// is all the server offers) as srv's protocol does it, and returns the
+// mechanism is the SASL mechanism a login uses upstream.
+type mechanism struct {
+	name string // XOAUTH2 or OAUTHBEARER
+	ir   []byte // the initial response (base64), holding the token
+	// abort is the response to a SASL error challenge that ends the
+	// exchange and gets the server's final answer.
+	abort string
+}
+
+// oauthMechanism picks XOAUTH2, which Exchange Online and Gmail take (and
+// a server that names no mechanism is assumed to), or OAUTHBEARER (RFC
+// 7628) when the server offers that and not XOAUTH2. offers reports
+// whether the server names a mechanism.
+func oauthMechanism(offers func(name string) bool, srv *config.Server, user, token string) mechanism {
+	if offers("XOAUTH2") || !offers("OAUTHBEARER") {
+		return mechanism{name: "XOAUTH2", ir: sasl.XOAUTH2(user, token), abort: "\r\n"}
+	}
+	// A lone %x01 ends a failed exchange (RFC 7628 §3.2.3).
+	return mechanism{name: "OAUTHBEARER", ir: sasl.OAUTHBEARER(user, srv.ServerAddress, srv.ServerPort, token), abort: "AQ==\r\n"}
+}
+
+// Authenticate logs in on u with XOAUTH2 (or OAUTHBEARER, when that is
+// all the server offers) as srv's protocol does it, and returns the
 // server's answer to relay to the client; for IMAP it carries the
 // client's tag.
 func (u *Conn) Authenticate(srv *config.Server, tag, user, token string, pop3InitialResponse bool) ([]byte, error) {

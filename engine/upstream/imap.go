@@ -1,7 +1,7 @@
 package upstream
 
 // IMAP's upstream side: greeting, STARTTLS, CAPABILITY, and
-// AUTHENTICATE XOAUTH2 with the client's tag.
+// AUTHENTICATE XOAUTH2 (or OAUTHBEARER) with the client's tag.
 
 import (
 	"errors"
@@ -12,7 +12,6 @@ import (
 
 	"github.com/emailproxy/emailproxy/config"
 	"github.com/emailproxy/emailproxy/protocol/imap"
-	"github.com/emailproxy/emailproxy/protocol/sasl"
 )
 
 // expectIMAPOK sends a command and waits for its tagged OK.
@@ -63,23 +62,24 @@ func (u *Conn) imapCapability() error {
 	return errTooManyCapLines
 }
 
-// authIMAP sends AUTHENTICATE XOAUTH2 with the client's tag and returns
-// what to relay to the client on success: the untagged lines and the
-// tagged OK, in the order the server sent them.
-func (u *Conn) authIMAP(tag, user, token string, saslIR bool) ([]byte, error) {
-	ir := sasl.XOAUTH2(user, token)
+// authIMAP sends AUTHENTICATE XOAUTH2 (or OAUTHBEARER) with the client's
+// tag and returns what to relay to the client on success: the untagged
+// lines and the tagged OK, in the order the server sent them.
+func (u *Conn) authIMAP(srv *config.Server, tag, user, token string) ([]byte, error) {
+	mech := oauthMechanism(func(name string) bool { return imap.HasCapability(u.Caps, "AUTH="+name) }, srv, user, token)
+	saslIR := imap.HasCapability(u.Caps, "SASL-IR")
+	ir := mech.ir
 	cmd := make([]byte, 0, len(tag)+len(ir)+32)
 	cmd = append(cmd, tag...)
-	cmd = append(cmd, " AUTHENTICATE XOAUTH2"...)
+	cmd = append(cmd, " AUTHENTICATE "...)
+	cmd = append(cmd, mech.name...)
+	secretAt := -1
 	if saslIR {
 		cmd = append(cmd, ' ')
+		secretAt = len(cmd)
 		cmd = append(cmd, ir...)
 	}
 	cmd = append(cmd, "\r\n"...)
-	secretAt := -1
-	if saslIR {
-		secretAt = len(tag) + len(" AUTHENTICATE XOAUTH2 ")
-	}
 	if err := u.send(u.TLS, cmd, secretAt); err != nil {
 		return nil, err
 	}
@@ -99,8 +99,8 @@ func (u *Conn) authIMAP(tag, user, token string, saslIR bool) ([]byte, error) {
 			}
 		case st == imap.Continuation:
 			// A SASL error challenge (base64 JSON, as Gmail and Exchange send):
-			// answer with an empty response to get the final result.
-			if err := u.send(u.TLS, []byte("\r\n"), -1); err != nil {
+			// answer as the mechanism says to get the final result.
+			if err := u.send(u.TLS, []byte(mech.abort), -1); err != nil {
 				return nil, err
 			}
 		case st == imap.Untagged && len(line) >= 5 && strings.EqualFold(string(line[:5]), "* BYE"):
@@ -152,6 +152,6 @@ func (imapDialect) greet(u *Conn, afterSTARTTLS bool) error {
 	return u.imapCapability()
 }
 
-func (imapDialect) authenticate(u *Conn, _ *config.Server, tag, user, token string, _ bool) ([]byte, error) {
-	return u.authIMAP(tag, user, token, imap.HasCapability(u.Caps, "SASL-IR"))
+func (imapDialect) authenticate(u *Conn, srv *config.Server, tag, user, token string, _ bool) ([]byte, error) {
+	return u.authIMAP(srv, tag, user, token)
 }

@@ -1,6 +1,7 @@
 package upstream
 
-// POP3's upstream side: greeting, STLS, CAPA, and AUTH XOAUTH2.
+// POP3's upstream side: greeting, STLS, CAPA, and AUTH XOAUTH2 (or
+// OAUTHBEARER).
 
 import (
 	"errors"
@@ -9,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/emailproxy/emailproxy/config"
-	"github.com/emailproxy/emailproxy/protocol/sasl"
 )
 
 // popCapa reads CAPA (or takes what the dialer remembers); a server
@@ -43,18 +43,17 @@ func (u *Conn) popCapa() error {
 	return errTooManyCapLines
 }
 
-// authPOP sends AUTH XOAUTH2 and returns the +OK line to relay: in two
-// steps (RFC 5034), the form Exchange Online documents, or with the
-// response on the AUTH line (initialResponse), which saves a round trip
-// on servers that take it.
-func (u *Conn) authPOP(user, token string, initialResponse bool) ([]byte, error) {
-	cmd := []byte("AUTH XOAUTH2\r\n")
-	if initialResponse {
-		cmd = append(append([]byte("AUTH XOAUTH2 "), sasl.XOAUTH2(user, token)...), '\r', '\n')
-	}
+// authPOP sends AUTH XOAUTH2 (or OAUTHBEARER) and returns the +OK line to
+// relay: in two steps (RFC 5034), the form Exchange Online documents, or
+// with the response on the AUTH line (initialResponse), which saves a
+// round trip on servers that take it.
+func (u *Conn) authPOP(srv *config.Server, user, token string, initialResponse bool) ([]byte, error) {
+	mech := oauthMechanism(func(name string) bool { return popOffers(u.Caps, name) }, srv, user, token)
+	cmd := []byte("AUTH " + mech.name + "\r\n")
 	secretAt := -1
 	if initialResponse {
-		secretAt = len("AUTH XOAUTH2 ")
+		cmd = append(append([]byte("AUTH "+mech.name+" "), mech.ir...), '\r', '\n')
+		secretAt = len("AUTH " + mech.name + " ")
 	}
 	if err := u.send(u.TLS, cmd, secretAt); err != nil {
 		return nil, err
@@ -81,7 +80,7 @@ func (u *Conn) authPOP(user, token string, initialResponse bool) ([]byte, error)
 			return nil, refusal(strings.TrimSpace(s[4:]), pop3Busy...)
 		case strings.HasPrefix(s, "+") && !sent:
 			sent = true
-			if err := u.send(u.TLS, append(sasl.XOAUTH2(user, token), '\r', '\n'), 0); err != nil {
+			if err := u.send(u.TLS, append(mech.ir, '\r', '\n'), 0); err != nil {
 				return nil, err
 			}
 		case strings.HasPrefix(s, "+"):
@@ -132,6 +131,16 @@ func (popDialect) greet(u *Conn, afterSTARTTLS bool) error {
 	return u.popCapa()
 }
 
-func (popDialect) authenticate(u *Conn, _ *config.Server, _, user, token string, initialResponse bool) ([]byte, error) {
-	return u.authPOP(user, token, initialResponse)
+func (popDialect) authenticate(u *Conn, srv *config.Server, _, user, token string, initialResponse bool) ([]byte, error) {
+	return u.authPOP(srv, user, token, initialResponse)
+}
+
+// popOffers says whether a server's CAPA names a SASL mechanism.
+func popOffers(caps []string, name string) bool {
+	for _, c := range caps {
+		if words := strings.Fields(c); len(words) > 0 && strings.EqualFold(words[0], "SASL") && hasWord(words[1:], name) {
+			return true
+		}
+	}
+	return false
 }

@@ -4,7 +4,6 @@ package upstream
 // OAUTHBEARER.
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/emailproxy/emailproxy/config"
-	"github.com/emailproxy/emailproxy/protocol/sasl"
 	"github.com/emailproxy/emailproxy/protocol/smtp"
 )
 
@@ -72,21 +70,14 @@ func ehloName() string {
 
 // authSMTP authenticates with XOAUTH2, or OAUTHBEARER when that is all the
 // server offers, and returns the 235 reply to relay.
-func (u *Conn) authSMTP(host string, port int, user, token string) ([]byte, error) {
+func (u *Conn) authSMTP(srv *config.Server, user, token string) ([]byte, error) {
 	mechs := smtp.AuthMechanisms(u.Caps)
-	var cmd []byte
-	var cancel string
-	switch {
-	case hasWord(mechs, "XOAUTH2") || !hasWord(mechs, "OAUTHBEARER"):
-		cmd = append([]byte("AUTH XOAUTH2 "), sasl.XOAUTH2(user, token)...)
-		cancel = "\r\n"
-	default:
-		cmd = append([]byte("AUTH OAUTHBEARER "), sasl.OAUTHBEARER(user, host, port, token)...)
-		cancel = "AQ==\r\n" // RFC 7628: a lone %x01 ends a failed exchange
-	}
-	if err := u.send(u.TLS, append(cmd, '\r', '\n'), bytes.IndexByte(cmd[len("AUTH "):], ' ')+len("AUTH ")+1); err != nil {
+	mech := oauthMechanism(func(name string) bool { return hasWord(mechs, name) }, srv, user, token)
+	cmd := append(append([]byte("AUTH "+mech.name+" "), mech.ir...), '\r', '\n')
+	if err := u.send(u.TLS, cmd, len("AUTH "+mech.name+" ")); err != nil {
 		return nil, err
 	}
+	cancel := mech.abort
 	for i := 0; i < maxAuthLines; i++ {
 		line, err := u.readLine()
 		if err != nil {
@@ -167,5 +158,5 @@ func (smtpDialect) greet(u *Conn, afterSTARTTLS bool) error {
 }
 
 func (smtpDialect) authenticate(u *Conn, srv *config.Server, _, user, token string, _ bool) ([]byte, error) {
-	return u.authSMTP(srv.ServerAddress, srv.ServerPort, user, token)
+	return u.authSMTP(srv, user, token)
 }
