@@ -233,3 +233,27 @@ func TestThrottledSaysWhenToComeBack(t *testing.T) {
 		}
 	}
 }
+
+// Whatever a server sends, reading it for throttling neither panics nor
+// finds a hold outside the bounds, and finds one only in a refusal line.
+func FuzzThrottleAtEnd(f *testing.F) {
+	for _, s := range []string{
+		"a5 BAD Request is throttled. Suggested Backoff Time: 89117 milliseconds\r\n* BYE Connection closed. 14\r\n",
+		"-ERR Request is throttled.", "421 4.7.0 Request is throttled. Suggested Backoff Time: 1 milliseconds",
+		"is throttled", "\nis throttled\n", "x NO is throttled", "* 1 FETCH (BODY[] {12}\r\nis throttled)\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, chunk []byte) {
+		th := ThrottleAtEnd(chunk)
+		if th == nil {
+			return
+		}
+		if d := th.Until.Sub(th.Since); d <= 0 || d > throttleHoldMax {
+			t.Fatalf("hold %v from %q", d, chunk)
+		}
+		if _, ok := refusalText([]byte(th.Said)); !ok && len(th.Said) < 120 {
+			t.Fatalf("said %q is not a refusal line (from %q)", th.Said, chunk)
+		}
+	})
+}
