@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 
@@ -46,18 +47,38 @@ type mechanism struct {
 	// abort is the response to a SASL error challenge that ends the
 	// exchange and gets the server's final answer.
 	abort string
+	// unoffered is what the server offers instead, when its list of
+	// mechanisms leaves out both OAuth 2.0 ones ("": it names one, or
+	// names none at all).
+	unoffered string
 }
 
 // oauthMechanism picks XOAUTH2, which Exchange Online and Gmail take (and
 // a server that names no mechanism is assumed to), or OAUTHBEARER (RFC
-// 7628) when the server offers that and not XOAUTH2. offers reports
-// whether the server names a mechanism.
-func oauthMechanism(offers func(name string) bool, srv *config.Server, user, token string) mechanism {
-	if offers("XOAUTH2") || !offers("OAUTHBEARER") {
-		return mechanism{name: "XOAUTH2", ir: sasl.XOAUTH2(user, token), abort: "\r\n"}
+// 7628) when the server offers that and not XOAUTH2. offered is the
+// server's list of SASL mechanisms (nil: it names none).
+func oauthMechanism(offered []string, srv *config.Server, user, token string) mechanism {
+	if hasWord(offered, "OAUTHBEARER") && !hasWord(offered, "XOAUTH2") {
+		// A lone %x01 ends a failed exchange (RFC 7628 §3.2.3).
+		return mechanism{name: "OAUTHBEARER", ir: sasl.OAUTHBEARER(user, srv.ServerAddress, srv.ServerPort, token), abort: "AQ==\r\n"}
 	}
-	// A lone %x01 ends a failed exchange (RFC 7628 §3.2.3).
-	return mechanism{name: "OAUTHBEARER", ir: sasl.OAUTHBEARER(user, srv.ServerAddress, srv.ServerPort, token), abort: "AQ==\r\n"}
+	m := mechanism{name: "XOAUTH2", ir: sasl.XOAUTH2(user, token), abort: "\r\n"}
+	if len(offered) > 0 && !hasWord(offered, "XOAUTH2") {
+		m.unoffered = strings.Join(offered, " ")
+	}
+	return m
+}
+
+// verdict is err, except that a refusal when the server offers no OAuth
+// 2.0 mechanism says so: that is a server that takes no OAuth 2.0 login
+// (server_address names the wrong server), not a bad token to replace.
+func (m mechanism) verdict(err error) error {
+	var rej *RefusedError
+	if m.unoffered == "" || !errors.As(err, &rej) {
+		return err
+	}
+	return &Failure{fmt.Sprintf("the server offers no OAuth 2.0 login (its SASL mechanisms: %s) and refused %s: %s; check that server_address is the provider's mail server",
+		truncate([]byte(m.unoffered)), m.name, rej.Text)}
 }
 
 // Authenticate logs in on u with XOAUTH2 (or OAUTHBEARER, when that is

@@ -66,7 +66,7 @@ func (u *Conn) imapCapability() error {
 // tag and returns what to relay to the client on success: the untagged
 // lines and the tagged OK, in the order the server sent them.
 func (u *Conn) authIMAP(srv *config.Server, tag, user, token string) ([]byte, error) {
-	mech := oauthMechanism(func(name string) bool { return imap.HasCapability(u.Caps, "AUTH="+name) }, srv, user, token)
+	mech := oauthMechanism(imapMechanisms(u.Caps), srv, user, token)
 	saslIR := imap.HasCapability(u.Caps, "SASL-IR")
 	ir := mech.ir
 	cmd := make([]byte, 0, len(tag)+len(ir)+32)
@@ -115,12 +115,23 @@ func (u *Conn) authIMAP(srv *config.Server, tag, user, token string) ([]byte, er
 		case string(rtag) == tag && st == imap.OK:
 			return append(append(reply, line...), '\r', '\n'), nil
 		case string(rtag) == tag:
-			return nil, refusal(string(text), imapBusy...)
+			return nil, mech.verdict(refusal(string(text), imapBusy...))
 		default:
 			return nil, fmt.Errorf("unexpected response %q", truncate(line))
 		}
 	}
 	return nil, errors.New("too many lines while authenticating")
+}
+
+// imapMechanisms are the SASL mechanisms a capability list names (AUTH=).
+func imapMechanisms(caps []string) []string {
+	var out []string
+	for _, c := range caps {
+		if len(c) > 5 && strings.EqualFold(c[:5], "AUTH=") {
+			out = append(out, c[5:])
+		}
+	}
+	return out
 }
 
 type imapDialect struct{}

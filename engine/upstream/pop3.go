@@ -48,7 +48,7 @@ func (u *Conn) popCapa() error {
 // with the response on the AUTH line (initialResponse), which saves a
 // round trip on servers that take it.
 func (u *Conn) authPOP(srv *config.Server, user, token string, initialResponse bool) ([]byte, error) {
-	mech := oauthMechanism(func(name string) bool { return popOffers(u.Caps, name) }, srv, user, token)
+	mech := oauthMechanism(popMechanisms(u.Caps), srv, user, token)
 	cmd := []byte("AUTH " + mech.name + "\r\n")
 	secretAt := -1
 	if initialResponse {
@@ -77,7 +77,7 @@ func (u *Conn) authPOP(srv *config.Server, user, token string, initialResponse b
 			}
 			return nil, fmt.Errorf("server refused AUTH: %q", truncate(line))
 		case strings.HasPrefix(s, "-ERR"):
-			return nil, refusal(strings.TrimSpace(s[4:]), pop3Busy...)
+			return nil, mech.verdict(refusal(strings.TrimSpace(s[4:]), pop3Busy...))
 		case strings.HasPrefix(s, "+") && !sent:
 			sent = true
 			if err := u.send(u.TLS, append(mech.ir, '\r', '\n'), 0); err != nil {
@@ -135,12 +135,13 @@ func (popDialect) authenticate(u *Conn, srv *config.Server, _, user, token strin
 	return u.authPOP(srv, user, token, initialResponse)
 }
 
-// popOffers says whether a server's CAPA names a SASL mechanism.
-func popOffers(caps []string, name string) bool {
+// popMechanisms are the SASL mechanisms a CAPA answer names (its SASL
+// line).
+func popMechanisms(caps []string) []string {
 	for _, c := range caps {
-		if words := strings.Fields(c); len(words) > 0 && strings.EqualFold(words[0], "SASL") && hasWord(words[1:], name) {
-			return true
+		if words := strings.Fields(c); len(words) > 0 && strings.EqualFold(words[0], "SASL") {
+			return words[1:]
 		}
 	}
-	return false
+	return nil
 }

@@ -71,8 +71,7 @@ func ehloName() string {
 // authSMTP authenticates with XOAUTH2, or OAUTHBEARER when that is all the
 // server offers, and returns the 235 reply to relay.
 func (u *Conn) authSMTP(srv *config.Server, user, token string) ([]byte, error) {
-	mechs := smtp.AuthMechanisms(u.Caps)
-	mech := oauthMechanism(func(name string) bool { return hasWord(mechs, name) }, srv, user, token)
+	mech := oauthMechanism(smtp.AuthMechanisms(u.Caps), srv, user, token)
 	cmd := append(append([]byte("AUTH "+mech.name+" "), mech.ir...), '\r', '\n')
 	if err := u.send(u.TLS, cmd, len("AUTH "+mech.name+" ")); err != nil {
 		return nil, err
@@ -109,7 +108,7 @@ func (u *Conn) authSMTP(srv *config.Server, user, token string) ([]byte, error) 
 			}
 			return nil, &Failure{"the server is busy: " + said}
 		default:
-			return nil, refusal(fmt.Sprintf("%d %s", code, text))
+			return nil, mech.verdict(refusal(fmt.Sprintf("%d %s", code, text)))
 		}
 	}
 	return nil, errors.New("too many lines while authenticating")
