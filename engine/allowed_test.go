@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -75,5 +76,27 @@ func TestAllowedClients(t *testing.T) {
 		if len(warned) != 3 || !strings.Contains(strings.Join(warned, "\n"), `"peer":"198.51.100.9:40000"`) {
 			t.Fatalf("want one warning a section, the balanced one naming the header's client; got:\n%s", strings.Join(warned, "\n"))
 		}
+
+		// A reload (SIGHUP) that adds this machine to the list serves it
+		// from the next connection, and one that takes it away refuses it;
+		// a session that began before goes on.
+		p, _ = proxyClient(t, env.addrs["here"], nil)
+		p.ok("USER %s", testAccount)
+		p.ok("PASS pw")
+		text, err := os.ReadFile(env.cfg.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		swapped := strings.NewReplacer("allowed_clients = 10.0.0.0/8, 192.0.2.1", "allowed_clients = 10.0.0.0/8, 127.0.0.1",
+			"allowed_clients = 127.0.0.1\n", "allowed_clients = 192.0.2.1\n").Replace(string(text))
+		env.reloadWith(swapped)
+		if _, g := proxyClient(t, env.addrs["office"], nil); !strings.HasPrefix(g, "+OK") {
+			t.Fatalf("a client the reload allowed: greeting %q", g)
+		}
+		if _, g := proxyClient(t, env.addrs["here"], nil); g != "" {
+			t.Fatalf("a client the reload took away: greeted %q", g)
+		}
+		p.ok("STAT")
+		p.ok("QUIT")
 	})
 }
