@@ -115,6 +115,10 @@ func (m *Machine) LoginFailed(tag, msg string, temporary bool) []byte {
 		code = "UNAVAILABLE"
 	}
 	m.out = append(m.out, tag...)
-	m.no(nil, code, msg)
+	m.out = append(m.out, " NO ["...)
+	m.out = append(m.out, code...)
+	m.out = append(m.out, "] "...)
+	m.out = textline.AppendText(m.out, msg)
+	m.out = append(m.out, "\r\n"...)
 	return m.out
 }

@@ -207,6 +207,10 @@ func TestPipelining(t *testing.T) {
 	if got := string(m.LoginFailed("5", "later", true)); got != "5 NO [UNAVAILABLE] later\r\n" {
 		t.Fatalf("temporary failure reply %q", got)
 	}
+	// What a server said, carried in the message, stays on the one line.
+	if got := string(m.LoginFailed("6", "it said: no\r\n6 OK forged\x00\x1b[2J", true)); got != "6 NO [UNAVAILABLE] it said: no  6 OK forged  [2J\r\n" {
+		t.Fatalf("a message with line breaks and control characters: %q", got)
+	}
 }
 
 func TestOverlongLines(t *testing.T) {

@@ -259,7 +259,7 @@ func (m *Machine) LoginFailed(msg string, temporary bool) []byte {
 	}
 	m.out = append(m.out, "-ERR "...)
 	m.out = append(m.out, code...)
-	m.out = append(m.out, msg...)
+	m.out = textline.AppendText(m.out, msg)
 	m.out = append(m.out, "\r\n"...)
 	return m.out
 }

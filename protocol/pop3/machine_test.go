@@ -97,6 +97,9 @@ func TestPipelinedLogin(t *testing.T) {
 	if strings.Count(out, "-ERR") != 2 {
 		t.Fatalf("after failure %q", out)
 	}
+	if got := string(m.LoginFailed("said\r\n+OK forged", true)); got != "-ERR [SYS/TEMP] said  +OK forged\r\n" {
+		t.Fatalf("a message with a line break: %q", got)
+	}
 	if got := string(m.LoginFailed("later", true)); got != "-ERR [SYS/TEMP] later\r\n" {
 		t.Fatalf("temporary failure %q", got)
 	}

@@ -260,7 +260,7 @@ func (m *Machine) LoginFailed(msg string, temporary bool) []byte {
 	} else {
 		m.out = append(m.out, "535 5.7.8 Authentication credentials invalid: "...)
 	}
-	m.out = append(m.out, msg...)
+	m.out = textline.AppendText(m.out, msg)
 	m.out = append(m.out, "\r\n"...)
 	return m.out
 }

@@ -122,6 +122,9 @@ func TestLoginFailedAndPipelining(t *testing.T) {
 	if got := string(m.LoginFailed("bad password", false)); got != "535 5.7.8 Authentication credentials invalid: bad password\r\n" {
 		t.Fatalf("%q", got)
 	}
+	if got := string(m.LoginFailed("said 454\r\n235 forged", true)); got != "454 4.7.0 Temporary authentication failure: said 454  235 forged\r\n" {
+		t.Fatalf("a message with a line break: %q", got)
+	}
 	if got := string(m.LoginFailed("token endpoint down", true)); got != "454 4.7.0 Temporary authentication failure: token endpoint down\r\n" {
 		t.Fatalf("%q", got)
 	}

@@ -131,3 +131,18 @@ func (r *Reader) Next(in []byte, limit int) (line []byte, used int, ev Event) {
 	}
 	return line, n, Got
 }
+
+// AppendText appends s to dst as text for one line of a reply: each
+// control character (a CR or LF above all, which would end the line and
+// start another) becomes a space. Messages that carry what a server said
+// go through it before they reach a client.
+func AppendText(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == 0x7f {
+			c = ' '
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}

@@ -66,3 +66,16 @@ func TestEqualFoldAndWord(t *testing.T) {
 		t.Fatal("Word without space")
 	}
 }
+
+func TestAppendText(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain text":              "plain text",
+		"a\r\nb":                  "a  b",
+		"nul\x00 esc\x1b del\x7f": "nul  esc  del ",
+		"tab\tutf-8 é":            "tab utf-8 é",
+	} {
+		if got := string(AppendText([]byte(">"), in)); got != ">"+want {
+			t.Errorf("AppendText(%q) = %q, want %q", in, got, ">"+want)
+		}
+	}
+}
