@@ -45,9 +45,14 @@ func throttlingIMAP(t *testing.T, env *proxyEnv, backoff time.Duration, logins *
 // next logins answered by the proxy, without the server, until the time
 // it asked for has passed; the token is kept.
 func TestThrottledMailboxIsLeftAlone(t *testing.T) {
+	// The four run at once: each waits out its server's backoff.
 	eachFrontEnd(t, func(t *testing.T, fe string) {
-		t.Run("relay", func(t *testing.T) { testThrottledMailboxIsLeftAlone(t, Options{FrontEnd: fe}) })
+		t.Run("relay", func(t *testing.T) {
+			t.Parallel()
+			testThrottledMailboxIsLeftAlone(t, Options{FrontEnd: fe})
+		})
 		t.Run("reuse relay", func(t *testing.T) {
+			t.Parallel()
 			testThrottledMailboxIsLeftAlone(t, Options{FrontEnd: fe, IMAPSessionReuse: time.Minute})
 		})
 	})
@@ -56,7 +61,8 @@ func TestThrottledMailboxIsLeftAlone(t *testing.T) {
 func testThrottledMailboxIsLeftAlone(t *testing.T, opts Options) {
 	base := startEnv(t, envOptions{})
 	var logins atomic.Int32
-	const backoff = 1500 * time.Millisecond
+	// Long enough for two logins on a loaded machine, under -race.
+	const backoff = 3 * time.Second
 	addr := throttlingIMAP(t, base, backoff, &logins)
 	env := startEnv(t, envOptions{imapServer: addr, ca: base.up.CA, engine: opts})
 	section := env.listenerFor(env.imapAddr).srv.Section
@@ -96,7 +102,7 @@ func testThrottledMailboxIsLeftAlone(t *testing.T, opts Options) {
 		t.Fatalf("throttled logins counted: %d, want 2", n)
 	}
 	logs := env.logs.String()
-	if !strings.Contains(logs, "the server throttles this mailbox") || !strings.Contains(logs, `"said":"b BAD Request is throttled. Suggested Backoff Time: 1500 milliseconds"`) {
+	if !strings.Contains(logs, "the server throttles this mailbox") || !strings.Contains(logs, `"said":"b BAD Request is throttled. Suggested Backoff Time: 3000 milliseconds"`) {
 		t.Fatalf("no warning with the server's words:\n%s", logs)
 	}
 	if strings.Contains(logs, "refused the token") {
