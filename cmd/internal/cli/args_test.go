@@ -118,7 +118,7 @@ func TestCheckConfig(t *testing.T) {
 	os.WriteFile(good, []byte("[IMAP-1993]\nserver_address = outlook.office365.com\nserver_port = 993\n\n"+
 		"[a@x]\ntoken_url = https://t\noauth2_scope = s\noauth2_flow = client_credentials\nclient_id = c\n"), 0o600)
 	code, out, _ := run("--check-config", "--config-file", good)
-	if code != 0 || !strings.Contains(out, "1 server sections, 1 accounts") || !strings.Contains(out, "a@x: client_credentials") ||
+	if code != 0 || !strings.Contains(out, "1 server section, 1 account\n") || !strings.Contains(out, "a@x: client_credentials") ||
 		!strings.Contains(out, "configuration OK") {
 		t.Fatalf("good: %d\n%s", code, out)
 	}

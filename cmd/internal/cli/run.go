@@ -304,7 +304,7 @@ func checkConfig(path string, stdout io.Writer) int {
 		return 1
 	}
 	r := config.Check(cfg)
-	fmt.Fprintf(stdout, "%s: %d server sections, %d accounts\n", cfg.Path, len(r.Servers), len(r.Accounts))
+	fmt.Fprintf(stdout, "%s: %s, %s\n", cfg.Path, count(len(r.Servers), "server section"), count(len(r.Accounts), "account"))
 	for _, part := range []struct {
 		title string
 		lines []string
@@ -329,4 +329,12 @@ func cannotStart(fl *flags, log zerolog.Logger, stderr io.Writer, err error) {
 	if fl.logFile != "" {
 		fmt.Fprintln(stderr, "emailproxy:", err)
 	}
+}
+
+// count is n and what it counts, plural unless n is 1.
+func count(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
