@@ -15,9 +15,9 @@ import (
 // clientGate decides which connections a section serves, before it
 // greets them: a PROXY protocol section takes headers from
 // proxy_protocol_from only, and a section with allowed_clients serves
-// those addresses only (behind a balancer: the address its header
-// names). The first two are checked as the connection is accepted,
-// before the event loops or a goroutine take it.
+// those addresses only. The peer's address is checked as the connection
+// is accepted, before the event loops or a goroutine take it; behind a
+// balancer, the client's address once its header has named it.
 type clientGate struct {
 	balancers []netip.Prefix // proxy_protocol_from (PROXY protocol sections)
 	clients   []netip.Prefix // allowed_clients (nil: every address)
@@ -29,10 +29,9 @@ type clientGate struct {
 // at most once a minute at warning level, with how many were refused
 // since (a scanner makes thousands), else at debug level.
 type refusals struct {
-	reason  string // the label value and the key named in the log
-	counter *metrics.Counter
-	lastLog atomic.Int64 // unix nanoseconds of the last warning
-	since   atomic.Int64 // refused since the last warning
+	counter *metrics.Counter // its label reason names the key
+	lastLog atomic.Int64     // unix nanoseconds of the last warning
+	since   atomic.Int64     // refused since the last warning
 }
 
 // refusedLogEvery is how often refused connections are logged.
@@ -54,7 +53,6 @@ func newClientGate(srv *config.Server) *clientGate {
 }
 
 func (r *refusals) init(section, reason string) {
-	r.reason = reason
 	r.counter = telemetry.Set.GetOrCreateCounter(`emailproxy_clients_refused_total{server="` + section + `",reason="` + reason + `"}`)
 }
 
