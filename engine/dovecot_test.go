@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/smtp"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -211,7 +212,13 @@ func testDovecotTokenRefusal(t *testing.T, mechs, used string) {
 	p := popLogin(t, popAddr, dovecotUser, "pw")
 	p.ok("STAT")
 	p.ok("QUIT")
-	for _, proto := range []string{"imap", "pop3"} {
+	c := dialSMTPClient(t, px.smtp465)
+	if err := c.Auth(smtp.PlainAuth("", dovecotUser, "pw", "127.0.0.1")); err != nil {
+		t.Fatalf("SMTP login through the proxy to Dovecot: %v\n%s", err, logs.String())
+	}
+	smtpSend(t, c, dovecotUser, []byte("Subject: hi\r\n\r\nhello\r\n"), "someone@example.net")
+	c.Quit()
+	for _, proto := range []string{"imap", "pop3", "submission"} {
 		waitFor(t, "Dovecot's "+proto+" login line", func() bool {
 			log, _ := os.ReadFile(dv.logPath)
 			for _, l := range strings.Split(string(log), "\n") {
